@@ -1,0 +1,37 @@
+//! The maps of the relay program. Names and layouts are shared with the
+//! daemon through `media_ebpf::maps`; sizes are overridden at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{DevMapHash, HashMap, PerCpuArray},
+};
+use media_ebpf::{
+    Flow, FlowKey, FlowStats, Outcome,
+    maps::{DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
+};
+
+/// Installed flows, written only by the daemon. Plain hash, never LRU.
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// Per-flow counters indexed by `Flow::stats_slot`; written only here.
+#[map(name = "FLOW_STATS")]
+pub static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// One per-CPU counter per `Outcome`.
+#[map(name = "OUTCOMES")]
+pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::pinned(Outcome::COUNT, 0);
+
+/// Interfaces the program may redirect to (those it is attached to).
+#[map(name = "EGRESS_DEVS")]
+pub static EGRESS_DEVS: DevMapHash = DevMapHash::pinned(MAX_EGRESS_DEVS, 0);
+
+/// Count one packet under `outcome`.
+#[inline(always)]
+pub fn count(outcome: Outcome) {
+    if let Some(c) = OUTCOMES.get_ptr_mut(outcome as u32) {
+        // SAFETY: per-CPU slot; XDP runs with migration disabled, so no other
+        // program instance touches this CPU's copy concurrently.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,314 @@
+//! The relay program: one packet in, one explicit outcome out.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use aya_log_ebpf::error;
+use media_ebpf::{
+    Flow, FlowKey, Outcome,
+    csum::{Delta, udp_update},
+    flow::{CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6},
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
+
+use crate::{
+    fib::{self, FibError, NextHop},
+    maps::{EGRESS_DEVS, FLOW_STATS, FLOWS, count},
+    packet::{be16, copy, header, replace, same, word, zero},
+};
+
+const UDP: u8 = 17;
+
+#[xdp]
+pub fn media_relay(ctx: XdpContext) -> u32 {
+    let (outcome, action) = relay(&ctx);
+    count(outcome);
+    action
+}
+
+#[inline(always)]
+fn pass(outcome: Outcome) -> (Outcome, u32) {
+    (outcome, XDP_PASS)
+}
+
+#[inline(always)]
+fn relay(ctx: &XdpContext) -> (Outcome, u32) {
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return pass(Outcome::Malformed);
+    };
+    // SAFETY: `header` checked that the Ethernet header is inside the packet.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ipv4 as u16 {
+        ipv4(ctx, eth)
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        ipv6(ctx, eth)
+    } else {
+        // ARP, VLAN tags we do not handle, everything else: the stack's.
+        pass(Outcome::NotIp)
+    }
+}
+
+/// Source check: may a packet from `src` (`N` address words) and raw port
+/// word `sport` use this flow?
+///
+/// # Safety
+/// `src` is a 2-aligned pointer to `2 * N` readable bytes.
+#[inline(always)]
+unsafe fn source_ok<const N: usize>(flow: &Flow, src: *const u8, sport: u16) -> bool {
+    if flow.flags & CHECK_SOURCE_ADDR == 0 {
+        return true;
+    }
+    // SAFETY: `src` per the caller; `expect_addr` is 16 bytes at an 8-aligned
+    // offset and N <= 8.
+    if !unsafe { same::<N>(src, flow.expect_addr.as_ptr()) } {
+        return false;
+    }
+    // SAFETY: `expect_port` is at an even offset of an 8-aligned struct.
+    flow.flags & CHECK_SOURCE_PORT == 0 || sport == unsafe { word(flow.expect_port.as_ptr()) }
+}
+
+/// Account a forwarded packet to its flow.
+#[inline(always)]
+fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16) {
+    match FLOW_STATS.get_ptr_mut(flow.slot()) {
+        Some(s) => {
+            // SAFETY: per-CPU slot, see `maps::count`.
+            unsafe {
+                (*s).packets += 1;
+                (*s).bytes += u64::from(ip_len);
+                (*s).last_seen_ns = bpf_ktime_get_ns();
+            }
+        }
+        // A slot outside FLOW_STATS is a control-plane bug: rare by
+        // construction, so worth a log line.
+        None => error!(ctx, "flow stats slot {} out of range", flow.slot()),
+    }
+}
+
+/// Rewrite the Ethernet header and send the packet on its way.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, eth: *mut EthHdr, hop: &NextHop) -> (Outcome, u32) {
+    // SAFETY: `eth` was bounds-checked by the caller; the MAC fields are at
+    // even offsets of the frame and of `NextHop`.
+    unsafe {
+        copy::<3>((&raw mut (*eth).dst_addr).cast(), hop.dmac.as_ptr());
+        copy::<3>((&raw mut (*eth).src_addr).cast(), hop.smac.as_ptr());
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return (Outcome::Transmitted, XDP_TX);
+    }
+    match EGRESS_DEVS.redirect(hop.ifindex, 0) {
+        Ok(action) => (Outcome::Redirected, action),
+        // Removed between the check in `next_hop` and now: the packet is
+        // already rewritten, so it must not reach the stack.
+        Err(_) => (Outcome::EgressNotAllowed, XDP_DROP),
+    }
+}
+
+/// FIB lookup plus the egress policy, before anything is written.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    flow: &Flow,
+    ipv6: bool,
+    tot_len: u16,
+    tos: u8,
+    flowinfo: u32,
+) -> Result<NextHop, Outcome> {
+    let hop = match fib::lookup(ctx, flow, ipv6, tot_len, tos, flowinfo) {
+        Ok(hop) => hop,
+        Err(FibError::NoNeighbour) => return Err(Outcome::NeighbourMiss),
+        Err(FibError::Failed) => return Err(Outcome::FibFailed),
+    };
+    if hop.ifindex != ctx.ingress_ifindex() as u32 && EGRESS_DEVS.get(hop.ifindex).is_none() {
+        return Err(Outcome::EgressNotAllowed);
+    }
+    Ok(hop)
+}
+
+#[inline(never)]
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
+    let Some(ip) = header::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return pass(Outcome::Malformed);
+    };
+    // SAFETY (every dereference of `ip` and `udp` below): both were
+    // bounds-checked by `header`, and their fields sit at even offsets.
+    let (vihl, frags, proto, ttl, tos, tot_len) = unsafe {
+        (
+            (*ip).vihl,
+            be16((*ip).frags),
+            (*ip).proto,
+            (*ip).ttl,
+            (*ip).tos,
+            be16((*ip).tot_len),
+        )
+    };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return pass(Outcome::Malformed);
+    }
+    if vihl & 0x0f != 5 {
+        return pass(Outcome::IpOptions);
+    }
+    // MF set or a non-zero offset (RFC 791 §3.1).
+    if frags & 0x3fff != 0 {
+        return pass(Outcome::Fragment);
+    }
+    if proto != UDP {
+        return pass(Outcome::NotUdp);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    if usize::from(tot_len) < Ipv4Hdr::LEN + UdpHdr::LEN
+        || EthHdr::LEN + usize::from(tot_len) > frame_len
+    {
+        return pass(Outcome::Malformed);
+    }
+    let Some(udp) = header::<UdpHdr>(ctx, EthHdr::LEN + Ipv4Hdr::LEN) else {
+        return pass(Outcome::Malformed);
+    };
+    let udp_len = unsafe { be16((*udp).len) };
+    if usize::from(udp_len) != usize::from(tot_len) - Ipv4Hdr::LEN {
+        return pass(Outcome::Malformed);
+    }
+    let ip_src = unsafe { (&raw mut (*ip).src_addr).cast::<u8>() };
+    let ip_dst = unsafe { (&raw mut (*ip).dst_addr).cast::<u8>() };
+    let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
+    let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
+
+    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
+    // its offset 0.
+    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let key = unsafe { zero(&mut slot) };
+    unsafe { copy::<2>(key.addr.as_mut_ptr(), ip_dst) };
+    key.port = unsafe { (*udp).dst };
+    key.family = FAMILY_V4;
+    let Some(flow) = FLOWS.get_ptr(&*key) else {
+        return pass(Outcome::NoFlow);
+    };
+    // SAFETY: a value pointer from a hash-map lookup stays valid for this
+    // program run (RCU); the control plane replaces values atomically.
+    let flow = unsafe { &*flow };
+
+    if !unsafe { source_ok::<2>(flow, ip_src, word(udp_src)) } {
+        return (Outcome::SourceRejected, XDP_DROP);
+    }
+    if flow.family != FAMILY_V4 {
+        return pass(Outcome::FamilyChange);
+    }
+    if ttl <= 1 {
+        return pass(Outcome::TtlExceeded);
+    }
+    let hop = match next_hop(ctx, flow, false, tot_len, tos, 0) {
+        Ok(hop) => hop,
+        Err(outcome) => return pass(outcome),
+    };
+
+    // Every check passed: rewrite, accumulating the checksum changes as raw
+    // native-order words (see `packet`).
+    unsafe {
+        let addrs = replace::<2>(ip_src, flow.src_addr.as_ptr(), Delta::new());
+        let addrs = replace::<2>(ip_dst, flow.dst_addr.as_ptr(), addrs);
+        // TTL shares its 16-bit word with the protocol (RFC 791 §3.1).
+        let ttl_word = (&raw mut (*ip).ttl).cast::<u16>();
+        let old = ttl_word.read();
+        let new = u16::from_ne_bytes([ttl - 1, proto]);
+        ttl_word.write(new);
+        let check = (&raw mut (*ip).check).cast::<u16>();
+        check.write(addrs.word(old, new).apply(check.read()));
+
+        let ports = replace::<1>(udp_src, flow.src_port.as_ptr(), addrs);
+        let ports = replace::<1>(udp_dst, flow.dst_port.as_ptr(), ports);
+        let check = (&raw mut (*udp).check).cast::<u16>();
+        check.write(udp_update(check.read(), ports, true));
+    }
+    account(ctx, flow, tot_len);
+    transmit(ctx, eth, &hop)
+}
+
+#[inline(never)]
+fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
+    let Some(ip) = header::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+        return pass(Outcome::Malformed);
+    };
+    // SAFETY (every dereference of `ip` and `udp` below): both were
+    // bounds-checked by `header`, and their fields sit at even offsets.
+    let (vcf, payload_len, next_hdr, hop_limit) = unsafe {
+        (
+            (*ip).vcf,
+            be16((*ip).payload_len),
+            (*ip).next_hdr,
+            (*ip).hop_limit,
+        )
+    };
+    if vcf[0] >> 4 != 6 {
+        return pass(Outcome::Malformed);
+    }
+    // Extension headers (fragments included) are left to the stack.
+    if next_hdr != UDP {
+        return pass(Outcome::NotUdp);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    if usize::from(payload_len) < UdpHdr::LEN
+        || EthHdr::LEN + Ipv6Hdr::LEN + usize::from(payload_len) > frame_len
+    {
+        return pass(Outcome::Malformed);
+    }
+    let Some(udp) = header::<UdpHdr>(ctx, EthHdr::LEN + Ipv6Hdr::LEN) else {
+        return pass(Outcome::Malformed);
+    };
+    let (udp_len, udp_check) = unsafe { (be16((*udp).len), be16((*udp).check)) };
+    // A zero UDP checksum is invalid over IPv6 (RFC 8200 §8.1).
+    if udp_len != payload_len || udp_check == 0 {
+        return pass(Outcome::Malformed);
+    }
+    let ip_src = unsafe { (&raw mut (*ip).src_addr).cast::<u8>() };
+    let ip_dst = unsafe { (&raw mut (*ip).dst_addr).cast::<u8>() };
+    let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
+    let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
+
+    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
+    // its offset 0.
+    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let key = unsafe { zero(&mut slot) };
+    unsafe { copy::<8>(key.addr.as_mut_ptr(), ip_dst) };
+    key.port = unsafe { (*udp).dst };
+    key.family = FAMILY_V6;
+    let Some(flow) = FLOWS.get_ptr(&*key) else {
+        return pass(Outcome::NoFlow);
+    };
+    // SAFETY: see `ipv4`.
+    let flow = unsafe { &*flow };
+    if !unsafe { source_ok::<8>(flow, ip_src, word(udp_src)) } {
+        return (Outcome::SourceRejected, XDP_DROP);
+    }
+    if flow.family != FAMILY_V6 {
+        return pass(Outcome::FamilyChange);
+    }
+    if hop_limit <= 1 {
+        return pass(Outcome::TtlExceeded);
+    }
+    let ip_len = payload_len + Ipv6Hdr::LEN as u16;
+    let flowinfo = u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
+    let hop = match next_hop(ctx, flow, true, ip_len, 0, flowinfo) {
+        Ok(hop) => hop,
+        Err(outcome) => return pass(outcome),
+    };
+
+    unsafe {
+        (*ip).hop_limit = hop_limit - 1;
+        let d = replace::<8>(ip_src, flow.src_addr.as_ptr(), Delta::new());
+        let d = replace::<8>(ip_dst, flow.dst_addr.as_ptr(), d);
+        let d = replace::<1>(udp_src, flow.src_port.as_ptr(), d);
+        let d = replace::<1>(udp_dst, flow.dst_port.as_ptr(), d);
+        let check = (&raw mut (*udp).check).cast::<u16>();
+        check.write(udp_update(check.read(), d, false));
+    }
+    account(ctx, flow, ip_len);
+    transmit(ctx, eth, &hop)
+}

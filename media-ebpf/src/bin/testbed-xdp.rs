@@ -1,0 +1,149 @@
+//! Helper XDP programs for the test bed and the benchmarks; never loaded by
+//! the daemon.
+//!
+//! - `xdp_pass`: lets native-mode `XDP_TX`/`XDP_REDIRECT` frames be delivered
+//!   on a veth (the receiving peer must run an XDP program).
+//! - `xdp_sink`: counts UDP packets to a port range at the far end and drops
+//!   them, for rates a socket cannot keep up with.
+//! - `xdp_gen`: run with `BPF_PROG_TEST_RUN` live frames on a veth to
+//!   transmit one prepared frame many times, spreading it over `flows`
+//!   destination ports.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        macros::{map, xdp},
+        maps::{Array, PerCpuArray},
+        programs::XdpContext,
+    };
+    use media_ebpf::csum::{Delta, udp_update};
+    use network_types::{
+        eth::{EthHdr, EtherType},
+        ip::{Ipv4Hdr, Ipv6Hdr},
+        udp::UdpHdr,
+    };
+
+    /// `[0]` first port, `[1]` number of ports (step 2: RTP ports), for both
+    /// the sink's match and the generator's spread.
+    #[map(name = "PORTS")]
+    static PORTS: Array<u32> = Array::with_max_entries(2, 0);
+
+    /// Sink: `[0]` packets, `[1]` bytes. Generator: `[2]` frames sent.
+    #[map(name = "TALLY")]
+    static TALLY: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+
+    #[inline(always)]
+    fn bump(i: u32, by: u64) {
+        if let Some(c) = TALLY.get_ptr_mut(i) {
+            // SAFETY: per-CPU slot, migration disabled during XDP.
+            unsafe { *c += by };
+        }
+    }
+
+    /// Offset of the UDP header, if this is an unfragmented UDP packet.
+    #[inline(always)]
+    fn udp_offset(ctx: &XdpContext) -> Option<(usize, bool)> {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if start + EthHdr::LEN > end {
+            return None;
+        }
+        let eth = start as *const EthHdr;
+        // SAFETY: bounds checked above.
+        let et = unsafe { (*eth).ether_type };
+        if et == EtherType::Ipv4 as u16 {
+            if start + EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN > end {
+                return None;
+            }
+            let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
+            // SAFETY: bounds checked above.
+            let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
+            (vihl == 0x45 && proto == 17).then_some((EthHdr::LEN + Ipv4Hdr::LEN, false))
+        } else if et == EtherType::Ipv6 as u16 {
+            if start + EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN > end {
+                return None;
+            }
+            let ip = (start + EthHdr::LEN) as *const Ipv6Hdr;
+            // SAFETY: bounds checked above.
+            let nh = unsafe { (*ip).next_hdr };
+            (nh == 17).then_some((EthHdr::LEN + Ipv6Hdr::LEN, true))
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn ports() -> (u32, u32) {
+        (
+            PORTS.get(0).copied().unwrap_or(0),
+            PORTS.get(1).copied().unwrap_or(0),
+        )
+    }
+
+    #[xdp]
+    pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+        XDP_PASS
+    }
+
+    #[xdp]
+    pub fn xdp_sink(ctx: XdpContext) -> u32 {
+        let Some((off, _)) = udp_offset(&ctx) else {
+            return XDP_PASS;
+        };
+        let start = ctx.data();
+        if start + off + UdpHdr::LEN > ctx.data_end() {
+            return XDP_PASS;
+        }
+        let udp = (start + off) as *const UdpHdr;
+        // SAFETY: bounds checked above.
+        let dport = u32::from(u16::from_be_bytes(unsafe { (*udp).dst }));
+        let (first, n) = ports();
+        if dport < first || dport >= first + 2 * n {
+            return XDP_PASS;
+        }
+        bump(0, 1);
+        bump(1, (ctx.data_end() - start) as u64);
+        XDP_DROP
+    }
+
+    #[xdp]
+    pub fn xdp_gen(ctx: XdpContext) -> u32 {
+        let Some((off, v6)) = udp_offset(&ctx) else {
+            return XDP_TX;
+        };
+        let start = ctx.data();
+        if start + off + UdpHdr::LEN > ctx.data_end() {
+            return XDP_TX;
+        }
+        let udp = (start + off) as *mut UdpHdr;
+        let (first, n) = ports();
+        let sent = TALLY.get(2).copied().unwrap_or(0);
+        bump(2, 1);
+        if n > 1 {
+            let port = (first + 2 * (sent % u64::from(n)) as u32) as u16;
+            // SAFETY: bounds checked above.
+            unsafe {
+                let old = (*udp).dst;
+                let new = port.to_be_bytes();
+                let d = Delta::new().bytes2(&old, &new);
+                (*udp).dst = new;
+                (*udp).check = udp_update(u16::from_be_bytes((*udp).check), d, !v6).to_be_bytes();
+            }
+        }
+        XDP_TX
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}

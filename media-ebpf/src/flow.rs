@@ -1,0 +1,273 @@
+//! A flow: what to do with UDP packets arriving on one local address/port.
+//!
+//! The control plane installs one [`Flow`] per direction per stream, keyed
+//! by where the packet arrives ([`FlowKey`]); the data plane only reads it.
+//! Per-flow counters live apart, in [`FlowStats`], so that updating a flow in
+//! place never races with (or resets) the data plane's counting.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// [`FlowKey::family`] / [`Flow::family`] value for IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// [`FlowKey::family`] / [`Flow::family`] value for IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// [`Flow::flags`]: drop packets whose source address is not
+/// [`Flow::expect_addr`].
+pub const CHECK_SOURCE_ADDR: u8 = 1 << 0;
+/// [`Flow::flags`]: drop packets whose source port is not
+/// [`Flow::expect_port`] (only meaningful with [`CHECK_SOURCE_ADDR`]).
+pub const CHECK_SOURCE_PORT: u8 = 1 << 1;
+
+/// Where a packet arrives: local address, local UDP port and family.
+///
+/// 20 bytes, no padding; 4-byte aligned so the data plane can build and
+/// compare it a word at a time.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Local address; IPv4 uses the first four bytes, the rest stay zero.
+    pub addr: [u8; 16],
+    /// Local UDP port, network byte order.
+    pub port: [u8; 2],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero (explicit padding, part of the hashed key).
+    pub reserved: u8,
+}
+
+/// What to do with a packet matching a [`FlowKey`]: rewrite it so that it
+/// leaves from the relay's address/port on the other leg towards the other
+/// leg's peer.
+///
+/// 64 bytes, no padding; 8-byte aligned (as the kernel aligns map values)
+/// so the data plane reads its addresses in whole words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// New source address: the relay's own address on the outbound leg.
+    pub src_addr: [u8; 16],
+    /// New destination address: the outbound leg's peer.
+    pub dst_addr: [u8; 16],
+    /// Expected source address of arriving packets (see [`CHECK_SOURCE_ADDR`]).
+    pub expect_addr: [u8; 16],
+    /// New source port (network byte order).
+    pub src_port: [u8; 2],
+    /// New destination port (network byte order).
+    pub dst_port: [u8; 2],
+    /// Expected source port of arriving packets (network byte order).
+    pub expect_port: [u8; 2],
+    /// Family of `src_addr`/`dst_addr`: [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// [`CHECK_SOURCE_ADDR`] | [`CHECK_SOURCE_PORT`].
+    pub flags: u8,
+    /// Index of this flow's [`FlowStats`] in `FLOW_STATS` (native byte order).
+    pub stats_slot: [u8; 4],
+    /// Always zero (explicit padding up to the 8-byte alignment).
+    pub reserved: [u8; 4],
+}
+
+/// Per-flow counters, one copy per CPU, summed by the reader.
+///
+/// 24 bytes, naturally aligned, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets forwarded by the data plane.
+    pub packets: u64,
+    /// Bytes forwarded (Ethernet frame length).
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last forwarded packet,
+    /// 0 if none.
+    pub last_seen_ns: u64,
+}
+
+fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn ip_from(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
+impl FlowKey {
+    /// The key for packets arriving on `local`. IPv4-mapped IPv6 addresses
+    /// are keyed as IPv4, which is how they appear on the wire.
+    #[must_use]
+    pub fn new(local: SocketAddr) -> Self {
+        let (addr, family) = addr_bytes(local.ip().to_canonical());
+        Self {
+            addr,
+            port: local.port().to_be_bytes(),
+            family,
+            reserved: 0,
+        }
+    }
+
+    /// The local socket address this key stands for.
+    #[must_use]
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::new(
+            ip_from(&self.addr, self.family),
+            u16::from_be_bytes(self.port),
+        )
+    }
+}
+
+impl Flow {
+    /// A flow sending from `relay` (the relay's own address/port on the
+    /// outbound leg) to `peer`, with no source check.
+    ///
+    /// Both addresses must be of the same family; `stats_slot` is filled in
+    /// by the flow table when the flow is installed.
+    #[must_use]
+    pub fn new(relay: SocketAddr, peer: SocketAddr) -> Self {
+        let (src_addr, family) = addr_bytes(relay.ip().to_canonical());
+        let (dst_addr, _) = addr_bytes(peer.ip().to_canonical());
+        Self {
+            src_addr,
+            dst_addr,
+            expect_addr: [0; 16],
+            src_port: relay.port().to_be_bytes(),
+            dst_port: peer.port().to_be_bytes(),
+            expect_port: [0; 2],
+            family,
+            flags: 0,
+            stats_slot: [0; 4],
+            reserved: [0; 4],
+        }
+    }
+
+    /// Accept packets only from `source` (address and port).
+    #[must_use]
+    pub fn with_source(mut self, source: SocketAddr) -> Self {
+        let (a, _) = addr_bytes(source.ip().to_canonical());
+        self.expect_addr = a;
+        self.expect_port = source.port().to_be_bytes();
+        self.flags |= CHECK_SOURCE_ADDR | CHECK_SOURCE_PORT;
+        self
+    }
+
+    /// Accept packets only from `source`'s address, any port.
+    #[must_use]
+    pub fn with_source_addr(mut self, source: IpAddr) -> Self {
+        let (a, _) = addr_bytes(source.to_canonical());
+        self.expect_addr = a;
+        self.expect_port = [0; 2];
+        self.flags = (self.flags | CHECK_SOURCE_ADDR) & !CHECK_SOURCE_PORT;
+        self
+    }
+
+    /// The relay's address/port packets leave from.
+    #[must_use]
+    pub fn relay(&self) -> SocketAddr {
+        SocketAddr::new(
+            ip_from(&self.src_addr, self.family),
+            u16::from_be_bytes(self.src_port),
+        )
+    }
+
+    /// The peer packets are sent to.
+    #[must_use]
+    pub fn peer(&self) -> SocketAddr {
+        SocketAddr::new(
+            ip_from(&self.dst_addr, self.family),
+            u16::from_be_bytes(self.dst_port),
+        )
+    }
+
+    /// Whether the relay and peer addresses share one family, i.e. whether
+    /// the two addresses can be used together at all.
+    #[must_use]
+    pub fn is_consistent(relay: SocketAddr, peer: SocketAddr) -> bool {
+        relay.ip().to_canonical().is_ipv4() == peer.ip().to_canonical().is_ipv4()
+    }
+
+    /// The expected source, if the flow checks one; a port of 0 means any.
+    /// The source has the family of the arriving packets, i.e. of the
+    /// flow's key (`key_family`), not necessarily the flow's own.
+    #[must_use]
+    pub fn expected_source(&self, key_family: u8) -> Option<SocketAddr> {
+        if self.flags & CHECK_SOURCE_ADDR == 0 {
+            return None;
+        }
+        let ip = ip_from(&self.expect_addr, key_family);
+        let port = if self.flags & CHECK_SOURCE_PORT == 0 {
+            0
+        } else {
+            u16::from_be_bytes(self.expect_port)
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    /// The stats slot as a number.
+    #[must_use]
+    pub const fn slot(&self) -> u32 {
+        u32::from_ne_bytes(self.stats_slot)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], only byte arrays and u8s: every bit pattern is a
+    // valid value and there is no padding.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: #[repr(C)], three u64s: no padding, any bit pattern is valid.
+    unsafe impl aya::Pod for super::FlowStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
+        assert_eq!(core::mem::size_of::<Flow>(), 64);
+        assert_eq!(core::mem::align_of::<Flow>(), 8);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 24);
+    }
+
+    #[test]
+    fn key_round_trips_and_canonicalises_mapped_v4() {
+        let a: SocketAddr = "198.18.0.1:30000".parse().unwrap();
+        let k = FlowKey::new(a);
+        assert_eq!(k.family, FAMILY_V4);
+        assert_eq!(k.local(), a);
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:30000".parse().unwrap();
+        assert_eq!(FlowKey::new(mapped), k);
+        let b: SocketAddr = "[2001:2::1]:30002".parse().unwrap();
+        assert_eq!(FlowKey::new(b).local(), b);
+        assert_eq!(FlowKey::new(b).family, FAMILY_V6);
+    }
+
+    #[test]
+    fn flow_accessors() {
+        let relay: SocketAddr = "198.18.1.1:30002".parse().unwrap();
+        let peer: SocketAddr = "198.18.1.2:4000".parse().unwrap();
+        let src: SocketAddr = "198.18.0.2:5000".parse().unwrap();
+        let f = Flow::new(relay, peer).with_source(src);
+        assert_eq!(f.relay(), relay);
+        assert_eq!(f.peer(), peer);
+        assert_eq!(f.expected_source(FAMILY_V4), Some(src));
+        let g = f.with_source_addr(src.ip());
+        assert_eq!(
+            g.expected_source(FAMILY_V4),
+            Some(SocketAddr::new(src.ip(), 0))
+        );
+        assert_eq!(Flow::new(relay, peer).expected_source(FAMILY_V4), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! Names and sizes of the maps both sides agree on.
+//!
+//! The maps are pinned under [`PIN_ROOT`]/[`LAYOUT_VERSION`]: when a map's
+//! key or value layout changes, the version changes too, so a daemon never
+//! adopts a pinned map it would misread.
+
+/// bpffs directory holding one sub-directory per layout version.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/media-relay";
+/// Version of the pinned map layouts below; bump on any layout change.
+pub const LAYOUT_VERSION: &str = "v1";
+
+/// `HASH` [`crate::FlowKey`] → [`crate::Flow`]: installed flows. A plain hash
+/// map, never LRU: an installed call must never be evicted.
+pub const FLOWS: &str = "FLOWS";
+/// `PERCPU_ARRAY` slot → [`crate::FlowStats`]: per-flow counters, indexed by
+/// [`crate::Flow::stats_slot`]. Written only by the data plane.
+pub const FLOW_STATS: &str = "FLOW_STATS";
+/// `PERCPU_ARRAY` [`crate::Outcome`] → `u64`: what happened to every packet.
+pub const OUTCOMES: &str = "OUTCOMES";
+/// `DEVMAP_HASH` ifindex → ifindex: interfaces the relay may redirect to.
+pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
+
+/// Compile-time default capacity of [`FLOWS`] and [`FLOW_STATS`]; the daemon
+/// resizes both from its configuration before loading.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Capacity of [`EGRESS_DEVS`].
+pub const MAX_EGRESS_DEVS: u32 = 64;

@@ -1,0 +1,101 @@
+//! What the XDP program did with a packet, one per-CPU counter each.
+
+/// Index into the `OUTCOMES` per-CPU array. Every packet the program sees
+/// increments exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rewritten and sent back out of the interface it arrived on (`XDP_TX`).
+    Transmitted = 0,
+    /// Rewritten and redirected to another interface (`XDP_REDIRECT`).
+    Redirected,
+    /// Not Ethernet+IPv4/IPv6 (ARP, VLAN-tagged, ...): passed to the stack.
+    NotIp,
+    /// IP but not UDP (TCP, ICMP, IPv6 extension headers, ...): passed.
+    NotUdp,
+    /// IPv4 fragment: passed; the stack reassembles.
+    Fragment,
+    /// IPv4 header with options: passed.
+    IpOptions,
+    /// Headers truncated or lengths inconsistent (also IPv6 UDP checksum 0):
+    /// passed untouched; the stack decides.
+    Malformed,
+    /// UDP to an address/port with no installed flow: passed to the stack
+    /// (a socket bound by the daemon, or whatever else owns the port).
+    NoFlow,
+    /// Source address/port differs from the flow's expected peer: dropped.
+    SourceRejected,
+    /// TTL / hop limit 1 or 0: passed so the stack can answer with ICMP.
+    TtlExceeded,
+    /// The FIB knows the route but not the neighbour's MAC: passed; the
+    /// stack resolves it and the next packets go through XDP.
+    NeighbourMiss,
+    /// No route, forwarding disabled on the ingress interface, MTU exceeded
+    /// or another FIB failure: passed to the stack.
+    FibFailed,
+    /// The route leaves by an interface the relay is not attached to: passed.
+    EgressNotAllowed,
+    /// The flow's egress family differs from the packet's (IPv4↔IPv6
+    /// bridging): passed to the userspace path.
+    FamilyChange,
+}
+
+impl Outcome {
+    /// Number of outcomes, the size of the `OUTCOMES` map.
+    pub const COUNT: u32 = 14;
+
+    /// Every outcome, in index order.
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Outcome::Transmitted,
+        Outcome::Redirected,
+        Outcome::NotIp,
+        Outcome::NotUdp,
+        Outcome::Fragment,
+        Outcome::IpOptions,
+        Outcome::Malformed,
+        Outcome::NoFlow,
+        Outcome::SourceRejected,
+        Outcome::TtlExceeded,
+        Outcome::NeighbourMiss,
+        Outcome::FibFailed,
+        Outcome::EgressNotAllowed,
+        Outcome::FamilyChange,
+    ];
+
+    /// Stable snake_case name, used in logs, the CLI and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Transmitted => "transmitted",
+            Outcome::Redirected => "redirected",
+            Outcome::NotIp => "not_ip",
+            Outcome::NotUdp => "not_udp",
+            Outcome::Fragment => "fragment",
+            Outcome::IpOptions => "ip_options",
+            Outcome::Malformed => "malformed",
+            Outcome::NoFlow => "no_flow",
+            Outcome::SourceRejected => "source_rejected",
+            Outcome::TtlExceeded => "ttl_exceeded",
+            Outcome::NeighbourMiss => "neighbour_miss",
+            Outcome::FibFailed => "fib_failed",
+            Outcome::EgressNotAllowed => "egress_not_allowed",
+            Outcome::FamilyChange => "family_change",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::COUNT as usize);
+    }
+}

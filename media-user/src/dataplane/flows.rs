@@ -1,0 +1,229 @@
+//! The installed-flow table: the typed API through which the daemon (the
+//! single writer) installs, updates and removes flows and reads their
+//! counters.
+//!
+//! Each flow owns a slot of the per-CPU `FLOW_STATS` array, handed out
+//! here. A slot is zeroed before its flow becomes visible, and a flow is
+//! updated in place (same slot, same counters) with one atomic map update,
+//! so forwarding never pauses across a re-offer.
+
+use std::{collections::HashMap as StdHashMap, time::Duration};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use media_ebpf::{Flow, FlowKey, FlowStats};
+use thiserror::Error;
+
+/// `BPF_NOEXIST` / `BPF_EXIST` (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+#[derive(Debug, Error)]
+pub enum FlowError {
+    #[error(
+        "the flow table is full ({capacity} flows); raise --max-flows (one flow per direction \
+         per stream: a two-leg audio call with RTCP uses 4)"
+    )]
+    Full { capacity: u32 },
+    #[error("a flow for {local} is already installed")]
+    Exists { local: std::net::SocketAddr },
+    #[error("no flow is installed for {local}")]
+    NotFound { local: std::net::SocketAddr },
+    #[error(
+        "flow for {local}: the relay address {relay} and peer {peer} are of different families"
+    )]
+    MixedFamilies {
+        local: std::net::SocketAddr,
+        relay: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+    },
+    #[error("flow map operation failed: {0}")]
+    Map(#[from] MapError),
+}
+
+/// A flow's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC time of the last forwarded packet.
+    pub last_seen: Option<Duration>,
+}
+
+impl FlowCounters {
+    fn sum(values: &PerCpuValues<FlowStats>) -> Self {
+        let mut c = Self::default();
+        let mut last = 0;
+        for v in values.iter() {
+            c.packets += v.packets;
+            c.bytes += v.bytes;
+            last = last.max(v.last_seen_ns);
+        }
+        c.last_seen = (last != 0).then(|| Duration::from_nanos(last));
+        c
+    }
+}
+
+pub struct FlowTable {
+    flows: HashMap<MapData, FlowKey, Flow>,
+    stats: PerCpuArray<MapData, FlowStats>,
+    /// Userspace mirror: key → stats slot of every installed flow.
+    slots: StdHashMap<FlowKey, u32>,
+    /// Free stats slots, handed out from the end.
+    free: Vec<u32>,
+    capacity: u32,
+    ncpus: usize,
+}
+
+impl FlowTable {
+    /// Wrap the maps, adopting whatever flows are already installed (pinned
+    /// maps from a previous daemon).
+    pub(crate) fn adopt(
+        flows: HashMap<MapData, FlowKey, Flow>,
+        stats: PerCpuArray<MapData, FlowStats>,
+        capacity: u32,
+        ncpus: usize,
+    ) -> Result<Self, FlowError> {
+        let mut slots = StdHashMap::new();
+        for kv in flows.iter() {
+            let (k, f) = kv?;
+            slots.insert(k, f.slot());
+        }
+        let used: std::collections::HashSet<u32> = slots.values().copied().collect();
+        let free = (0..capacity).rev().filter(|s| !used.contains(s)).collect();
+        Ok(Self {
+            flows,
+            stats,
+            slots,
+            free,
+            capacity,
+            ncpus,
+        })
+    }
+
+    /// Maximum number of flows.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Number of installed flows.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    /// Keys of all installed flows.
+    pub fn keys(&self) -> impl Iterator<Item = &FlowKey> {
+        self.slots.keys()
+    }
+
+    fn check(key: &FlowKey, flow: &Flow) -> Result<(), FlowError> {
+        let (relay, peer) = (flow.relay(), flow.peer());
+        if !Flow::is_consistent(relay, peer) {
+            return Err(FlowError::MixedFamilies {
+                local: key.local(),
+                relay,
+                peer,
+            });
+        }
+        Ok(())
+    }
+
+    /// Install a new flow. Its counters start at zero.
+    pub fn install(&mut self, key: FlowKey, mut flow: Flow) -> Result<(), FlowError> {
+        Self::check(&key, &flow)?;
+        if self.slots.contains_key(&key) {
+            return Err(FlowError::Exists { local: key.local() });
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(FlowError::Full {
+                capacity: self.capacity,
+            });
+        };
+        flow.stats_slot = slot.to_ne_bytes();
+        let zero = PerCpuValues::try_from(vec![FlowStats::default(); self.ncpus])
+            .map_err(MapError::from)?;
+        let result = self
+            .stats
+            .set(slot, zero, 0)
+            .and_then(|()| self.flows.insert(key, flow, BPF_NOEXIST));
+        match result {
+            Ok(()) => {
+                self.slots.insert(key, slot);
+                Ok(())
+            }
+            Err(e) => {
+                self.free.push(slot);
+                Err(match &e {
+                    MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                        FlowError::Full {
+                            capacity: self.capacity,
+                        }
+                    }
+                    MapError::SyscallError(s)
+                        if s.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                    {
+                        FlowError::Exists { local: key.local() }
+                    }
+                    _ => FlowError::Map(e),
+                })
+            }
+        }
+    }
+
+    /// Replace an installed flow in place: one atomic map update, the same
+    /// stats slot, counters kept.
+    pub fn update(&mut self, key: FlowKey, mut flow: Flow) -> Result<(), FlowError> {
+        Self::check(&key, &flow)?;
+        let Some(&slot) = self.slots.get(&key) else {
+            return Err(FlowError::NotFound { local: key.local() });
+        };
+        flow.stats_slot = slot.to_ne_bytes();
+        self.flows.insert(key, flow, BPF_EXIST)?;
+        Ok(())
+    }
+
+    /// Install or update.
+    pub fn set(&mut self, key: FlowKey, flow: Flow) -> Result<(), FlowError> {
+        if self.slots.contains_key(&key) {
+            self.update(key, flow)
+        } else {
+            self.install(key, flow)
+        }
+    }
+
+    /// Remove a flow; forwarding stops with the next packet. Returns its
+    /// final counters.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<FlowCounters, FlowError> {
+        let Some(&slot) = self.slots.get(key) else {
+            return Err(FlowError::NotFound { local: key.local() });
+        };
+        self.flows.remove(key)?;
+        self.slots.remove(key);
+        let last = self.stats.get(&slot, 0).map(|v| FlowCounters::sum(&v));
+        self.free.push(slot);
+        Ok(last?)
+    }
+
+    /// The flow installed for `key`, as the data plane sees it.
+    pub fn get(&self, key: &FlowKey) -> Result<Flow, FlowError> {
+        if !self.slots.contains_key(key) {
+            return Err(FlowError::NotFound { local: key.local() });
+        }
+        Ok(self.flows.get(key, 0)?)
+    }
+
+    /// Counters of an installed flow.
+    pub fn counters(&self, key: &FlowKey) -> Result<FlowCounters, FlowError> {
+        let Some(slot) = self.slots.get(key) else {
+            return Err(FlowError::NotFound { local: key.local() });
+        };
+        Ok(FlowCounters::sum(&self.stats.get(slot, 0)?))
+    }
+}

@@ -1,0 +1,176 @@
+//! Facts about the host the daemon depends on, each checked up front so
+//! that a missing one is reported as one clear line with the fix.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// Capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+/// `BPF_FS_MAGIC` (linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error(
+        "media-relay needs root, or CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels \
+         before 5.8), to load and attach XDP programs; missing: {missing}. Run it as root \
+         or with `setcap cap_bpf,cap_net_admin,cap_perfmon+ep`"
+    )]
+    NotPrivileged { missing: String },
+    #[error(
+        "{path} is not a bpffs mount and mounting one failed ({source}); run \
+         `mount -t bpf bpf {path}` (inside `ip netns exec` too: it remounts /sys)"
+    )]
+    NoBpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unknown interface {name:?}: see `ip link` for the interfaces of this host")]
+    UnknownInterface { name: String },
+    #[error("could not set sysctl {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))
+}
+
+/// Check that this process may load and attach XDP programs.
+pub fn check_privileges() -> Result<(), HostError> {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |c: u32| caps & (1 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(HostError::NotPrivileged {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// Make sure the bpffs that will hold `pin_dir` is mounted (mounting it at
+/// its usual place if needed) and create `pin_dir`.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), HostError> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    let under_default = pin_dir.starts_with(mount_point);
+    let fs_root = if under_default {
+        mount_point
+    } else {
+        pin_dir.ancestors().find(|a| is_bpffs(a)).unwrap_or(pin_dir)
+    };
+    if !is_bpffs(fs_root) {
+        if !under_default {
+            return Err(HostError::NoBpffs {
+                path: pin_dir.to_owned(),
+                source: io::Error::other("not on a bpffs"),
+            });
+        }
+        nix::mount::mount(
+            Some("bpf"),
+            mount_point,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| HostError::NoBpffs {
+            path: mount_point.to_owned(),
+            source: e.into(),
+        })?;
+        info!(path = %mount_point.display(), "mounted bpffs");
+    }
+    fs::create_dir_all(pin_dir).map_err(|source| HostError::NoBpffs {
+        path: pin_dir.to_owned(),
+        source,
+    })
+}
+
+/// The ifindex of interface `name` in this network namespace.
+pub fn ifindex(name: &str) -> Result<u32, HostError> {
+    let unknown = || HostError::UnknownInterface {
+        name: name.to_owned(),
+    };
+    let c = CString::new(name).map_err(|_| unknown())?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(unknown()),
+        i => Ok(i),
+    }
+}
+
+fn write_sysctl(path: &Path, value: &str) -> Result<bool, HostError> {
+    let current = fs::read_to_string(path).map_err(|source| HostError::Sysctl {
+        path: path.to_owned(),
+        source,
+    })?;
+    if current.trim() == value {
+        return Ok(false);
+    }
+    fs::write(path, value).map_err(|source| HostError::Sysctl {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Enable forwarding on `interface`, which `bpf_fib_lookup` requires of the
+/// ingress interface (see media-ebpf's `fib.rs`). On IPv6 this would also
+/// make the interface ignore router advertisements (`accept_ra=1` means
+/// "only when not forwarding"), which would lose a SLAAC default route on
+/// cloud instances, so `accept_ra=1` becomes 2 ("even when forwarding").
+pub fn enable_forwarding(interface: &str) -> Result<(), HostError> {
+    let v4 = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"));
+    if write_sysctl(&v4, "1")? {
+        info!(interface, sysctl = %v4.display(), "enabled IPv4 forwarding for XDP next-hop lookups");
+    }
+    let v6 = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{interface}"));
+    if v6.exists() {
+        let ra = v6.join("accept_ra");
+        if fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+            write_sysctl(&ra, "2")?;
+            info!(
+                interface,
+                "accept_ra 1 -> 2 so that router advertisements still count"
+            );
+        }
+        let fwd = v6.join("forwarding");
+        if write_sysctl(&fwd, "1")? {
+            info!(interface, sysctl = %fwd.display(), "enabled IPv6 forwarding for XDP next-hop lookups");
+        }
+    } else {
+        warn!(
+            interface,
+            "IPv6 is disabled on this interface; IPv6 flows will not be forwarded"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! media-relay's media daemon.
+//!
+//! - [`dataplane`]: loads the XDP program, attaches it to interfaces, pins
+//!   its maps and is the single writer of the installed flows.
+//! - [`host`]: the few facts about the host the daemon checks or sets
+//!   (privileges, bpffs, interfaces, forwarding sysctls).
+//! - [`daemon`]: the `media-relay run` event loop.
+
+pub mod daemon;
+pub mod dataplane;
+pub mod host;
+pub mod logging;
