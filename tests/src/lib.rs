@@ -1,1 +1,18 @@
+//! The test bed shared by the root-only tests and the benchmarks: network
+//! namespaces joined by veth pairs, addresses from the RFC 2544/5180
+//! benchmarking ranges (198.18.0.0/15, 2001:2::/48), Ethernet frames built
+//! by hand and checked with an independent checksum implementation
+//! (etherparse).
+//!
+//! Everything created here is removed on drop, also when a test fails.
 
+pub mod bed;
+pub mod frame;
+pub mod netns;
+pub mod privilege;
+pub mod relay;
+
+pub use bed::{Bed, BedOptions};
+pub use netns::Netns;
+pub use privilege::require_root;
+pub use relay::Relay;

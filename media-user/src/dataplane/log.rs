@@ -7,10 +7,11 @@ use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
 /// Drains the program's log ring buffer on the tokio runtime, if there is
-/// one; without a runtime (tests calling the API directly) records stay in
-/// the ring buffer, which is harmless.
-pub(super) struct LogPump {
-    task: tokio::task::JoinHandle<()>,
+/// one; without a runtime (tests calling the API directly) the logger is
+/// only kept, and records stay in the ring buffer, which is harmless.
+pub(super) enum LogPump {
+    Task(tokio::task::JoinHandle<()>),
+    Idle(#[expect(dead_code, reason = "kept to own the ring buffer")] EbpfLogger<tracing_log::LogTracer>),
 }
 
 impl LogPump {
@@ -23,7 +24,9 @@ impl LogPump {
                 return None;
             }
         };
-        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Some(Self::Idle(logger));
+        };
         let _guard = handle.enter();
         // SAFETY: the logger owns the ring buffer's fd for its whole life and
         // always reports that same fd; the AsyncFd owns the logger.
@@ -39,12 +42,14 @@ impl LogPump {
                 guard.clear_ready();
             }
         });
-        Some(Self { task })
+        Some(Self::Task(task))
     }
 }
 
 impl Drop for LogPump {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Self::Task(task) = self {
+            task.abort();
+        }
     }
 }

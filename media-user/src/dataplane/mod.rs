@@ -137,7 +137,6 @@ impl DataPlane {
             .map_max_entries(maps::FLOWS, capacity)
             .map_max_entries(maps::FLOW_STATS, capacity)
             .load(object::RELAY)?;
-        let log = log::LogPump::start(&mut ebpf);
         {
             let program: &mut Xdp = ebpf
                 .program_mut(object::RELAY_PROGRAM)
@@ -155,6 +154,9 @@ impl DataPlane {
                 return Err(DataPlaneError::Verifier { source });
             }
         }
+        // After the program load: the logger takes the log ring buffer map
+        // out of `ebpf`, and the program must have been relocated against it.
+        let log = log::LogPump::start(&mut ebpf);
 
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Cpus(e))?;
         let flows = FlowTable::adopt(

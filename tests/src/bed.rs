@@ -1,0 +1,168 @@
+//! The three-namespace test bed:
+//!
+//! ```text
+//!  ns a                 ns relay                    ns b
+//!  a0 ───── veth ───── ra        rb ───── veth ───── b0
+//!  198.18.1.2          198.18.1.1  198.18.2.1        198.18.2.2
+//!  2001:2:0:1::2       2001:2:0:1::1  2001:2:0:2::1  2001:2:0:2::2
+//! ```
+//!
+//! Plus, in the relay namespace, 198.19.0.0/16 and 2001:2:0:ff00::/56
+//! routed via b, so that any number of peer addresses share one next hop.
+//!
+//! XDP-on-veth traps handled here (see docs/toolchain.md): tx checksum
+//! offload is off on every veth, so frames sent by local sockets carry full
+//! checksums; for native mode, the far ends run an `xdp_pass` program so
+//! that `XDP_TX`/`XDP_REDIRECT` frames are delivered.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use media_user::dataplane::object;
+
+use crate::netns::Netns;
+
+pub const A_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const RA_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const RB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const B_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const A_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+pub const RA_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+pub const RB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+pub const B_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
+/// Routed via b from the relay namespace.
+pub const FAR_V4_NET: &str = "198.19.0.0/16";
+pub const FAR_V6_NET: &str = "2001:2:0:ff00::/56";
+
+pub const A_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 2];
+pub const RA_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+pub const RB_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 1];
+pub const B_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 2];
+
+/// How to build the bed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BedOptions {
+    /// Attach `xdp_pass` to a0 and b0 (needed to receive native-mode
+    /// `XDP_TX`/`XDP_REDIRECT` frames on veth).
+    pub peer_xdp: bool,
+    /// Permanent neighbour entries for a and b in the relay namespace
+    /// (deterministic MACs for byte-exact tests) instead of learning them.
+    pub static_neighbours: bool,
+}
+
+pub struct Bed {
+    // Dropped first: the peers' XDP programs, then the namespaces.
+    peer_programs: Vec<Ebpf>,
+    pub a: Netns,
+    pub relay: Netns,
+    pub b: Netns,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Bed {
+    pub fn new(opts: BedOptions) -> anyhow::Result<Self> {
+        let a = Netns::new("a")?;
+        let relay = Netns::new("relay")?;
+        let b = Netns::new("b")?;
+        for (ns, dev, peer_ns, peer_dev, m, peer_m) in [
+            (&relay, "ra", &a, "a0", RA_MAC, A_MAC),
+            (&relay, "rb", &b, "b0", RB_MAC, B_MAC),
+        ] {
+            crate::netns::run(std::process::Command::new("ip").args([
+                "link",
+                "add",
+                "name",
+                dev,
+                "netns",
+                ns.name(),
+                "address",
+                &mac(m),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer_dev,
+                "netns",
+                peer_ns.name(),
+                "address",
+                &mac(peer_m),
+            ]))
+            .context("creating veth pair")?;
+        }
+        let addrs: [(&Netns, &str, Ipv4Addr, Ipv6Addr); 4] = [
+            (&a, "a0", A_V4, A_V6),
+            (&relay, "ra", RA_V4, RA_V6),
+            (&relay, "rb", RB_V4, RB_V6),
+            (&b, "b0", B_V4, B_V6),
+        ];
+        for (ns, dev, v4, v6) in addrs {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+            ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
+        }
+        a.ip(&["route", "add", "default", "via", &RA_V4.to_string()])?;
+        a.ip(&["-6", "route", "add", "default", "via", &RA_V6.to_string()])?;
+        b.ip(&["route", "add", "default", "via", &RB_V4.to_string()])?;
+        b.ip(&["-6", "route", "add", "default", "via", &RB_V6.to_string()])?;
+        relay.ip(&["route", "add", FAR_V4_NET, "via", &B_V4.to_string()])?;
+        relay.ip(&["-6", "route", "add", FAR_V6_NET, "via", &B_V6.to_string()])?;
+        if opts.static_neighbours {
+            for (ip, m, dev) in [
+                (IpAddr::V4(A_V4), A_MAC, "ra"),
+                (IpAddr::V6(A_V6), A_MAC, "ra"),
+                (IpAddr::V4(B_V4), B_MAC, "rb"),
+                (IpAddr::V6(B_V6), B_MAC, "rb"),
+            ] {
+                relay.ip(&[
+                    "neigh",
+                    "replace",
+                    &ip.to_string(),
+                    "lladdr",
+                    &mac(m),
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+        }
+        let mut bed = Self {
+            peer_programs: Vec::new(),
+            a,
+            relay,
+            b,
+        };
+        if opts.peer_xdp {
+            let pa = bed.a.enter(|| attach_pass("a0"))?;
+            let pb = bed.b.enter(|| attach_pass("b0"))?;
+            bed.peer_programs.push(pa);
+            bed.peer_programs.push(pb);
+        }
+        Ok(bed)
+    }
+}
+
+/// Load the test-bed object and attach `xdp_pass` (native) to `dev` in the
+/// current namespace.
+fn attach_pass(dev: &str) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(object::TESTBED).context("loading the test-bed XDP object")?;
+    let p: &mut Xdp = ebpf
+        .program_mut("xdp_pass")
+        .context("xdp_pass in the test-bed object")?
+        .try_into()?;
+    p.load()?;
+    p.attach(dev, XdpMode::Driver)
+        .with_context(|| format!("attaching xdp_pass to {dev}"))?;
+    Ok(ebpf)
+}
