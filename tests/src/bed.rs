@@ -137,6 +137,20 @@ impl Bed {
                 ])?;
             }
         }
+        // IPv6 on a fresh link answers neighbour solicitations only once its
+        // link-local address has left DAD (about 2 s); wait for that so the
+        // first datagram of a test is not delayed by a retransmitted NS.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for ns in [&a, &relay, &b] {
+            while !ns.ip(&["-6", "addr", "show", "tentative"])?.trim().is_empty() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "IPv6 addresses in {} still tentative after 5 s",
+                    ns.name()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         let mut bed = Self {
             peer_programs: Vec::new(),
             a,
