@@ -1,0 +1,210 @@
+//! The `media-relay` binary and the data plane's lifecycle: one-line
+//! errors for what an operator gets wrong, native → generic fallback,
+//! clean detach on SIGTERM, and pinned state adopted across restarts.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use media_ebpf::{Flow, FlowKey};
+use media_relay_tests::{Netns, require_root};
+use media_user::dataplane::{DataPlane, Options};
+
+/// The `media-relay` binary next to this test's own target directory.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = dir.join("media-relay");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --bins`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+fn pin_root(tag: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/media-relay-test-{tag}-{}", std::process::id()))
+}
+
+/// Run `media-relay run <args>` inside `ns` and wait (bounded) for it.
+fn run_in(ns: &Netns, args: &[&str]) -> anyhow::Result<Output> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(binary())
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("media-relay {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn operator_errors_are_one_clear_line() -> anyhow::Result<()> {
+    if !require_root("operator_errors_are_one_clear_line") {
+        return Ok(());
+    }
+    let ns = Netns::new("err")?;
+    let root = pin_root("err");
+    let root_s = root.to_string_lossy().into_owned();
+
+    let out = run_in(&ns, &["-i", "nosuch0", "--pin-root", &root_s])?;
+    assert!(!out.status.success());
+    let line = last_line(&out);
+    assert!(
+        line.starts_with("media-relay: unknown interface \"nosuch0\"") && line.contains("ip link"),
+        "{line}"
+    );
+
+    let out = run_in(&ns, &["-i", "lo", "--xdp-mode", "native", "--pin-root", &root_s])?;
+    assert!(!out.status.success());
+    let line = last_line(&out);
+    assert!(
+        line.contains("native XDP is not available") && line.contains("--xdp-mode generic"),
+        "{line}"
+    );
+
+    // Not root: says what is missing and what to do.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(binary())
+        .args(["run", "-i", "lo", "--pin-root", &root_s])
+        .output()?;
+    assert!(!out.status.success());
+    let line = last_line(&out);
+    assert!(line.contains("needs root") && line.contains("CAP_BPF"), "{line}");
+
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[test]
+fn auto_falls_back_to_generic_and_detaches_on_sigterm() -> anyhow::Result<()> {
+    if !require_root("auto_falls_back_to_generic_and_detaches_on_sigterm") {
+        return Ok(());
+    }
+    let ns = Netns::new("auto")?;
+    let root = pin_root("auto");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(binary())
+        .args(["run", "-i", "lo", "--pin-root"])
+        .arg(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Wait (bounded) for the attachment to show up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let link = ns.ip(&["-d", "link", "show", "lo"])?;
+        if link.contains("xdpgeneric") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no generic XDP on lo: {link}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the child we spawned. `ip netns exec` execs the
+    // binary, so the pid is media-relay's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("XDP generic on lo (native unavailable, fell back)"), "{stdout}");
+    let link = ns.ip(&["-d", "link", "show", "lo"])?;
+    assert!(!link.contains("xdp"), "still attached after SIGTERM: {link}");
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[test]
+fn pinned_flows_survive_a_restart_and_bad_pins_are_refused() -> anyhow::Result<()> {
+    if !require_root("pinned_flows_survive_a_restart_and_bad_pins_are_refused") {
+        return Ok(());
+    }
+    let ns = Netns::new("pins")?;
+    let root = pin_root("pins");
+    let opts = Options {
+        pin_root: root.clone(),
+        max_flows: 64,
+    };
+    let key = FlowKey::new("198.18.1.1:30000".parse::<SocketAddr>()?);
+    let flow = Flow::new("198.18.2.1:30002".parse()?, "198.18.2.2:40000".parse()?);
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&root);
+    };
+
+    let result = ns.enter(|| {
+        // First start: no pins yet.
+        let mut dp = DataPlane::load(&opts)?;
+        dp.flows_mut().install(key, flow)?;
+        dp.flows_mut()
+            .install(FlowKey::new("198.18.1.1:30002".parse::<SocketAddr>()?), flow)?;
+        drop(dp);
+        // Second start adopts them, capacity included, and keeps slots
+        // distinct from new flows.
+        let mut dp = DataPlane::load(&Options {
+            max_flows: 128,
+            ..opts.clone()
+        })?;
+        anyhow::ensure!(dp.flows().len() == 2, "adopted {} flows", dp.flows().len());
+        anyhow::ensure!(dp.flows().capacity() == 64, "capacity {}", dp.flows().capacity());
+        anyhow::ensure!(dp.flows().get(&key)? == Flow { stats_slot: dp.flows().get(&key)?.stats_slot, ..flow });
+        let k3 = FlowKey::new("198.18.1.1:30004".parse::<SocketAddr>()?);
+        dp.flows_mut().install(k3, flow)?;
+        let slots: std::collections::HashSet<u32> = dp
+            .flows()
+            .keys()
+            .map(|k| dp.flows().get(k).map(|f| f.slot()))
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(slots.len() == 3, "stats slots reused: {slots:?}");
+        // A full table is a clear error.
+        let mut port = 31000;
+        let err = loop {
+            match dp.flows_mut().install(FlowKey::new(SocketAddr::new("198.18.1.1".parse()?, port)), flow) {
+                Ok(()) => port += 2,
+                Err(e) => break e,
+            }
+        };
+        anyhow::ensure!(dp.flows().len() == 64, "filled to {}", dp.flows().len());
+        anyhow::ensure!(err.to_string().contains("full (64 flows)"), "{err}");
+        dp.unpin()?;
+        drop(dp);
+
+        // A map of another layout at a pin path is refused, with the fix.
+        let dir = root.join(media_ebpf::maps::LAYOUT_VERSION);
+        std::fs::create_dir_all(&dir)?;
+        media_relay_tests::netns::run(Command::new("bpftool").args([
+            "map", "create",
+        ]).arg(dir.join("FLOWS")).args(["type", "hash", "key", "4", "value", "4", "entries", "16", "name", "FLOWS"]))
+        .context("bpftool map create")?;
+        let err = match DataPlane::load(&opts) {
+            Ok(_) => anyhow::bail!("loaded over an incompatible pin"),
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(err.contains("does not match") && err.contains("rm "), "{err}");
+        Ok(())
+    });
+    cleanup();
+    result
+}
