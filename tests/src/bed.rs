@@ -142,7 +142,11 @@ impl Bed {
         // first datagram of a test is not delayed by a retransmitted NS.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         for ns in [&a, &relay, &b] {
-            while !ns.ip(&["-6", "addr", "show", "tentative"])?.trim().is_empty() {
+            while !ns
+                .ip(&["-6", "addr", "show", "tentative"])?
+                .trim()
+                .is_empty()
+            {
                 anyhow::ensure!(
                     std::time::Instant::now() < deadline,
                     "IPv6 addresses in {} still tentative after 5 s",

@@ -26,7 +26,13 @@ pub struct UdpFrame {
 }
 
 impl UdpFrame {
-    pub fn new(dmac: [u8; 6], smac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Self {
+    pub fn new(
+        dmac: [u8; 6],
+        smac: [u8; 6],
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+    ) -> Self {
         Self {
             dmac,
             smac,

@@ -19,9 +19,7 @@ pub struct Netns {
 
 /// Run a command, failing with its stderr if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",

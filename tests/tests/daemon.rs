@@ -17,7 +17,10 @@ use media_user::dataplane::{DataPlane, Options};
 /// The `media-relay` binary next to this test's own target directory.
 fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let bin = dir.join("media-relay");
     assert!(
         bin.exists(),
@@ -28,7 +31,10 @@ fn binary() -> PathBuf {
 }
 
 fn pin_root(tag: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/media-relay-test-{tag}-{}", std::process::id()))
+    PathBuf::from(format!(
+        "/sys/fs/bpf/media-relay-test-{tag}-{}",
+        std::process::id()
+    ))
 }
 
 /// Run `media-relay run <args>` inside `ns` and wait (bounded) for it.
@@ -77,7 +83,10 @@ fn operator_errors_are_one_clear_line() -> anyhow::Result<()> {
         "{line}"
     );
 
-    let out = run_in(&ns, &["-i", "lo", "--xdp-mode", "native", "--pin-root", &root_s])?;
+    let out = run_in(
+        &ns,
+        &["-i", "lo", "--xdp-mode", "native", "--pin-root", &root_s],
+    )?;
     assert!(!out.status.success());
     let line = last_line(&out);
     assert!(
@@ -87,13 +96,21 @@ fn operator_errors_are_one_clear_line() -> anyhow::Result<()> {
 
     // Not root: says what is missing and what to do.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(binary())
         .args(["run", "-i", "lo", "--pin-root", &root_s])
         .output()?;
     assert!(!out.status.success());
     let line = last_line(&out);
-    assert!(line.contains("needs root") && line.contains("CAP_BPF"), "{line}");
+    assert!(
+        line.contains("needs root") && line.contains("CAP_BPF"),
+        "{line}"
+    );
 
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -129,10 +146,20 @@ fn auto_falls_back_to_generic_and_detaches_on_sigterm() -> anyhow::Result<()> {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("XDP generic on lo (native unavailable, fell back)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("XDP generic on lo (native unavailable, fell back)"),
+        "{stdout}"
+    );
     let link = ns.ip(&["-d", "link", "show", "lo"])?;
-    assert!(!link.contains("xdp"), "still attached after SIGTERM: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "still attached after SIGTERM: {link}"
+    );
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -158,8 +185,10 @@ fn pinned_flows_survive_a_restart_and_bad_pins_are_refused() -> anyhow::Result<(
         // First start: no pins yet.
         let mut dp = DataPlane::load(&opts)?;
         dp.flows_mut().install(key, flow)?;
-        dp.flows_mut()
-            .install(FlowKey::new("198.18.1.1:30002".parse::<SocketAddr>()?), flow)?;
+        dp.flows_mut().install(
+            FlowKey::new("198.18.1.1:30002".parse::<SocketAddr>()?),
+            flow,
+        )?;
         drop(dp);
         // Second start adopts them, capacity included, and keeps slots
         // distinct from new flows.
@@ -168,8 +197,18 @@ fn pinned_flows_survive_a_restart_and_bad_pins_are_refused() -> anyhow::Result<(
             ..opts.clone()
         })?;
         anyhow::ensure!(dp.flows().len() == 2, "adopted {} flows", dp.flows().len());
-        anyhow::ensure!(dp.flows().capacity() == 64, "capacity {}", dp.flows().capacity());
-        anyhow::ensure!(dp.flows().get(&key)? == Flow { stats_slot: dp.flows().get(&key)?.stats_slot, ..flow });
+        anyhow::ensure!(
+            dp.flows().capacity() == 64,
+            "capacity {}",
+            dp.flows().capacity()
+        );
+        anyhow::ensure!(
+            dp.flows().get(&key)?
+                == Flow {
+                    stats_slot: dp.flows().get(&key)?.stats_slot,
+                    ..flow
+                }
+        );
         let k3 = FlowKey::new("198.18.1.1:30004".parse::<SocketAddr>()?);
         dp.flows_mut().install(k3, flow)?;
         let slots: std::collections::HashSet<u32> = dp
@@ -181,7 +220,10 @@ fn pinned_flows_survive_a_restart_and_bad_pins_are_refused() -> anyhow::Result<(
         // A full table is a clear error.
         let mut port = 31000;
         let err = loop {
-            match dp.flows_mut().install(FlowKey::new(SocketAddr::new("198.18.1.1".parse()?, port)), flow) {
+            match dp.flows_mut().install(
+                FlowKey::new(SocketAddr::new("198.18.1.1".parse()?, port)),
+                flow,
+            ) {
                 Ok(()) => port += 2,
                 Err(e) => break e,
             }
@@ -194,15 +236,23 @@ fn pinned_flows_survive_a_restart_and_bad_pins_are_refused() -> anyhow::Result<(
         // A map of another layout at a pin path is refused, with the fix.
         let dir = root.join(media_ebpf::maps::LAYOUT_VERSION);
         std::fs::create_dir_all(&dir)?;
-        media_relay_tests::netns::run(Command::new("bpftool").args([
-            "map", "create",
-        ]).arg(dir.join("FLOWS")).args(["type", "hash", "key", "4", "value", "4", "entries", "16", "name", "FLOWS"]))
+        media_relay_tests::netns::run(
+            Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(dir.join("FLOWS"))
+                .args([
+                    "type", "hash", "key", "4", "value", "4", "entries", "16", "name", "FLOWS",
+                ]),
+        )
         .context("bpftool map create")?;
         let err = match DataPlane::load(&opts) {
             Ok(_) => anyhow::bail!("loaded over an incompatible pin"),
             Err(e) => e.to_string(),
         };
-        anyhow::ensure!(err.contains("does not match") && err.contains("rm "), "{err}");
+        anyhow::ensure!(
+            err.contains("does not match") && err.contains("rm "),
+            "{err}"
+        );
         Ok(())
     });
     cleanup();

@@ -44,7 +44,11 @@ fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        anyhow::ensure!(rc == 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            rc == 0,
+            "SO_RCVBUFFORCE: {}",
+            std::io::Error::last_os_error()
+        );
         Ok(s)
     })
 }
@@ -122,7 +126,10 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
 
     // RTP and RTCP (port + 1) on both legs.
     let mut legs = Vec::new();
-    for (rtcp, a_port, ra_port, rb_port, b_port) in [(false, 5000, 30000, 30002, 6000), (true, 5001, 30001, 30003, 6001)] {
+    for (rtcp, a_port, ra_port, rb_port, b_port) in [
+        (false, 5000, 30000, 30002, 6000),
+        (true, 5001, 30001, 30003, 6001),
+    ] {
         let _ = rtcp;
         let a = Leg {
             peer: bind(&bed.a, sa(a_ip, a_port))?,
@@ -146,7 +153,11 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
         b.peer.send_to(b"hello", b.relay_addr)?;
         for l in [a, b] {
             let got = drain(&l.relay, 1);
-            assert_eq!(got, vec![(b"hello".to_vec(), l.peer_addr)], "no-flow datagram at the relay socket");
+            assert_eq!(
+                got,
+                vec![(b"hello".to_vec(), l.peer_addr)],
+                "no-flow datagram at the relay socket"
+            );
         }
     }
 
@@ -165,7 +176,10 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
 
     // 3. Media both ways on both streams.
     for (i, (a, b)) in legs.iter().enumerate() {
-        for (from, to, ssrc) in [(a, b, 0x1111_0000 + i as u32), (b, a, 0x2222_0000 + i as u32)] {
+        for (from, to, ssrc) in [
+            (a, b, 0x1111_0000 + i as u32),
+            (b, a, 0x2222_0000 + i as u32),
+        ] {
             for seq in 0..N {
                 from.peer.send_to(&rtp(ssrc, seq), from.relay_addr)?;
                 // Pace a little: a socket receive buffer, not the relay, is
@@ -176,13 +190,23 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
             }
             let got = drain(&to.peer, usize::from(N) + 10);
             let expect: Vec<_> = (0..N).map(|s| (rtp(ssrc, s), to.relay_addr)).collect();
-            assert_eq!(got.len(), expect.len(), "{ssrc:#x}: datagrams received from the relay");
-            assert!(got == expect, "{ssrc:#x}: payloads, order and relay source address");
+            assert_eq!(
+                got.len(),
+                expect.len(),
+                "{ssrc:#x}: datagrams received from the relay"
+            );
+            assert!(
+                got == expect,
+                "{ssrc:#x}: payloads, order and relay source address"
+            );
         }
     }
     // Nothing took the userspace path.
     for (a, b) in &legs {
-        assert!(drain(&a.relay, 1).is_empty() && drain(&b.relay, 1).is_empty(), "relay sockets saw forwarded media");
+        assert!(
+            drain(&a.relay, 1).is_empty() && drain(&b.relay, 1).is_empty(),
+            "relay sockets saw forwarded media"
+        );
     }
     let after = relay.outcomes()?;
     let forwarded = after["redirected"] - before["redirected"];
@@ -195,7 +219,11 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
             assert_eq!(c.bytes, u64::from(N) * ip_len, "per-flow byte counter");
         }
     }
-    assert_eq!(csum_errors(&bed.a)? + csum_errors(&bed.b)?, errors_before, "UDP checksum errors at the peers");
+    assert_eq!(
+        csum_errors(&bed.a)? + csum_errors(&bed.b)?,
+        errors_before,
+        "UDP checksum errors at the peers"
+    );
 
     // 4. A third party (another port of the same host) is dropped in XDP.
     let (a, b) = &legs[0];
@@ -204,8 +232,14 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
     for seq in 0..5 {
         intruder.send_to(&rtp(0xbad, seq), a.relay_addr)?;
     }
-    assert!(drain(&b.peer, 1).is_empty(), "intruder's packets reached the far peer");
-    assert!(drain(&a.relay, 1).is_empty(), "intruder's packets reached the relay socket");
+    assert!(
+        drain(&b.peer, 1).is_empty(),
+        "intruder's packets reached the far peer"
+    );
+    assert!(
+        drain(&a.relay, 1).is_empty(),
+        "intruder's packets reached the relay socket"
+    );
     assert_eq!(relay.outcomes()?["source_rejected"] - rejected_before, 5);
 
     // 5. Removing a flow stops forwarding at once: the next packets go to
@@ -215,7 +249,11 @@ fn e2e(mode: XdpMode, ipv6: bool) -> anyhow::Result<()> {
         a.peer.send_to(&rtp(0x3333, seq), a.relay_addr)?;
     }
     assert!(drain(&b.peer, 1).is_empty(), "forwarded after removal");
-    assert_eq!(drain(&a.relay, 10).len(), 5, "after removal, packets reach the relay socket");
+    assert_eq!(
+        drain(&a.relay, 10).len(),
+        5,
+        "after removal, packets reach the relay socket"
+    );
     Ok(())
 }
 

@@ -85,7 +85,13 @@ struct Case {
 }
 
 fn v4(src: SocketAddr, dst: SocketAddr) -> UdpFrame {
-    UdpFrame::new(RA_MAC, A_MAC, src, dst, b"\x80\x00\x00\x01rtp-payload-0123456789")
+    UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        src,
+        dst,
+        b"\x80\x00\x00\x01rtp-payload-0123456789",
+    )
 }
 
 /// The frame `f` after the relay rewrote it with `flow`, leaving through
@@ -135,7 +141,13 @@ fn relay_program_table() -> anyhow::Result<()> {
     zero_csum.no_udp_checksum = true;
     let mut tos = basic.clone();
     tos.tos = 0xb8; // EF, as RTP is usually marked
-    let v6 = UdpFrame::new(RA_MAC, A_MAC, a6, sa(RA_V6, 30000), b"\x80\x00\x00\x02v6-rtp");
+    let v6 = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        a6,
+        sa(RA_V6, 30000),
+        b"\x80\x00\x00\x02v6-rtp",
+    );
     let hairpin = v4(a, sa(RA_V4, 30020));
     let far = v4(a, sa(RA_V4, 30030));
     let checked = v4(a, sa(RA_V4, 30010));
@@ -430,7 +442,10 @@ fn relay_program_table() -> anyhow::Result<()> {
         let after = fx.relay.outcomes()?;
         let expected = c.output.as_ref().unwrap_or(&c.input);
         if action != c.action {
-            failures.push(format!("{}: action {action}, expected {}", c.what, c.action));
+            failures.push(format!(
+                "{}: action {action}, expected {}",
+                c.what, c.action
+            ));
         }
         if &out != expected {
             failures.push(format!(
@@ -443,15 +458,22 @@ fn relay_program_table() -> anyhow::Result<()> {
         // on the attached interfaces.
         let exact = !matches!(c.outcome, "not_ip" | "not_udp");
         if (exact && delta != 1) || delta < 1 {
-            failures.push(format!("{}: outcome {} counted {delta} times", c.what, c.outcome));
+            failures.push(format!(
+                "{}: outcome {} counted {delta} times",
+                c.what, c.outcome
+            ));
         }
-        if c.input.len() > 42 && c.input[36..38] == 30000u16.to_be_bytes() && c.action != XDP_PASS
-        {
+        if c.input.len() > 42 && c.input[36..38] == 30000u16.to_be_bytes() && c.action != XDP_PASS {
             forwarded_f1.0 += 1;
             forwarded_f1.1 += c.input.len() as u64 - 14;
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // Per-flow counters account for exactly the forwarded packets.
     let c = fx.relay.flows().counters(&FlowKey::new(sa(RA_V4, 30000)))?;
@@ -461,15 +483,23 @@ fn relay_program_table() -> anyhow::Result<()> {
     assert_eq!(c.packets, 1, "only the accepted source counts");
 
     // Removing a flow stops forwarding at once.
-    fx.relay.flows_mut().remove(&FlowKey::new(sa(RA_V4, 30000)))?;
+    fx.relay
+        .flows_mut()
+        .remove(&FlowKey::new(sa(RA_V4, 30000)))?;
     let (action, out) = fx.run(&basic.bytes())?;
     assert_eq!((action, out), (XDP_PASS, basic.bytes()), "removed flow");
     // And updating one in place takes effect at once.
     let moved = Flow::new(sa(RB_V4, 30012), sa(B_V4, 40099)).with_source(a);
-    fx.relay.flows_mut().update(FlowKey::new(sa(RA_V4, 30010)), moved)?;
+    fx.relay
+        .flows_mut()
+        .update(FlowKey::new(sa(RA_V4, 30010)), moved)?;
     let (action, out) = fx.run(&checked.bytes())?;
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(out, relayed(&checked, &moved, RB_MAC, B_MAC), "updated flow");
+    assert_eq!(
+        out,
+        relayed(&checked, &moved, RB_MAC, B_MAC),
+        "updated flow"
+    );
     let c = fx.relay.flows().counters(&FlowKey::new(sa(RA_V4, 30010)))?;
     assert_eq!(c.packets, 2, "an update keeps the flow's counters");
     Ok(())
@@ -504,13 +534,31 @@ fn checksums_match_full_recompute() -> anyhow::Result<()> {
                 rng.random(),
                 rng.random(),
             );
-            let own = Ipv6Addr::new(0x2001, 2, 0, rng.random(), rng.random(), rng.random(), rng.random(), rng.random());
+            let own = Ipv6Addr::new(
+                0x2001,
+                2,
+                0,
+                rng.random(),
+                rng.random(),
+                rng.random(),
+                rng.random(),
+                rng.random(),
+            );
             (
                 sa(RA_V6, local_port),
                 sa(own, rng.random_range(1..=65535)),
                 sa(far, rng.random_range(1..=65535)),
                 sa(
-                    Ipv6Addr::new(0x2001, 2, 0, 1, rng.random(), rng.random(), rng.random(), rng.random()),
+                    Ipv6Addr::new(
+                        0x2001,
+                        2,
+                        0,
+                        1,
+                        rng.random(),
+                        rng.random(),
+                        rng.random(),
+                        rng.random(),
+                    ),
                     rng.random_range(1..=65535),
                 ),
             )
@@ -521,7 +569,10 @@ fn checksums_match_full_recompute() -> anyhow::Result<()> {
                 sa(RA_V4, local_port),
                 sa(own, rng.random_range(1..=65535)),
                 sa(far, rng.random_range(1..=65535)),
-                sa(Ipv4Addr::new(198, 18, 1, rng.random()), rng.random_range(1..=65535)),
+                sa(
+                    Ipv4Addr::new(198, 18, 1, rng.random()),
+                    rng.random_range(1..=65535),
+                ),
             )
         };
         let len = rng.random_range(0..400);

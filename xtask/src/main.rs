@@ -1,1 +1,123 @@
-fn main() {}
+//! `cargo xtask`: setup, build-and-load, test and bench orchestration.
+//! Orchestration only: building the eBPF object is media-user's build
+//! script's job.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "media-relay developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (Debian packages, nightly rust-src,
+    /// bpf-linker, test peers). Idempotent: skips what is already there.
+    Setup,
+    /// Build everything (release) and run the appliance on a real interface.
+    BuildAndLoad {
+        /// Interface to attach to (repeatable).
+        #[arg(long = "interface", short = 'i', required = true)]
+        interfaces: Vec<String>,
+        /// native, generic, auto (native with fallback) or off.
+        #[arg(long, default_value = "auto")]
+        xdp_mode: String,
+        /// Further arguments for `media-relay run`.
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+    /// Check prerequisites, then run every test: unit tests, then the
+    /// root-only tiers (BPF_PROG_TEST_RUN, network namespaces, daemon).
+    Test {
+        /// Do not run `setup` first.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Benchmarks on the veth test bed; figures and ratios to stdout and
+    /// target/bench/.
+    Bench {
+        /// A short run for CI smoke use.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildAndLoad {
+            interfaces,
+            xdp_mode,
+            rest,
+        } => build_and_load(&interfaces, &xdp_mode, &rest),
+        Command::Test { no_setup } => test(no_setup),
+        Command::Bench { quick } => bench::run(quick),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_and_load(interfaces: &[String], xdp_mode: &str, rest: &[String]) -> anyhow::Result<()> {
+    util::step("building media-relay (release, with the XDP object)");
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "media-user",
+        "--bin",
+        "media-relay",
+    ])?;
+    let bin = util::workspace_root().join("target/release/media-relay");
+    let mut args = vec!["run".to_owned()];
+    for i in interfaces {
+        args.push("--interface".to_owned());
+        args.push(i.clone());
+    }
+    args.push("--xdp-mode".to_owned());
+    args.push(xdp_mode.to_owned());
+    args.extend(rest.iter().cloned());
+    util::step(&format!("starting {} {}", bin.display(), args.join(" ")));
+    util::exec(&bin, &args)
+}
+
+fn test(no_setup: bool) -> anyhow::Result<()> {
+    if !no_setup {
+        setup::run()?;
+    }
+    util::step("building all crates and binaries");
+    util::cargo(&["build", "--workspace", "--bins", "--tests"])?;
+    util::step("unit tests");
+    util::cargo(&["test", "--workspace", "--lib", "--bins"])?;
+    if !util::is_root() {
+        util::banner(
+            "SKIPPED: the root-only tests (BPF_PROG_TEST_RUN, network namespaces, daemon) \
+             need root; run `sudo cargo xtask test`",
+        );
+        anyhow::bail!("root-only tests were skipped: the suite did not run completely");
+    }
+    util::step("root tests: XDP program (BPF_PROG_TEST_RUN), end to end over veth, daemon");
+    util::cargo(&[
+        "test",
+        "--package",
+        "media-relay-tests",
+        "--tests",
+        "--",
+        "--test-threads=2",
+    ])?;
+    util::step("all tests passed");
+    Ok(())
+}

@@ -7,7 +7,10 @@
 //!   them, for rates a socket cannot keep up with.
 //! - `xdp_gen`: run with `BPF_PROG_TEST_RUN` live frames on a veth to
 //!   transmit one prepared frame many times, spreading it over `flows`
-//!   destination ports.
+//!   destination ports. Live-frame pages are recycled without being
+//!   re-initialised, and the relay rewrites the headers of every frame it
+//!   forwards, so the generator restores the headers from `TEMPLATE` each
+//!   time.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(not(target_arch = "bpf"))]
@@ -32,6 +35,18 @@ mod programs {
     /// the sink's match and the generator's spread.
     #[map(name = "PORTS")]
     static PORTS: Array<u32> = Array::with_max_entries(2, 0);
+
+    /// Generator: the frame's headers (Ethernet + IP + UDP), restored into
+    /// every frame before its port is set.
+    #[map(name = "TEMPLATE")]
+    static TEMPLATE: Array<Template> = Array::with_max_entries(1, 0);
+
+    #[repr(C)]
+    pub struct Template {
+        /// Header length in bytes (even, at most 64).
+        len: u32,
+        bytes: [u8; 64],
+    }
 
     /// Sink: `[0]` packets, `[1]` bytes. Generator: `[2]` frames sent.
     #[map(name = "TALLY")]
@@ -113,6 +128,21 @@ mod programs {
 
     #[xdp]
     pub fn xdp_gen(ctx: XdpContext) -> u32 {
+        if let Some(t) = TEMPLATE.get(0) {
+            let start = ctx.data();
+            let end = ctx.data_end();
+            let src = t.bytes.as_ptr().cast::<u16>();
+            let mut i = 0usize;
+            while i < 32 {
+                if 2 * i + 2 > t.len as usize || start + 2 * i + 2 > end {
+                    break;
+                }
+                // SAFETY: in bounds of the packet (checked above) and of the
+                // template (i < 32); both 2-aligned.
+                unsafe { ((start + 2 * i) as *mut u16).write(src.add(i).read()) };
+                i += 1;
+            }
+        }
         let Some((off, v6)) = udp_offset(&ctx) else {
             return XDP_TX;
         };

@@ -11,7 +11,10 @@ use tracing::debug;
 /// only kept, and records stay in the ring buffer, which is harmless.
 pub(super) enum LogPump {
     Task(tokio::task::JoinHandle<()>),
-    Idle(#[expect(dead_code, reason = "kept to own the ring buffer")] EbpfLogger<tracing_log::LogTracer>),
+    Idle(
+        #[expect(dead_code, reason = "kept to own the ring buffer")]
+        EbpfLogger<tracing_log::LogTracer>,
+    ),
 }
 
 impl LogPump {

@@ -1,0 +1,32 @@
+//! `cargo xtask bench`: builds and runs the benchmark binary (release, as
+//! root) from the tests crate, which owns the test bed.
+
+use crate::util::{self, step};
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !util::is_root() {
+        util::banner(
+            "the benchmarks need root (network namespaces, XDP): run `sudo cargo xtask bench`",
+        );
+        anyhow::bail!("not root");
+    }
+    step("building the benchmark (release)");
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "media-relay-tests",
+        "--bin",
+        "media-relay-bench",
+    ])?;
+    let bin = util::workspace_root().join("target/release/media-relay-bench");
+    let out = util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    step("running the benchmark");
+    let out_s = out.to_string_lossy().into_owned();
+    let mut args = vec!["--out", out_s.as_str()];
+    if quick {
+        args.push("--quick");
+    }
+    util::run(bin, &args)
+}
