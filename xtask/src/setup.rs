@@ -79,7 +79,6 @@ pub fn run() -> anyhow::Result<()> {
             .args([
                 "install",
                 "bpf-linker",
-                "--locked",
                 "--version",
                 &format!("~{BPF_LINKER_VERSION}"),
                 "--no-default-features",
