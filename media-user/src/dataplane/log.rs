@@ -13,7 +13,7 @@ pub(super) enum LogPump {
     Task(tokio::task::JoinHandle<()>),
     Idle(
         #[expect(dead_code, reason = "kept to own the ring buffer")]
-        EbpfLogger<tracing_log::LogTracer>,
+        Box<EbpfLogger<tracing_log::LogTracer>>,
     ),
 }
 
@@ -28,7 +28,7 @@ impl LogPump {
             }
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return Some(Self::Idle(logger));
+            return Some(Self::Idle(Box::new(logger)));
         };
         let _guard = handle.enter();
         // SAFETY: the logger owns the ring buffer's fd for its whole life and

@@ -305,7 +305,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     let base = scaling[0].3.pps();
-    println!("| installed flows | pps, ≤1 000 hit | ns/packet | vs 1 flow | flows hit | pps, all hit | vs 1 flow | install time |");
+    println!(
+        "| installed flows | pps, ≤1 000 hit | ns/packet | vs 1 flow | flows hit | pps, all hit | vs 1 flow | install time |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (k, spread, secs, fixed, all) in &scaling {
         println!(
@@ -317,8 +319,14 @@ fn main() -> anyhow::Result<()> {
             all.pps() / base
         );
     }
-    let flat = scaling.iter().map(|s| s.3.pps() / base).fold(f64::INFINITY, f64::min);
-    let flat_all = scaling.iter().map(|s| s.4.pps() / base).fold(f64::INFINITY, f64::min);
+    let flat = scaling
+        .iter()
+        .map(|s| s.3.pps() / base)
+        .fold(f64::INFINITY, f64::min);
+    let flat_all = scaling
+        .iter()
+        .map(|s| s.4.pps() / base)
+        .fold(f64::INFINITY, f64::min);
     println!(
         "\nnative/generic: {:.2}x; lowest pps vs 1 flow as the table grows (1 000 hit): {:.2}x \
          (target within 10 %: {}); with every flow hit: {:.2}x",
