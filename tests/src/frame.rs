@@ -123,3 +123,13 @@ pub fn fix_ipv4_header_checksum(frame: &mut [u8]) {
     let sum = media_ebpf::csum::checksum(&frame[14..14 + ihl], 0);
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
 }
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it (data, data_end,
+/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex): a frame of
+/// `len` bytes arriving on `ingress_ifindex`.
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&u32::try_from(len).expect("frame fits").to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    md
+}

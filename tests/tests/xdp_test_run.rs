@@ -14,7 +14,7 @@ use media_ebpf::{Flow, FlowKey};
 use media_relay_tests::{
     Bed, BedOptions, Relay,
     bed::{A_MAC, A_V4, A_V6, B_MAC, B_V4, B_V6, RA_MAC, RA_V4, RA_V6, RB_MAC, RB_V4, RB_V6},
-    frame::{UdpFrame, fix_ipv4_header_checksum},
+    frame::{UdpFrame, fix_ipv4_header_checksum, xdp_md},
     require_root,
 };
 use media_user::dataplane::XdpMode;
@@ -27,15 +27,6 @@ const XDP_REDIRECT: u32 = 4;
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: data, data_end,
-/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
-    let mut md = [0u8; 24];
-    md[4..8].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
-    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    md
 }
 
 struct Fixture {

@@ -205,12 +205,7 @@ impl DataPlane {
             .into());
         }
         host::enable_forwarding(interface)?;
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(object::RELAY_PROGRAM)
-            .expect("loaded in DataPlane::load")
-            .try_into()
-            .expect("the relay program is XDP");
+        let program = self.program_mut();
         let attachment = attach::attach(program, interface, ifindex, mode)?;
         self.egress
             .insert(ifindex, ifindex, None, 0)
@@ -233,12 +228,7 @@ impl DataPlane {
         };
         let a = self.attachments.remove(i);
         let _ = self.egress.remove(a.ifindex);
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(object::RELAY_PROGRAM)
-            .expect("loaded in DataPlane::load")
-            .try_into()
-            .expect("the relay program is XDP");
+        let program = self.program_mut();
         attach::detach(program, a)?;
         Ok(())
     }
@@ -273,6 +263,14 @@ impl DataPlane {
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(object::RELAY_PROGRAM)
+            .expect("loaded in DataPlane::load")
+            .try_into()
+            .expect("the relay program is XDP")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(object::RELAY_PROGRAM)
             .expect("loaded in DataPlane::load")
             .try_into()
             .expect("the relay program is XDP")

@@ -25,7 +25,7 @@ use media_ebpf::{Flow, FlowKey};
 use media_relay_tests::{
     Bed, BedOptions, Relay,
     bed::{A_MAC, A_V4, B_V4, RA_MAC, RA_V4, RB_V4},
-    frame::UdpFrame,
+    frame::{UdpFrame, xdp_md},
 };
 use media_user::dataplane::{XdpMode, object};
 
@@ -46,13 +46,6 @@ const MAX_SPREAD: u32 = 30_000;
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
-    let mut md = [0u8; 24];
-    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    md
 }
 
 /// The test-bed object loaded with one program attached or ready to run.

@@ -133,6 +133,63 @@ fn next_hop(
     Ok(hop)
 }
 
+/// What the checks need to know about an arriving packet.
+struct Arrival {
+    /// Source and destination address (`N` words each) in the packet.
+    src: *const u8,
+    dst: *const u8,
+    /// Source port as a raw word, destination port as on the wire.
+    sport: u16,
+    dport: [u8; 2],
+    /// TTL / hop limit.
+    ttl: u8,
+    /// IP packet length, IPv4 TOS, IPv6 traffic class + flow label.
+    ip_len: u16,
+    tos: u8,
+    flowinfo: u32,
+}
+
+/// Flow lookup, source check, family, TTL and next hop, for either family
+/// (`N` address words). `Err` carries the final verdict; nothing has been
+/// written to the packet either way.
+///
+/// # Safety
+/// `a.src` and `a.dst` point at `2 * N` bytes inside the packet, 2-aligned.
+#[inline(always)]
+unsafe fn decide<'a, const N: usize>(
+    ctx: &XdpContext,
+    family: u8,
+    a: &Arrival,
+) -> Result<(&'a Flow, NextHop), (Outcome, u32)> {
+    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
+    // its offset 0 and N <= 8.
+    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let key = unsafe { zero(&mut slot) };
+    unsafe { copy::<N>(key.addr.as_mut_ptr(), a.dst) };
+    key.port = a.dport;
+    key.family = family;
+    let Some(flow) = FLOWS.get_ptr(&*key) else {
+        return Err(pass(Outcome::NoFlow));
+    };
+    // SAFETY: a value pointer from a hash-map lookup stays valid for this
+    // program run (RCU); the control plane replaces values atomically.
+    let flow = unsafe { &*flow };
+    // SAFETY: per this function's contract.
+    if !unsafe { source_ok::<N>(flow, a.src, a.sport) } {
+        return Err((Outcome::SourceRejected, XDP_DROP));
+    }
+    if flow.family != family {
+        return Err(pass(Outcome::FamilyChange));
+    }
+    if a.ttl <= 1 {
+        return Err(pass(Outcome::TtlExceeded));
+    }
+    match next_hop(ctx, flow, family == FAMILY_V6, a.ip_len, a.tos, a.flowinfo) {
+        Ok(hop) => Ok((flow, hop)),
+        Err(outcome) => Err(pass(outcome)),
+    }
+}
+
 #[inline(never)]
 fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let Some(ip) = header::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
@@ -181,32 +238,19 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
     let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
 
-    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
-    // its offset 0.
-    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
-    let key = unsafe { zero(&mut slot) };
-    unsafe { copy::<2>(key.addr.as_mut_ptr(), ip_dst) };
-    key.port = unsafe { (*udp).dst };
-    key.family = FAMILY_V4;
-    let Some(flow) = FLOWS.get_ptr(&*key) else {
-        return pass(Outcome::NoFlow);
+    let arrival = Arrival {
+        src: ip_src,
+        dst: ip_dst,
+        sport: unsafe { word(udp_src) },
+        dport: unsafe { (*udp).dst },
+        ttl,
+        ip_len: tot_len,
+        tos,
+        flowinfo: 0,
     };
-    // SAFETY: a value pointer from a hash-map lookup stays valid for this
-    // program run (RCU); the control plane replaces values atomically.
-    let flow = unsafe { &*flow };
-
-    if !unsafe { source_ok::<2>(flow, ip_src, word(udp_src)) } {
-        return (Outcome::SourceRejected, XDP_DROP);
-    }
-    if flow.family != FAMILY_V4 {
-        return pass(Outcome::FamilyChange);
-    }
-    if ttl <= 1 {
-        return pass(Outcome::TtlExceeded);
-    }
-    let hop = match next_hop(ctx, flow, false, tot_len, tos, 0) {
-        Ok(hop) => hop,
-        Err(outcome) => return pass(outcome),
+    let (flow, hop) = match unsafe { decide::<2>(ctx, FAMILY_V4, &arrival) } {
+        Ok(decided) => decided,
+        Err(verdict) => return verdict,
     };
 
     // Every check passed: rewrite, accumulating the checksum changes as raw
@@ -272,32 +316,20 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
     let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
 
-    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
-    // its offset 0.
-    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
-    let key = unsafe { zero(&mut slot) };
-    unsafe { copy::<8>(key.addr.as_mut_ptr(), ip_dst) };
-    key.port = unsafe { (*udp).dst };
-    key.family = FAMILY_V6;
-    let Some(flow) = FLOWS.get_ptr(&*key) else {
-        return pass(Outcome::NoFlow);
-    };
-    // SAFETY: see `ipv4`.
-    let flow = unsafe { &*flow };
-    if !unsafe { source_ok::<8>(flow, ip_src, word(udp_src)) } {
-        return (Outcome::SourceRejected, XDP_DROP);
-    }
-    if flow.family != FAMILY_V6 {
-        return pass(Outcome::FamilyChange);
-    }
-    if hop_limit <= 1 {
-        return pass(Outcome::TtlExceeded);
-    }
     let ip_len = payload_len + Ipv6Hdr::LEN as u16;
-    let flowinfo = u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
-    let hop = match next_hop(ctx, flow, true, ip_len, 0, flowinfo) {
-        Ok(hop) => hop,
-        Err(outcome) => return pass(outcome),
+    let arrival = Arrival {
+        src: ip_src,
+        dst: ip_dst,
+        sport: unsafe { word(udp_src) },
+        dport: unsafe { (*udp).dst },
+        ttl: hop_limit,
+        ip_len,
+        tos: 0,
+        flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
+    };
+    let (flow, hop) = match unsafe { decide::<8>(ctx, FAMILY_V6, &arrival) } {
+        Ok(decided) => decided,
+        Err(verdict) => return verdict,
     };
 
     unsafe {
