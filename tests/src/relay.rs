@@ -27,6 +27,7 @@ impl Relay {
             "/sys/fs/bpf/media-relay-test-{}-{n}",
             std::process::id()
         ));
+        let root = pin_root.clone();
         let dp = bed.relay.enter(move || {
             let mut dp = DataPlane::load(&Options {
                 pin_root,
@@ -35,8 +36,15 @@ impl Relay {
             dp.attach("ra", mode)?;
             dp.attach("rb", mode)?;
             Ok(dp)
-        })?;
-        Ok(Self { dp: Some(dp) })
+        });
+        match dp {
+            Ok(dp) => Ok(Self { dp: Some(dp) }),
+            Err(e) => {
+                // A failed load may already have created (and pinned) maps.
+                let _ = std::fs::remove_dir_all(&root);
+                Err(e)
+            }
+        }
     }
 }
 
