@@ -10,3 +10,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod host;
 pub mod logging;
+pub mod ng;
+pub mod sdp;

@@ -1,0 +1,114 @@
+//! The ng control protocol (rtpengine's `docs/ng_control_protocol.md`):
+//! bencoded dictionaries over UDP, `<cookie> <dict>`. I/O-free: this module
+//! turns datagrams into typed [`Command`]s and typed replies back into
+//! datagrams; the UDP server and the session logic live elsewhere.
+//!
+//! (Skeleton: API contract. Being implemented.)
+
+use std::net::IpAddr;
+
+/// A generic bencode value, as replies are built by the session layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Bytes(Vec<u8>),
+    Int(i64),
+    List(Vec<Value>),
+    /// Keys are byte strings; kept sorted on encoding, as bencode requires.
+    Dict(std::collections::BTreeMap<Vec<u8>, Value>),
+}
+
+/// The parsed commands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Ping,
+    Offer(OfferAnswer),
+    Answer(OfferAnswer),
+    Delete(Delete),
+    Query(Query),
+    List(List),
+    Statistics,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferAnswer {
+    pub call_id: String,
+    pub from_tag: String,
+    /// Required for answer.
+    pub to_tag: Option<String>,
+    pub via_branch: Option<String>,
+    pub sdp: Vec<u8>,
+    pub flags: Flags,
+    pub replace: Replace,
+    /// `direction` list: logical interface names, [from, to].
+    pub direction: Vec<String>,
+    pub from_interface: Option<String>,
+    pub to_interface: Option<String>,
+    pub rtcp_mux: RtcpMux,
+    pub ice: Ice,
+    /// `received from`: the address the SIP message came from.
+    pub received_from: Option<IpAddr>,
+    /// `media address`: use this address for the offerer instead of the SDP's.
+    pub media_address: Option<IpAddr>,
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub asymmetric: bool,
+    pub symmetric: bool,
+    pub strict_source: bool,
+    pub trust_address: bool,
+    pub sip_source_address: bool,
+    pub port_latching: bool,
+    pub no_rtcp_attribute: bool,
+    pub full_rtcp_attribute: bool,
+    pub loop_protect: bool,
+    /// Flags we accept and ignore (already normalised).
+    pub unknown: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replace {
+    pub origin: bool,
+    pub session_connection: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RtcpMux {
+    pub offer: bool,
+    pub demux: bool,
+    pub accept: bool,
+    pub reject: bool,
+    pub require: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ice {
+    /// Strip ICE attributes (default for plain SIP).
+    #[default]
+    Remove,
+    /// Keep the endpoint's ICE attributes untouched.
+    Keep,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delete {
+    pub call_id: String,
+    pub from_tag: Option<String>,
+    pub to_tag: Option<String>,
+    pub via_branch: Option<String>,
+    /// Seconds; `None` = the daemon's default.
+    pub delete_delay: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    pub call_id: String,
+    pub from_tag: Option<String>,
+    pub to_tag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct List {
+    pub limit: Option<u32>,
+}
