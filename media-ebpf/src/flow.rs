@@ -18,6 +18,19 @@ pub const CHECK_SOURCE_ADDR: u8 = 1 << 0;
 /// [`Flow::flags`]: drop packets whose source port is not
 /// [`Flow::expect_port`] (only meaningful with [`CHECK_SOURCE_ADDR`]).
 pub const CHECK_SOURCE_PORT: u8 = 1 << 1;
+/// [`Flow::flags`]: the stream is still learning its peer's real address
+/// (symmetric RTP behind NAT, RFC 4961): a source-check mismatch goes to the
+/// stack — the daemon's socket — instead of being dropped, so userspace can
+/// latch onto it.
+pub const SOURCE_LEARNING: u8 = 1 << 2;
+/// [`Flow::flags`]: the flow carries RTP: the data plane records the SSRC
+/// and sequence number of what it forwards ([`FlowStats`]).
+pub const RTP: u8 = 1 << 3;
+/// [`Flow::flags`]: after latching, a mismatching packet whose RTP SSRC is
+/// [`Flow::ssrc`] goes to the stack instead of being dropped: userspace
+/// re-latches only on sequence continuity (a NAT rebinding mid-call), so a
+/// third party can neither steal nor bleed the stream.
+pub const SSRC_RELATCH: u8 = 1 << 4;
 
 /// Where a packet arrives: local address, local UDP port and family.
 ///
@@ -63,23 +76,29 @@ pub struct Flow {
     pub flags: u8,
     /// Index of this flow's [`FlowStats`] in `FLOW_STATS` (native byte order).
     pub stats_slot: [u8; 4],
-    /// Always zero (explicit padding up to the 8-byte alignment).
-    pub reserved: [u8; 4],
+    /// RTP SSRC allowed to re-latch (see [`SSRC_RELATCH`]), as on the wire.
+    pub ssrc: [u8; 4],
 }
 
 /// Per-flow counters, one copy per CPU, summed by the reader.
 ///
-/// 24 bytes, naturally aligned, no padding.
+/// 32 bytes, naturally aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
     /// Packets forwarded by the data plane.
     pub packets: u64,
-    /// Bytes forwarded (Ethernet frame length).
+    /// Bytes forwarded (IP packet length).
     pub bytes: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last forwarded packet,
     /// 0 if none.
     pub last_seen_ns: u64,
+    /// For [`RTP`] flows: SSRC and sequence number of the last forwarded
+    /// packet, as on the wire (zero until one was seen).
+    pub last_ssrc: [u8; 4],
+    pub last_seq: [u8; 2],
+    /// Always zero.
+    pub reserved: [u8; 2],
 }
 
 fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -145,7 +164,7 @@ impl Flow {
             family,
             flags: 0,
             stats_slot: [0; 4],
-            reserved: [0; 4],
+            ssrc: [0; 4],
         }
     }
 
@@ -166,6 +185,34 @@ impl Flow {
         self.expect_addr = a;
         self.expect_port = [0; 2];
         self.flags = (self.flags | CHECK_SOURCE_ADDR) & !CHECK_SOURCE_PORT;
+        self
+    }
+
+    /// While learning, hand source mismatches to the daemon instead of
+    /// dropping them ([`SOURCE_LEARNING`]).
+    #[must_use]
+    pub fn learning(mut self, learning: bool) -> Self {
+        if learning {
+            self.flags |= SOURCE_LEARNING;
+        } else {
+            self.flags &= !SOURCE_LEARNING;
+        }
+        self
+    }
+
+    /// The flow carries RTP: record SSRC and sequence numbers ([`RTP`]).
+    #[must_use]
+    pub fn rtp(mut self) -> Self {
+        self.flags |= RTP;
+        self
+    }
+
+    /// Let mismatching packets of RTP stream `ssrc` reach the daemon for a
+    /// re-latch decision ([`SSRC_RELATCH`]).
+    #[must_use]
+    pub fn with_relatch_ssrc(mut self, ssrc: u32) -> Self {
+        self.ssrc = ssrc.to_be_bytes();
+        self.flags |= SSRC_RELATCH;
         self
     }
 
@@ -225,7 +272,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Flow {}
-    // SAFETY: #[repr(C)], three u64s: no padding, any bit pattern is valid.
+    // SAFETY: #[repr(C)], three u64s and 8 bytes: no padding, any bit
+    // pattern is valid.
     unsafe impl aya::Pod for super::FlowStats {}
 }
 
@@ -238,7 +286,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 20);
         assert_eq!(core::mem::size_of::<Flow>(), 64);
         assert_eq!(core::mem::align_of::<Flow>(), 8);
-        assert_eq!(core::mem::size_of::<FlowStats>(), 24);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 32);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum Outcome {
     NoFlow,
     /// Source address/port differs from the flow's expected peer: dropped.
     SourceRejected,
+    /// Source mismatch while the stream is learning its peer's address, or
+    /// a mismatch carrying the stream's SSRC: passed to the daemon, which
+    /// decides whether to latch.
+    SourceToDaemon,
     /// TTL / hop limit 1 or 0: passed so the stack can answer with ICMP.
     TtlExceeded,
     /// The FIB knows the route but not the neighbour's MAC: passed; the
@@ -42,7 +46,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Number of outcomes, the size of the `OUTCOMES` map.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -55,6 +59,7 @@ impl Outcome {
         Outcome::Malformed,
         Outcome::NoFlow,
         Outcome::SourceRejected,
+        Outcome::SourceToDaemon,
         Outcome::TtlExceeded,
         Outcome::NeighbourMiss,
         Outcome::FibFailed,
@@ -75,6 +80,7 @@ impl Outcome {
             Outcome::Malformed => "malformed",
             Outcome::NoFlow => "no_flow",
             Outcome::SourceRejected => "source_rejected",
+            Outcome::SourceToDaemon => "source_to_daemon",
             Outcome::TtlExceeded => "ttl_exceeded",
             Outcome::NeighbourMiss => "neighbour_miss",
             Outcome::FibFailed => "fib_failed",

@@ -116,6 +116,15 @@ fn relay_program_table() -> anyhow::Result<()> {
     let f7 = Flow::new(sa(RB_V4, 30052), sa(Ipv4Addr::new(198, 18, 9, 9), 7000));
     let f8 = Flow::new(sa(RB_V4, 30062), sa(Ipv4Addr::new(198, 18, 2, 77), 7000));
     let f9 = Flow::new(sa(RB_V4, 30072), sa(B_V4, 40070)).with_source_addr(A_V4.into());
+    // Learning (NAT): mismatches go to the daemon. Latched RTP: only the
+    // stream's SSRC may reach the daemon; RTP headers are recorded.
+    let f10 = Flow::new(sa(RB_V4, 30082), sa(B_V4, 40080))
+        .with_source(a)
+        .learning(true);
+    let f11 = Flow::new(sa(RB_V4, 30092), sa(B_V4, 40090))
+        .with_source(a)
+        .rtp()
+        .with_relatch_ssrc(0x0102_0304);
     let flows = fx.relay.flows_mut();
     flows.install(FlowKey::new(sa(RA_V4, 30000)), f1)?;
     flows.install(FlowKey::new(sa(RA_V4, 30010)), f2)?;
@@ -126,6 +135,26 @@ fn relay_program_table() -> anyhow::Result<()> {
     flows.install(FlowKey::new(sa(RA_V4, 30050)), f7)?;
     flows.install(FlowKey::new(sa(RA_V4, 30060)), f8)?;
     flows.install(FlowKey::new(sa(RA_V4, 30070)), f9)?;
+    flows.install(FlowKey::new(sa(RA_V4, 30080)), f10)?;
+    flows.install(FlowKey::new(sa(RA_V4, 30090)), f11)?;
+    let rtp_pkt = |ssrc: u32, seq: u16| {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 160]);
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    };
+    let moved_src = sa(Ipv4Addr::new(198, 18, 1, 50), 7777);
+    let learning_other = v4(moved_src, sa(RA_V4, 30080));
+    let latched_ok = UdpFrame::new(RA_MAC, A_MAC, a, sa(RA_V4, 30090), &rtp_pkt(0x0102_0304, 100));
+    let relatch_same_ssrc =
+        UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtp_pkt(0x0102_0304, 101));
+    let relatch_other_ssrc =
+        UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtp_pkt(0x0bad_0bad, 101));
+    let mut rtcp_mux = rtp_pkt(0x0102_0304, 0);
+    rtcp_mux[1] = 200; // RTCP SR multiplexed on the RTP port
+    let relatch_rtcp = UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtcp_mux);
 
     let basic = v4(a, sa(RA_V4, 30000));
     let mut zero_csum = basic.clone();
@@ -261,6 +290,41 @@ fn relay_program_table() -> anyhow::Result<()> {
             input: addr_only.bytes(),
             action: XDP_REDIRECT,
             outcome: "redirected",
+        },
+        Case {
+            what: "learning: another source goes to the daemon",
+            input: learning_other.bytes(),
+            action: XDP_PASS,
+            output: None,
+            outcome: "source_to_daemon",
+        },
+        Case {
+            what: "latched RTP from the peer is forwarded",
+            output: Some(relayed(&latched_ok, &f11, RB_MAC, B_MAC)),
+            input: latched_ok.bytes(),
+            action: XDP_REDIRECT,
+            outcome: "redirected",
+        },
+        Case {
+            what: "latched: the stream's SSRC from elsewhere goes to the daemon",
+            input: relatch_same_ssrc.bytes(),
+            action: XDP_PASS,
+            output: None,
+            outcome: "source_to_daemon",
+        },
+        Case {
+            what: "latched: another SSRC from elsewhere is dropped",
+            input: relatch_other_ssrc.bytes(),
+            action: XDP_DROP,
+            output: None,
+            outcome: "source_rejected",
+        },
+        Case {
+            what: "latched: RTCP from elsewhere is not RTP: dropped",
+            input: relatch_rtcp.bytes(),
+            action: XDP_DROP,
+            output: None,
+            outcome: "source_rejected",
         },
         Case {
             what: "TTL 1 goes to the stack",
@@ -472,6 +536,9 @@ fn relay_program_table() -> anyhow::Result<()> {
     assert!(c.last_seen.is_some());
     let c = fx.relay.flows().counters(&FlowKey::new(sa(RA_V4, 30010)))?;
     assert_eq!(c.packets, 1, "only the accepted source counts");
+    assert_eq!(c.last_rtp, None, "non-RTP flows record no RTP header");
+    let c = fx.relay.flows().counters(&FlowKey::new(sa(RA_V4, 30090)))?;
+    assert_eq!((c.packets, c.last_rtp), (1, Some((0x0102_0304, 100))), "RTP header recorded");
 
     // Removing a flow stops forwarding at once.
     fx.relay

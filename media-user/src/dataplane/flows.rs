@@ -47,6 +47,8 @@ pub struct FlowCounters {
     pub bytes: u64,
     /// CLOCK_MONOTONIC time of the last forwarded packet.
     pub last_seen: Option<Duration>,
+    /// RTP flows: SSRC and sequence number of the last forwarded packet.
+    pub last_rtp: Option<(u32, u16)>,
 }
 
 impl FlowCounters {
@@ -56,7 +58,13 @@ impl FlowCounters {
         for v in values.iter() {
             c.packets += v.packets;
             c.bytes += v.bytes;
-            last = last.max(v.last_seen_ns);
+            // The CPU that forwarded last holds the latest RTP header.
+            if v.last_seen_ns > last {
+                last = v.last_seen_ns;
+                c.last_rtp = (v.last_ssrc != [0; 4]).then(|| {
+                    (u32::from_be_bytes(v.last_ssrc), u16::from_be_bytes(v.last_seq))
+                });
+            }
         }
         c.last_seen = (last != 0).then(|| Duration::from_nanos(last));
         c

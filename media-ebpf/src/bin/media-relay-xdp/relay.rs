@@ -10,7 +10,10 @@ use aya_log_ebpf::error;
 use media_ebpf::{
     Flow, FlowKey, Outcome,
     csum::{Delta, udp_update},
-    flow::{CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6},
+    flow::{
+        CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6, RTP, SOURCE_LEARNING,
+        SSRC_RELATCH,
+    },
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -74,9 +77,33 @@ unsafe fn source_ok<const N: usize>(flow: &Flow, src: *const u8, sport: u16) -> 
     flow.flags & CHECK_SOURCE_PORT == 0 || sport == unsafe { word(flow.expect_port.as_ptr()) }
 }
 
-/// Account a forwarded packet to its flow.
+/// The RTP header at `off`, if the packet carries one: (SSRC, sequence
+/// number) as raw wire words. RTCP multiplexed on the RTP port (packet types
+/// 192–223, RFC 5761 §4) is not RTP.
 #[inline(always)]
-fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16) {
+fn rtp_header(ctx: &XdpContext, off: usize) -> Option<([u8; 4], [u8; 2])> {
+    let start = ctx.data();
+    if start + off + 12 > ctx.data_end() {
+        return None;
+    }
+    let p = (start + off) as *const u8;
+    // SAFETY: the 12 bytes at `p` are inside the packet (checked above).
+    unsafe {
+        let (b0, b1) = (*p, *p.add(1));
+        if b0 & 0xc0 != 0x80 || (64..96).contains(&(b1 & 0x7f)) {
+            return None;
+        }
+        Some((
+            [*p.add(8), *p.add(9), *p.add(10), *p.add(11)],
+            [*p.add(2), *p.add(3)],
+        ))
+    }
+}
+
+/// Account a forwarded packet to its flow; `rtp` is its RTP header, for
+/// RTP flows.
+#[inline(always)]
+fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8; 2])>) {
     match FLOW_STATS.get_ptr_mut(flow.slot()) {
         Some(s) => {
             // SAFETY: per-CPU slot, see `maps::count`.
@@ -84,6 +111,10 @@ fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16) {
                 (*s).packets += 1;
                 (*s).bytes += u64::from(ip_len);
                 (*s).last_seen_ns = bpf_ktime_get_ns();
+                if let Some((ssrc, seq)) = rtp {
+                    (*s).last_ssrc = ssrc;
+                    (*s).last_seq = seq;
+                }
             }
         }
         // A slot outside FLOW_STATS is a control-plane bug: rare by
@@ -147,6 +178,8 @@ struct Arrival {
     ip_len: u16,
     tos: u8,
     flowinfo: u32,
+    /// Offset of the UDP payload in the frame.
+    payload: usize,
 }
 
 /// Flow lookup, source check, family, TTL and next hop, for either family
@@ -176,6 +209,17 @@ unsafe fn decide<'a, const N: usize>(
     let flow = unsafe { &*flow };
     // SAFETY: per this function's contract.
     if !unsafe { source_ok::<N>(flow, a.src, a.sport) } {
+        // Learning: the daemon decides whether this is the peer behind NAT.
+        if flow.flags & SOURCE_LEARNING != 0 {
+            return Err(pass(Outcome::SourceToDaemon));
+        }
+        // Latched: only the stream's own SSRC may ask for a re-latch.
+        if flow.flags & SSRC_RELATCH != 0
+            && let Some((ssrc, _)) = rtp_header(ctx, a.payload)
+            && ssrc == flow.ssrc
+        {
+            return Err(pass(Outcome::SourceToDaemon));
+        }
         return Err((Outcome::SourceRejected, XDP_DROP));
     }
     if flow.family != family {
@@ -247,6 +291,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         ip_len: tot_len,
         tos,
         flowinfo: 0,
+        payload: EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN,
     };
     let (flow, hop) = match unsafe { decide::<2>(ctx, FAMILY_V4, &arrival) } {
         Ok(decided) => decided,
@@ -271,7 +316,10 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         let check = (&raw mut (*udp).check).cast::<u16>();
         check.write(udp_update(check.read(), ports, true));
     }
-    account(ctx, flow, tot_len);
+    let rtp = (flow.flags & RTP != 0)
+        .then(|| rtp_header(ctx, arrival.payload))
+        .flatten();
+    account(ctx, flow, tot_len, rtp);
     transmit(ctx, eth, &hop)
 }
 
@@ -326,6 +374,7 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         ip_len,
         tos: 0,
         flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
+        payload: EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN,
     };
     let (flow, hop) = match unsafe { decide::<8>(ctx, FAMILY_V6, &arrival) } {
         Ok(decided) => decided,
@@ -341,6 +390,9 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         let check = (&raw mut (*udp).check).cast::<u16>();
         check.write(udp_update(check.read(), d, false));
     }
-    account(ctx, flow, ip_len);
+    let rtp = (flow.flags & RTP != 0)
+        .then(|| rtp_header(ctx, arrival.payload))
+        .flatten();
+    account(ctx, flow, ip_len, rtp);
     transmit(ctx, eth, &hop)
 }
