@@ -1,16 +1,32 @@
-//! `media-relay run`: load the data plane, attach it, serve until SIGINT or
-//! SIGTERM, detach.
+//! `media-relay run`: the media daemon's event loop.
+//!
+//! One task owns the session engine (and through it the media plane and
+//! the XDP maps): ng requests, packets handed over for latching decisions
+//! and the periodic tick reach it one at a time, which is what makes it the
+//! single writer of the data plane.
 
-use std::path::PathBuf;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{debug, info};
+use serde::Deserialize;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{debug, info, warn};
 
-use crate::dataplane::{self, DataPlane, XdpMode};
+use crate::{
+    config::RunConfig,
+    control::{self, ControlStats, Request},
+    dataplane::{self, DataPlane, XdpMode},
+    interfaces::Interfaces,
+    media::MediaPlane,
+    session::{Engine, PortAllocator},
+};
 
 /// `--xdp-mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum XdpModeArg {
     /// Native where the driver supports it, generic otherwise.
     #[default]
@@ -23,78 +39,121 @@ pub enum XdpModeArg {
     Off,
 }
 
-/// What `run` needs.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: XdpModeArg,
-    pub max_flows: u32,
-    pub pin_root: PathBuf,
-    /// Seconds between data-plane counter summaries in the log (debug level).
-    pub stats_interval: u64,
+/// Released port pairs rest this long before reuse.
+const PORT_QUARANTINE: Duration = Duration::from_secs(2);
+/// Packets handed to the engine for latching decisions that may queue.
+const EVENT_QUEUE: usize = 4096;
+
+fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Option<DataPlane>> {
+    let mode = match cfg.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Auto,
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Generic => XdpMode::Generic,
+        XdpModeArg::Off => {
+            info!("XDP off: every packet takes the userspace path");
+            println!("media-relay: XDP off (userspace forwarding)");
+            return Ok(None);
+        }
+    };
+    let mut dp = DataPlane::load(&dataplane::Options {
+        pin_root: cfg.pin_root.clone(),
+        max_flows: cfg.max_flows,
+    })?;
+    // Sessions do not survive a restart yet: flows left by a previous run
+    // belong to nobody, and their ports may be leased again.
+    let stale: Vec<_> = dp.flows().keys().copied().collect();
+    if !stale.is_empty() {
+        for k in &stale {
+            dp.flows_mut().remove(k)?;
+        }
+        warn!(flows = stale.len(), "removed flows left by a previous run");
+    }
+    let mut netdevs: Vec<&str> = interfaces.0.iter().map(|i| i.netdev.as_str()).collect();
+    netdevs.dedup();
+    for netdev in netdevs {
+        let a = dp.attach(netdev, mode)?;
+        println!(
+            "media-relay: XDP {} on {}{}",
+            a.mode,
+            a.interface,
+            if a.fell_back {
+                " (native unavailable, fell back)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Some(dp))
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    let mode = match cfg.xdp_mode {
-        XdpModeArg::Auto => Some(XdpMode::Auto),
-        XdpModeArg::Native => Some(XdpMode::Native),
-        XdpModeArg::Generic => Some(XdpMode::Generic),
-        XdpModeArg::Off => None,
-    };
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    if cfg.interfaces.is_empty() {
+        anyhow::bail!(
+            "no media interface: give --interface <netdev> (or [[interface]] in the config file)"
+        );
+    }
+    let interfaces = Interfaces::discover(&cfg.interfaces)?;
+    for i in &interfaces.0 {
+        info!(
+            name = %i.name,
+            netdev = %i.netdev,
+            v4 = ?i.v4,
+            v6 = ?i.v6,
+            advertise_v4 = ?i.advertise_v4,
+            advertise_v6 = ?i.advertise_v6,
+            "media interface"
+        );
+    }
+    let dataplane = load_dataplane(&cfg, &interfaces)?;
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let media = MediaPlane::new(dataplane, events_tx);
+    let ports = PortAllocator::new(cfg.port_min, cfg.port_max, PORT_QUARANTINE)
+        .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
+    let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports);
 
-    let mut dp = match mode {
-        None => {
-            info!("XDP off: no data plane loaded");
-            println!("media-relay: XDP off");
-            None
-        }
-        Some(mode) => {
-            let mut dp = DataPlane::load(&dataplane::Options {
-                pin_root: cfg.pin_root.clone(),
-                max_flows: cfg.max_flows,
-            })?;
-            for interface in &cfg.interfaces {
-                let a = dp.attach(interface, mode)?;
-                println!(
-                    "media-relay: XDP {} on {}{}",
-                    a.mode,
-                    a.interface,
-                    if a.fell_back {
-                        " (native unavailable, fell back)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            if cfg.interfaces.is_empty() {
-                info!("no --interface given: data plane loaded but not attached");
-            }
-            Some(dp)
-        }
-    };
-    info!("media-relay running; stop with Ctrl-C or SIGTERM");
+    let socket = control::bind(cfg.listen_ng).await?;
+    let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
+    let stats = Arc::new(ControlStats::default());
+    let server = tokio::spawn(control::serve(socket, req_tx, stats.clone()));
+    info!(listen_ng = %cfg.listen_ng, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), "media-relay running; stop with Ctrl-C or SIGTERM");
+    if !cfg.listen_ng.ip().is_loopback() {
+        warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks");
+    }
 
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(cfg.stats_interval.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut summary = tokio::time::interval(Duration::from_secs(cfg.stats_interval.max(1)));
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = tick.tick() => {
-                if let Some(dp) = &dp
-                    && let Ok(o) = dp.outcomes()
-                {
-                    debug!(flows = dp.flows().len(), outcomes = ?o, "data plane");
-                }
+            Some(req) = requests.recv() => {
+                let reply = engine.handle(req.command, std::time::Instant::now());
+                let _ = req.reply.send(reply);
+            }
+            Some(ev) = events.recv() => engine.on_packet(ev, std::time::Instant::now()),
+            _ = tick.tick() => engine.tick(std::time::Instant::now()),
+            _ = summary.tick() => {
+                let outcomes = engine.backend().dataplane().and_then(|dp| dp.outcomes().ok());
+                debug!(
+                    calls = engine.call_count(),
+                    ports_in_use = engine.ports().in_use() * 2,
+                    ng_requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+                    outcomes = ?outcomes,
+                    "status"
+                );
             }
         }
     }
-    info!("shutting down");
-    if let Some(dp) = dp.as_mut() {
+    info!(calls = engine.call_count(), "shutting down");
+    server.abort();
+    let mut media = engine;
+    if let Some(dp) = media.backend_mut().dataplane_mut() {
         dp.detach_all()?;
         if let Ok(o) = dp.outcomes() {
-            info!(outcomes = ?o, flows = dp.flows().len(), "data plane totals; flows stay pinned");
+            info!(outcomes = ?o, "data plane totals");
         }
     }
     Ok(())

@@ -6,9 +6,14 @@
 //!   (privileges, bpffs, interfaces, forwarding sysctls).
 //! - [`daemon`]: the `media-relay run` event loop.
 
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod host;
+pub mod interfaces;
 pub mod logging;
+pub mod media;
 pub mod ng;
 pub mod sdp;
+pub mod session;

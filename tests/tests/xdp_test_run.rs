@@ -147,11 +147,27 @@ fn relay_program_table() -> anyhow::Result<()> {
     };
     let moved_src = sa(Ipv4Addr::new(198, 18, 1, 50), 7777);
     let learning_other = v4(moved_src, sa(RA_V4, 30080));
-    let latched_ok = UdpFrame::new(RA_MAC, A_MAC, a, sa(RA_V4, 30090), &rtp_pkt(0x0102_0304, 100));
-    let relatch_same_ssrc =
-        UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtp_pkt(0x0102_0304, 101));
-    let relatch_other_ssrc =
-        UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtp_pkt(0x0bad_0bad, 101));
+    let latched_ok = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        a,
+        sa(RA_V4, 30090),
+        &rtp_pkt(0x0102_0304, 100),
+    );
+    let relatch_same_ssrc = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        moved_src,
+        sa(RA_V4, 30090),
+        &rtp_pkt(0x0102_0304, 101),
+    );
+    let relatch_other_ssrc = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        moved_src,
+        sa(RA_V4, 30090),
+        &rtp_pkt(0x0bad_0bad, 101),
+    );
     let mut rtcp_mux = rtp_pkt(0x0102_0304, 0);
     rtcp_mux[1] = 200; // RTCP SR multiplexed on the RTP port
     let relatch_rtcp = UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtcp_mux);
@@ -538,7 +554,11 @@ fn relay_program_table() -> anyhow::Result<()> {
     assert_eq!(c.packets, 1, "only the accepted source counts");
     assert_eq!(c.last_rtp, None, "non-RTP flows record no RTP header");
     let c = fx.relay.flows().counters(&FlowKey::new(sa(RA_V4, 30090)))?;
-    assert_eq!((c.packets, c.last_rtp), (1, Some((0x0102_0304, 100))), "RTP header recorded");
+    assert_eq!(
+        (c.packets, c.last_rtp),
+        (1, Some((0x0102_0304, 100))),
+        "RTP header recorded"
+    );
 
     // Removing a flow stops forwarding at once.
     fx.relay

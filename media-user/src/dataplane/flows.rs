@@ -62,7 +62,10 @@ impl FlowCounters {
             if v.last_seen_ns > last {
                 last = v.last_seen_ns;
                 c.last_rtp = (v.last_ssrc != [0; 4]).then(|| {
-                    (u32::from_be_bytes(v.last_ssrc), u16::from_be_bytes(v.last_seq))
+                    (
+                        u32::from_be_bytes(v.last_ssrc),
+                        u16::from_be_bytes(v.last_seq),
+                    )
                 });
             }
         }

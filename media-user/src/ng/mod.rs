@@ -3,9 +3,58 @@
 //! turns datagrams into typed [`Command`]s and typed replies back into
 //! datagrams; the UDP server and the session logic live elsewhere.
 //!
-//! (Skeleton: API contract. Being implemented.)
+//! - `command.rs`: [`parse_datagram`], a datagram into cookie and
+//!   [`Command`]; the key, flag and `ICE` rules are documented there.
+//! - `reply.rs`: [`Reply`] and [`encode_reply`].
+//! - `cache.rs`: [`ReplyCache`], so a retransmitted request is answered
+//!   with the same bytes and never applied twice.
+//! - `bencode.rs`: [`Value`] to and from bencode (with `bendy`), accepting
+//!   dictionary keys in any order as ng peers send them.
+//! - `value.rs`: builders for replies (`Value::dict().with("sdp", sdp)`).
+//! - `error.rs`: [`NgError`], whose text is the `error-reason` sent back.
+//!
+//! A server loop reads a datagram and does:
+//!
+//! ```
+//! # use std::time::{Duration, Instant};
+//! # use media_user::ng::{parse_datagram, encode_reply, Reply, ReplyCache, Command};
+//! # let mut cache = ReplyCache::new(4096, Duration::from_secs(60));
+//! # let datagram = b"5323_1 d7:command4:pinge";
+//! # let now = Instant::now();
+//! let Ok((cookie, command)) = parse_datagram(datagram) else {
+//!     return; // no cookie: nothing to answer; count and drop
+//! };
+//! if let Some(reply) = cache.get(&cookie, now) {
+//!     // a retransmission: send `reply` again, apply nothing
+//! #   let _ = reply;
+//!     return;
+//! }
+//! let reply = match command {
+//!     Ok(Command::Ping) => Reply::Pong,
+//!     Ok(_) => Reply::ok(), // the session layer's work
+//!     Err(err) => Reply::from(err),
+//! };
+//! let bytes = encode_reply(&cookie, &reply);
+//! assert_eq!(bytes, b"5323_1 d6:result4:ponge");
+//! cache.insert(cookie, bytes, now);
+//! ```
 
 use std::net::IpAddr;
+
+mod bencode;
+mod cache;
+mod command;
+mod error;
+mod reply;
+#[cfg(test)]
+mod tests;
+mod value;
+
+pub use bencode::{DecodeError, DecodeErrorKind, EncodeError, MAX_DEPTH};
+pub use cache::ReplyCache;
+pub use command::parse_datagram;
+pub use error::NgError;
+pub use reply::{Reply, encode_reply};
 
 /// A generic bencode value, as replies are built by the session layer.
 #[derive(Clone, Debug, PartialEq, Eq)]

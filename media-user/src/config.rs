@@ -1,0 +1,384 @@
+//! Configuration: an optional TOML file, overridden by command-line flags.
+//!
+//! Every key of the file is also a flag (`port-min` ↔ `--port-min`).
+//! Unknown keys are errors, so a typo never passes silently, and every
+//! error is one line naming the key, the value and what is expected.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{
+    daemon::XdpModeArg, interfaces::InterfaceSpec, logging::LogFormat, session::SessionConfig,
+};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}, line {line}{key}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("config key `{key}` = {value}: {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+/// One `[[interface]]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InterfaceEntry {
+    /// Logical name for ng `direction` / `from-interface` (default: netdev).
+    pub name: Option<String>,
+    pub netdev: String,
+    /// Addresses told to peers instead of the local ones (1:1 NAT).
+    #[serde(default)]
+    pub advertise: Vec<IpAddr>,
+    /// Local addresses to use (default: the netdev's first of each family).
+    #[serde(default)]
+    pub address: Vec<IpAddr>,
+}
+
+/// The file, every key optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(default)]
+    pub interface: Vec<InterfaceEntry>,
+    pub listen_ng: Option<SocketAddr>,
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    pub xdp_mode: Option<XdpModeArg>,
+    pub advertise: Option<IpAddr>,
+    pub timeout: Option<u64>,
+    pub silent_timeout: Option<u64>,
+    pub offer_timeout: Option<u64>,
+    pub delete_delay: Option<u64>,
+    pub learning_window: Option<u64>,
+    pub max_flows: Option<u32>,
+    pub pin_root: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, key) = e.span().map_or((0, String::new()), |span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let src = text.lines().nth(line - 1).unwrap_or_default();
+                let key = src
+                    .split('=')
+                    .next()
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty() && !k.starts_with('['))
+                    .map(|k| format!(" (`{k}`)"))
+                    .unwrap_or_default();
+                (line, key)
+            });
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                key,
+                message: e.message().replace('\n', " ").trim().to_owned(),
+            }
+        })
+    }
+}
+
+/// Everything `media-relay run` needs, resolved.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub interfaces: Vec<InterfaceSpec>,
+    pub listen_ng: SocketAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub xdp_mode: XdpModeArg,
+    pub session: SessionConfig,
+    pub max_flows: u32,
+    pub pin_root: PathBuf,
+    pub log_format: LogFormat,
+    /// Seconds between data-plane counter summaries (debug log level).
+    pub stats_interval: u64,
+}
+
+pub const DEFAULT_LISTEN_NG: &str = "127.0.0.1:2223";
+pub const DEFAULT_PORT_MIN: u16 = 30_000;
+pub const DEFAULT_PORT_MAX: u16 = 40_000;
+
+impl RunConfig {
+    /// Merge: flags (`flags`, whose `Some`/non-empty values win) over the
+    /// file over defaults; then validate.
+    pub fn resolve(
+        file: FileConfig,
+        flags: FileConfig,
+        stats_interval: u64,
+    ) -> Result<Self, ConfigError> {
+        let interfaces = if flags.interface.is_empty() {
+            file.interface
+        } else {
+            flags.interface
+        };
+        let advertise = flags.advertise.or(file.advertise);
+        let mut specs: Vec<InterfaceSpec> = interfaces
+            .into_iter()
+            .map(|i| InterfaceSpec {
+                name: i.name,
+                netdev: i.netdev,
+                advertise: i.advertise,
+                addresses: i.address,
+            })
+            .collect();
+        if let Some(a) = advertise {
+            match specs.first_mut() {
+                Some(first) => {
+                    first.advertise.retain(|x| x.is_ipv4() != a.is_ipv4());
+                    first.advertise.push(a);
+                }
+                None => {
+                    return Err(ConfigError::Invalid {
+                        key: "advertise",
+                        value: a.to_string(),
+                        expected: "needs an interface to apply to (--interface or [[interface]])"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &specs {
+            let name = s.name.clone().unwrap_or_else(|| s.netdev.clone());
+            if !names.insert(name.clone()) {
+                return Err(ConfigError::Invalid {
+                    key: "interface",
+                    value: name,
+                    expected: "each interface name may appear once".into(),
+                });
+            }
+        }
+        let port_min = flags.port_min.or(file.port_min).unwrap_or(DEFAULT_PORT_MIN);
+        let port_max = flags.port_max.or(file.port_max).unwrap_or(DEFAULT_PORT_MAX);
+        if port_min < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "port-min",
+                value: port_min.to_string(),
+                expected: "at least 1024".into(),
+            });
+        }
+        if port_max <= port_min {
+            return Err(ConfigError::Invalid {
+                key: "port-max",
+                value: port_max.to_string(),
+                expected: format!(
+                    "greater than port-min ({port_min}), leaving room for one RTP/RTCP pair"
+                ),
+            });
+        }
+        let secs = |key: &'static str,
+                    v: Option<u64>,
+                    default: u64,
+                    min: u64|
+         -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if v < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: v.to_string(),
+                    expected: format!("at least {min} seconds"),
+                });
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let session = SessionConfig {
+            timeout: secs("timeout", flags.timeout.or(file.timeout), 60, 1)?,
+            silent_timeout: secs(
+                "silent-timeout",
+                flags.silent_timeout.or(file.silent_timeout),
+                3600,
+                1,
+            )?,
+            offer_timeout: secs(
+                "offer-timeout",
+                flags.offer_timeout.or(file.offer_timeout),
+                3600,
+                1,
+            )?,
+            delete_delay: secs(
+                "delete-delay",
+                flags.delete_delay.or(file.delete_delay),
+                0,
+                0,
+            )?,
+            learning_window: secs(
+                "learning-window",
+                flags.learning_window.or(file.learning_window),
+                3,
+                0,
+            )?,
+        };
+        let max_flows = flags
+            .max_flows
+            .or(file.max_flows)
+            .unwrap_or(media_ebpf::maps::DEFAULT_MAX_FLOWS);
+        if max_flows == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-flows",
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+        Ok(Self {
+            interfaces: specs,
+            listen_ng: flags
+                .listen_ng
+                .or(file.listen_ng)
+                .unwrap_or_else(|| DEFAULT_LISTEN_NG.parse().expect("valid default")),
+            port_min,
+            port_max,
+            xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            session,
+            max_flows,
+            pin_root: flags
+                .pin_root
+                .or(file.pin_root)
+                .unwrap_or_else(|| PathBuf::from(media_ebpf::maps::PIN_ROOT)),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            stats_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match FileConfig::parse(text, Path::new("t.toml")) {
+            Ok(f) => match RunConfig::resolve(f, FileConfig::default(), 10) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn full_file_parses_and_flags_override() {
+        let text = r#"
+listen-ng = "127.0.0.1:2299"
+port-min = 40000
+port-max = 40149
+xdp-mode = "generic"
+timeout = 30
+delete-delay = 5
+max-flows = 1024
+log-format = "json"
+
+[[interface]]
+name = "carrier"
+netdev = "eth0"
+advertise = ["203.0.113.10"]
+
+[[interface]]
+name = "pbx"
+netdev = "eth1"
+"#;
+        let file = FileConfig::parse(text, Path::new("t.toml")).unwrap();
+        let flags = FileConfig {
+            port_max: Some(40199),
+            ..FileConfig::default()
+        };
+        let c = RunConfig::resolve(file, flags, 10).unwrap();
+        assert_eq!(c.listen_ng, "127.0.0.1:2299".parse().unwrap());
+        assert_eq!((c.port_min, c.port_max), (40000, 40199));
+        assert_eq!(c.xdp_mode, XdpModeArg::Generic);
+        assert_eq!(c.session.timeout, Duration::from_secs(30));
+        assert_eq!(c.session.delete_delay, Duration::from_secs(5));
+        assert_eq!(c.interfaces.len(), 2);
+        assert_eq!(c.interfaces[0].name.as_deref(), Some("carrier"));
+        assert_eq!(
+            c.interfaces[0].advertise,
+            vec!["203.0.113.10".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = RunConfig::resolve(FileConfig::default(), FileConfig::default(), 10).unwrap();
+        assert_eq!(c.listen_ng, "127.0.0.1:2223".parse().unwrap());
+        assert_eq!((c.port_min, c.port_max), (30000, 40000));
+        assert_eq!(c.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(c.session.timeout, Duration::from_secs(60));
+        assert_eq!(c.session.silent_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, want) in [
+            (
+                "port-mni = 3",
+                "config t.toml, line 1 (`port-mni`): unknown field `port-mni`",
+            ),
+            (
+                "port-min = \"x\"",
+                "config t.toml, line 1 (`port-min`): invalid type: string \"x\", expected u16",
+            ),
+            (
+                "port-min = 100",
+                "config key `port-min` = 100: at least 1024",
+            ),
+            (
+                "port-min = 40000\nport-max = 30000",
+                "config key `port-max` = 30000: greater than port-min (40000)",
+            ),
+            (
+                "xdp-mode = \"turbo\"",
+                "config t.toml, line 1 (`xdp-mode`): unknown variant `turbo`",
+            ),
+            (
+                "timeout = 0",
+                "config key `timeout` = 0: at least 1 seconds",
+            ),
+            (
+                "advertise = \"198.18.0.1\"",
+                "config key `advertise` = 198.18.0.1: needs an interface",
+            ),
+            (
+                "[[interface]]\nnetdev = \"a\"\n[[interface]]\nnetdev = \"a\"",
+                "config key `interface` = a: each interface name may appear once",
+            ),
+            (
+                "listen-ng = \"nope\"",
+                "config t.toml, line 1 (`listen-ng`): invalid socket address syntax",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.starts_with(want), "{text:?}\n  got  {e}\n  want {want}…");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

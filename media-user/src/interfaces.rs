@@ -1,0 +1,176 @@
+//! The relay's logical interfaces: a name, the netdev it lives on, its
+//! local addresses, and the addresses advertised to peers (which differ
+//! behind 1:1 NAT, e.g. a cloud VIP/PIP pair).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum InterfaceError {
+    #[error(
+        "interface {netdev:?} has no usable IPv4 or IPv6 address; see `ip addr show dev {netdev}`"
+    )]
+    NoAddress { netdev: String },
+    #[error("unknown interface {netdev:?}: see `ip link` for the interfaces of this host")]
+    Unknown { netdev: String },
+    #[error("listing addresses: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What configuration says about an interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Logical name used by ng `direction` / `from-interface` (defaults to
+    /// the netdev name).
+    pub name: Option<String>,
+    pub netdev: String,
+    /// Addresses to advertise in SDP instead of the local ones.
+    pub advertise: Vec<IpAddr>,
+    /// Local addresses to use (default: the first global one of each
+    /// family on the netdev).
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub netdev: String,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+    pub advertise_v4: Option<Ipv4Addr>,
+    pub advertise_v6: Option<Ipv6Addr>,
+}
+
+impl Interface {
+    /// The local address of the family (`v6`), if any.
+    pub fn local(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.v6.map(IpAddr::V6)
+        } else {
+            self.v4.map(IpAddr::V4)
+        }
+    }
+
+    /// The address peers are told, for a socket on `local`.
+    pub fn advertised(&self, local: IpAddr) -> IpAddr {
+        match local {
+            IpAddr::V4(_) => self.advertise_v4.map_or(local, IpAddr::V4),
+            IpAddr::V6(_) => self.advertise_v6.map_or(local, IpAddr::V6),
+        }
+    }
+
+    pub fn has(&self, ip: IpAddr) -> bool {
+        Some(ip) == self.local(ip.is_ipv6())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interfaces(pub Vec<Interface>);
+
+fn usable_v6(a: &Ipv6Addr) -> bool {
+    !a.is_loopback() && !a.is_unicast_link_local() && !a.is_multicast() && !a.is_unspecified()
+}
+
+impl Interfaces {
+    /// Resolve specs against the host's addresses.
+    pub fn discover(specs: &[InterfaceSpec]) -> Result<Self, InterfaceError> {
+        let addrs: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
+            .map_err(std::io::Error::from)?
+            .filter_map(|ifa| {
+                let sa = ifa.address?;
+                let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else {
+                    IpAddr::V6(sa.as_sockaddr_in6()?.ip())
+                };
+                Some((ifa.interface_name, ip))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for spec in specs {
+            let known = addrs.iter().any(|(n, _)| *n == spec.netdev)
+                || crate::host::ifindex(&spec.netdev).is_ok();
+            if !known {
+                return Err(InterfaceError::Unknown {
+                    netdev: spec.netdev.clone(),
+                });
+            }
+            let mine = addrs
+                .iter()
+                .filter(|(n, _)| *n == spec.netdev)
+                .map(|(_, ip)| *ip);
+            let pick_v4 = spec
+                .addresses
+                .iter()
+                .find_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .or_else(|| {
+                    mine.clone().find_map(|a| match a {
+                        IpAddr::V4(v4) if !v4.is_loopback() || spec.netdev == "lo" => Some(v4),
+                        _ => None,
+                    })
+                });
+            let pick_v6 = spec
+                .addresses
+                .iter()
+                .find_map(|a| match a {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })
+                .or_else(|| {
+                    mine.clone().find_map(|a| match a {
+                        IpAddr::V6(v6) if usable_v6(&v6) => Some(v6),
+                        _ => None,
+                    })
+                });
+            if pick_v4.is_none() && pick_v6.is_none() {
+                return Err(InterfaceError::NoAddress {
+                    netdev: spec.netdev.clone(),
+                });
+            }
+            out.push(Interface {
+                name: spec.name.clone().unwrap_or_else(|| spec.netdev.clone()),
+                netdev: spec.netdev.clone(),
+                v4: pick_v4,
+                v6: pick_v6,
+                advertise_v4: spec.advertise.iter().find_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                }),
+                advertise_v6: spec.advertise.iter().find_map(|a| match a {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                }),
+            });
+        }
+        Ok(Self(out))
+    }
+
+    /// By logical name or netdev name.
+    pub fn by_name(&self, name: &str) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|i| i.name == name)
+            .or_else(|| self.0.iter().position(|i| i.netdev == name))
+    }
+
+    /// The interface owning local address `ip`.
+    pub fn by_local(&self, ip: IpAddr) -> Option<usize> {
+        self.0.iter().position(|i| i.has(ip))
+    }
+
+    pub fn get(&self, i: usize) -> &Interface {
+        &self.0[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}

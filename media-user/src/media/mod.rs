@@ -1,0 +1,290 @@
+//! The media plane: the real [`Backend`] of the session engine.
+//!
+//! Every leased port is a bound UDP socket (so a packet the XDP program
+//! does not forward reaches a real socket and nothing else can take the
+//! port) served by a task that is the userspace path: it forwards what XDP
+//! is off for, or hands back (no flow yet, learning, neighbour miss, TTL,
+//! IPv4↔IPv6). Routes are mirrored into XDP flows whenever the data plane
+//! can express them.
+
+mod port;
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket},
+    sync::Arc,
+};
+
+use media_ebpf::{Flow, FlowKey};
+use port::{PortState, UserRoute};
+use tokio::{net::UdpSocket, sync::mpsc};
+use tracing::{debug, warn};
+
+use crate::{
+    dataplane::{DataPlane, FlowCounters},
+    session::{Backend, Counters, PacketEvent, Route, Source},
+};
+
+/// One bound port.
+struct Port {
+    socket: Arc<UdpSocket>,
+    state: Arc<PortState>,
+    task: tokio::task::JoinHandle<()>,
+    /// An XDP flow is installed for packets arriving here.
+    flow: bool,
+    /// Kernel counters of flows removed from this port (kept so the
+    /// stream's totals never go backwards).
+    retired: FlowCounters,
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct MediaPlane {
+    dataplane: Option<DataPlane>,
+    ports: HashMap<SocketAddr, Port>,
+    events: mpsc::Sender<PacketEvent>,
+    /// CLOCK_MONOTONIC ↔ wall clock, to report XDP's last-seen times.
+    boot: std::time::SystemTime,
+}
+
+fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for a burst while the task is scheduled.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    let std: StdUdpSocket = s.into();
+    Ok(Arc::new(UdpSocket::from_std(std)?))
+}
+
+/// The XDP flow for a route, if the data plane can express it.
+fn xdp_flow(local: SocketAddr, r: &Route) -> Option<Flow> {
+    if r.demux_rtcp.is_some()
+        || local.is_ipv4() != r.out.is_ipv4()
+        || r.out.is_ipv4() != r.dest.is_ipv4()
+    {
+        return None;
+    }
+    let mut f = Flow::new(r.out, r.dest);
+    if r.rtp {
+        f = f.rtp();
+    }
+    match r.source {
+        Source::Any => Some(f),
+        Source::Learning(Some(a)) => Some(f.with_source(a).learning(true)),
+        // Learning with nothing to prefer: every packet needs a decision.
+        Source::Learning(None) => None,
+        Source::Latched { addr, relatch_ssrc } => {
+            let f = f.with_source(addr);
+            Some(match relatch_ssrc {
+                Some(s) if r.rtp => f.with_relatch_ssrc(s),
+                _ => f,
+            })
+        }
+    }
+}
+
+impl MediaPlane {
+    pub fn new(dataplane: Option<DataPlane>, events: mpsc::Sender<PacketEvent>) -> Self {
+        let boot = monotonic_epoch();
+        Self {
+            dataplane,
+            ports: HashMap::new(),
+            events,
+            boot,
+        }
+    }
+
+    pub fn dataplane(&self) -> Option<&DataPlane> {
+        self.dataplane.as_ref()
+    }
+
+    pub fn dataplane_mut(&mut self) -> Option<&mut DataPlane> {
+        self.dataplane.as_mut()
+    }
+
+    /// Bound ports.
+    pub fn bound(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn open(&mut self, local: SocketAddr) -> io::Result<()> {
+        let socket = bind(local)?;
+        let state = Arc::new(PortState::default());
+        let task = tokio::spawn(port::serve(
+            local,
+            socket.clone(),
+            state.clone(),
+            self.events.clone(),
+        ));
+        self.ports.insert(
+            local,
+            Port {
+                socket,
+                state,
+                task,
+                flow: false,
+                retired: FlowCounters::default(),
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_flow(&mut self, local: SocketAddr) {
+        let Some(port) = self.ports.get_mut(&local) else {
+            return;
+        };
+        if !port.flow {
+            return;
+        }
+        port.flow = false;
+        if let Some(dp) = self.dataplane.as_mut() {
+            match dp.flows_mut().remove(&FlowKey::new(local)) {
+                Ok(last) => {
+                    port.retired.packets += last.packets;
+                    port.retired.bytes += last.bytes;
+                    port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
+                }
+                Err(e) => warn!(%local, error = %e, "removing XDP flow"),
+            }
+        }
+    }
+}
+
+/// The wall-clock time at which CLOCK_MONOTONIC was zero.
+fn monotonic_epoch() -> std::time::SystemTime {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(std::time::Duration::from)
+        .unwrap_or_default();
+    std::time::SystemTime::now() - mono
+}
+
+impl Backend for MediaPlane {
+    fn open_pair(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        let rtp = SocketAddr::new(addr, port);
+        let rtcp = SocketAddr::new(
+            addr,
+            port.checked_add(1).ok_or(io::ErrorKind::InvalidInput)?,
+        );
+        self.open(rtp)?;
+        if let Err(e) = self.open(rtcp) {
+            self.ports.remove(&rtp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn close_pair(&mut self, addr: IpAddr, port: u16) {
+        for p in [port, port.wrapping_add(1)] {
+            let local = SocketAddr::new(addr, p);
+            self.remove_flow(local);
+            self.ports.remove(&local);
+        }
+    }
+
+    fn set_route(&mut self, local: SocketAddr, route: Option<Route>) {
+        // Userspace first, so a packet XDP hands over finds the new route.
+        let user = route.as_ref().and_then(|r| {
+            let out = self.ports.get(&r.out)?.socket.clone();
+            let demux = r
+                .demux_rtcp
+                .and_then(|(o, d)| Some((self.ports.get(&o)?.socket.clone(), d)));
+            Some(UserRoute {
+                out,
+                dest: r.dest,
+                source: r.source,
+                rtp: r.rtp,
+                demux,
+            })
+        });
+        let Some(port) = self.ports.get(&local) else {
+            debug!(%local, "route for an unbound port ignored");
+            return;
+        };
+        port.state.set_route(user);
+        let flow = route.as_ref().and_then(|r| xdp_flow(local, r));
+        match (flow, self.dataplane.as_mut()) {
+            (Some(flow), Some(dp)) => match dp.flows_mut().set(FlowKey::new(local), flow) {
+                Ok(()) => {
+                    if let Some(p) = self.ports.get_mut(&local) {
+                        p.flow = true;
+                    }
+                }
+                Err(e) => {
+                    // The userspace path still forwards.
+                    warn!(%local, error = %e, "installing XDP flow failed; forwarding in userspace");
+                    self.remove_flow(local);
+                }
+            },
+            _ => self.remove_flow(local),
+        }
+    }
+
+    fn counters(&self, local: SocketAddr) -> Counters {
+        let Some(port) = self.ports.get(&local) else {
+            return Counters::default();
+        };
+        let user = port.state.counters();
+        let mut kernel = port.retired;
+        if port.flow
+            && let Some(dp) = &self.dataplane
+            && let Ok(c) = dp.flows().counters(&FlowKey::new(local))
+        {
+            kernel.packets += c.packets;
+            kernel.bytes += c.bytes;
+            kernel.last_seen = kernel.last_seen.max(c.last_seen);
+            if c.last_rtp.is_some() {
+                kernel.last_rtp = c.last_rtp;
+            }
+        }
+        let kernel_last = kernel.last_seen.map(|d| self.boot + d);
+        Counters {
+            packets: user.packets + kernel.packets,
+            bytes: user.bytes + kernel.bytes,
+            errors: user.errors,
+            kernel_packets: kernel.packets,
+            last_packet: match (user.last_packet, kernel_last) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            last_rtp: match (user.last_packet, kernel_last) {
+                (Some(a), Some(b)) if b > a => kernel.last_rtp.or(user.last_rtp),
+                (None, Some(_)) => kernel.last_rtp,
+                _ => user.last_rtp.or(kernel.last_rtp),
+            },
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        if let Some(p) = self.ports.get(&from) {
+            match p.socket.try_send_to(data, to) {
+                Ok(_) => {}
+                Err(e) => debug!(%from, %to, error = %e, "send failed"),
+            }
+        }
+    }
+
+    fn route_source(&self, peer: IpAddr) -> Option<IpAddr> {
+        let any: SocketAddr = if peer.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let s = StdUdpSocket::bind(any).ok()?;
+        // connect() on UDP only picks a route and source address; nothing is sent.
+        s.connect(SocketAddr::new(peer, 9)).ok()?;
+        s.local_addr().ok().map(|a| a.ip())
+    }
+}

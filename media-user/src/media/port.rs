@@ -1,0 +1,168 @@
+//! One bound port's task: the userspace forwarding path.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use tokio::{net::UdpSocket, sync::mpsc};
+
+use crate::session::{PacketEvent, Source};
+
+/// Where packets arriving on this port go.
+pub(super) struct UserRoute {
+    pub out: Arc<UdpSocket>,
+    pub dest: SocketAddr,
+    pub source: Source,
+    pub rtp: bool,
+    pub demux: Option<(Arc<UdpSocket>, SocketAddr)>,
+}
+
+#[derive(Default)]
+pub(super) struct PortState {
+    route: RwLock<Option<UserRoute>>,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    /// Nanoseconds since the UNIX epoch of the last forwarded packet.
+    last_ns: AtomicU64,
+    /// 1 << 48 | SSRC << 16 | sequence of the last forwarded RTP packet.
+    last_rtp: AtomicU64,
+}
+
+pub(super) struct UserCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub last_packet: Option<SystemTime>,
+    pub last_rtp: Option<(u32, u16)>,
+}
+
+impl PortState {
+    pub(super) fn set_route(&self, route: Option<UserRoute>) {
+        *self
+            .route
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = route;
+    }
+
+    pub(super) fn counters(&self) -> UserCounters {
+        let ns = self.last_ns.load(Ordering::Relaxed);
+        let rtp = self.last_rtp.load(Ordering::Relaxed);
+        UserCounters {
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_packet: (ns != 0)
+                .then(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns)),
+            last_rtp: (rtp >> 48 == 1).then_some(((rtp >> 16) as u32, rtp as u16)),
+        }
+    }
+}
+
+/// The RTP header's (SSRC, sequence), if `p` is RTP (version 2 and not an
+/// RTCP packet type, RFC 5761 §4).
+pub(crate) fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
+    if p.len() < 12 || p[0] & 0xc0 != 0x80 || is_rtcp(p) {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
+}
+
+/// RTCP packet types 192–223 (RFC 5761 §4).
+fn is_rtcp(p: &[u8]) -> bool {
+    p.len() >= 2 && (64..96).contains(&(p[1] & 0x7f))
+}
+
+/// Serve one port until the task is aborted (port released).
+pub(super) async fn serve(
+    local: SocketAddr,
+    socket: Arc<UdpSocket>,
+    state: Arc<PortState>,
+    events: mpsc::Sender<PacketEvent>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let data = &buf[..n];
+        let rtp = rtp_header(data);
+        // Decide under the read lock; sending is non-blocking.
+        let handed_over = {
+            let guard = state
+                .route
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(route) = guard.as_ref() else {
+                state.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let accept = match route.source {
+                Source::Any => Some(true),
+                Source::Learning(Some(a)) if a == from => Some(true),
+                Source::Learning(_) => Some(false),
+                Source::Latched { addr, .. } if addr == from => Some(true),
+                Source::Latched {
+                    relatch_ssrc: Some(s),
+                    ..
+                } if rtp.is_some_and(|(ssrc, _)| ssrc == s) => Some(false),
+                Source::Latched { .. } => None,
+            };
+            match accept {
+                None => {
+                    state.errors.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Some(false) => true,
+                Some(true) => {
+                    let sent = match &route.demux {
+                        Some((sock, dest)) if is_rtcp(data) => sock.try_send_to(data, *dest),
+                        _ => route.out.try_send_to(data, route.dest),
+                    };
+                    if sent.is_ok() {
+                        state.packets.fetch_add(1, Ordering::Relaxed);
+                        state.bytes.fetch_add(
+                            n as u64 + if local.is_ipv4() { 28 } else { 48 },
+                            Ordering::Relaxed,
+                        );
+                        let now = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos() as u64);
+                        state.last_ns.store(now, Ordering::Relaxed);
+                        if route.rtp
+                            && let Some((ssrc, seq)) = rtp
+                        {
+                            state.last_rtp.store(
+                                1 << 48 | u64::from(ssrc) << 16 | u64::from(seq),
+                                Ordering::Relaxed,
+                            );
+                        }
+                    } else {
+                        state.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    false
+                }
+            }
+        };
+        if handed_over {
+            let ev = PacketEvent {
+                local,
+                from,
+                rtp,
+                data: data.to_vec(),
+            };
+            // A full queue means a flood: drop rather than queue without bound.
+            if events.try_send(ev).is_err() {
+                state.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

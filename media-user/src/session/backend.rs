@@ -1,0 +1,60 @@
+//! What the session layer needs from the media plane, as a trait: the real
+//! one binds sockets and programs XDP flows (`crate::media`), the tests'
+//! one records calls. The session layer is its single writer.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
+
+pub use super::latch::Source;
+
+/// Forwarding for packets arriving on one local address/port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The relay's address/port on the other leg: packets leave from here.
+    pub out: SocketAddr,
+    /// The other leg's peer.
+    pub dest: SocketAddr,
+    /// Which sources are accepted.
+    pub source: Source,
+    /// The stream carries RTP (records SSRC/sequence; allows re-latch).
+    pub rtp: bool,
+    /// rtcp-mux → separate RTCP: arriving RTCP goes out from/to here
+    /// instead (RFC 5761 §4 packet-type demultiplexing; userspace only).
+    pub demux_rtcp: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// Counters of one local address/port: what arrived from the party and
+/// was forwarded (kernel and userspace paths together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets that arrived but could not be forwarded (no route yet,
+    /// refused source, send failure).
+    pub errors: u64,
+    /// Forwarded by XDP (part of `packets`).
+    pub kernel_packets: u64,
+    pub last_packet: Option<SystemTime>,
+    /// Last RTP (SSRC, sequence) forwarded.
+    pub last_rtp: Option<(u32, u16)>,
+}
+
+pub trait Backend {
+    /// Bind the pair `port`, `port + 1` on `addr` (the port range is the
+    /// caller's business). Fails if either is taken.
+    fn open_pair(&mut self, addr: IpAddr, port: u16) -> io::Result<()>;
+    /// Release both sockets of a pair (and any route on them).
+    fn close_pair(&mut self, addr: IpAddr, port: u16);
+    /// Install, replace (`Some`) or remove (`None`) the route for packets
+    /// arriving on `local`. Replacing is atomic: no packet is lost.
+    fn set_route(&mut self, local: SocketAddr, route: Option<Route>);
+    fn counters(&self, local: SocketAddr) -> Counters;
+    /// Send `data` from the relay's `from` socket (used for packets the
+    /// session layer itself decided to forward while latching).
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]);
+    /// The local address the kernel would use to reach `peer`.
+    fn route_source(&self, peer: IpAddr) -> Option<IpAddr>;
+}

@@ -1,0 +1,96 @@
+//! The call model, following ng's: call-id → monologues (one per SIP tag)
+//! → media (one per m= line) → streams (RTP, RTCP) → data-plane routes.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Instant, SystemTime},
+};
+
+use super::latch::{Latch, Policy};
+use crate::sdp::Direction;
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    pub id: String,
+    pub created: SystemTime,
+    pub created_at: Instant,
+    pub last_signal: SystemTime,
+    pub last_signal_at: Instant,
+    /// Append-only: indices stay valid for the life of the call.
+    pub monos: Vec<Mono>,
+    /// An answer was seen.
+    pub answered: bool,
+    /// A `delete` with a delay is pending.
+    pub delete_at: Option<Instant>,
+}
+
+/// What shapes latching and addressing for one party, from ng flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartyFlags {
+    pub policy: Policy,
+    pub port_latching: bool,
+}
+
+/// One party: a SIP tag and its media.
+#[derive(Debug)]
+pub struct Mono {
+    /// Empty until the answer names the answerer's tag.
+    pub tag: String,
+    pub label: Option<String>,
+    pub created: SystemTime,
+    /// Interface facing this party, and the family used there.
+    pub iface: usize,
+    pub local: IpAddr,
+    /// The other party of the dialogue.
+    pub peer: Option<usize>,
+    pub media: Vec<Media>,
+    /// Last SDP body sent to this party and its o= version.
+    pub sent_sdp: Option<(Vec<u8>, u64)>,
+    pub flags: PartyFlags,
+}
+
+/// One m= line of a party.
+#[derive(Debug)]
+pub struct Media {
+    pub kind: String,
+    pub protocol: String,
+    /// RTP port of the relay's pair facing this party; `None` when rejected.
+    pub port: Option<u16>,
+    /// This party sends RTCP on the RTP port (negotiated rtcp-mux).
+    pub mux: bool,
+    /// This party's SDP offered/accepted a=rtcp-mux.
+    pub mux_in_sdp: bool,
+    pub direction: Direction,
+    /// The party's SDP said c=0.0.0.0 (RFC 2543 hold).
+    pub zero_address: bool,
+    pub rtp: Latch,
+    pub rtcp: Latch,
+}
+
+impl Media {
+    pub fn rejected(&self) -> bool {
+        self.port.is_none()
+    }
+
+    /// On hold from this party's side: it will not send.
+    pub fn held(&self) -> bool {
+        self.zero_address || matches!(self.direction, Direction::Inactive | Direction::RecvOnly)
+    }
+
+    /// Local RTP and RTCP addresses of the pair.
+    pub fn locals(&self, addr: IpAddr) -> Option<(SocketAddr, SocketAddr)> {
+        self.port
+            .map(|p| (SocketAddr::new(addr, p), SocketAddr::new(addr, p + 1)))
+    }
+}
+
+/// Which stream of which media of which party owns a local port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub call: String,
+    pub mono: usize,
+    pub media: usize,
+    /// 0 = RTP, 1 = RTCP.
+    pub component: u8,
+}
