@@ -71,6 +71,7 @@ pub struct FileConfig {
     pub offer_timeout: Option<u64>,
     pub delete_delay: Option<u64>,
     pub learning_window: Option<u64>,
+    pub ng_cache_ttl: Option<u64>,
     pub max_flows: Option<u32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -121,6 +122,8 @@ pub struct RunConfig {
     pub max_flows: u32,
     pub pin_root: PathBuf,
     pub log_format: LogFormat,
+    /// How long ng replies are kept to answer retransmissions.
+    pub ng_cache_ttl: Duration,
     /// Seconds between data-plane counter summaries (debug log level).
     pub stats_interval: u64,
 }
@@ -266,6 +269,12 @@ impl RunConfig {
                 .or(file.pin_root)
                 .unwrap_or_else(|| PathBuf::from(media_ebpf::maps::PIN_ROOT)),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            ng_cache_ttl: secs(
+                "ng-cache-ttl",
+                flags.ng_cache_ttl.or(file.ng_cache_ttl),
+                30,
+                1,
+            )?,
             stats_interval,
         })
     }

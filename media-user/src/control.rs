@@ -36,14 +36,18 @@ pub struct ControlStats {
     pub requests: AtomicU64,
 }
 
-/// How long replies are kept for retransmissions (Kamailio's rtpengine
-/// module retries for a few seconds).
-const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Replies kept at most, whatever the TTL (`ng-cache-ttl`, 30 s by
+/// default: Kamailio's rtpengine module retries for a few seconds).
 const CACHE_ENTRIES: usize = 65_536;
 
 /// Serve ng on `socket` until the engine goes away.
-pub async fn serve(socket: UdpSocket, engine: mpsc::Sender<Request>, stats: Arc<ControlStats>) {
-    let mut cache = ReplyCache::new(CACHE_ENTRIES, CACHE_TTL);
+pub async fn serve(
+    socket: UdpSocket,
+    engine: mpsc::Sender<Request>,
+    stats: Arc<ControlStats>,
+    cache_ttl: Duration,
+) {
+    let mut cache = ReplyCache::new(CACHE_ENTRIES, cache_ttl);
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {

@@ -116,7 +116,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let socket = control::bind(cfg.listen_ng).await?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
     let stats = Arc::new(ControlStats::default());
-    let server = tokio::spawn(control::serve(socket, req_tx, stats.clone()));
+    let server = tokio::spawn(control::serve(
+        socket,
+        req_tx,
+        stats.clone(),
+        cfg.ng_cache_ttl,
+    ));
     info!(listen_ng = %cfg.listen_ng, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), "media-relay running; stop with Ctrl-C or SIGTERM");
     if !cfg.listen_ng.ip().is_loopback() {
         warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks");

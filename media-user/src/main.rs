@@ -64,6 +64,9 @@ struct RunArgs {
     /// Seconds a stream learns its peer's source after its first packet.
     #[arg(long)]
     learning_window: Option<u64>,
+    /// Seconds ng replies are kept to answer retransmitted requests.
+    #[arg(long)]
+    ng_cache_ttl: Option<u64>,
     /// Capacity of the XDP flow table (one flow per direction per stream).
     #[arg(long)]
     max_flows: Option<u32>,
@@ -103,6 +106,7 @@ impl RunArgs {
             offer_timeout: self.offer_timeout,
             delete_delay: self.delete_delay,
             learning_window: self.learning_window,
+            ng_cache_ttl: self.ng_cache_ttl,
             max_flows: self.max_flows,
             pin_root: self.pin_root,
             log_format: self.log_format,

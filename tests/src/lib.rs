@@ -7,6 +7,7 @@
 //! Everything created here is removed on drop, also when a test fails.
 
 pub mod bed;
+pub mod daemon;
 pub mod frame;
 pub mod netns;
 pub mod privilege;

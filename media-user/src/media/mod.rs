@@ -267,13 +267,35 @@ impl Backend for MediaPlane {
         }
     }
 
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
-        if let Some(p) = self.ports.get(&from) {
-            match p.socket.try_send_to(data, to) {
-                Ok(_) => {}
-                Err(e) => debug!(%from, %to, error = %e, "send failed"),
+    fn forward(&mut self, arrived: SocketAddr, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let Some(p) = self.ports.get(&from) else {
+            return;
+        };
+        let sent = p.socket.try_send_to(data, to);
+        if let Some(a) = self.ports.get(&arrived) {
+            a.state.record(arrived, data, sent.is_ok());
+        }
+        if let Err(e) = sent {
+            debug!(%from, %to, error = %e, "send failed");
+        }
+    }
+
+    fn describe(&self) -> Vec<(String, u64)> {
+        let mut out = vec![("bound ports".to_owned(), self.ports.len() as u64)];
+        if let Some(dp) = &self.dataplane {
+            out.push(("xdp flows".to_owned(), dp.flows().len() as u64));
+            out.push((
+                "xdp flow capacity".to_owned(),
+                u64::from(dp.flows().capacity()),
+            ));
+            for a in dp.attachments() {
+                out.push((format!("xdp {} on {}", a.mode, a.interface), 1));
+            }
+            if let Ok(o) = dp.outcomes() {
+                out.extend(o.into_iter().map(|(k, v)| (format!("xdp {k}"), v)));
             }
         }
+        out
     }
 
     fn route_source(&self, peer: IpAddr) -> Option<IpAddr> {

@@ -50,6 +50,30 @@ impl PortState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = route;
     }
 
+    /// Count one packet that arrived here and was (or failed to be)
+    /// forwarded.
+    pub(super) fn record(&self, local: SocketAddr, data: &[u8], sent: bool) {
+        if !sent {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        // IP length, as the data plane counts it: payload + UDP + IP header.
+        let ip = if local.is_ipv4() { 28 } else { 48 };
+        self.bytes
+            .fetch_add(data.len() as u64 + ip, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.last_ns.store(now, Ordering::Relaxed);
+        if let Some((ssrc, seq)) = rtp_header(data) {
+            self.last_rtp.store(
+                1 << 48 | u64::from(ssrc) << 16 | u64::from(seq),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     pub(super) fn counters(&self) -> UserCounters {
         let ns = self.last_ns.load(Ordering::Relaxed);
         let rtp = self.last_rtp.load(Ordering::Relaxed);

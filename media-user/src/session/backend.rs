@@ -52,9 +52,15 @@ pub trait Backend {
     /// arriving on `local`. Replacing is atomic: no packet is lost.
     fn set_route(&mut self, local: SocketAddr, route: Option<Route>);
     fn counters(&self, local: SocketAddr) -> Counters;
-    /// Send `data` from the relay's `from` socket (used for packets the
-    /// session layer itself decided to forward while latching).
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]);
+    /// Forward `data`, which arrived on `arrived`, from the relay's `from`
+    /// socket to `to` (packets the session layer itself decided to forward
+    /// while latching); counted on `arrived` like any forwarded packet.
+    fn forward(&mut self, arrived: SocketAddr, from: SocketAddr, to: SocketAddr, data: &[u8]);
     /// The local address the kernel would use to reach `peer`.
     fn route_source(&self, peer: IpAddr) -> Option<IpAddr>;
+    /// Figures for `statistics`: name → value (e.g. installed XDP flows,
+    /// bound sockets, data-plane outcome counters).
+    fn describe(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }

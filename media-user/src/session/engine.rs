@@ -1067,7 +1067,8 @@ impl<B: Backend> Engine<B> {
         {
             let routes = Self::routes(&call.monos[owner.mono], &call.monos[peer], owner.media);
             if let Some((_, Some(route))) = routes.iter().find(|(l, _)| *l == Some(ev.local)) {
-                self.backend.send(route.out, route.dest, &ev.data);
+                self.backend
+                    .forward(ev.local, route.out, route.dest, &ev.data);
             }
         }
     }
@@ -1255,6 +1256,13 @@ impl<B: Backend> Engine<B> {
             ("free", int(self.ports.free() as u64 * 2)),
             ("exhaustions", int(t.port_exhaustions)),
         ]);
+        let plane = Value::Dict(
+            self.backend
+                .describe()
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), int(v)))
+                .collect(),
+        );
         ok(vec![(
             "statistics",
             dict(vec![
@@ -1262,6 +1270,7 @@ impl<B: Backend> Engine<B> {
                 ("totalstatistics", total),
                 ("controlstatistics", control),
                 ("ports", ports),
+                ("media plane", plane),
             ]),
         )])
     }

@@ -67,7 +67,7 @@ impl Backend for Fake {
         self.counters.get(&local).copied().unwrap_or_default()
     }
 
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+    fn forward(&mut self, _arrived: SocketAddr, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         self.sent.push((from, to, data.to_vec()));
     }
 

@@ -1,0 +1,450 @@
+//! Media sessions end to end: `media-relay run` in the relay namespace,
+//! driven over ng by Debian's `rtpengine-ng-client` (and by our own codec
+//! for the bulk test), real RTP/RTCP between sockets in namespaces `a`
+//! (the carrier side) and `b` (the PBX side), in XDP native, XDP generic
+//! and `--xdp-mode off`.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use media_relay_tests::{
+    Bed, BedOptions, Netns,
+    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    daemon::{Daemon, NgClient, new_sdp, ng_client},
+    require_root,
+};
+use media_user::ng::Value;
+
+const N: u16 = 100;
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    ns.enter(move || {
+        let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(400)))?;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: valid fd; the option value is a c_int of the size given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Ok(s)
+    })
+}
+
+fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..160u16).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+/// An RTCP receiver report (RFC 3550 §6.4.2), empty.
+fn rtcp(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 201, 0, 1];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+fn drain(s: &UdpSocket, max: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < max {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => got.push((buf[..n].to_vec(), from)),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Send `n` RTP packets and check they all arrive, from `relay`.
+fn media(
+    from: &UdpSocket,
+    to_relay: SocketAddr,
+    at: &UdpSocket,
+    relay: SocketAddr,
+    ssrc: u32,
+    n: u16,
+) -> anyhow::Result<()> {
+    for seq in 0..n {
+        from.send_to(&rtp(ssrc, seq), to_relay)?;
+        if seq % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let got = drain(at, usize::from(n) + 10);
+    let sources: BTreeSet<SocketAddr> = got.iter().map(|(_, f)| *f).collect();
+    let seqs: BTreeSet<Vec<u8>> = got.iter().map(|(d, _)| d.clone()).collect();
+    let want: BTreeSet<Vec<u8>> = (0..n).map(|s| rtp(ssrc, s)).collect();
+    anyhow::ensure!(
+        got.len() == usize::from(n),
+        "{ssrc:#x}: {} of {n} packets arrived",
+        got.len()
+    );
+    anyhow::ensure!(seqs == want, "{ssrc:#x}: payloads differ");
+    anyhow::ensure!(
+        sources == BTreeSet::from([relay]),
+        "{ssrc:#x}: sources {sources:?}, want {relay}"
+    );
+    Ok(())
+}
+
+fn write_sdp(name: &str, addr: Ipv4Addr, port: u16, version: u32) -> anyhow::Result<String> {
+    let path = std::env::temp_dir().join(format!("mr-{}-{name}.sdp", std::process::id()));
+    let sdp = format!(
+        "v=0\r\no=- 4242 {version} IN IP4 {addr}\r\ns=call\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    std::fs::write(&path, sdp)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// The relay address/port an SDP tells its receiver to send to.
+fn relay_of(sdp: &str) -> anyhow::Result<SocketAddr> {
+    let info = media_user::sdp::inspect(sdp.as_bytes())?;
+    let m = info.media.first().context("no media")?;
+    Ok(SocketAddr::new(m.connection.context("no c=")?, m.port))
+}
+
+/// `stats.packets` of the stream on `local port` in a query reply.
+fn stream_packets(query: &Value, port: u16) -> Option<(i64, bool)> {
+    for tag in query.get("tags")?.as_dict()?.values() {
+        for m in tag.get("medias")?.as_list()? {
+            for s in m.get("streams")?.as_list()? {
+                if s.get("local port")?.as_int()? == i64::from(port) {
+                    let kernel = s
+                        .get("flags")?
+                        .as_list()?
+                        .iter()
+                        .any(|f| f.as_str() == Some("kernelized"));
+                    return Some((s.get("stats")?.get("packets")?.as_int()?, kernel));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn stat(ng: &NgClient, key: &str) -> anyhow::Result<i64> {
+    let s = ng.ok(&Value::dict().with("command", "statistics"))?;
+    let plane = s
+        .get("statistics")
+        .and_then(|s| s.get("media plane"))
+        .context("media plane stats")?;
+    Ok(plane.get(key).and_then(Value::as_int).unwrap_or(0))
+}
+
+fn session(mode: &str) -> anyhow::Result<()> {
+    let bed = Bed::new(BedOptions {
+        peer_xdp: mode == "native",
+        static_neighbours: false,
+    })?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            mode,
+            "--port-min",
+            "30000",
+            "--port-max",
+            "30999",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let xdp = mode != "off";
+    let result = (|| -> anyhow::Result<()> {
+        // A is behind NAT: its SDP says 10.99.0.5:4000, it sends from
+        // 198.18.1.2:5000.
+        let a_rtp = bind(&bed.a, sa(A_V4, 5000))?;
+        let a_rtcp = bind(&bed.a, sa(A_V4, 5001))?;
+        let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
+        let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
+        let offer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "offer",
+                "--call-id=call-1",
+                "--from-tag=a-tag",
+                &format!(
+                    "--sdp-file={}",
+                    write_sdp("a", Ipv4Addr::new(10, 99, 0, 5), 4000, 1)?
+                ),
+            ],
+        )?;
+        let to_b = new_sdp(&offer)?;
+        let relay_b = relay_of(&to_b)?;
+        anyhow::ensure!(
+            relay_b.ip() == IpAddr::V4(RB_V4),
+            "B is told the PBX-side address: {to_b}"
+        );
+        let answer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "answer",
+                "--call-id=call-1",
+                "--from-tag=a-tag",
+                "--to-tag=b-tag",
+                &format!("--sdp-file={}", write_sdp("b", B_V4, 6000, 1)?),
+            ],
+        )?;
+        let to_a = new_sdp(&answer)?;
+        let relay_a = relay_of(&to_a)?;
+        anyhow::ensure!(
+            relay_a.ip() == IpAddr::V4(RA_V4),
+            "A is told the carrier-side address: {to_a}"
+        );
+        let rtcp_of = |s: SocketAddr| SocketAddr::new(s.ip(), s.port() + 1);
+
+        // A speaks first (its NAT must be learnt), then B; RTP and RTCP.
+        media(&a_rtp, relay_a, &b_rtp, relay_b, 0xa1, N)?;
+        media(&b_rtp, relay_b, &a_rtp, relay_a, 0xb1, N)?;
+        a_rtcp.send_to(&rtcp(0xa1), rtcp_of(relay_a))?;
+        anyhow::ensure!(
+            drain(&b_rtcp, 2) == vec![(rtcp(0xa1), rtcp_of(relay_b))],
+            "A's RTCP at B"
+        );
+        b_rtcp.send_to(&rtcp(0xb1), rtcp_of(relay_b))?;
+        anyhow::ensure!(
+            drain(&a_rtcp, 2) == vec![(rtcp(0xb1), rtcp_of(relay_a))],
+            "B's RTCP at A (latched)"
+        );
+
+        // After the learning window, media flows through XDP (when on).
+        std::thread::sleep(Duration::from_millis(1300));
+        media(&a_rtp, relay_a, &b_rtp, relay_b, 0xa1, N)?;
+        media(&b_rtp, relay_b, &a_rtp, relay_a, 0xb1, N)?;
+        let q = ng.ok(&Value::dict()
+            .with("command", "query")
+            .with("call-id", "call-1"))?;
+        let (a_packets, a_kernel) =
+            stream_packets(&q, relay_a.port()).context("A's RTP stream in query")?;
+        let (b_packets, b_kernel) =
+            stream_packets(&q, relay_b.port()).context("B's RTP stream in query")?;
+        anyhow::ensure!(
+            a_packets == 2 * i64::from(N) && b_packets == 2 * i64::from(N),
+            "query counters {a_packets} {b_packets}: {q:?}"
+        );
+        anyhow::ensure!(
+            a_kernel == xdp && b_kernel == xdp,
+            "kernelized flags {a_kernel} {b_kernel} in mode {mode}"
+        );
+        let shown = ng_client(&bed.relay, daemon.ng, &["query", "--call-id=call-1"])?;
+        anyhow::ensure!(
+            shown.contains(&format!("packets => '{}'", 2 * N)),
+            "rtpengine-ng-client query: {shown}"
+        );
+        if xdp {
+            anyhow::ensure!(stat(&ng, "xdp flows")? == 4, "four XDP flows");
+        }
+
+        // A third host sending to A's relay port is dropped and gets nothing back.
+        bed.a.ip(&["addr", "add", "198.18.1.3/24", "dev", "a0"])?;
+        let intruder = bind(&bed.a, sa(Ipv4Addr::new(198, 18, 1, 3), 5000))?;
+        for seq in 0..20 {
+            intruder.send_to(&rtp(0xbad, seq), relay_a)?;
+        }
+        anyhow::ensure!(drain(&b_rtp, 1).is_empty(), "the intruder reached B");
+        anyhow::ensure!(drain(&intruder, 1).is_empty(), "the intruder got an answer");
+        // And A still gets through.
+        media(&a_rtp, relay_a, &b_rtp, relay_b, 0xa1, 10)?;
+
+        // A re-INVITE moves A to port 5002 (no NAT now): B's media follows,
+        // the relay keeps its ports.
+        let a2 = bind(&bed.a, sa(A_V4, 5002))?;
+        let reoffer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "offer",
+                "--call-id=call-1",
+                "--from-tag=a-tag",
+                "--to-tag=b-tag",
+                &format!("--sdp-file={}", write_sdp("a2", A_V4, 5002, 2)?),
+            ],
+        )?;
+        anyhow::ensure!(
+            relay_of(&new_sdp(&reoffer)?)? == relay_b,
+            "re-offer keeps B's relay port"
+        );
+        let reanswer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "answer",
+                "--call-id=call-1",
+                "--from-tag=a-tag",
+                "--to-tag=b-tag",
+                &format!("--sdp-file={}", write_sdp("b", B_V4, 6000, 1)?),
+            ],
+        )?;
+        anyhow::ensure!(
+            relay_of(&new_sdp(&reanswer)?)? == relay_a,
+            "re-answer keeps A's relay port"
+        );
+        media(&b_rtp, relay_b, &a2, relay_a, 0xb1, N)?;
+        anyhow::ensure!(
+            drain(&a_rtp, 1).is_empty(),
+            "media still going to A's old port"
+        );
+
+        // Delete: forwarding stops, ports and flows are freed.
+        ng_client(
+            &bed.relay,
+            daemon.ng,
+            &["delete", "--call-id=call-1", "--from-tag=a-tag"],
+        )?;
+        b_rtp.send_to(&rtp(0xb1, 999), relay_b)?;
+        anyhow::ensure!(drain(&a2, 1).is_empty(), "forwarded after delete");
+        let list = ng.ok(&Value::dict().with("command", "list"))?;
+        anyhow::ensure!(
+            list.get("calls")
+                .and_then(Value::as_list)
+                .is_some_and(<[Value]>::is_empty),
+            "{list:?}"
+        );
+        if xdp {
+            anyhow::ensure!(stat(&ng, "xdp flows")? == 0, "XDP flows left after delete");
+        }
+        anyhow::ensure!(stat(&ng, "bound ports")? == 0, "sockets left after delete");
+        // The port is really free: we can bind it ourselves.
+        bind(&bed.relay, relay_a).context("relay port still bound after delete")?;
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
+    }
+    result
+}
+
+macro_rules! session_test {
+    ($name:ident, $mode:expr) => {
+        #[test]
+        fn $name() -> anyhow::Result<()> {
+            if !require_root(stringify!($name)) {
+                return Ok(());
+            }
+            session($mode)
+        }
+    };
+}
+
+session_test!(session_xdp_native, "native");
+session_test!(session_xdp_generic, "generic");
+session_test!(session_userspace, "off");
+
+/// Offer, answer and delete many calls through ng; nothing is left behind:
+/// no call, no bound port, no XDP flow, and memory back near where it was.
+#[test]
+fn ten_thousand_calls_leave_nothing_behind() -> anyhow::Result<()> {
+    if !require_root("ten_thousand_calls_leave_nothing_behind") {
+        return Ok(());
+    }
+    const CALLS: usize = 10_000;
+    let bed = Bed::new(BedOptions::default())?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            "generic",
+            "--port-min",
+            "20000",
+            "--port-max",
+            "59999",
+            // Keep the retransmission cache small so memory shows per-call state.
+            "--ng-cache-ttl",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let sdp = |addr: Ipv4Addr, port: u16| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+        )
+    };
+    let warm = |i: usize| -> anyhow::Result<()> {
+        let id = format!("bulk-{i}");
+        ng.ok(&Value::dict()
+            .with("command", "offer")
+            .with("call-id", id.as_str())
+            .with("from-tag", "a")
+            .with("sdp", sdp(A_V4, 5000).as_str()))?;
+        ng.ok(&Value::dict()
+            .with("command", "answer")
+            .with("call-id", id.as_str())
+            .with("from-tag", "a")
+            .with("to-tag", "b")
+            .with("sdp", sdp(B_V4, 6000).as_str()))?;
+        ng.ok(&Value::dict()
+            .with("command", "delete")
+            .with("call-id", id.as_str()))?;
+        Ok(())
+    };
+    // Warm up allocators before measuring memory.
+    for i in 0..500 {
+        warm(i)?;
+    }
+    let rss_before = daemon.rss_kib();
+    for i in 500..CALLS {
+        warm(i)?;
+        if i % 2500 == 0 {
+            eprintln!("  {i} calls");
+        }
+    }
+    let s = ng.ok(&Value::dict().with("command", "statistics"))?;
+    let stats = s.get("statistics").context("statistics")?;
+    let managed = stats
+        .get("totalstatistics")
+        .and_then(|t| t.get("managedsessions"))
+        .and_then(Value::as_int);
+    let current = stats
+        .get("currentstatistics")
+        .and_then(|t| t.get("sessionsown"))
+        .and_then(Value::as_int);
+    let used = stats
+        .get("ports")
+        .and_then(|p| p.get("used"))
+        .and_then(Value::as_int);
+    let plane = stats.get("media plane").context("media plane")?;
+    let flows = plane.get("xdp flows").and_then(Value::as_int);
+    let bound = plane.get("bound ports").and_then(Value::as_int);
+    let rss_after = daemon.rss_kib();
+    eprintln!("RSS {rss_before} KiB → {rss_after} KiB after {CALLS} calls");
+    assert_eq!(managed, Some(CALLS as i64));
+    assert_eq!(
+        (current, used, flows, bound),
+        (Some(0), Some(0), Some(0), Some(0))
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "memory grew by {} KiB over {CALLS} calls",
+        rss_after.saturating_sub(rss_before)
+    );
+    Ok(())
+}
