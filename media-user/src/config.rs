@@ -391,3 +391,18 @@ netdev = "eth1"
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The shipped example must stay valid.
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/media-relay.example.toml");
+        let file = FileConfig::load(&path).unwrap();
+        let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
+        assert_eq!(c.interfaces.len(), 2);
+        assert_eq!(c.interfaces[1].name.as_deref(), Some("pbx"));
+    }
+}

@@ -9,6 +9,7 @@
 pub mod bed;
 pub mod daemon;
 pub mod frame;
+pub mod load;
 pub mod netns;
 pub mod privilege;
 pub mod relay;

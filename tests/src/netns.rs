@@ -30,10 +30,43 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Remove namespaces (and stop the processes in them) left by test or
+/// bench processes that were killed before their cleanup ran: their names
+/// carry the creating process's pid.
+fn sweep_stale() {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix("mr-")
+            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", name])) {
+            for p in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2); these are processes our own earlier run
+                // started in its namespace.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        eprintln!("removed stale test namespace {name}");
+    }
+}
+
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
 impl Netns {
     /// Create a namespace with a unique name starting with `mr-<role>-`,
     /// with its loopback up.
     pub fn new(role: &str) -> anyhow::Result<Self> {
+        SWEEP.call_once(sweep_stale);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("mr-{role}-{}-{n}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]))?;

@@ -31,10 +31,11 @@ mod programs {
         udp::UdpHdr,
     };
 
-    /// `[0]` first port, `[1]` number of ports (step 2: RTP ports), for both
-    /// the sink's match and the generator's spread.
+    /// `[0]` first port, `[1]` number of ports, `[2]` step between them
+    /// (0 means 2: RTP ports), for both the sink's match and the
+    /// generator's spread.
     #[map(name = "PORTS")]
-    static PORTS: Array<u32> = Array::with_max_entries(2, 0);
+    static PORTS: Array<u32> = Array::with_max_entries(3, 0);
 
     /// Generator: the frame's headers (Ethernet + IP + UDP), restored into
     /// every frame before its port is set.
@@ -93,10 +94,12 @@ mod programs {
     }
 
     #[inline(always)]
-    fn ports() -> (u32, u32) {
+    fn ports() -> (u32, u32, u32) {
+        let step = PORTS.get(2).copied().unwrap_or(0);
         (
             PORTS.get(0).copied().unwrap_or(0),
             PORTS.get(1).copied().unwrap_or(0),
+            if step == 0 { 2 } else { step },
         )
     }
 
@@ -117,8 +120,8 @@ mod programs {
         let udp = (start + off) as *const UdpHdr;
         // SAFETY: bounds checked above.
         let dport = u32::from(u16::from_be_bytes(unsafe { (*udp).dst }));
-        let (first, n) = ports();
-        if dport < first || dport >= first + 2 * n {
+        let (first, n, step) = ports();
+        if dport < first || dport >= first + step * n {
             return XDP_PASS;
         }
         bump(0, 1);
@@ -151,11 +154,11 @@ mod programs {
             return XDP_TX;
         }
         let udp = (start + off) as *mut UdpHdr;
-        let (first, n) = ports();
+        let (first, n, step) = ports();
         let sent = TALLY.get(2).copied().unwrap_or(0);
         bump(2, 1);
         if n > 1 {
-            let port = (first + 2 * (sent % u64::from(n)) as u32) as u16;
+            let port = (first + step * (sent % u64::from(n)) as u32) as u16;
             // SAFETY: bounds checked above.
             unsafe {
                 let old = (*udp).dst;

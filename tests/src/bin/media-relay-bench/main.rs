@@ -1,0 +1,66 @@
+//! `cargo xtask bench`: media-relay's benchmarks on the veth test bed.
+//!
+//! - `xdp`: the data plane alone (flows installed through the API):
+//!   native vs generic forwarding rate, and cost per packet as installed
+//!   flows grow from 1 to 100 000.
+//! - `sessions`: the media daemon driven over ng: offer+answer+delete
+//!   cycles per second and latency, and forwarded packets per second
+//!   through real calls in XDP native, XDP generic and `--xdp-mode off`.
+//!
+//! Load comes from `xdp_gen` (BPF_PROG_TEST_RUN live frames) and is
+//! counted by `xdp_sink` in XDP at the far end: a socket sender or sink
+//! would measure itself, not the relay. Everything shares this machine's
+//! CPUs, so the ratios are what to compare; absolute figures describe this
+//! machine only.
+
+mod sessions;
+mod xdp;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Short run for CI smoke use.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON reports.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Only these parts (`xdp`, `sessions`); all by default.
+    #[arg(long = "only")]
+    only: Vec<String>,
+}
+
+fn describe_machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} x {cpu}, Linux {}", kernel.trim())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let machine = describe_machine();
+    println!(
+        "media-relay bench: {machine}{}\n",
+        if args.quick { " (quick)" } else { "" }
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    if wants("xdp") {
+        xdp::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("sessions") {
+        sessions::run(args.quick, &machine, &args.out)?;
+    }
+    Ok(())
+}
