@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions, Netns,
-    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     daemon::{Daemon, NgClient, new_sdp, ng_client},
     require_root,
 };
@@ -104,11 +104,29 @@ fn media(
     Ok(())
 }
 
-fn write_sdp(name: &str, addr: Ipv4Addr, port: u16, version: u32) -> anyhow::Result<String> {
+fn write_sdp(
+    name: &str,
+    addr: impl Into<IpAddr>,
+    port: u16,
+    version: u32,
+) -> anyhow::Result<String> {
+    write_sdp_with(name, addr.into(), port, version, "")
+}
+
+/// An SDP file for `rtpengine-ng-client --sdp-file`, with `extra`
+/// attribute lines for the audio stream.
+fn write_sdp_with(
+    name: &str,
+    addr: IpAddr,
+    port: u16,
+    version: u32,
+    extra: &str,
+) -> anyhow::Result<String> {
     let path = std::env::temp_dir().join(format!("mr-{}-{name}.sdp", std::process::id()));
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let sdp = format!(
-        "v=0\r\no=- 4242 {version} IN IP4 {addr}\r\ns=call\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+        "v=0\r\no=- 4242 {version} IN {family} {addr}\r\ns=call\r\nc=IN {family} {addr}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n{extra}"
     );
     std::fs::write(&path, sdp)?;
     Ok(path.to_string_lossy().into_owned())
@@ -149,7 +167,36 @@ fn stat(ng: &NgClient, key: &str) -> anyhow::Result<i64> {
     Ok(plane.get(key).and_then(Value::as_int).unwrap_or(0))
 }
 
-fn session(mode: &str) -> anyhow::Result<()> {
+fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
+    let (a_ip, b_ip, ra_ip, rb_ip, nat_ip, third_ip, third_cidr): (
+        IpAddr,
+        IpAddr,
+        IpAddr,
+        IpAddr,
+        IpAddr,
+        IpAddr,
+        &str,
+    ) = if v6 {
+        (
+            A_V6.into(),
+            B_V6.into(),
+            RA_V6.into(),
+            RB_V6.into(),
+            "2001:2:0:99::5".parse()?,
+            "2001:2:0:1::3".parse()?,
+            "2001:2:0:1::3/64",
+        )
+    } else {
+        (
+            A_V4.into(),
+            B_V4.into(),
+            RA_V4.into(),
+            RB_V4.into(),
+            Ipv4Addr::new(10, 99, 0, 5).into(),
+            Ipv4Addr::new(198, 18, 1, 3).into(),
+            "198.18.1.3/24",
+        )
+    };
     let bed = Bed::new(BedOptions {
         peer_xdp: mode == "native",
         static_neighbours: false,
@@ -176,10 +223,10 @@ fn session(mode: &str) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         // A is behind NAT: its SDP says 10.99.0.5:4000, it sends from
         // 198.18.1.2:5000.
-        let a_rtp = bind(&bed.a, sa(A_V4, 5000))?;
-        let a_rtcp = bind(&bed.a, sa(A_V4, 5001))?;
-        let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
-        let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
+        let a_rtp = bind(&bed.a, sa(a_ip, 5000))?;
+        let a_rtcp = bind(&bed.a, sa(a_ip, 5001))?;
+        let b_rtp = bind(&bed.b, sa(b_ip, 6000))?;
+        let b_rtcp = bind(&bed.b, sa(b_ip, 6001))?;
         let offer = ng_client(
             &bed.relay,
             daemon.ng,
@@ -187,16 +234,13 @@ fn session(mode: &str) -> anyhow::Result<()> {
                 "offer",
                 "--call-id=call-1",
                 "--from-tag=a-tag",
-                &format!(
-                    "--sdp-file={}",
-                    write_sdp("a", Ipv4Addr::new(10, 99, 0, 5), 4000, 1)?
-                ),
+                &format!("--sdp-file={}", write_sdp("a", nat_ip, 4000, 1)?),
             ],
         )?;
         let to_b = new_sdp(&offer)?;
         let relay_b = relay_of(&to_b)?;
         anyhow::ensure!(
-            relay_b.ip() == IpAddr::V4(RB_V4),
+            relay_b.ip() == rb_ip,
             "B is told the PBX-side address: {to_b}"
         );
         let answer = ng_client(
@@ -207,13 +251,13 @@ fn session(mode: &str) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("b", B_V4, 6000, 1)?),
+                &format!("--sdp-file={}", write_sdp("b", b_ip, 6000, 1)?),
             ],
         )?;
         let to_a = new_sdp(&answer)?;
         let relay_a = relay_of(&to_a)?;
         anyhow::ensure!(
-            relay_a.ip() == IpAddr::V4(RA_V4),
+            relay_a.ip() == ra_ip,
             "A is told the carrier-side address: {to_a}"
         );
         let rtcp_of = |s: SocketAddr| SocketAddr::new(s.ip(), s.port() + 1);
@@ -261,8 +305,9 @@ fn session(mode: &str) -> anyhow::Result<()> {
         }
 
         // A third host sending to A's relay port is dropped and gets nothing back.
-        bed.a.ip(&["addr", "add", "198.18.1.3/24", "dev", "a0"])?;
-        let intruder = bind(&bed.a, sa(Ipv4Addr::new(198, 18, 1, 3), 5000))?;
+        bed.a
+            .ip(&["addr", "add", third_cidr, "dev", "a0", "nodad"])?;
+        let intruder = bind(&bed.a, sa(third_ip, 5000))?;
         for seq in 0..20 {
             intruder.send_to(&rtp(0xbad, seq), relay_a)?;
         }
@@ -273,7 +318,7 @@ fn session(mode: &str) -> anyhow::Result<()> {
 
         // A re-INVITE moves A to port 5002 (no NAT now): B's media follows,
         // the relay keeps its ports.
-        let a2 = bind(&bed.a, sa(A_V4, 5002))?;
+        let a2 = bind(&bed.a, sa(a_ip, 5002))?;
         let reoffer = ng_client(
             &bed.relay,
             daemon.ng,
@@ -282,7 +327,7 @@ fn session(mode: &str) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("a2", A_V4, 5002, 2)?),
+                &format!("--sdp-file={}", write_sdp("a2", a_ip, 5002, 2)?),
             ],
         )?;
         anyhow::ensure!(
@@ -297,7 +342,7 @@ fn session(mode: &str) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("b", B_V4, 6000, 1)?),
+                &format!("--sdp-file={}", write_sdp("b", b_ip, 6000, 1)?),
             ],
         )?;
         anyhow::ensure!(
@@ -340,20 +385,105 @@ fn session(mode: &str) -> anyhow::Result<()> {
 }
 
 macro_rules! session_test {
-    ($name:ident, $mode:expr) => {
+    ($name:ident, $mode:expr, $v6:expr) => {
         #[test]
         fn $name() -> anyhow::Result<()> {
             if !require_root(stringify!($name)) {
                 return Ok(());
             }
-            session($mode)
+            session($mode, $v6)
         }
     };
 }
 
-session_test!(session_xdp_native, "native");
-session_test!(session_xdp_generic, "generic");
-session_test!(session_userspace, "off");
+session_test!(session_xdp_native, "native", false);
+session_test!(session_xdp_generic, "generic", false);
+session_test!(session_userspace, "off", false);
+session_test!(session_ipv6_xdp_native, "native", true);
+
+/// A carrier that multiplexes RTCP on the RTP port (RFC 5761) and a PBX
+/// that does not: the relay offers the PBX separate RTCP, accepts mux
+/// towards the carrier, and splits/joins RTCP by packet type.
+#[test]
+fn rtcp_mux_bridging() -> anyhow::Result<()> {
+    if !require_root("rtcp_mux_bridging") {
+        return Ok(());
+    }
+    let bed = Bed::new(BedOptions {
+        peer_xdp: true,
+        static_neighbours: false,
+    })?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            "native",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let a = bind(&bed.a, sa(A_V4, 5000))?;
+    let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
+    let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
+    let offer = ng_client(
+        &bed.relay,
+        daemon.ng,
+        &[
+            "offer",
+            "--call-id=mux",
+            "--from-tag=a",
+            "--rtcp-mux=demux",
+            &format!(
+                "--sdp-file={}",
+                write_sdp_with("mux-a", A_V4.into(), 5000, 1, "a=rtcp-mux\r\n")?
+            ),
+        ],
+    )?;
+    let to_b = new_sdp(&offer)?;
+    anyhow::ensure!(!to_b.contains("a=rtcp-mux"), "demuxed towards B: {to_b}");
+    let answer = ng_client(
+        &bed.relay,
+        daemon.ng,
+        &[
+            "answer",
+            "--call-id=mux",
+            "--from-tag=a",
+            "--to-tag=b",
+            "--rtcp-mux=accept",
+            &format!("--sdp-file={}", write_sdp("mux-b", B_V4, 6000, 1)?),
+        ],
+    )?;
+    let to_a = new_sdp(&answer)?;
+    anyhow::ensure!(
+        to_a.contains("a=rtcp-mux"),
+        "mux accepted towards A: {to_a}"
+    );
+    let (relay_a, relay_b) = (relay_of(&to_a)?, relay_of(&to_b)?);
+    let rtcp_b = SocketAddr::new(relay_b.ip(), relay_b.port() + 1);
+    // RTP and RTCP from A share one port; B gets them on two.
+    media(&a, relay_a, &b_rtp, relay_b, 0xa1, 20)?;
+    a.send_to(&rtcp(0xa1), relay_a)?;
+    anyhow::ensure!(
+        drain(&b_rtcp, 2) == vec![(rtcp(0xa1), rtcp_b)],
+        "A's muxed RTCP at B's RTCP port"
+    );
+    anyhow::ensure!(
+        drain(&b_rtp, 1).is_empty(),
+        "A's RTCP leaked onto B's RTP port"
+    );
+    // B's two ports arrive muxed at A's one.
+    media(&b_rtp, relay_b, &a, relay_a, 0xb1, 20)?;
+    b_rtcp.send_to(&rtcp(0xb1), rtcp_b)?;
+    anyhow::ensure!(
+        drain(&a, 2) == vec![(rtcp(0xb1), relay_a)],
+        "B's RTCP joins A's RTP port"
+    );
+    Ok(())
+}
 
 /// Offer, answer and delete many calls through ng; nothing is left behind:
 /// no call, no bound port, no XDP flow, and memory back near where it was.
