@@ -11,13 +11,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         anyhow::bail!("not root");
     }
     step("building the benchmark (release)");
+    // The benchmark drives the `media-relay` daemon too.
     util::cargo(&[
         "build",
         "--release",
         "--package",
         "media-relay-tests",
-        "--bin",
-        "media-relay-bench",
+        "--package",
+        "media-user",
+        "--bins",
     ])?;
     let bin = util::workspace_root().join("target/release/media-relay-bench");
     let out = util::workspace_root().join("target/bench");

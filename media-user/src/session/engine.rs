@@ -80,6 +80,12 @@ pub struct Ended {
 
 /// How many ended calls are remembered.
 const ENDED_KEPT: usize = 1000;
+/// How often the tick reads the counters of a call that is learning.
+const LEARNING_CHECK: Duration = Duration::from_secs(1);
+/// How often it reads those of any other call (timeouts).
+const TIMEOUT_CHECK: Duration = Duration::from_secs(5);
+/// How often packet/byte/error rates are sampled for `statistics`.
+const RATE_SAMPLE: Duration = Duration::from_secs(10);
 
 /// Counters over the engine's life.
 #[derive(Clone, Debug, Default)]
@@ -325,6 +331,7 @@ impl<B: Backend> Engine<B> {
                     monos: Vec::new(),
                     answered: false,
                     delete_at: None,
+                    next_check: now,
                 },
             );
         }
@@ -938,10 +945,23 @@ impl<B: Backend> Engine<B> {
         reason = "delete vs. timeout, both ending the call"
     )]
     fn tick_call(&mut self, id: &str, now: Instant) -> Option<Option<EndReason>> {
-        let call = self.calls.get(id)?;
+        let call = self.calls.get_mut(id)?;
         if call.delete_at.is_some_and(|t| now >= t) {
             return Some(None);
         }
+        // Reading counters costs map lookups: calls still learning are
+        // looked at every second, the others every few seconds (timeouts
+        // are counted in seconds anyway).
+        if now < call.next_check {
+            return None;
+        }
+        call.next_check = now
+            + if call.learning() {
+                LEARNING_CHECK
+            } else {
+                TIMEOUT_CHECK
+            };
+        let call = self.calls.get(id)?;
         // Wall time at `now` (the caller's clock may run ahead in tests).
         let wall_now = SystemTime::now() + now.saturating_duration_since(Instant::now());
         let mut last_media: Option<SystemTime> = None;
@@ -1013,16 +1033,24 @@ impl<B: Backend> Engine<B> {
     }
 
     fn sample_rates(&mut self, now: Instant) {
-        let (mut p, mut b, mut e) = (0, 0, 0);
+        let (t0, p0, b0, e0) = self.last_sample;
+        if now.duration_since(t0) < RATE_SAMPLE {
+            return;
+        }
+        // Ended calls included, so rates do not dip when calls end.
+        let (mut p, mut b, mut e) = (
+            self.totals.ended_packets,
+            self.totals.ended_bytes,
+            self.totals.ended_errors,
+        );
         for local in self.owners.keys() {
             let c = self.backend.counters(*local);
             p += c.packets;
             b += c.bytes;
             e += c.errors;
         }
-        let (t0, p0, b0, e0) = self.last_sample;
         let dt = now.duration_since(t0).as_secs_f64();
-        if dt >= 1.0 {
+        if dt > 0.0 {
             self.rates = (
                 p.saturating_sub(p0) as f64 / dt,
                 b.saturating_sub(b0) as f64 / dt,

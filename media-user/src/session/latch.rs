@@ -130,6 +130,11 @@ impl Latch {
         }
     }
 
+    /// Whether the stream still learns (and so needs the tick's attention).
+    pub fn is_learning(&self) -> bool {
+        self.policy != Policy::Asymmetric && matches!(self.state, State::Learning { .. })
+    }
+
     /// Whether a source has been confirmed by packets.
     pub fn is_confirmed(&self) -> bool {
         match self.state {

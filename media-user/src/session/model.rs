@@ -23,6 +23,19 @@ pub struct Call {
     pub answered: bool,
     /// A `delete` with a delay is pending.
     pub delete_at: Option<Instant>,
+    /// When the periodic tick next reads this call's counters.
+    pub next_check: Instant,
+}
+
+impl Call {
+    /// Some stream is still learning its peer's source.
+    pub fn learning(&self) -> bool {
+        self.monos.iter().any(|m| {
+            m.media
+                .iter()
+                .any(|md| !md.rejected() && (md.rtp.is_learning() || md.rtcp.is_learning()))
+        })
+    }
 }
 
 /// What shapes latching and addressing for one party, from ng flags.
