@@ -10,6 +10,7 @@ pub mod bed;
 pub mod daemon;
 pub mod frame;
 pub mod load;
+pub mod media;
 pub mod netns;
 pub mod privilege;
 pub mod relay;

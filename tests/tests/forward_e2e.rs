@@ -9,13 +9,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use media_ebpf::{Flow, FlowKey};
 use media_relay_tests::{
     Bed, BedOptions, Netns, Relay,
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
+    media::{drain, rtp, udp_socket},
     require_root,
 };
+
+fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    udp_socket(ns, addr, Duration::from_millis(500))
+}
 use media_user::dataplane::XdpMode;
 
 /// Packets per direction and stream.
@@ -23,59 +27,6 @@ const N: u16 = 200;
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-/// A UDP socket bound to `addr` inside `ns`, with a receive timeout.
-fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    ns.enter(move || {
-        let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
-        s.set_read_timeout(Some(Duration::from_millis(500)))?;
-        // Frames from XDP become skbs that own a whole page: the default
-        // receive buffer holds only ~50 of them, and the test reads after
-        // sending a burst of N.
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: valid socket fd, option value is a c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        anyhow::ensure!(
-            rc == 0,
-            "SO_RCVBUFFORCE: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(s)
-    })
-}
-
-/// An RTP packet (RFC 3550 §5.1): version 2, PT 8 (PCMA), 160 bytes of
-/// payload that also carry the sequence number for checking.
-fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 8];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend((0..160u16).map(|i| (i as u8) ^ (seq as u8)));
-    p
-}
-
-/// Receive until the socket times out (bounded by `max`), returning the
-/// datagrams and their sources.
-fn drain(s: &UdpSocket, max: usize) -> Vec<(Vec<u8>, SocketAddr)> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while got.len() < max {
-        match s.recv_from(&mut buf) {
-            Ok((n, from)) => got.push((buf[..n].to_vec(), from)),
-            Err(_) => break,
-        }
-    }
-    got
 }
 
 /// UDP checksum errors counted by the namespace's kernel.

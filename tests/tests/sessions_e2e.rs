@@ -15,8 +15,13 @@ use media_relay_tests::{
     Bed, BedOptions, Netns,
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     daemon::{Daemon, NgClient, new_sdp, ng_client},
+    media::{drain, rtp, udp_socket},
     require_root,
 };
+
+fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    udp_socket(ns, addr, Duration::from_millis(400))
+}
 use media_user::ng::Value;
 
 const N: u16 = 100;
@@ -25,51 +30,11 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    ns.enter(move || {
-        let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
-        s.set_read_timeout(Some(Duration::from_millis(400)))?;
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: valid fd; the option value is a c_int of the size given.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        Ok(s)
-    })
-}
-
-fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 8];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend((0..160u16).map(|i| (i as u8) ^ (seq as u8)));
-    p
-}
-
 /// An RTCP receiver report (RFC 3550 §6.4.2), empty.
 fn rtcp(ssrc: u32) -> Vec<u8> {
     let mut p = vec![0x80, 201, 0, 1];
     p.extend_from_slice(&ssrc.to_be_bytes());
     p
-}
-
-fn drain(s: &UdpSocket, max: usize) -> Vec<(Vec<u8>, SocketAddr)> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while got.len() < max {
-        match s.recv_from(&mut buf) {
-            Ok((n, from)) => got.push((buf[..n].to_vec(), from)),
-            Err(_) => break,
-        }
-    }
-    got
 }
 
 /// Send `n` RTP packets and check they all arrive, from `relay`.

@@ -205,7 +205,6 @@ impl Backend for MediaPlane {
                 out,
                 dest: r.dest,
                 source: r.source,
-                rtp: r.rtp,
                 demux,
             })
         });

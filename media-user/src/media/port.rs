@@ -18,7 +18,6 @@ pub(super) struct UserRoute {
     pub out: Arc<UdpSocket>,
     pub dest: SocketAddr,
     pub source: Source,
-    pub rtp: bool,
     pub demux: Option<(Arc<UdpSocket>, SocketAddr)>,
 }
 
@@ -151,27 +150,7 @@ pub(super) async fn serve(
                         Some((sock, dest)) if is_rtcp(data) => sock.try_send_to(data, *dest),
                         _ => route.out.try_send_to(data, route.dest),
                     };
-                    if sent.is_ok() {
-                        state.packets.fetch_add(1, Ordering::Relaxed);
-                        state.bytes.fetch_add(
-                            n as u64 + if local.is_ipv4() { 28 } else { 48 },
-                            Ordering::Relaxed,
-                        );
-                        let now = SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_nanos() as u64);
-                        state.last_ns.store(now, Ordering::Relaxed);
-                        if route.rtp
-                            && let Some((ssrc, seq)) = rtp
-                        {
-                            state.last_rtp.store(
-                                1 << 48 | u64::from(ssrc) << 16 | u64::from(seq),
-                                Ordering::Relaxed,
-                            );
-                        }
-                    } else {
-                        state.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    state.record(local, data, sent.is_ok());
                     false
                 }
             }

@@ -1,0 +1,64 @@
+//! Real sockets playing the call's parties: UDP sockets inside a
+//! namespace, RTP packets, bounded receive loops.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::netns::Netns;
+
+/// A UDP socket bound to `addr` inside `ns`, reads timing out after
+/// `timeout`, with a receive buffer large enough for a test's burst:
+/// frames from XDP become skbs that own a whole page, so the default
+/// buffer holds only ~50 of them.
+pub fn udp_socket(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<UdpSocket> {
+    ns.enter(move || {
+        let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: valid socket fd; the option value is a c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "SO_RCVBUFFORCE: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(s)
+    })
+}
+
+/// An RTP packet (RFC 3550 §5.1): version 2, PT 8 (PCMA), 160 bytes of
+/// payload that also encode the sequence number, for checking.
+pub fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..160u16).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+/// Receive until the socket times out or `max` datagrams arrived,
+/// returning them with their sources.
+pub fn drain(s: &UdpSocket, max: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < max {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => got.push((buf[..n].to_vec(), from)),
+            Err(_) => break,
+        }
+    }
+    got
+}
