@@ -1,0 +1,1 @@
+//! SIP messages. (Skeleton: API contract. Being implemented.)
