@@ -14,6 +14,6 @@ pub mod host;
 pub mod interfaces;
 pub mod logging;
 pub mod media;
-pub mod ng;
+pub use ng;
 pub mod sdp;
 pub mod session;

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! # use std::time::{Duration, Instant};
-//! # use media_user::ng::{parse_datagram, encode_reply, Reply, ReplyCache, Command};
+//! # use ng::{parse_datagram, encode_reply, Reply, ReplyCache, Command};
 //! # let mut cache = ReplyCache::new(4096, Duration::from_secs(60));
 //! # let datagram = b"5323_1 d7:command4:pinge";
 //! # let now = Instant::now();
@@ -43,6 +43,7 @@ use std::net::IpAddr;
 
 mod bencode;
 mod cache;
+mod client;
 mod command;
 mod error;
 mod reply;
@@ -52,6 +53,7 @@ mod value;
 
 pub use bencode::{DecodeError, DecodeErrorKind, EncodeError, MAX_DEPTH};
 pub use cache::ReplyCache;
+pub use client::{encode_request, parse_reply};
 pub use command::parse_datagram;
 pub use error::NgError;
 pub use reply::{Reply, encode_reply};

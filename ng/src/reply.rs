@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn an_unencodable_reply_becomes_an_error() {
         let mut deep = Value::List(vec![]);
-        for _ in 0..crate::ng::MAX_DEPTH {
+        for _ in 0..crate::MAX_DEPTH {
             deep = Value::List(vec![deep]);
         }
         let Value::Dict(keys) = Value::dict().with("deep", deep) else {
