@@ -38,6 +38,12 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    #[error("config key `sip.{key}` = {value}: {expected}")]
+    InvalidSip {
+        key: String,
+        value: String,
+        expected: String,
+    },
 }
 
 /// One `[[interface]]` table.
@@ -75,6 +81,12 @@ pub struct FileConfig {
     pub max_flows: Option<u32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    /// The SIP agent (runs inside `media-relay run` when present).
+    pub sip: Option<signaling::config::SipFile>,
+    /// Flag only: the SIP agent's trunk-side listen address (overrides
+    /// `sip.trunk-listen`).
+    #[serde(skip)]
+    pub sip_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -124,6 +136,8 @@ pub struct RunConfig {
     pub log_format: LogFormat,
     /// How long ng replies are kept to answer retransmissions.
     pub ng_cache_ttl: Duration,
+    /// The SIP agent, if configured.
+    pub sip: Option<signaling::config::SipConfig>,
     /// Seconds between data-plane counter summaries (debug log level).
     pub stats_interval: u64,
 }
@@ -275,6 +289,35 @@ impl RunConfig {
                 30,
                 1,
             )?,
+            sip: match (file.sip, flags.sip_listen) {
+                (None, None) => None,
+                (None, Some(a)) => {
+                    return Err(ConfigError::Invalid {
+                        key: "sip-listen",
+                        value: a.to_string(),
+                        expected: "a [sip] section in the config file (trunks, pbx) to go with it"
+                            .into(),
+                    });
+                }
+                (Some(mut sip), listen) => {
+                    if listen.is_some() {
+                        sip.trunk_listen = listen;
+                    }
+                    Some(
+                        signaling::config::SipConfig::resolve(sip).map_err(|e| match e {
+                            signaling::config::SipConfigError::Invalid {
+                                key,
+                                value,
+                                expected,
+                            } => ConfigError::InvalidSip {
+                                key,
+                                value,
+                                expected,
+                            },
+                        })?,
+                    )
+                }
+            },
             stats_interval,
         })
     }

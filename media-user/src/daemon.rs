@@ -127,6 +127,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks");
     }
 
+    // The SIP agent drives this daemon over ng like any controller would.
+    let sip = match cfg.sip.clone() {
+        Some(sip) => Some(signaling::runtime::start(sip).await?),
+        None => None,
+    };
+
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut summary = tokio::time::interval(Duration::from_secs(cfg.stats_interval.max(1)));
@@ -153,6 +159,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
     }
     info!(calls = engine.call_count(), "shutting down");
+    if let Some(sip) = sip {
+        sip.stop().await;
+    }
     server.abort();
     let mut media = engine;
     if let Some(dp) = media.backend_mut().dataplane_mut() {

@@ -64,6 +64,10 @@ struct RunArgs {
     /// Seconds a stream learns its peer's source after its first packet.
     #[arg(long)]
     learning_window: Option<u64>,
+    /// Run the SIP agent too, trunks sending to this address (needs the
+    /// [sip] section of the config file for trunks and the PBX).
+    #[arg(long)]
+    sip_listen: Option<SocketAddr>,
     /// Seconds ng replies are kept to answer retransmitted requests.
     #[arg(long)]
     ng_cache_ttl: Option<u64>,
@@ -110,6 +114,8 @@ impl RunArgs {
             max_flows: self.max_flows,
             pin_root: self.pin_root,
             log_format: self.log_format,
+            sip: None,
+            sip_listen: self.sip_listen,
         };
         Ok(RunConfig::resolve(file, flags, self.stats_interval)?)
     }
@@ -120,12 +126,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => args.resolve().map(|cfg| {
             println!(
-                "configuration OK: {} interface(s), ng on {}, ports {}-{}, XDP {:?}",
+                "configuration OK: {} interface(s), ng on {}, ports {}-{}, XDP {:?}, SIP agent {}",
                 cfg.interfaces.len(),
                 cfg.listen_ng,
                 cfg.port_min,
                 cfg.port_max,
-                cfg.xdp_mode
+                cfg.xdp_mode,
+                cfg.sip.as_ref().map_or_else(
+                    || "off".to_owned(),
+                    |s| format!("on {} / {}", s.trunk_listen, s.pbx_listen)
+                )
             );
         }),
         Command::Run(args) => args.resolve().and_then(|cfg| {

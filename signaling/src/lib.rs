@@ -6,6 +6,14 @@
 //!   and the edits a proxy makes. I/O-free.
 //! - [`transaction`]: RFC 3261 §17 transaction state machines and timers.
 //!   I/O-free.
+//! - [`proxy`]: the proxy core — routing, Record-Route, CANCEL, dialogs,
+//!   limits and media anchoring over ng. I/O-free.
+//! - [`runtime`]: the tokio shell: UDP/TCP transports, the ng client,
+//!   timers.
+//! - [`config`]: the `[sip]` configuration.
 
+pub mod config;
 pub mod message;
+pub mod proxy;
+pub mod runtime;
 pub mod transaction;

@@ -14,6 +14,7 @@ pub mod media;
 pub mod netns;
 pub mod privilege;
 pub mod relay;
+pub mod sipp;
 
 pub use bed::{Bed, BedOptions};
 pub use netns::Netns;

@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "sip-tester",
     "rtpengine-utils",
+    "rtpengine-daemon",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

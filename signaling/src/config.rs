@@ -1,0 +1,324 @@
+//! The SIP agent's configuration: the `[sip]` section of media-relay's
+//! TOML file (every key also a flag of `media-relay run`).
+//!
+//! Two sides: trunks (carriers) and the PBX. Requests from a trunk go to
+//! the PBX; requests from the PBX go to the trunk a rule selects. Anyone
+//! else is refused.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SipConfigError {
+    #[error("config key `sip.{key}` = {value}: {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+}
+
+fn invalid(
+    key: impl Into<String>,
+    value: impl ToString,
+    expected: impl Into<String>,
+) -> SipConfigError {
+    SipConfigError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+/// One `[[sip.trunk]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Trunk {
+    pub name: String,
+    /// Where requests from this trunk come from: `ip`, `ip/prefix`, or
+    /// `ip:port` (then only that port).
+    pub sources: Vec<String>,
+    /// Where calls to this trunk go (IP literal and port).
+    pub target: SocketAddr,
+    /// Request-URI user prefixes routed to this trunk (e.g. "+49").
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Request-URI hosts routed to this trunk.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The trunk for PBX calls no rule matches.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// The `[sip]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SipFile {
+    /// Address the trunks send to (and the agent sends to trunks from).
+    pub trunk_listen: Option<SocketAddr>,
+    /// Address the PBX sends to (and the agent sends to the PBX from);
+    /// defaults to `trunk-listen`.
+    pub pbx_listen: Option<SocketAddr>,
+    /// "udp", "tcp" (default both).
+    pub transports: Option<Vec<String>>,
+    /// Where calls from trunks go.
+    pub pbx: Option<SocketAddr>,
+    /// Where requests from the PBX come from (default: the `pbx` address).
+    pub pbx_sources: Option<Vec<String>>,
+    #[serde(default)]
+    pub trunk: Vec<Trunk>,
+    /// Concurrent calls at most (503 beyond).
+    pub max_calls: Option<u32>,
+    /// New INVITEs per second per source address (503 beyond).
+    pub invite_rate: Option<u32>,
+    /// ng media nodes (default: the local media daemon).
+    pub media: Option<Vec<SocketAddr>>,
+    /// Interface names sent in ng `direction` for the trunk and PBX sides
+    /// (e.g. the media daemon's interface names); none by default.
+    pub media_trunk_interface: Option<String>,
+    pub media_pbx_interface: Option<String>,
+    /// Milliseconds to wait for an ng reply (retransmitted twice).
+    pub ng_timeout_ms: Option<u64>,
+    /// Seconds between polls of the media nodes for timed-out calls.
+    pub media_poll: Option<u64>,
+    /// Largest SIP message accepted, bytes.
+    pub max_message: Option<usize>,
+}
+
+/// A source match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub net: IpNet,
+    pub port: Option<u16>,
+}
+
+impl Source {
+    pub fn parse(key: &str, s: &str) -> Result<Self, SipConfigError> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                net: IpNet::from(sa.ip()),
+                port: Some(sa.port()),
+            });
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self {
+                net: IpNet::from(ip),
+                port: None,
+            });
+        }
+        s.parse::<IpNet>()
+            .map(|net| Self { net, port: None })
+            .map_err(|_| invalid(key, s, "an IP address, ip/prefix or ip:port"))
+    }
+
+    pub fn matches(&self, addr: SocketAddr) -> bool {
+        self.net.contains(&addr.ip().to_canonical()) && self.port.is_none_or(|p| p == addr.port())
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct SipConfig {
+    pub trunk_listen: SocketAddr,
+    pub pbx_listen: SocketAddr,
+    pub udp: bool,
+    pub tcp: bool,
+    pub pbx: SocketAddr,
+    pub pbx_sources: Vec<Source>,
+    pub trunks: Vec<(Trunk, Vec<Source>)>,
+    pub max_calls: u32,
+    pub invite_rate: u32,
+    pub media: Vec<SocketAddr>,
+    pub media_trunk_interface: Option<String>,
+    pub media_pbx_interface: Option<String>,
+    pub ng_timeout: Duration,
+    pub media_poll: Duration,
+    pub max_message: usize,
+}
+
+impl SipConfig {
+    pub fn resolve(f: SipFile) -> Result<Self, SipConfigError> {
+        let trunk_listen = f.trunk_listen.ok_or_else(|| {
+            invalid(
+                "trunk-listen",
+                "(missing)",
+                "the address trunks send SIP to, e.g. 203.0.113.10:5060",
+            )
+        })?;
+        let pbx_listen = f.pbx_listen.unwrap_or(trunk_listen);
+        let pbx = f.pbx.ok_or_else(|| {
+            invalid(
+                "pbx",
+                "(missing)",
+                "the PBX's SIP address, e.g. 10.0.0.20:5060",
+            )
+        })?;
+        let transports = f
+            .transports
+            .unwrap_or_else(|| vec!["udp".into(), "tcp".into()]);
+        let (mut udp, mut tcp) = (false, false);
+        for t in &transports {
+            match t.to_ascii_lowercase().as_str() {
+                "udp" => udp = true,
+                "tcp" => tcp = true,
+                other => return Err(invalid("transports", other, "\"udp\" and/or \"tcp\"")),
+            }
+        }
+        if !udp && !tcp {
+            return Err(invalid(
+                "transports",
+                "[]",
+                "at least one of \"udp\", \"tcp\"",
+            ));
+        }
+        let pbx_sources = match f.pbx_sources {
+            Some(list) => list
+                .iter()
+                .map(|s| Source::parse("pbx-sources", s))
+                .collect::<Result<_, _>>()?,
+            None => vec![Source {
+                net: IpNet::from(pbx.ip()),
+                port: None,
+            }],
+        };
+        let mut trunks = Vec::new();
+        let mut defaults = 0;
+        for t in f.trunk {
+            if t.name.is_empty() {
+                return Err(invalid("trunk.name", "\"\"", "a name for the trunk"));
+            }
+            if t.sources.is_empty() {
+                return Err(invalid(
+                    format!("trunk.{}.sources", t.name),
+                    "[]",
+                    "at least one source",
+                ));
+            }
+            let sources = t
+                .sources
+                .iter()
+                .map(|s| Source::parse(&format!("trunk.{}.sources", t.name), s))
+                .collect::<Result<Vec<_>, _>>()?;
+            defaults += usize::from(t.default);
+            trunks.push((t, sources));
+        }
+        if trunks.is_empty() {
+            return Err(invalid("trunk", "(none)", "at least one [[sip.trunk]]"));
+        }
+        if defaults > 1 {
+            return Err(invalid(
+                "trunk.default",
+                defaults,
+                "at most one default trunk",
+            ));
+        }
+        let max_calls = f.max_calls.unwrap_or(10_000);
+        if max_calls == 0 {
+            return Err(invalid("max-calls", 0, "at least 1"));
+        }
+        let invite_rate = f.invite_rate.unwrap_or(1000);
+        if invite_rate == 0 {
+            return Err(invalid("invite-rate", 0, "at least 1 INVITE per second"));
+        }
+        let media = f
+            .media
+            .unwrap_or_else(|| vec!["127.0.0.1:2223".parse().expect("valid default")]);
+        if media.is_empty() {
+            return Err(invalid("media", "[]", "at least one ng media node"));
+        }
+        Ok(Self {
+            trunk_listen,
+            pbx_listen,
+            udp,
+            tcp,
+            pbx,
+            pbx_sources,
+            trunks,
+            max_calls,
+            invite_rate,
+            media,
+            media_trunk_interface: f.media_trunk_interface,
+            media_pbx_interface: f.media_pbx_interface,
+            ng_timeout: Duration::from_millis(f.ng_timeout_ms.unwrap_or(500).max(10)),
+            media_poll: Duration::from_secs(f.media_poll.unwrap_or(5).max(1)),
+            max_message: f.max_message.unwrap_or(crate::message::MAX_MESSAGE),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SipConfig, String> {
+        let f: SipFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        SipConfig::resolve(f).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_and_defaults() {
+        let c = parse(
+            r#"
+trunk-listen = "198.18.1.1:5060"
+pbx-listen = "198.18.2.1:5060"
+pbx = "198.18.2.2:5060"
+max-calls = 5
+
+[[trunk]]
+name = "carrier"
+sources = ["198.18.1.0/24", "203.0.113.7:5060"]
+target = "198.18.1.2:5060"
+prefixes = ["+49"]
+default = true
+"#,
+        )
+        .unwrap();
+        assert!(c.udp && c.tcp);
+        assert_eq!(c.max_calls, 5);
+        assert_eq!(
+            c.media,
+            vec!["127.0.0.1:2223".parse::<SocketAddr>().unwrap()]
+        );
+        let (_, src) = &c.trunks[0];
+        assert!(src[0].matches("198.18.1.99:1234".parse().unwrap()));
+        assert!(src[1].matches("203.0.113.7:5060".parse().unwrap()));
+        assert!(!src[1].matches("203.0.113.7:5061".parse().unwrap()));
+        assert!(c.pbx_sources[0].matches("198.18.2.2:9999".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "trunk-listen = \"198.18.1.1:5060\"\npbx = \"198.18.2.2:5060\"\n";
+        for (extra, want) in [
+            (
+                "",
+                "config key `sip.trunk` = (none): at least one [[sip.trunk]]",
+            ),
+            (
+                "[[trunk]]\nname = \"t\"\nsources = [\"nope\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.trunk.t.sources` = nope: an IP address, ip/prefix or ip:port",
+            ),
+            (
+                "transports = [\"sctp\"]\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.transports` = sctp: \"udp\" and/or \"tcp\"",
+            ),
+            (
+                "max-calls = 0\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.max-calls` = 0: at least 1",
+            ),
+        ] {
+            assert_eq!(parse(&format!("{base}{extra}")).unwrap_err(), want);
+        }
+        assert_eq!(
+            parse("pbx = \"198.18.2.2:5060\"").unwrap_err(),
+            "config key `sip.trunk-listen` = (missing): the address trunks send SIP to, e.g. 203.0.113.10:5060"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The proxy core: an I/O-free state machine. Parsed messages, timer ticks
+//! and ng replies go in; datagrams/stream writes and ng requests come out.
+//!
+//! - `agent.rs`: the transaction user (RFC 3261 §16): routing, Via and
+//!   Record-Route handling, CANCEL, in-dialog requests, limits.
+//! - `media.rs`: media anchoring over ng — the `rtpengine_manage` model:
+//!   INVITE/re-INVITE/UPDATE offers, 18x/2xx answers, late offers in 2xx
+//!   and ACK, deletes on CANCEL, failure and BYE.
+//! - `dialog.rs`: what the agent remembers of an established call, enough
+//!   to end it with a BYE to both sides when its media times out.
+//! - `ratelimit.rs`: per-source INVITE rate limiting.
+
+mod agent;
+mod dialog;
+mod media;
+mod ratelimit;
+
+use std::net::SocketAddr;
+
+pub use agent::{Agent, Stats};
+
+/// A transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub const fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// RFC 3261 §17: retransmission timers only over unreliable transports.
+    pub const fn reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+}
+
+/// A TCP connection, as numbered by the transport layer.
+pub type ConnId = u64;
+
+/// Where a message came from / goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub transport: Transport,
+    /// TCP: the connection it came on (responses go back on it).
+    pub conn: Option<ConnId>,
+    /// Our address it arrived on / leaves from.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// What the agent asks of the I/O layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send bytes (over `conn` if set and still open, else a new
+    /// connection / a datagram from `local`).
+    Send { peer: Peer, bytes: Vec<u8> },
+    /// Send an ng request to a media node and report the reply (or a
+    /// timeout) with `id`.
+    Ng {
+        id: u64,
+        node: SocketAddr,
+        request: ng::Value,
+    },
+}
+
+/// An ng request's fate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NgOutcome {
+    Reply(ng::Value),
+    Timeout,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,552 @@
+//! The SIP agent end to end: `media-relay run` with a `[sip]` section in
+//! the relay namespace, SIPp as the carrier trunk (namespace `a`) and as
+//! the PBX (namespace `b`), real RTP from `play_pcap_audio` both ways.
+//! Each case checks SIPp's verdict on both sides, the RTP that arrived at
+//! each side (all of it, only from the relay's address), that the XDP data
+//! plane forwarded it, and that nothing is left behind afterwards. One
+//! case swaps our media daemon for Debian's rtpengine (the agent speaks
+//! standard ng), and a load run places 1 000 calls at 100 calls/s.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use media_relay_tests::{
+    Bed, BedOptions, Netns,
+    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    daemon::{Daemon, NgClient},
+    require_root,
+    sipp::{PCAP, RtpCount, RtpCounter, Sipp, SippOptions, Transport, pcap_packet_count, run_pair},
+};
+use media_user::ng::Value;
+
+const SIP: u16 = 5060;
+const A_MEDIA: u16 = 10000;
+const B_MEDIA: u16 = 20000;
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// A media-relay configuration with the SIP agent: trunk side on `ra`,
+/// PBX side on `rb`.
+fn config(name: &str, max_calls: u32, media: &str, extra_sip: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("mr-sip-{}-{name}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[interface]]
+netdev = "ra"
+[[interface]]
+netdev = "rb"
+
+[sip]
+trunk-listen = "{RA_V4}:{SIP}"
+pbx-listen = "{RB_V4}:{SIP}"
+pbx = "{B_V4}:{SIP}"
+max-calls = {max_calls}
+media = ["{media}"]
+media-poll = 1
+{extra_sip}
+
+[[sip.trunk]]
+name = "carrier"
+sources = ["{A_V4}"]
+target = "{A_V4}:{SIP}"
+default = true
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The test bed with media-relay (and its SIP agent) in the relay namespace.
+struct Setup {
+    daemon: Daemon,
+    ng: NgClient,
+    bed: Bed,
+    config: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn setup(name: &str, max_calls: u32) -> anyhow::Result<Setup> {
+    let bed = Bed::new(BedOptions {
+        peer_xdp: true,
+        static_neighbours: false,
+    })?;
+    let config = config(name, max_calls, "127.0.0.1:2223", "")?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "--config",
+            &config.to_string_lossy(),
+            "--xdp-mode",
+            "native",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    Ok(Setup {
+        daemon,
+        ng,
+        bed,
+        config,
+    })
+}
+
+/// The agent's counters (OPTIONS sip:stats@ → 200 with a JSON body), asked
+/// from the carrier's address.
+fn agent_stats(ns: &Netns) -> anyhow::Result<serde_json::Value> {
+    let s = ns.enter(|| Ok(UdpSocket::bind(sa(A_V4, 5999))?))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let req = format!(
+        "OPTIONS sip:stats@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5999;branch=z9hG4bK-stats-{}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{A_V4}>;tag=probe\r\nTo: <sip:stats@{RA_V4}>\r\n\
+         Call-ID: stats-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        Instant::now().elapsed().as_nanos(),
+        std::process::id()
+    );
+    s.send_to(req.as_bytes(), sa(RA_V4, SIP))?;
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = s.recv_from(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    anyhow::ensure!(text.starts_with("SIP/2.0 200"), "stats: {text}");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok(serde_json::from_str(body)?)
+}
+
+fn xdp_redirected(ng: &NgClient) -> anyhow::Result<i64> {
+    let s = ng.ok(&Value::dict().with("command", "statistics"))?;
+    Ok(s.get("statistics")
+        .and_then(|s| s.get("media plane"))
+        .and_then(|p| p.get("xdp redirected"))
+        .and_then(Value::as_int)
+        .unwrap_or(0))
+}
+
+/// No call at the media daemon, none at the agent (transactions may
+/// linger for their timers, so wait for them, bounded).
+fn nothing_left(s: &Setup) -> anyhow::Result<()> {
+    let list = s.ng.ok(&Value::dict().with("command", "list"))?;
+    anyhow::ensure!(
+        list.get("calls")
+            .and_then(Value::as_list)
+            .is_some_and(<[Value]>::is_empty),
+        "calls left at the media daemon: {list:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = agent_stats(&s.bed.a)?;
+        if st["calls"] == 0 && st["pending_ng"] == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "left at the agent: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn check_rtp(
+    where_: &str,
+    count: &RtpCount,
+    packets: u64,
+    from_ip: Ipv4Addr,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        count.packets == packets,
+        "{where_}: {} RTP packets, want {packets}",
+        count.packets
+    );
+    anyhow::ensure!(
+        count.bad_checksums == 0,
+        "{where_}: bad checksums {count:?}"
+    );
+    if packets > 0 {
+        anyhow::ensure!(
+            count.sources.iter().all(|s| s.ip() == IpAddr::V4(from_ip)) && count.sources.len() == 1,
+            "{where_}: RTP from {:?}, want only the relay {from_ip}",
+            count.sources
+        );
+    }
+    Ok(())
+}
+
+struct Call<'a> {
+    case: &'a str,
+    transport: Transport,
+    /// Placed by the PBX (namespace b) instead of the trunk.
+    from_pbx: bool,
+    /// Whole pcaps arriving at the UAS and at the UAC.
+    streams: (u64, u64),
+}
+
+/// One call of `case` through the agent; checks both SIPp verdicts, the RTP
+/// at each side, the XDP counters, and that nothing is left.
+fn call(s: &Setup, c: &Call<'_>) -> anyhow::Result<()> {
+    let bed = &s.bed;
+    // Trunk side: SIPp at A, the agent at RA. PBX side: SIPp at B, the agent at RB.
+    let (uac_ns, uac_ip, uac_media, agent, uas_ns, uas_ip, uas_media, uac_relay, uas_relay) =
+        if c.from_pbx {
+            (
+                &bed.b,
+                B_V4,
+                B_MEDIA,
+                sa(RB_V4, SIP),
+                &bed.a,
+                A_V4,
+                A_MEDIA,
+                RB_V4,
+                RA_V4,
+            )
+        } else {
+            (
+                &bed.a,
+                A_V4,
+                A_MEDIA,
+                sa(RA_V4, SIP),
+                &bed.b,
+                B_V4,
+                B_MEDIA,
+                RA_V4,
+                RB_V4,
+            )
+        };
+    let mut uas = SippOptions::uas(
+        &format!("{}_uas.xml", c.case),
+        sa(uas_ip, SIP),
+        uas_ip.into(),
+        uas_media,
+    );
+    uas.transport = c.transport;
+    let mut uac = SippOptions::uac(
+        &format!("{}_uac.xml", c.case),
+        sa(uac_ip, SIP),
+        agent,
+        uac_ip.into(),
+        uac_media,
+    );
+    uac.transport = c.transport;
+    let before = xdp_redirected(&s.ng)?;
+    let at_uas = RtpCounter::start(uas_ns, uas_media..=uas_media)?;
+    let at_uac = RtpCounter::start(uac_ns, uac_media..=uac_media)?;
+    let (uas_result, uac_result) = run_pair(uas_ns, &uas, uac_ns, &uac, DEADLINE)?;
+    let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
+    uac_result.ensure_all_succeeded()?;
+    uas_result.ensure_all_succeeded()?;
+    let per = pcap_packet_count(PCAP)?;
+    check_rtp("at the UAS", &at_uas, per * c.streams.0, uas_relay)?;
+    check_rtp("at the UAC", &at_uac, per * c.streams.1, uac_relay)?;
+    let forwarded = xdp_redirected(&s.ng)? - before;
+    let received = i64::try_from(at_uas.packets + at_uac.packets)?;
+    anyhow::ensure!(
+        forwarded >= received,
+        "XDP redirected {forwarded} packets, the sides received {received}"
+    );
+    nothing_left(s)
+}
+
+fn run(name: &str, c: &Call<'_>) -> anyhow::Result<()> {
+    if !require_root(name) {
+        return Ok(());
+    }
+    let s = setup(name, 100)?;
+    let r = call(&s, c);
+    if r.is_err() {
+        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+    }
+    r
+}
+
+macro_rules! sip_case {
+    ($name:ident, $case:expr, $transport:expr, $from_pbx:expr, $streams:expr) => {
+        #[test]
+        fn $name() -> anyhow::Result<()> {
+            run(
+                stringify!($name),
+                &Call {
+                    case: $case,
+                    transport: $transport,
+                    from_pbx: $from_pbx,
+                    streams: $streams,
+                },
+            )
+        }
+    };
+}
+
+sip_case!(basic_trunk_to_pbx, "basic", Transport::Udp, false, (1, 1));
+sip_case!(basic_pbx_to_trunk, "basic", Transport::Udp, true, (1, 1));
+sip_case!(basic_tcp, "basic", Transport::Tcp, false, (1, 1));
+sip_case!(busy_486, "busy", Transport::Udp, false, (0, 0));
+sip_case!(
+    cancel_while_ringing_487,
+    "cancel",
+    Transport::Udp,
+    false,
+    (0, 0)
+);
+sip_case!(
+    early_media_183,
+    "early_media",
+    Transport::Udp,
+    false,
+    (1, 1)
+);
+sip_case!(
+    reinvite_hold_and_resume,
+    "hold",
+    Transport::Udp,
+    false,
+    (2, 2)
+);
+sip_case!(late_offer, "late_offer", Transport::Udp, false, (1, 1));
+
+/// A request SIPp expects a given final response to, from `from`.
+fn expect_response(
+    name: &str,
+    case: &str,
+    from: Ipv4Addr,
+    max_calls: u32,
+    busy: bool,
+) -> anyhow::Result<()> {
+    if !require_root(name) {
+        return Ok(());
+    }
+    let s = setup(name, max_calls)?;
+    if from != A_V4 {
+        s.bed
+            .a
+            .ip(&["addr", "add", &format!("{from}/24"), "dev", "a0"])?;
+    }
+    // For max-calls: one call in progress (held by a UAS that rings).
+    let mut holder: Option<(Sipp, Sipp)> = None;
+    if busy {
+        let uas = SippOptions::uas("basic_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+        let uac = SippOptions::uac(
+            "basic_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        let server = Sipp::start(&s.bed.b, &uas)?;
+        let client = Sipp::start(&s.bed.a, &uac)?;
+        std::thread::sleep(Duration::from_millis(800));
+        holder = Some((server, client));
+    }
+    let uac = SippOptions::uac(
+        &format!("{case}_uac.xml"),
+        sa(from, 5070),
+        sa(RA_V4, SIP),
+        from.into(),
+        10100,
+    );
+    let result = Sipp::start(&s.bed.a, &uac)?.wait(DEADLINE)?;
+    let r = result.ensure_all_succeeded();
+    if let Some((server, client)) = holder {
+        client.wait(DEADLINE)?.ensure_all_succeeded()?;
+        server.wait(DEADLINE)?.ensure_all_succeeded()?;
+    }
+    if r.is_err() {
+        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+    }
+    r?;
+    let st = agent_stats(&s.bed.a)?;
+    match case {
+        // The INVITE and the ACK of its 403: every message is counted.
+        "unknown_source" => anyhow::ensure!(
+            st["rejected_sources"] == 2 && st["responses"]["403"] == 1,
+            "{st}"
+        ),
+        "max_calls" => anyhow::ensure!(st["max_calls_rejected"] == 1, "{st}"),
+        "malformed" => anyhow::ensure!(st["malformed"] == 1, "{st}"),
+        _ => {}
+    }
+    nothing_left(&s)
+}
+
+#[test]
+fn options_to_the_agent_200() -> anyhow::Result<()> {
+    expect_response("options_to_the_agent_200", "options", A_V4, 100, false)
+}
+
+#[test]
+fn unknown_source_403() -> anyhow::Result<()> {
+    expect_response(
+        "unknown_source_403",
+        "unknown_source",
+        Ipv4Addr::new(198, 18, 1, 3),
+        100,
+        false,
+    )
+}
+
+#[test]
+fn malformed_message_400() -> anyhow::Result<()> {
+    expect_response("malformed_message_400", "malformed", A_V4, 100, false)
+}
+
+#[test]
+fn max_calls_503() -> anyhow::Result<()> {
+    expect_response("max_calls_503", "max_calls", A_V4, 1, true)
+}
+
+/// The same basic call with Debian's rtpengine as the media node: the
+/// agent speaks standard ng (run on its own, as `media-relay-sip`).
+#[test]
+fn basic_call_with_rtpengine_as_media_node() -> anyhow::Result<()> {
+    if !require_root("basic_call_with_rtpengine_as_media_node") {
+        return Ok(());
+    }
+    let bed = Bed::new(BedOptions::default())?;
+    let mut rtpengine = Guard(
+        Command::new("ip")
+            .args(["netns", "exec", bed.relay.name(), "rtpengine"])
+            .args([
+                "--config-file=none",
+                "--foreground",
+                "--log-stderr",
+                "--table=-1",
+                "--interface=carrier/198.18.1.1",
+                "--interface=pbx/198.18.2.1",
+                "--listen-ng=127.0.0.1:2224",
+                "--port-min=40000",
+                "--port-max=40999",
+                // Its default keeps deleted calls 30 s; we check they are gone.
+                "--delete-delay=0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting rtpengine (Debian package rtpengine-daemon; `cargo xtask setup`)")?,
+    );
+    let config = config(
+        "rtpengine",
+        100,
+        "127.0.0.1:2224",
+        "media-trunk-interface = \"carrier\"\nmedia-pbx-interface = \"pbx\"",
+    )?;
+    let sip_bin = media_relay_tests::daemon::binary().with_file_name("media-relay-sip");
+    let mut agent = Guard(
+        Command::new("ip")
+            .args(["netns", "exec", bed.relay.name()])
+            .arg(&sip_bin)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", sip_bin.display()))?,
+    );
+    // Both up: the agent answers OPTIONS, rtpengine answers ping.
+    let ng = NgClient::new(&bed.relay, "127.0.0.1:2224".parse()?)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ng
+        .request_timeout(
+            &Value::dict().with("command", "ping"),
+            Duration::from_millis(200),
+        )
+        .is_err()
+        || agent_stats(&bed.a).is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rtpengine or the agent did not come up"
+        );
+        anyhow::ensure!(agent.0.try_wait()?.is_none(), "media-relay-sip exited");
+        anyhow::ensure!(rtpengine.0.try_wait()?.is_none(), "rtpengine exited");
+    }
+    let uas = SippOptions::uas("basic_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+    let uac = SippOptions::uac(
+        "basic_uac.xml",
+        sa(A_V4, SIP),
+        sa(RA_V4, SIP),
+        A_V4.into(),
+        A_MEDIA,
+    );
+    let at_uas = RtpCounter::start(&bed.b, B_MEDIA..=B_MEDIA)?;
+    let at_uac = RtpCounter::start(&bed.a, A_MEDIA..=A_MEDIA)?;
+    let (uas_r, uac_r) = run_pair(&bed.b, &uas, &bed.a, &uac, DEADLINE)?;
+    let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
+    uac_r.ensure_all_succeeded()?;
+    uas_r.ensure_all_succeeded()?;
+    let per = pcap_packet_count(PCAP)?;
+    check_rtp("at the UAS (via rtpengine)", &at_uas, per, RB_V4)?;
+    check_rtp("at the UAC (via rtpengine)", &at_uac, per, RA_V4)?;
+    let list = ng.ok(&Value::dict().with("command", "list"))?;
+    anyhow::ensure!(
+        list.get("calls")
+            .and_then(Value::as_list)
+            .is_some_and(<[Value]>::is_empty),
+        "rtpengine still has the call: {list:?}"
+    );
+    let _ = std::fs::remove_file(&config);
+    Ok(())
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs it).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// 1 000 calls at 100 calls/s through the agent (signalling and media
+/// anchoring, no RTP): zero failed calls and nothing left behind.
+#[test]
+fn load_1000_calls_at_100_per_second() -> anyhow::Result<()> {
+    if !require_root("load_1000_calls_at_100_per_second") {
+        return Ok(());
+    }
+    let s = setup("load", 2000)?;
+    let mut uas = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+    uas.calls = 1000;
+    let mut uac = SippOptions::uac(
+        "load_uac.xml",
+        sa(A_V4, SIP),
+        sa(RA_V4, SIP),
+        A_V4.into(),
+        A_MEDIA,
+    );
+    uac.calls = 1000;
+    uac.rate = Some(100);
+    uac.call_length = Duration::from_millis(500);
+    let (uas_r, uac_r) = run_pair(&s.bed.b, &uas, &s.bed.a, &uac, Duration::from_secs(90))?;
+    uac_r.ensure_all_succeeded()?;
+    uas_r.ensure_all_succeeded()?;
+    anyhow::ensure!(
+        uac_r.successful == 1000 && uac_r.failed == 0,
+        "{} ok, {} failed",
+        uac_r.successful,
+        uac_r.failed
+    );
+    let st = agent_stats(&s.bed.a)?;
+    anyhow::ensure!(st["calls_total"] == 1000, "{st}");
+    nothing_left(&s)
+}
