@@ -81,22 +81,26 @@ impl Drop for Setup {
 }
 
 fn setup(name: &str, max_calls: u32) -> anyhow::Result<Setup> {
+    setup_with(name, max_calls, &[])
+}
+
+fn setup_with(name: &str, max_calls: u32, daemon_args: &[&str]) -> anyhow::Result<Setup> {
     let bed = Bed::new(BedOptions {
         peer_xdp: true,
         static_neighbours: false,
     })?;
     let config = config(name, max_calls, "127.0.0.1:2223", "")?;
-    let daemon = Daemon::start(
-        &bed.relay,
-        &[
-            "--config",
-            &config.to_string_lossy(),
-            "--xdp-mode",
-            "native",
-            "--learning-window",
-            "1",
-        ],
-    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--config",
+        &config_arg,
+        "--xdp-mode",
+        "native",
+        "--learning-window",
+        "1",
+    ];
+    args.extend_from_slice(daemon_args);
+    let daemon = Daemon::start(&bed.relay, &args)?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     Ok(Setup {
         daemon,
@@ -314,6 +318,35 @@ sip_case!(
     (2, 2)
 );
 sip_case!(late_offer, "late_offer", Transport::Udp, false, (1, 1));
+
+/// A call whose media never flows: the media daemon times it out and the
+/// agent ends it with a BYE to both sides.
+#[test]
+fn media_timeout_ends_the_call_on_both_sides() -> anyhow::Result<()> {
+    if !require_root("media_timeout_ends_the_call_on_both_sides") {
+        return Ok(());
+    }
+    let s = setup_with("media-timeout", 100, &["--timeout", "2"])?;
+    let uas = SippOptions::uas("media_timeout_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+    let uac = SippOptions::uac(
+        "media_timeout_uac.xml",
+        sa(A_V4, SIP),
+        sa(RA_V4, SIP),
+        A_V4.into(),
+        A_MEDIA,
+    );
+    let (uas_r, uac_r) = run_pair(&s.bed.b, &uas, &s.bed.a, &uac, DEADLINE)?;
+    let r = uac_r
+        .ensure_all_succeeded()
+        .and_then(|()| uas_r.ensure_all_succeeded());
+    if r.is_err() {
+        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+    }
+    r?;
+    let st = agent_stats(&s.bed.a)?;
+    anyhow::ensure!(st["media_timeouts"] == 1, "{st}");
+    nothing_left(&s)
+}
 
 /// A request SIPp expects a given final response to, from `from`.
 fn expect_response(

@@ -1029,6 +1029,15 @@ impl<B: Backend> Engine<B> {
         } else {
             (self.cfg.timeout, EndReason::Timeout)
         };
+        tracing::trace!(
+            call_id = %id,
+            since_media_ms = since_media.as_millis() as u64,
+            since_signal_ms = since_signal.as_millis() as u64,
+            media_seen = last_media.is_some(),
+            all_held,
+            limit_s = limit.as_secs(),
+            "timeout check"
+        );
         (since_media >= limit).then_some(Some(reason))
     }
 

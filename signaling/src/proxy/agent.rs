@@ -844,6 +844,12 @@ impl Agent {
             self.respond(&key, 404, now);
             return;
         };
+        if self.is_ours(out.remote) {
+            // Addressed to us with no route onwards: not a dialog we are in
+            // (§12.2.2), and forwarding it would loop.
+            self.respond(&key, 481, now);
+            return;
+        }
         fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
         let branch = self.new_branch();
         fwd.push_via(&self.via(out.local, out.transport, &branch));
@@ -913,6 +919,9 @@ impl Agent {
             self.stats.no_route += 1;
             return;
         };
+        if self.is_ours(out.remote) {
+            return;
+        }
         fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
         let branch = self.new_branch();
         fwd.push_via(&self.via(out.local, out.transport, &branch));
@@ -1312,16 +1321,25 @@ impl Agent {
         self.stats.media_timeouts += 1;
         info!(%call_id, "media timed out: sending BYE to both sides");
         for (to_caller, local) in [(true, d.caller_side_local), (false, d.callee_side_local)] {
-            let Some(mut bye) = d.bye_to(to_caller) else {
+            let Some(uri) = Message::uri_of(d.next_hop(to_caller)).ok() else {
                 continue;
             };
-            let transport = Transport::Udp;
-            let Some(peer) = self.in_dialog_dest(&bye, local, transport) else {
+            let Some(remote) = host_port(&uri) else {
                 continue;
+            };
+            let transport = uri_transport(&uri).unwrap_or(Transport::Udp);
+            let peer = Peer {
+                transport,
+                conn: None,
+                local,
+                remote,
             };
             let branch = self.new_branch();
-            bye.push_via(&self.via(peer.local, peer.transport, &branch));
-            self.start_client(branch, bye, peer, None, Purpose::OwnBye, now);
+            let via = self.via(local, transport, &branch);
+            match d.bye_to(to_caller, &via) {
+                Some(bye) => self.start_client(branch, bye, peer, None, Purpose::OwnBye, now),
+                None => warn!(%call_id, "could not build the BYE"),
+            }
         }
     }
 

@@ -86,16 +86,27 @@ impl Dialog {
         p.cseq = p.cseq.max(cseq);
     }
 
-    /// A BYE to `to` as if sent by the other party (the agent ends the call
-    /// on both sides), without a Via: the caller pushes its own.
-    pub fn bye_to(&self, to_caller: bool) -> Option<Message> {
+    /// Where requests to that party go first: its first route, else its
+    /// target.
+    pub fn next_hop(&self, to_caller: bool) -> &str {
+        let p = if to_caller {
+            &self.caller
+        } else {
+            &self.callee
+        };
+        p.routes.first().map_or(p.target.as_str(), String::as_str)
+    }
+
+    /// A BYE to one party as if sent by the other (the agent ends the call
+    /// on both sides), with the agent's `via`.
+    pub fn bye_to(&self, to_caller: bool, via: &str) -> Option<Message> {
         let (to, from) = if to_caller {
             (&self.caller, &self.callee)
         } else {
             (&self.callee, &self.caller)
         };
         let cseq = format!("{} BYE", from.cseq.saturating_add(1).max(1));
-        let mut headers: Vec<(&str, &str)> = Vec::new();
+        let mut headers: Vec<(&str, &str)> = vec![("Via", via)];
         for r in &to.routes {
             headers.push(("Route", r));
         }

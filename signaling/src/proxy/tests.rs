@@ -378,3 +378,88 @@ fn options_to_the_agent_answers_200_with_stats() {
     let body = String::from_utf8(sends[0].1.body().to_vec()).unwrap();
     assert!(body.starts_with("{\"calls\":0,"), "{body}");
 }
+
+#[test]
+fn a_media_timeout_ends_the_call_with_a_bye_to_both_sides() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), now);
+    let fwd = forwarded_invite(&mut a, now);
+    a.on_message(from_pbx(), response(&fwd, 200, SDP), now);
+    let (_, ngs) = outputs(&mut a);
+    a.on_ng(ngs[0].0, ok_sdp("v=0\r\nanswer"), now);
+    outputs(&mut a);
+    // Run the timers until the agent polls its media node.
+    let mut t = now;
+    let id = loop {
+        t = a.next_deadline().max(t);
+        a.on_timer(t);
+        let (_, ngs) = outputs(&mut a);
+        if let Some((id, _)) = ngs
+            .iter()
+            .find(|(_, r)| r.get("command").and_then(ng::Value::as_str) == Some("list"))
+        {
+            break *id;
+        }
+        assert!(t < now + Duration::from_secs(60), "no poll");
+        t += Duration::from_millis(1);
+    };
+    let reply = ng::Value::dict().with("result", "ok").with(
+        "timed out",
+        ng::Value::List(vec![
+            ng::Value::dict()
+                .with("call-id", "call-1@198.18.1.2")
+                .with("reason", "timeout"),
+        ]),
+    );
+    a.on_ng(id, NgOutcome::Reply(reply), t);
+    let (sends, _) = outputs(&mut a);
+    let byes: Vec<_> = sends
+        .iter()
+        .filter(|(_, m)| m.method() == crate::message::Method::Bye)
+        .map(|(p, m)| {
+            (
+                p.remote,
+                p.local,
+                m.request_uri_str().unwrap_or_default().to_owned(),
+                m.to_tag(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        byes,
+        vec![
+            (
+                sa(TRUNK),
+                sa(T_LISTEN),
+                "sip:caller@198.18.1.2:5060".to_owned(),
+                Some("caller-tag".to_owned())
+            ),
+            (
+                sa(PBX),
+                sa(P_LISTEN),
+                "sip:100@198.18.2.2:5060".to_owned(),
+                Some("callee-tag".to_owned())
+            ),
+        ]
+    );
+    assert_eq!(a.stats().media_timeouts, 1);
+    assert_eq!(a.calls(), 0);
+}
+
+#[test]
+fn a_request_looping_back_to_us_gets_481() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), now);
+    let bye = "BYE sip:pbx@198.18.1.1:5060 SIP/2.0\r\n\
+               Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK-loop\r\n\
+               Max-Forwards: 70\r\n\
+               From: <sip:caller@198.18.1.2>;tag=caller-tag\r\n\
+               To: <sip:pbx@198.18.1.1>;tag=x\r\n\
+               Call-ID: loop-1\r\n\
+               CSeq: 2 BYE\r\n\
+               Content-Length: 0\r\n\r\n";
+    a.on_message(from_trunk(), Message::parse(bye.as_bytes()).unwrap(), now);
+    let (sends, _) = outputs(&mut a);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].1.status(), Some(481));
+}
