@@ -6,6 +6,8 @@
 //! - `sessions`: the media daemon driven over ng: offer+answer+delete
 //!   cycles per second and latency, and forwarded packets per second
 //!   through real calls in XDP native, XDP generic and `--xdp-mode off`.
+//! - `sip`: the SIP agent: calls per second with media anchoring (SIPp)
+//!   and the setup delay it adds.
 //!
 //! Load comes from `xdp_gen` (BPF_PROG_TEST_RUN live frames) and is
 //! counted by `xdp_sink` in XDP at the far end: a socket sender or sink
@@ -14,6 +16,7 @@
 //! machine only.
 
 mod sessions;
+mod sip;
 mod xdp;
 
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ struct Args {
     /// Directory for the JSON reports.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Only these parts (`xdp`, `sessions`); all by default.
+    /// Only these parts (`xdp`, `sessions`, `sip`); all by default.
     #[arg(long = "only")]
     only: Vec<String>,
 }
@@ -61,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("sessions") {
         sessions::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("sip") {
+        sip::run(args.quick, &machine, &args.out)?;
     }
     Ok(())
 }

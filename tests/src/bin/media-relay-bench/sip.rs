@@ -1,0 +1,311 @@
+//! The SIP agent: how many calls per second it sustains with media
+//! anchoring (SIPp), and the delay it adds to call setup (INVITE in →
+//! INVITE out, 200 in → 200 out), measured by a probe playing both ends.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use media_relay_tests::{
+    Bed, BedOptions,
+    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    daemon::Daemon,
+    sipp::{SippOptions, run_pair},
+};
+
+const SIP: u16 = 5060;
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn config(tag: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("mr-bench-sip-{}-{tag}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+port-min = 20000
+port-max = 59999
+[[interface]]
+netdev = "ra"
+[[interface]]
+netdev = "rb"
+[sip]
+trunk-listen = "{RA_V4}:{SIP}"
+pbx-listen = "{RB_V4}:{SIP}"
+pbx = "{B_V4}:{SIP}"
+max-calls = 100000
+invite-rate = 100000
+[[sip.trunk]]
+name = "carrier"
+sources = ["{A_V4}"]
+target = "{A_V4}:{SIP}"
+default = true
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+fn start(tag: &str) -> anyhow::Result<(Bed, Daemon, PathBuf)> {
+    let bed = Bed::new(BedOptions {
+        peer_xdp: true,
+        static_neighbours: false,
+    })?;
+    let cfg = config(tag)?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "--config",
+            &cfg.to_string_lossy(),
+            "--xdp-mode",
+            "native",
+            "--ng-cache-ttl",
+            "2",
+        ],
+    )?;
+    Ok((bed, daemon, cfg))
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+fn recv_until(
+    s: &UdpSocket,
+    pred: impl Fn(&str) -> bool,
+) -> anyhow::Result<(String, SocketAddr, Instant)> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = s.recv_from(&mut buf).context("probe: no answer in time")?;
+        let t = Instant::now();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if pred(&text) {
+            return Ok((text, from, t));
+        }
+    }
+}
+
+const SDP_A: &str = "v=0\r\no=- 1 1 IN IP4 198.18.1.2\r\ns=-\r\nc=IN IP4 198.18.1.2\r\nt=0 0\r\nm=audio 10000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+const SDP_B: &str = "v=0\r\no=- 1 1 IN IP4 198.18.2.2\r\ns=-\r\nc=IN IP4 198.18.2.2\r\nt=0 0\r\nm=audio 20000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+
+/// One call by hand: returns (INVITE in → out, 200 in → out).
+fn probe_call(uac: &UdpSocket, uas: &UdpSocket, i: usize) -> anyhow::Result<(Duration, Duration)> {
+    let agent = sa(RA_V4, SIP);
+    let call_id = format!("probe-{i}-{}", std::process::id());
+    let invite = format!(
+        "INVITE sip:100@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5080;branch=z9hG4bK-p{i}\r\nMax-Forwards: 70\r\n\
+         From: <sip:probe@{A_V4}>;tag=a{i}\r\nTo: <sip:100@{RA_V4}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:probe@{A_V4}:5080>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    );
+    let t0 = Instant::now();
+    uac.send_to(invite.as_bytes(), agent)?;
+    let (inv, from, t1) = recv_until(uas, |m| m.starts_with("INVITE") && m.contains(&call_id))?;
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for v in header(&inv, "Via") {
+        ok.push_str(&format!("Via: {v}\r\n"));
+    }
+    for v in header(&inv, "Record-Route") {
+        ok.push_str(&format!("Record-Route: {v}\r\n"));
+    }
+    let to = header(&inv, "To")
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
+    ok.push_str(&format!(
+        "From: {}\r\nTo: {to};tag=b{i}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{B_V4}:{SIP}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_B}",
+        header(&inv, "From").first().copied().unwrap_or_default(),
+        SDP_B.len()
+    ));
+    let t2 = Instant::now();
+    uas.send_to(ok.as_bytes(), from)?;
+    let (ok_in, _, t3) = recv_until(uac, |m| {
+        m.starts_with("SIP/2.0 200") && m.contains("INVITE")
+    })?;
+    // ACK and BYE along the route set, then the BYE's 200 both ways.
+    let mut routes: Vec<&str> = header(&ok_in, "Record-Route");
+    routes.reverse();
+    let route_lines: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+    let to_tagged = header(&ok_in, "To")
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
+    for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
+        let req = format!(
+            "{method} sip:pbx@{B_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5080;branch=z9hG4bK-p{i}-{method}\r\n{route_lines}\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{A_V4}>;tag=a{i}\r\nTo: {to_tagged}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        uac.send_to(req.as_bytes(), agent)?;
+    }
+    let (bye, from, _) = recv_until(uas, |m| m.starts_with("BYE") && m.contains(&call_id))?;
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for v in header(&bye, "Via") {
+        ok.push_str(&format!("Via: {v}\r\n"));
+    }
+    for n in ["From", "To", "Call-ID", "CSeq"] {
+        ok.push_str(&format!(
+            "{n}: {}\r\n",
+            header(&bye, n).first().copied().unwrap_or_default()
+        ));
+    }
+    ok.push_str("Content-Length: 0\r\n\r\n");
+    uas.send_to(ok.as_bytes(), from)?;
+    recv_until(uac, |m| m.starts_with("SIP/2.0 200") && m.contains("BYE"))?;
+    Ok((t1 - t0, t3 - t2))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+    println!("## SIP agent\n");
+    // 1. Added setup delay.
+    let calls = if quick { 200 } else { 2000 };
+    eprintln!("==> sip: {calls} calls by a probe, timing the agent");
+    let (bed, daemon, cfg) = start("delay")?;
+    let uac = bed.a.enter(|| Ok(UdpSocket::bind(sa(A_V4, 5080))?))?;
+    let uas = bed.b.enter(|| Ok(UdpSocket::bind(sa(B_V4, SIP))?))?;
+    uac.set_read_timeout(Some(Duration::from_secs(3)))?;
+    uas.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut invite = Vec::with_capacity(calls);
+    let mut ok = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let (a, b) = probe_call(&uac, &uas, i)?;
+        invite.push(a.as_secs_f64() * 1e6);
+        ok.push(b.as_secs_f64() * 1e6);
+    }
+    drop((uac, uas, daemon, bed));
+    let _ = std::fs::remove_file(&cfg);
+    invite.sort_by(f64::total_cmp);
+    ok.sort_by(f64::total_cmp);
+    let row = |name: &str, v: &[f64]| {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            percentile(v, 0.999),
+            v.last().copied().unwrap_or(0.0)
+        );
+    };
+    println!(
+        "Setup delay added by the agent (µs, one call at a time, including the media node's ng round trip):\n"
+    );
+    println!("| hop | p50 | p99 | p99.9 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    row("INVITE in → INVITE out (offer)", &invite);
+    row("200 in → 200 out (answer)", &ok);
+    let worst_p99 = percentile(&invite, 0.99).max(percentile(&ok, 0.99));
+    println!(
+        "\np99 added delay {:.2} ms (target < 2 ms: {})\n",
+        worst_p99 / 1000.0,
+        if worst_p99 < 2000.0 { "met" } else { "MISSED" }
+    );
+
+    // 2. Calls per second with SIPp, rising until calls fail.
+    let rates: &[u32] = if quick {
+        &[100, 200]
+    } else {
+        &[200, 400, 600, 800, 1000, 1200, 1500]
+    };
+    let seconds = if quick { 3 } else { 5 };
+    let mut cps = Vec::new();
+    for &rate in rates {
+        eprintln!("==> sip: SIPp at {rate} calls/s for {seconds} s");
+        let (bed, daemon, cfg) = start(&format!("cps{rate}"))?;
+        let n = rate * seconds;
+        let mut server = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), 20000);
+        server.calls = n;
+        server.trace_msg = false;
+        let mut client = SippOptions::uac(
+            "load_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            10000,
+        );
+        client.calls = n;
+        client.rate = Some(rate);
+        client.call_length = Duration::from_millis(200);
+        client.trace_msg = false;
+        let started = Instant::now();
+        let result = run_pair(
+            &bed.b,
+            &server,
+            &bed.a,
+            &client,
+            Duration::from_secs(u64::from(seconds) * 6 + 30),
+        );
+        let secs = started.elapsed().as_secs_f64();
+        drop((daemon, bed));
+        let _ = std::fs::remove_file(&cfg);
+        let (ok_calls, failed) = match result {
+            Ok((_, c)) => (c.successful, c.failed),
+            Err(e) => {
+                eprintln!("    {rate} calls/s: {e:#}");
+                (0, u64::from(n))
+            }
+        };
+        eprintln!("    {rate} calls/s: {ok_calls} ok, {failed} failed in {secs:.1} s");
+        cps.push((rate, ok_calls, failed));
+        if failed > 0 {
+            break;
+        }
+    }
+    let sustained = cps
+        .iter()
+        .filter(|(_, _, f)| *f == 0)
+        .map(|(r, _, _)| *r)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "Calls per second through the agent with media anchoring (SIPp UAC → agent → SIPp UAS, {seconds} s per rate, calls held 200 ms):\n"
+    );
+    println!("| offered calls/s | successful | failed |");
+    println!("|---:|---:|---:|");
+    for (r, o, f) in &cps {
+        println!("| {r} | {o} | {f} |");
+    }
+    let verdict = if sustained >= 1000 {
+        "met"
+    } else if quick {
+        "not measured: --quick stops at 200"
+    } else {
+        "MISSED"
+    };
+    println!(
+        "\nhighest rate with no failed call: {sustained} calls/s (target ≥ 1 000: {verdict}); SIPp, the agent and the \
+         media daemon share this machine's two vCPUs.\n"
+    );
+    let json = serde_json::json!({
+        "machine": machine,
+        "setup_delay_us": {
+            "calls": calls,
+            "invite": { "p50": percentile(&invite, 0.5), "p99": percentile(&invite, 0.99), "p999": percentile(&invite, 0.999) },
+            "ok": { "p50": percentile(&ok, 0.5), "p99": percentile(&ok, 0.99), "p999": percentile(&ok, 0.999) },
+        },
+        "cps": cps.iter().map(|(r, o, f)| serde_json::json!({ "rate": r, "successful": o, "failed": f })).collect::<Vec<_>>(),
+        "sustained_cps": sustained,
+    });
+    let path = out.join("sip.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("report: {}\n", path.display());
+    Ok(())
+}
