@@ -124,6 +124,15 @@ enum Pending {
     Poll,
 }
 
+/// The party whose SDP an offer carries.
+struct Party<'a> {
+    tag: &'a str,
+    /// The other party's tag, once known (re-offers).
+    other: Option<&'a str>,
+    /// The SIP message's source address.
+    source: IpAddr,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TxRef {
     Server(ServerKey),
@@ -738,14 +747,39 @@ impl Agent {
             return;
         }
         let direction = self.direction(side, to_side);
+        let offerer = Party {
+            tag: &caller_tag,
+            other: None,
+            source: peer.remote.ip(),
+        };
+        self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
+    }
+
+    /// Ask the media node to anchor `msg`'s SDP offer; `fwd` leaves (with
+    /// the node's SDP) when the reply comes.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of offer; a struct would only rename them"
+    )]
+    fn offer_then_forward(
+        &mut self,
+        node: SocketAddr,
+        msg: &Message,
+        offerer: &Party<'_>,
+        direction: Option<(String, String)>,
+        key: ServerKey,
+        fwd: Message,
+        out: Peer,
+        branch: String,
+    ) {
         let via_branch = msg.top_via().branch;
         let req = media::offer(&Sdp {
-            call_id: &call_id,
-            from_tag: &caller_tag,
-            to_tag: None,
+            call_id: msg.call_id(),
+            from_tag: offerer.tag,
+            to_tag: offerer.other,
             via_branch: via_branch.as_deref(),
             sdp: msg.body(),
-            received_from: peer.remote.ip(),
+            received_from: offerer.source,
             direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
         });
         self.ng(
@@ -869,26 +903,12 @@ impl Agent {
                 }
                 None => (self.node_for(&call_id), None),
             };
-            let via_branch = msg.top_via().branch;
-            let req = media::offer(&Sdp {
-                call_id: &call_id,
-                from_tag: &from_tag,
-                to_tag: to_tag.as_deref(),
-                via_branch: via_branch.as_deref(),
-                sdp: msg.body(),
-                received_from: peer.remote.ip(),
-                direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-            });
-            self.ng(
-                node,
-                req,
-                Pending::Request {
-                    server: Some(key),
-                    message: fwd,
-                    peer: out,
-                    branch,
-                },
-            );
+            let offerer = Party {
+                tag: &from_tag,
+                other: to_tag.as_deref(),
+                source: peer.remote.ip(),
+            };
+            self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
             return;
         }
         self.start_client(branch, fwd, out, Some(key), Purpose::Forward, now);
