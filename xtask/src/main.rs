@@ -3,6 +3,8 @@
 //! script's job.
 
 mod bench;
+mod demo;
+mod package;
 mod setup;
 mod util;
 
@@ -41,6 +43,18 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// The whole appliance at work: a carrier and a PBX (SIPp) in network
+    /// namespaces, media-relay between them, a few real calls with audio, a
+    /// per-call table. Cleans up after itself.
+    Demo,
+    /// Build the Debian package (target/debian/); with --install-test,
+    /// install it on this machine and check it.
+    Package {
+        /// Install the built package and check it (`dpkg -i`, `--version`,
+        /// `media-relay check` on the shipped configuration).
+        #[arg(long)]
+        install_test: bool,
+    },
     /// Benchmarks on the veth test bed; figures and ratios to stdout and
     /// target/bench/.
     Bench {
@@ -61,6 +75,8 @@ fn main() -> ExitCode {
         } => build_and_load(&interfaces, &xdp_mode, &rest),
         Command::Test { no_setup } => test(no_setup),
         Command::Bench { quick } => bench::run(quick),
+        Command::Demo => demo::run(),
+        Command::Package { install_test } => package::run(install_test),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
