@@ -24,7 +24,8 @@ pub const CHECK_SOURCE_PORT: u8 = 1 << 1;
 /// latch onto it.
 pub const SOURCE_LEARNING: u8 = 1 << 2;
 /// [`Flow::flags`]: the flow carries RTP: the data plane records the SSRC
-/// and sequence number of what it forwards ([`FlowStats`]).
+/// and sequence number of what it forwards ([`FlowStats`]) and accounts
+/// sequence numbers for loss ([`crate::SeqWindow`], `FLOW_SEQ`).
 pub const RTP: u8 = 1 << 3;
 /// [`Flow::flags`]: after latching, a mismatching packet whose RTP SSRC is
 /// [`Flow::ssrc`] goes to the stack instead of being dropped: userspace

@@ -14,6 +14,8 @@ pub mod csum;
 pub mod flow;
 pub mod maps;
 pub mod outcome;
+pub mod seq;
 
 pub use flow::{Flow, FlowKey, FlowStats};
 pub use outcome::Outcome;
+pub use seq::SeqWindow;

@@ -7,7 +7,7 @@
 /// bpffs directory holding one sub-directory per layout version.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/media-relay";
 /// Version of the pinned map layouts below; bump on any layout change.
-pub const LAYOUT_VERSION: &str = "v1";
+pub const LAYOUT_VERSION: &str = "v2";
 
 /// `HASH` [`crate::FlowKey`] → [`crate::Flow`]: installed flows. A plain hash
 /// map, never LRU: an installed call must never be evicted.
@@ -15,13 +15,20 @@ pub const FLOWS: &str = "FLOWS";
 /// `PERCPU_ARRAY` slot → [`crate::FlowStats`]: per-flow counters, indexed by
 /// [`crate::Flow::stats_slot`]. Written only by the data plane.
 pub const FLOW_STATS: &str = "FLOW_STATS";
+/// `ARRAY` slot → [`crate::SeqWindow`]: RTP sequence accounting of
+/// [`crate::flow::RTP`] flows, indexed like [`FLOW_STATS`]. Shared by all
+/// CPUs, not per-CPU: a flow's packets may be processed on any CPU, and
+/// per-CPU windows would overlap and overstate loss. Written only by the
+/// data plane (the daemon resets a slot before handing it out).
+pub const FLOW_SEQ: &str = "FLOW_SEQ";
 /// `PERCPU_ARRAY` [`crate::Outcome`] → `u64`: what happened to every packet.
 pub const OUTCOMES: &str = "OUTCOMES";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the relay may redirect to.
 pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
 
-/// Compile-time default capacity of [`FLOWS`] and [`FLOW_STATS`]; the daemon
-/// resizes both from its configuration before loading.
+/// Compile-time default capacity of [`FLOWS`], [`FLOW_STATS`] and
+/// [`FLOW_SEQ`]; the daemon resizes them from its configuration before
+/// loading.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Capacity of [`EGRESS_DEVS`].
 pub const MAX_EGRESS_DEVS: u32 = 64;

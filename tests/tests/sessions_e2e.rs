@@ -543,3 +543,173 @@ fn ten_thousand_calls_leave_nothing_behind() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The stats dictionary of the stream on `local port` in a query reply.
+fn stream_stats(query: &Value, port: u16) -> Option<&Value> {
+    for tag in query.get("tags")?.as_dict()?.values() {
+        for m in tag.get("medias")?.as_list()? {
+            for s in m.get("streams")?.as_list()? {
+                if s.get("local port")?.as_int()? == i64::from(port) {
+                    return s.get("stats");
+                }
+            }
+        }
+    }
+    None
+}
+
+/// RTP loss per stream: A sends RTP with `SKIPPED` sequence numbers left
+/// out through an established call; `query` reports exactly those as
+/// `lost` for A's stream (and in the RTP totals), none for B's. With XDP,
+/// the lossy stretch goes through the data plane, and mid-stretch the
+/// relay forgets B's MAC so that some packets take the userspace path (a
+/// neighbour miss): packets one path forwarded are not the other's loss.
+fn rtp_loss(mode: &str) -> anyhow::Result<()> {
+    const WARM: u16 = 20;
+    const LOSSY: u16 = 300;
+    const SKIPPED: [u16; 5] = [60, 61, 62, 150, 271];
+    let bed = Bed::new(BedOptions {
+        peer_xdp: mode == "native",
+        static_neighbours: false,
+    })?;
+    let daemon = Daemon::start(
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            mode,
+            "--port-min",
+            "31000",
+            "--port-max",
+            "31999",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let xdp = mode != "off";
+    let result = (|| -> anyhow::Result<()> {
+        let a = bind(&bed.a, sa(A_V4, 5000))?;
+        let b = bind(&bed.b, sa(B_V4, 6000))?;
+        let sdp = |addr: Ipv4Addr, port: u16| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+            )
+        };
+        let sdp_of = |reply: &Value| -> anyhow::Result<SocketAddr> {
+            relay_of(reply.get("sdp").and_then(Value::as_str).context("sdp")?)
+        };
+        let relay_b = sdp_of(
+            &ng.ok(&Value::dict()
+                .with("command", "offer")
+                .with("call-id", "loss")
+                .with("from-tag", "a")
+                .with("sdp", sdp(A_V4, 5000).as_str()))?,
+        )?;
+        let relay_a = sdp_of(
+            &ng.ok(&Value::dict()
+                .with("command", "answer")
+                .with("call-id", "loss")
+                .with("from-tag", "a")
+                .with("to-tag", "b")
+                .with("sdp", sdp(B_V4, 6000).as_str()))?,
+        )?;
+
+        // Both speak, then the learning window closes.
+        media(&a, relay_a, &b, relay_b, 0xa1, WARM)?;
+        media(&b, relay_b, &a, relay_a, 0xb1, WARM)?;
+        std::thread::sleep(Duration::from_millis(1300));
+
+        let xdp_stat = |key: &str| if xdp { stat(&ng, key) } else { Ok(0) };
+        let (redirected, missed) = (xdp_stat("xdp redirected")?, xdp_stat("xdp neighbour_miss")?);
+        let mut sent = 0usize;
+        for seq in WARM..WARM + LOSSY {
+            if seq == WARM + LOSSY / 2 && xdp {
+                std::thread::sleep(Duration::from_millis(5));
+                bed.relay.ip(&["neigh", "flush", "dev", "rb"])?;
+            }
+            if SKIPPED.contains(&(seq - WARM)) {
+                continue;
+            }
+            a.send_to(&rtp(0xa1, seq), relay_a)?;
+            sent += 1;
+            if seq % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let got = drain(&b, sent + 10);
+        anyhow::ensure!(got.len() == sent, "{} of {sent} arrived at B", got.len());
+
+        let q = ng.ok(&Value::dict()
+            .with("command", "query")
+            .with("call-id", "loss"))?;
+        let int = |v: Option<&Value>, key: &str| {
+            v.and_then(|s| s.get(key))
+                .and_then(Value::as_int)
+                .with_context(|| format!("{key} in {q:?}"))
+        };
+        let (a_stats, b_stats) = (
+            stream_stats(&q, relay_a.port()),
+            stream_stats(&q, relay_b.port()),
+        );
+        let totals = q.get("totals").and_then(|t| t.get("RTP"));
+        let k = SKIPPED.len() as i64;
+        let total = i64::from(WARM + LOSSY);
+        let a_got = (
+            int(a_stats, "lost")?,
+            int(a_stats, "expected")?,
+            int(a_stats, "packets")?,
+        );
+        anyhow::ensure!(
+            a_got == (k, total, total - k),
+            "A's stream: lost/expected/packets {a_got:?}, want {:?}",
+            (k, total, total - k)
+        );
+        let b_got = (int(b_stats, "lost")?, int(b_stats, "expected")?);
+        anyhow::ensure!(
+            b_got == (0, i64::from(WARM)),
+            "B's stream: lost/expected {b_got:?}"
+        );
+        let t_got = (int(totals, "lost")?, int(totals, "expected")?);
+        anyhow::ensure!(
+            t_got == (k, total + i64::from(WARM)),
+            "RTP totals: lost/expected {t_got:?}"
+        );
+        if xdp {
+            // The lossy stretch went through XDP, except for what the
+            // neighbour flush sent to the userspace path.
+            let (redirected, missed) = (
+                stat(&ng, "xdp redirected")? - redirected,
+                stat(&ng, "xdp neighbour_miss")? - missed,
+            );
+            anyhow::ensure!(
+                missed >= 1 && redirected + missed >= sent as i64,
+                "XDP redirected {redirected}, neighbour misses {missed}, of {sent}"
+            );
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
+    }
+    result
+}
+
+macro_rules! loss_test {
+    ($name:ident, $mode:expr) => {
+        #[test]
+        fn $name() -> anyhow::Result<()> {
+            if !require_root(stringify!($name)) {
+                return Ok(());
+            }
+            rtp_loss($mode)
+        }
+    };
+}
+
+loss_test!(rtp_loss_xdp_native, "native");
+loss_test!(rtp_loss_xdp_generic, "generic");
+loss_test!(rtp_loss_userspace, "off");

@@ -671,3 +671,129 @@ fn checksums_match_full_recompute() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// RTP sequence accounting in `FLOW_SEQ`: RTP packets with a known gap
+/// (across the 16-bit wrap, reordered, with RTCP and non-RTP mixed in) run
+/// through the program, for IPv4 and IPv6; the flow's window, read through
+/// the flow table and straight from the pinned `ARRAY` map, has exactly
+/// the gap as loss. A slot handed out again starts from an empty window.
+#[test]
+fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    use media_ebpf::SeqWindow;
+    use media_relay_tests::media::rtp;
+
+    if !require_root("rtp_loss_is_counted_in_flow_seq") {
+        return Ok(());
+    }
+    let mut fx = Fixture::new()?;
+    const SSRC: u32 = 0x5eed_0001;
+    // 65530..=65535, 0..40 (46 numbers) without these four.
+    let skipped = [65533u16, 3, 4, 17];
+    let mut seqs: Vec<u16> = (65530..=65535u16)
+        .chain(0..40)
+        .filter(|s| !skipped.contains(s))
+        .collect();
+    // 21 arrives after 22.
+    let i = seqs.iter().position(|&s| s == 21).expect("21 is sent");
+    seqs.swap(i, i + 1);
+    let mut rtcp_mux = rtp(SSRC, 7);
+    rtcp_mux[1] = 200; // SR on the RTP port (PT 200 reads as marker + 72)
+    let mut not_rtp = rtp(SSRC, 5000);
+    not_rtp[0] = 0x00; // version 0
+
+    let seq_map = |fx: &Fixture| -> anyhow::Result<Array<MapData, SeqWindow>> {
+        let pin = fx.relay.pin_dir().join(media_ebpf::maps::FLOW_SEQ);
+        // Fails unless the pin is a plain (shared) ARRAY.
+        Ok(Array::try_from(Map::Array(MapData::from_pin(pin)?))?)
+    };
+
+    for (local, relay_out, peer, src) in [
+        (
+            sa(RA_V4, 30100),
+            sa(RB_V4, 30102),
+            sa(B_V4, 40100),
+            sa(A_V4, 5000),
+        ),
+        (
+            sa(RA_V6, 30100),
+            sa(RB_V6, 30102),
+            sa(B_V6, 40100),
+            sa(A_V6, 5000),
+        ),
+    ] {
+        let key = FlowKey::new(local);
+        let flow = Flow::new(relay_out, peer).with_source(src).rtp();
+        fx.relay.flows_mut().install(key, flow)?;
+        let frame = |payload: &[u8]| UdpFrame::new(RA_MAC, A_MAC, src, local, payload).bytes();
+        for (n, &s) in seqs.iter().enumerate() {
+            if n == 10 {
+                for p in [&rtcp_mux, &not_rtp] {
+                    let (action, _) = fx.run(&frame(p))?;
+                    assert_eq!(action, XDP_REDIRECT, "{local}: non-RTP is forwarded too");
+                }
+            }
+            let (action, _) = fx.run(&frame(&rtp(SSRC, s)))?;
+            assert_eq!(action, XDP_REDIRECT, "{local}: RTP seq {s}");
+        }
+        let c = fx.relay.flows().counters(&key)?;
+        assert_eq!(c.packets, seqs.len() as u64 + 2, "{local}: packets");
+        assert_eq!(
+            (c.expected(), c.received(), c.seq.lost()),
+            (46, 42, 4),
+            "{local}: expected/received/lost: {:?}",
+            c.seq
+        );
+        assert_eq!(c.seq.ssrc, SSRC);
+        let slot = fx.relay.flows().get(&key)?.slot();
+        let pinned = seq_map(&fx)?.get(&slot, 0)?;
+        assert_eq!(pinned, c.seq, "{local}: FLOW_SEQ read from its pin");
+
+        // A new SSRC closes the window and opens another: 5 numbers, one
+        // missing.
+        for s in [100u16, 101, 103, 104] {
+            let (action, _) = fx.run(&frame(&rtp(SSRC + 1, s)))?;
+            assert_eq!(action, XDP_REDIRECT);
+        }
+        let c = fx.relay.flows().counters(&key)?;
+        assert_eq!(
+            (c.expected(), c.received(), c.seq.lost()),
+            (51, 46, 5),
+            "{local}: after an SSRC change: {:?}",
+            c.seq
+        );
+
+        // Removal hands back the final window; the slot, handed out again,
+        // starts empty.
+        let last = fx.relay.flows_mut().remove(&key)?;
+        assert_eq!(last.seq, c.seq, "{local}: final window");
+        fx.relay.flows_mut().install(key, flow)?;
+        assert_eq!(fx.relay.flows().get(&key)?.slot(), slot, "slot reused");
+        let c = fx.relay.flows().counters(&key)?;
+        assert_eq!(c.seq, SeqWindow::default(), "{local}: reused slot reset");
+        fx.relay.flows_mut().remove(&key)?;
+    }
+
+    // Flows without the RTP flag leave their window alone.
+    let key = FlowKey::new(sa(RA_V4, 30110));
+    fx.relay
+        .flows_mut()
+        .install(key, Flow::new(sa(RB_V4, 30112), sa(B_V4, 40110)))?;
+    for s in 0..5u16 {
+        let f = UdpFrame::new(
+            RA_MAC,
+            A_MAC,
+            sa(A_V4, 5000),
+            sa(RA_V4, 30110),
+            &rtp(SSRC, s),
+        );
+        assert_eq!(fx.run(&f.bytes())?.0, XDP_REDIRECT);
+    }
+    let c = fx.relay.flows().counters(&key)?;
+    assert_eq!(
+        (c.packets, c.seq),
+        (5, SeqWindow::default()),
+        "non-RTP flow"
+    );
+    Ok(())
+}

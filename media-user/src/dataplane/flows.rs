@@ -2,15 +2,16 @@
 //! single writer) installs, updates and removes flows and reads their
 //! counters.
 //!
-//! Each flow owns a slot of the per-CPU `FLOW_STATS` array, handed out
-//! here. A slot is zeroed before its flow becomes visible, and a flow is
+//! Each flow owns a slot of the per-CPU `FLOW_STATS` array (and the same
+//! slot of the shared `FLOW_SEQ` array), handed out here. A slot is zeroed
+//! before its flow becomes visible, and a flow is
 //! updated in place (same slot, same counters) with one atomic map update,
 //! so forwarding never pauses across a re-offer.
 
 use std::{collections::HashMap as StdHashMap, time::Duration};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use media_ebpf::{Flow, FlowKey, FlowStats};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use media_ebpf::{Flow, FlowKey, FlowStats, SeqWindow};
 use thiserror::Error;
 
 /// `BPF_NOEXIST` / `BPF_EXIST` (uapi/linux/bpf.h).
@@ -49,10 +50,23 @@ pub struct FlowCounters {
     pub last_seen: Option<Duration>,
     /// RTP flows: SSRC and sequence number of the last forwarded packet.
     pub last_rtp: Option<(u32, u16)>,
+    /// RTP flows: the sequence window (`FLOW_SEQ`), for loss; see
+    /// [`expected`](Self::expected) and [`received`](Self::received).
+    pub seq: SeqWindow,
 }
 
 impl FlowCounters {
-    fn sum(values: &PerCpuValues<FlowStats>) -> Self {
+    /// RTP packets expected from the sequence numbers seen.
+    pub fn expected(&self) -> u64 {
+        u64::from(self.seq.expected())
+    }
+
+    /// RTP packets counted by the sequence window.
+    pub fn received(&self) -> u64 {
+        u64::from(self.seq.received())
+    }
+
+    fn sum(values: &PerCpuValues<FlowStats>, seq: SeqWindow) -> Self {
         let mut c = Self::default();
         let mut last = 0;
         for v in values.iter() {
@@ -70,6 +84,7 @@ impl FlowCounters {
             }
         }
         c.last_seen = (last != 0).then(|| Duration::from_nanos(last));
+        c.seq = seq;
         c
     }
 }
@@ -77,6 +92,7 @@ impl FlowCounters {
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, FlowStats>,
+    seq: Array<MapData, SeqWindow>,
     /// Userspace mirror: key → stats slot of every installed flow.
     slots: StdHashMap<FlowKey, u32>,
     /// Free stats slots, handed out from the end.
@@ -91,6 +107,7 @@ impl FlowTable {
     pub(crate) fn adopt(
         flows: HashMap<MapData, FlowKey, Flow>,
         stats: PerCpuArray<MapData, FlowStats>,
+        seq: Array<MapData, SeqWindow>,
         capacity: u32,
         ncpus: usize,
     ) -> Result<Self, FlowError> {
@@ -104,6 +121,7 @@ impl FlowTable {
         Ok(Self {
             flows,
             stats,
+            seq,
             slots,
             free,
             capacity,
@@ -163,6 +181,7 @@ impl FlowTable {
         let result = self
             .stats
             .set(slot, zero, 0)
+            .and_then(|()| self.seq.set(slot, SeqWindow::default(), 0))
             .and_then(|()| self.flows.insert(key, flow, BPF_NOEXIST));
         match result {
             Ok(()) => {
@@ -217,9 +236,9 @@ impl FlowTable {
         };
         self.flows.remove(key)?;
         self.slots.remove(key);
-        let last = self.stats.get(&slot, 0).map(|v| FlowCounters::sum(&v));
+        let last = self.read(slot);
         self.free.push(slot);
-        Ok(last?)
+        last
     }
 
     /// The flow installed for `key`, as the data plane sees it.
@@ -232,9 +251,15 @@ impl FlowTable {
 
     /// Counters of an installed flow.
     pub fn counters(&self, key: &FlowKey) -> Result<FlowCounters, FlowError> {
-        let Some(slot) = self.slots.get(key) else {
+        let Some(&slot) = self.slots.get(key) else {
             return Err(FlowError::NotFound { local: key.local() });
         };
-        Ok(FlowCounters::sum(&self.stats.get(slot, 0)?))
+        self.read(slot)
+    }
+
+    fn read(&self, slot: u32) -> Result<FlowCounters, FlowError> {
+        let stats = self.stats.get(&slot, 0)?;
+        let seq = self.seq.get(&slot, 0)?;
+        Ok(FlowCounters::sum(&stats, seq))
     }
 }

@@ -15,7 +15,7 @@ use std::{
 pub use attach::{AttachError, Attachment, XdpMode};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
     programs::{ProgramError, Xdp},
 };
 pub use flows::{FlowCounters, FlowError, FlowTable};
@@ -130,12 +130,16 @@ impl DataPlane {
         if let Some(stats) = existing.flow_stats {
             capacity = capacity.min(stats);
         }
+        if let Some(seq) = existing.flow_seq {
+            capacity = capacity.min(seq);
+        }
         let adopted = existing.flows.is_some();
 
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, capacity)
             .map_max_entries(maps::FLOW_STATS, capacity)
+            .map_max_entries(maps::FLOW_SEQ, capacity)
             .load(object::RELAY)?;
         {
             let program: &mut Xdp = ebpf
@@ -162,6 +166,7 @@ impl DataPlane {
         let flows = FlowTable::adopt(
             take::<HashMap<MapData, _, _>>(&mut ebpf, maps::FLOWS)?,
             take::<PerCpuArray<MapData, _>>(&mut ebpf, maps::FLOW_STATS)?,
+            take::<Array<MapData, _>>(&mut ebpf, maps::FLOW_SEQ)?,
             capacity,
             ncpus,
         )?;
@@ -298,6 +303,7 @@ impl DataPlane {
         for name in [
             maps::FLOWS,
             maps::FLOW_STATS,
+            maps::FLOW_SEQ,
             maps::OUTCOMES,
             maps::EGRESS_DEVS,
         ] {

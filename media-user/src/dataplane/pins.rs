@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapInfo, MapType};
-use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, maps};
+use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, SeqWindow, maps};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -45,7 +45,7 @@ const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-const EXPECTED: [Expected; 4] = [
+const EXPECTED: [Expected; 5] = [
     Expected {
         name: maps::FLOWS,
         map_type: MapType::Hash,
@@ -57,6 +57,12 @@ const EXPECTED: [Expected; 4] = [
         map_type: MapType::PerCpuArray,
         key_size: 4,
         value_size: size::<FlowStats>(),
+    },
+    Expected {
+        name: maps::FLOW_SEQ,
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<SeqWindow>(),
     },
     Expected {
         name: maps::OUTCOMES,
@@ -78,6 +84,7 @@ const EXPECTED: [Expected; 4] = [
 pub struct Existing {
     pub flows: Option<u32>,
     pub flow_stats: Option<u32>,
+    pub flow_seq: Option<u32>,
     pub outcomes: Option<u32>,
 }
 
@@ -137,6 +144,7 @@ pub fn check(dir: &Path) -> Result<Existing, PinError> {
         match e.name {
             maps::FLOWS => existing.flows = Some(info.max_entries()),
             maps::FLOW_STATS => existing.flow_stats = Some(info.max_entries()),
+            maps::FLOW_SEQ => existing.flow_seq = Some(info.max_entries()),
             maps::OUTCOMES => existing.outcomes = Some(info.max_entries()),
             _ => {}
         }

@@ -34,7 +34,8 @@ struct Port {
     /// An XDP flow is installed for packets arriving here.
     flow: bool,
     /// Kernel counters of flows removed from this port (kept so the
-    /// stream's totals never go backwards).
+    /// stream's totals never go backwards), their sequence windows folded
+    /// together.
     retired: FlowCounters,
 }
 
@@ -50,6 +51,9 @@ pub struct MediaPlane {
     events: mpsc::Sender<PacketEvent>,
     /// CLOCK_MONOTONIC ↔ wall clock, to report XDP's last-seen times.
     boot: std::time::SystemTime,
+    /// Packets and bytes the userspace path forwarded on ports since
+    /// closed.
+    closed_user: (u64, u64),
 }
 
 fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
@@ -104,7 +108,17 @@ impl MediaPlane {
             ports: HashMap::new(),
             events,
             boot,
+            closed_user: (0, 0),
         }
+    }
+
+    /// Packets and bytes the daemon forwarded itself (the userspace path),
+    /// since it started, closed ports included.
+    pub fn userspace_totals(&self) -> (u64, u64) {
+        self.ports.values().fold(self.closed_user, |(p, b), port| {
+            let c = port.state.counters();
+            (p + c.packets, b + c.bytes)
+        })
     }
 
     pub fn dataplane(&self) -> Option<&DataPlane> {
@@ -156,6 +170,7 @@ impl MediaPlane {
                     port.retired.packets += last.packets;
                     port.retired.bytes += last.bytes;
                     port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
+                    port.retired.seq.absorb(&last.seq);
                 }
                 Err(e) => warn!(%local, error = %e, "removing XDP flow"),
             }
@@ -190,7 +205,11 @@ impl Backend for MediaPlane {
         for p in [port, port.wrapping_add(1)] {
             let local = SocketAddr::new(addr, p);
             self.remove_flow(local);
-            self.ports.remove(&local);
+            if let Some(p) = self.ports.remove(&local) {
+                let c = p.state.counters();
+                self.closed_user.0 += c.packets;
+                self.closed_user.1 += c.bytes;
+            }
         }
     }
 
@@ -206,6 +225,7 @@ impl Backend for MediaPlane {
                 dest: r.dest,
                 source: r.source,
                 demux,
+                rtp: r.rtp,
             })
         });
         let Some(port) = self.ports.get(&local) else {
@@ -237,6 +257,10 @@ impl Backend for MediaPlane {
         };
         let user = port.state.counters();
         let mut kernel = port.retired;
+        // Both paths may have forwarded parts of one stream: fold their
+        // windows so one path's packets are not the other's gaps.
+        let mut seq = user.seq;
+        seq.absorb(&kernel.seq);
         if port.flow
             && let Some(dp) = &self.dataplane
             && let Ok(c) = dp.flows().counters(&FlowKey::new(local))
@@ -247,6 +271,7 @@ impl Backend for MediaPlane {
             if c.last_rtp.is_some() {
                 kernel.last_rtp = c.last_rtp;
             }
+            seq.absorb(&c.seq);
         }
         let kernel_last = kernel.last_seen.map(|d| self.boot + d);
         Counters {
@@ -254,6 +279,9 @@ impl Backend for MediaPlane {
             bytes: user.bytes + kernel.bytes,
             errors: user.errors,
             kernel_packets: kernel.packets,
+            kernel_bytes: kernel.bytes,
+            rtp_expected: u64::from(seq.expected()),
+            rtp_received: u64::from(seq.received()),
             last_packet: match (user.last_packet, kernel_last) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),

@@ -3,12 +3,13 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::SystemTime,
 };
 
+use media_ebpf::SeqWindow;
 use tokio::{net::UdpSocket, sync::mpsc};
 
 use crate::session::{PacketEvent, Source};
@@ -19,6 +20,8 @@ pub(super) struct UserRoute {
     pub dest: SocketAddr,
     pub source: Source,
     pub demux: Option<(Arc<UdpSocket>, SocketAddr)>,
+    /// The stream carries RTP: its sequence numbers are accounted.
+    pub rtp: bool,
 }
 
 #[derive(Default)]
@@ -31,6 +34,10 @@ pub(super) struct PortState {
     last_ns: AtomicU64,
     /// 1 << 48 | SSRC << 16 | sequence of the last forwarded RTP packet.
     last_rtp: AtomicU64,
+    /// The current route carries RTP (see [`UserRoute::rtp`]).
+    rtp: AtomicBool,
+    /// Sequence accounting of the RTP this path forwarded.
+    seq: Mutex<SeqWindow>,
 }
 
 pub(super) struct UserCounters {
@@ -39,10 +46,13 @@ pub(super) struct UserCounters {
     pub errors: u64,
     pub last_packet: Option<SystemTime>,
     pub last_rtp: Option<(u32, u16)>,
+    pub seq: SeqWindow,
 }
 
 impl PortState {
     pub(super) fn set_route(&self, route: Option<UserRoute>) {
+        self.rtp
+            .store(route.as_ref().is_some_and(|r| r.rtp), Ordering::Relaxed);
         *self
             .route
             .write()
@@ -52,6 +62,15 @@ impl PortState {
     /// Count one packet that arrived here and was (or failed to be)
     /// forwarded.
     pub(super) fn record(&self, local: SocketAddr, data: &[u8], sent: bool) {
+        // It arrived from the party either way: not lost on its way here.
+        if self.rtp.load(Ordering::Relaxed)
+            && let Some((ssrc, seq)) = rtp_header(data)
+        {
+            self.seq
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .update(ssrc, seq);
+        }
         if !sent {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
@@ -83,6 +102,10 @@ impl PortState {
             last_packet: (ns != 0)
                 .then(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns)),
             last_rtp: (rtp >> 48 == 1).then_some(((rtp >> 16) as u32, rtp as u16)),
+            seq: *self
+                .seq
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 }
@@ -167,5 +190,56 @@ pub(super) async fn serve(
                 state.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xd5; 20]);
+        p
+    }
+
+    #[test]
+    fn userspace_path_accounts_rtp_sequence_numbers() {
+        let local: SocketAddr = "198.18.0.1:30000".parse().unwrap();
+        let s = PortState::default();
+        s.rtp.store(true, Ordering::Relaxed);
+        for seq in (0..50).filter(|q| ![7, 30].contains(q)) {
+            s.record(local, &rtp(0xa1, seq), true);
+        }
+        // RTCP multiplexed on the port (SR, PT 200) and non-RTP: not RTP.
+        let mut sr = rtp(0xa1, 60);
+        sr[1] = 200;
+        s.record(local, &sr, true);
+        s.record(local, b"\x00\x00hello, world", true);
+        // A packet that arrived but could not be sent was not lost on its
+        // way here.
+        s.record(local, &rtp(0xa1, 50), false);
+        let c = s.counters();
+        assert_eq!(
+            (c.seq.expected(), c.seq.received(), c.seq.lost()),
+            (51, 49, 2)
+        );
+        assert_eq!(c.packets, 50);
+        assert_eq!(c.errors, 1);
+    }
+
+    #[test]
+    fn non_rtp_routes_keep_no_window() {
+        let local: SocketAddr = "198.18.0.1:30001".parse().unwrap();
+        let s = PortState::default();
+        s.set_route(None);
+        for seq in [0, 5, 9] {
+            s.record(local, &rtp(0xa1, seq), true);
+        }
+        assert_eq!(s.counters().seq, SeqWindow::default());
+        assert_eq!(s.counters().packets, 3);
     }
 }

@@ -37,9 +37,26 @@ pub struct Counters {
     pub errors: u64,
     /// Forwarded by XDP (part of `packets`).
     pub kernel_packets: u64,
+    /// Bytes forwarded by XDP (part of `bytes`).
+    pub kernel_bytes: u64,
+    /// RTP streams: packets expected from the sequence numbers that
+    /// arrived (RFC 3550 §A.3: extended highest − base + 1, per sequence
+    /// window), over both paths.
+    pub rtp_expected: u64,
+    /// RTP streams: RTP packets that arrived, duplicates included.
+    pub rtp_received: u64,
     pub last_packet: Option<SystemTime>,
     /// Last RTP (SSRC, sequence) forwarded.
     pub last_rtp: Option<(u32, u16)>,
+}
+
+impl Counters {
+    /// RTP packets lost before reaching the relay: expected − received,
+    /// clamped at zero (duplicates can outnumber losses).
+    #[must_use]
+    pub const fn lost(&self) -> u64 {
+        self.rtp_expected.saturating_sub(self.rtp_received)
+    }
 }
 
 pub trait Backend {
@@ -62,5 +79,24 @@ pub trait Backend {
     /// bound sockets, data-plane outcome counters).
     fn describe(&self) -> Vec<(String, u64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counters;
+
+    #[test]
+    fn lost_is_expected_minus_received_clamped() {
+        let c = |rtp_expected, rtp_received| Counters {
+            rtp_expected,
+            rtp_received,
+            ..Counters::default()
+        };
+        assert_eq!(c(100, 97).lost(), 3);
+        assert_eq!(c(100, 100).lost(), 0);
+        // Duplicates can outnumber losses.
+        assert_eq!(c(100, 102).lost(), 0);
+        assert_eq!(Counters::default().lost(), 0);
     }
 }

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use media_ebpf::{
-    Flow, FlowKey, FlowStats, Outcome,
+    Flow, FlowKey, FlowStats, Outcome, SeqWindow,
     maps::{DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
 };
 
@@ -17,6 +17,11 @@ pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0)
 /// Per-flow counters indexed by `Flow::stats_slot`; written only here.
 #[map(name = "FLOW_STATS")]
 pub static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// RTP sequence windows of RTP flows, indexed like `FLOW_STATS`. Shared by
+/// every CPU (a flow's packets may arrive on any), so not per-CPU.
+#[map(name = "FLOW_SEQ")]
+pub static FLOW_SEQ: Array<SeqWindow> = Array::pinned(DEFAULT_MAX_FLOWS, 0);
 
 /// One per-CPU counter per `Outcome`.
 #[map(name = "OUTCOMES")]

@@ -23,7 +23,7 @@ use network_types::{
 
 use crate::{
     fib::{self, FibError, NextHop},
-    maps::{EGRESS_DEVS, FLOW_STATS, FLOWS, count},
+    maps::{EGRESS_DEVS, FLOW_SEQ, FLOW_STATS, FLOWS, count},
     packet::{be16, copy, header, replace, same, word, zero},
 };
 
@@ -120,6 +120,15 @@ fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8
         // A slot outside FLOW_STATS is a control-plane bug: rare by
         // construction, so worth a log line.
         None => error!(ctx, "flow stats slot {} out of range", flow.slot()),
+    }
+    if let Some((ssrc, seq)) = rtp
+        && let Some(w) = FLOW_SEQ.get_ptr_mut(flow.slot())
+    {
+        // SAFETY: an array value stays valid for the program run. It is
+        // shared between CPUs and updated without a lock: two CPUs
+        // forwarding one flow at the same instant may lose an update,
+        // which skews that flow's loss by a packet, never memory safety.
+        unsafe { (*w).update(u32::from_be_bytes(ssrc), u16::from_be_bytes(seq)) };
     }
 }
 
