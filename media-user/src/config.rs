@@ -81,6 +81,8 @@ pub struct FileConfig {
     pub max_flows: Option<u32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    /// Prometheus `/metrics` and `/health` over HTTP (off when absent).
+    pub metrics_listen: Option<SocketAddr>,
     /// The SIP agent (runs inside `media-relay run` when present).
     pub sip: Option<signaling::config::SipFile>,
     /// Flag only: the SIP agent's trunk-side listen address (overrides
@@ -134,6 +136,8 @@ pub struct RunConfig {
     pub max_flows: u32,
     pub pin_root: PathBuf,
     pub log_format: LogFormat,
+    /// Where `/metrics` and `/health` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long ng replies are kept to answer retransmissions.
     pub ng_cache_ttl: Duration,
     /// The SIP agent, if configured.
@@ -283,6 +287,7 @@ impl RunConfig {
                 .or(file.pin_root)
                 .unwrap_or_else(|| PathBuf::from(media_ebpf::maps::PIN_ROOT)),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             ng_cache_ttl: secs(
                 "ng-cache-ttl",
                 flags.ng_cache_ttl.or(file.ng_cache_ttl),
@@ -427,6 +432,18 @@ netdev = "eth1"
                 "listen-ng = \"nope\"",
                 "config t.toml, line 1 (`listen-ng`): invalid socket address syntax",
             ),
+            (
+                "metrics-listen = \"127.0.0.1\"",
+                "config t.toml, line 1 (`metrics-listen`): invalid socket address syntax",
+            ),
+            (
+                "log-format = \"xml\"",
+                "config t.toml, line 1 (`log-format`): unknown variant `xml`",
+            ),
+            (
+                "[sip]\ntrunk-listen = \"198.18.1.1:5060\"\npbx = \"198.18.2.2:5060\"\nmax-cals = 3",
+                "config t.toml, line 4 (`max-cals`): unknown field `max-cals`",
+            ),
         ] {
             let e = err(text);
             assert!(e.starts_with(want), "{text:?}\n  got  {e}\n  want {want}…");
@@ -447,5 +464,16 @@ mod example {
         let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
         assert_eq!(c.interfaces.len(), 2);
         assert_eq!(c.interfaces[1].name.as_deref(), Some("pbx"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    /// So must the demo's.
+    #[test]
+    fn demo_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
+        let file = FileConfig::load(&path).unwrap();
+        let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
+        assert_eq!(c.interfaces[0].netdev, "ra");
+        assert!(c.sip.is_some());
     }
 }

@@ -76,12 +76,17 @@ pub async fn serve(
         let reply = match command {
             Err(e) => Reply::Error(e.to_string()),
             Ok(command) => {
+                let name = command.name();
                 let (tx, rx) = oneshot::channel();
                 if engine.send(Request { command, reply: tx }).await.is_err() {
                     return;
                 }
                 match rx.await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        metrics::histogram!("media_relay_ng_duration_seconds", "command" => name)
+                            .record(now.elapsed().as_secs_f64());
+                        r
+                    }
                     Err(_) => return,
                 }
             }

@@ -21,6 +21,7 @@ use crate::{
     dataplane::{self, DataPlane, XdpMode},
     interfaces::Interfaces,
     media::MediaPlane,
+    metrics::{self, Health, Snapshot},
     session::{Engine, PortAllocator},
 };
 
@@ -127,6 +128,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks");
     }
 
+    let health = Health::new();
+    let metrics_server = match cfg.metrics_listen {
+        Some(listen) => Some(metrics::serve(listen, health.clone()).await?),
+        None => None,
+    };
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
     // The SIP agent drives this daemon over ng like any controller would.
     let sip = match cfg.sip.clone() {
         Some(sip) => Some(signaling::runtime::start(sip).await?),
@@ -146,6 +155,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
             Some(ev) = events.recv() => engine.on_packet(ev, std::time::Instant::now()),
             _ = tick.tick() => engine.tick(std::time::Instant::now()),
+            _ = metrics_tick.tick() => {
+                let snapshot = snapshot(&engine, &stats);
+                health.beat(describe_dataplane(&snapshot));
+                if metrics_server.is_some() {
+                    snapshot.publish();
+                    metrics::upkeep();
+                }
+            }
             _ = summary.tick() => {
                 let outcomes = engine.backend().dataplane().and_then(|dp| dp.outcomes().ok());
                 debug!(
@@ -163,6 +180,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         sip.stop().await;
     }
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let mut media = engine;
     if let Some(dp) = media.backend_mut().dataplane_mut() {
         dp.detach_all()?;
@@ -171,4 +191,59 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The engine's, the ng server's and the data plane's figures for
+/// `/metrics` (cheap: no walk over the calls).
+fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = engine.totals();
+    let ports = engine.ports();
+    let mut s = Snapshot {
+        calls_active: engine.call_count() as u64,
+        calls_total: t.managed_sessions,
+        ended: vec![
+            ("delete", t.regular_terminated),
+            ("timeout", t.timeouts),
+            ("silent_timeout", t.silent_timeouts),
+            ("offer_timeout", t.offer_timeouts),
+        ],
+        failed: vec![
+            ("offer_rejected", t.rejected_sessions),
+            ("ports_exhausted", t.port_exhaustions),
+        ],
+        ports_in_use: ports.in_use() as u64 * 2,
+        ports_free: ports.free() as u64 * 2,
+        ports_total: ports.capacity() as u64 * 2,
+        commands: t.commands.iter().map(|(k, v)| (*k, *v)).collect(),
+        command_errors: t.command_errors.iter().map(|(k, v)| (*k, *v)).collect(),
+        ng_undecodable: control.undecodable.load(Relaxed),
+        ng_retransmissions: control.retransmissions.load(Relaxed),
+        refused_sources_userspace: t.refused_sources,
+        userspace_forwarded: engine.backend().userspace_totals(),
+        ..Snapshot::default()
+    };
+    if let Some(dp) = engine.backend().dataplane() {
+        if let Ok(o) = dp.outcomes() {
+            s.xdp_outcomes = o.into_iter().collect();
+        }
+        s.xdp_attached = dp
+            .attachments()
+            .iter()
+            .map(|a| (a.interface.clone(), a.mode.to_string()))
+            .collect();
+        s.xdp_flows = Some((dp.flows().len() as u64, u64::from(dp.flows().capacity())));
+    }
+    s
+}
+
+fn describe_dataplane(s: &Snapshot) -> String {
+    if s.xdp_attached.is_empty() {
+        return "XDP off (userspace forwarding)".to_owned();
+    }
+    s.xdp_attached
+        .iter()
+        .map(|(i, m)| format!("XDP {m} on {i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -6,6 +6,7 @@
 //!   (privileges, bpffs, interfaces, forwarding sysctls).
 //! - [`daemon`]: the `media-relay run` event loop.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod interfaces;
 pub mod logging;
 pub mod media;
+pub mod metrics;
 pub use ng;
 pub mod sdp;
 pub mod session;

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use media_user::{
-    config::{FileConfig, InterfaceEntry, RunConfig},
+    cli,
+    config::{DEFAULT_LISTEN_NG, FileConfig, InterfaceEntry, RunConfig},
     daemon::{self, XdpModeArg},
     logging::{self, LogFormat},
 };
@@ -22,6 +23,104 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration (file plus flags) without starting anything.
     Check(RunArgs),
+    /// The running daemon's calls, one line each (or the last ended ones).
+    Calls {
+        #[command(flatten)]
+        target: Target,
+        /// The most recently ended calls instead (their final figures).
+        #[arg(long)]
+        ended: bool,
+        /// At most this many calls.
+        #[arg(long, default_value_t = 500)]
+        limit: usize,
+    },
+    /// One call in detail: streams, endpoints, latching, counters.
+    Call {
+        #[command(flatten)]
+        target: Target,
+        /// The call's SIP Call-ID.
+        call_id: String,
+    },
+    /// Totals, ports, XDP mode per interface, data-plane counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which daemon the operator commands talk to, and how they print.
+#[derive(Args)]
+struct Target {
+    /// The daemon's ng address (default: its `listen-ng`, from --config
+    /// if given, else 127.0.0.1:2223).
+    #[arg(long)]
+    ng: Option<SocketAddr>,
+    /// Read the ng address from this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<cli::NgClient> {
+        let addr = match (self.ng, &self.config) {
+            (Some(a), _) => a,
+            (None, Some(path)) => FileConfig::load(path)?
+                .listen_ng
+                .unwrap_or_else(|| DEFAULT_LISTEN_NG.parse().expect("valid default")),
+            (None, None) => DEFAULT_LISTEN_NG.parse().expect("valid default"),
+        };
+        cli::NgClient::new(addr)
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn operator(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Calls {
+            target,
+            ended,
+            limit,
+        } => {
+            let calls = cli::calls(&mut target.client()?, limit, ended)?;
+            if target.json {
+                print_json(&calls)
+            } else {
+                println!("{}", cli::calls_table(&calls));
+                Ok(())
+            }
+        }
+        Command::Call { target, call_id } => {
+            let report = cli::call(&mut target.client()?, &call_id)?;
+            if target.json {
+                let mut j = cli::to_json(&report);
+                if let Some(o) = j.as_object_mut() {
+                    o.remove("result");
+                    o.insert("call-id".into(), call_id.into());
+                }
+                print_json(&j)
+            } else {
+                println!("{}", cli::call_table(&call_id, &report));
+                Ok(())
+            }
+        }
+        Command::Stats { target } => {
+            let s = cli::stats(&mut target.client()?)?;
+            if target.json {
+                print_json(&cli::to_json(&s))
+            } else {
+                print!("{}", cli::stats_table(&s));
+                Ok(())
+            }
+        }
+        Command::Run(_) | Command::Check(_) => unreachable!("not an operator command"),
+    }
 }
 
 /// Every key of the config file, as a flag; flags win over the file.
@@ -80,6 +179,9 @@ struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve Prometheus `/metrics` and `/health` on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds between status summaries (debug log level).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
@@ -114,6 +216,7 @@ impl RunArgs {
             max_flows: self.max_flows,
             pin_root: self.pin_root,
             log_format: self.log_format,
+            metrics_listen: self.metrics_listen,
             sip: None,
             sip_listen: self.sip_listen,
         };
@@ -147,6 +250,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(daemon::run(cfg)))
         }),
+        command => operator(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

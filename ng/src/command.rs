@@ -99,6 +99,29 @@ fn parse_request(buf: &[u8], start: usize) -> Result<Command, NgError> {
 }
 
 impl Command {
+    /// The command's ng name (`"offer"`, `"list"`, ...).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Offer(_) => "offer",
+            Command::Answer(_) => "answer",
+            Command::Delete(_) => "delete",
+            Command::Query(_) => "query",
+            Command::List(_) => "list",
+            Command::Statistics => "statistics",
+        }
+    }
+
+    /// The call the command is about, if any.
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            Command::Offer(c) | Command::Answer(c) => Some(&c.call_id),
+            Command::Delete(d) => Some(&d.call_id),
+            Command::Query(q) => Some(&q.call_id),
+            Command::Ping | Command::List(_) | Command::Statistics => None,
+        }
+    }
+
     /// The command in an already decoded request dictionary.
     pub fn from_dict(dict: &BTreeMap<Vec<u8>, Value>) -> Result<Command, NgError> {
         let fields = Fields::new(dict);

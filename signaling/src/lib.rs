@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod message;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod transaction;

@@ -311,6 +311,8 @@ async fn serve(
     // Bytes waiting for an outgoing TCP connection being set up.
     let mut connecting: HashMap<SocketAddr, Vec<Vec<u8>>> = HashMap::new();
     tokio::pin!(shutdown);
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let deadline = ngc
             .next_due()
@@ -346,6 +348,9 @@ async fn serve(
                         }
                     }
                 }
+            }
+            _ = metrics_tick.tick() => {
+                crate::metrics::publish(agent.stats(), agent.calls());
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();

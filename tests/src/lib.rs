@@ -9,6 +9,7 @@
 pub mod bed;
 pub mod daemon;
 pub mod frame;
+pub mod http;
 pub mod load;
 pub mod media;
 pub mod netns;

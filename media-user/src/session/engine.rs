@@ -78,8 +78,22 @@ pub struct Ended {
     pub at: SystemTime,
 }
 
+/// A call that is over, with its final report: `query` still answers
+/// for it and `list` names it under `ended` (operators' CLI, call
+/// records), for the last [`ENDED_KEPT`] calls.
+#[derive(Clone, Debug)]
+struct Finished {
+    call_id: String,
+    reason: &'static str,
+    at: SystemTime,
+    duration: Duration,
+    report: BTreeMap<Vec<u8>, Value>,
+}
+
 /// How many ended calls are remembered.
 const ENDED_KEPT: usize = 1000;
+/// How many of them `list` reports at most.
+const ENDED_LISTED: usize = 100;
 /// How often the tick reads the counters of a call that is learning.
 const LEARNING_CHECK: Duration = Duration::from_secs(1);
 /// How often it reads those of any other call (timeouts).
@@ -99,6 +113,10 @@ pub struct Totals {
     pub port_exhaustions: u64,
     pub commands: BTreeMap<&'static str, u64>,
     pub errors: u64,
+    /// Commands answered with an error, by command.
+    pub command_errors: BTreeMap<&'static str, u64>,
+    /// Packets the daemon refused for their source (latching).
+    pub refused_sources: u64,
     /// Packets/bytes/errors of calls already deleted.
     pub ended_packets: u64,
     pub ended_bytes: u64,
@@ -123,6 +141,7 @@ pub struct Engine<B: Backend> {
     owners: HashMap<SocketAddr, Owner>,
     totals: Totals,
     ended: VecDeque<Ended>,
+    finished: VecDeque<Finished>,
     started: Instant,
     /// For rates: packets/bytes/errors over all live streams at the last tick.
     last_sample: (Instant, u64, u64, u64),
@@ -187,6 +206,7 @@ impl<B: Backend> Engine<B> {
             owners: HashMap::new(),
             totals: Totals::default(),
             ended: VecDeque::new(),
+            finished: VecDeque::new(),
             started: now,
             last_sample: (now, 0, 0, 0),
             rates: (0.0, 0.0, 0.0),
@@ -225,14 +245,12 @@ impl<B: Backend> Engine<B> {
 
     /// Handle one ng command.
     pub fn handle(&mut self, cmd: Command, now: Instant) -> Reply {
-        let name = match &cmd {
-            Command::Ping => "ping",
-            Command::Offer(_) => "offer",
-            Command::Answer(_) => "answer",
-            Command::Delete(_) => "delete",
-            Command::Query(_) => "query",
-            Command::List(_) => "list",
-            Command::Statistics => "statistics",
+        let name = cmd.name();
+        // Everything logged while handling it (media plane included)
+        // carries the call's id, as the SIP agent's logs do.
+        let _span = match cmd.call_id() {
+            Some(id) => tracing::info_span!("ng", command = name, call_id = %id).entered(),
+            None => tracing::info_span!("ng", command = name).entered(),
         };
         *self.totals.commands.entry(name).or_default() += 1;
         let result = match cmd {
@@ -248,6 +266,7 @@ impl<B: Backend> Engine<B> {
             Ok(reply) => reply,
             Err(reason) => {
                 self.totals.errors += 1;
+                *self.totals.command_errors.entry(name).or_default() += 1;
                 debug!(command = name, %reason, "ng command failed");
                 Reply::Error(reason)
             }
@@ -338,7 +357,7 @@ impl<B: Backend> Engine<B> {
         let result = self.offer_in_call(cmd, &info, now, wall);
         if result.is_err() && is_new {
             // Nothing of a refused first offer may remain.
-            self.drop_call(&cmd.call_id, now);
+            self.drop_call(&cmd.call_id, now, None);
             self.totals.rejected_sessions += 1;
         } else if is_new {
             self.totals.managed_sessions += 1;
@@ -852,6 +871,13 @@ impl<B: Backend> Engine<B> {
             }
         }
         for (local, route) in todo {
+            debug!(
+                %call_id,
+                %local,
+                dest = ?route.as_ref().map(|r| r.dest),
+                source = ?route.as_ref().map(|r| &r.source),
+                "route"
+            );
             self.backend.set_route(local, route);
         }
     }
@@ -872,7 +898,7 @@ impl<B: Backend> Engine<B> {
             .map_or(self.cfg.delete_delay, |s| Duration::from_secs(u64::from(s)));
         let report = self.report(&cmd.call_id, None);
         if delay.is_zero() {
-            self.drop_call(&cmd.call_id, now);
+            self.drop_call(&cmd.call_id, now, Some("deleted"));
         } else if let Some(call) = self.calls.get_mut(&cmd.call_id) {
             call.delete_at = Some(now + delay);
         }
@@ -881,8 +907,25 @@ impl<B: Backend> Engine<B> {
         Ok(Reply::Ok(report.unwrap_or_default()))
     }
 
-    /// Remove a call and free everything it holds.
-    fn drop_call(&mut self, call_id: &str, now: Instant) {
+    /// Remove a call and free everything it holds; with an end reason, a
+    /// call that was (not a refused offer) is remembered with its final
+    /// report.
+    fn drop_call(&mut self, call_id: &str, now: Instant, ended: Option<&'static str>) {
+        if let Some(reason) = ended
+            && let Some(report) = self.report(call_id, None)
+            && let Some(call) = self.calls.get(call_id)
+        {
+            if self.finished.len() == ENDED_KEPT {
+                self.finished.pop_front();
+            }
+            self.finished.push_back(Finished {
+                call_id: call_id.to_owned(),
+                reason,
+                at: SystemTime::now(),
+                duration: now.saturating_duration_since(call.created_at),
+                report,
+            });
+        }
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
@@ -915,7 +958,7 @@ impl<B: Backend> Engine<B> {
         }
         for (id, reason) in ended {
             match reason {
-                None => self.drop_call(&id, now),
+                None => self.drop_call(&id, now, Some("deleted")),
                 Some(reason) => {
                     match reason {
                         EndReason::Timeout => self.totals.timeouts += 1,
@@ -923,7 +966,7 @@ impl<B: Backend> Engine<B> {
                         EndReason::OfferTimeout => self.totals.offer_timeouts += 1,
                     }
                     warn!(call_id = %id, reason = reason.name(), "call ended by the relay");
-                    self.drop_call(&id, now);
+                    self.drop_call(&id, now, Some(reason.name()));
                     if self.ended.len() == ENDED_KEPT {
                         self.ended.pop_front();
                     }
@@ -1093,6 +1136,9 @@ impl<B: Backend> Engine<B> {
         };
         let before = (latch.endpoint(), latch.source());
         let verdict = latch.on_packet(ev.from, ev.rtp, now);
+        if verdict == Verdict::Drop {
+            self.totals.refused_sources += 1;
+        }
         let after = (latch.endpoint(), latch.source());
         if before != after {
             debug!(call_id = %owner.call, local = %ev.local, from = %ev.from, "latched");
@@ -1124,6 +1170,12 @@ impl<B: Backend> Engine<B> {
         t.packets += c.packets;
         t.bytes += c.bytes;
         t.errors += c.errors;
+        t.kernel_packets += c.kernel_packets;
+        t.kernel_bytes += c.kernel_bytes;
+        // Clamped per stream, so that one stream's duplicates do not hide
+        // another's loss in the totals.
+        t.rtp_expected += c.rtp_expected;
+        t.rtp_received += c.rtp_received.min(c.rtp_expected);
         let mut flags = vec![text(if component == 0 { "RTP" } else { "RTCP" })];
         if latch.is_confirmed() {
             flags.push(text("confirmed"));
@@ -1131,17 +1183,22 @@ impl<B: Backend> Engine<B> {
         if c.kernel_packets > 0 {
             flags.push(text("kernelized"));
         }
+        let mut stats = vec![
+            ("packets", int(c.packets)),
+            ("bytes", int(c.bytes)),
+            ("errors", int(c.errors)),
+            ("kernel packets", int(c.kernel_packets)),
+            ("kernel bytes", int(c.kernel_bytes)),
+        ];
+        // RTP: packets lost on their way to the relay (RFC 3550 §A.3).
+        if component == 0 {
+            stats.push(("lost", int(c.lost())));
+            stats.push(("expected", int(c.rtp_expected)));
+        }
         let mut d = vec![
             ("local port", int(u64::from(local.port()))),
             ("flags", Value::List(flags)),
-            (
-                "stats",
-                dict(vec![
-                    ("packets", int(c.packets)),
-                    ("bytes", int(c.bytes)),
-                    ("errors", int(c.errors)),
-                ]),
-            ),
+            ("stats", dict(stats)),
         ];
         if let Some(e) = latch.endpoint() {
             d.push(("endpoint", endpoint(e)));
@@ -1160,10 +1217,14 @@ impl<B: Backend> Engine<B> {
         let call = self.calls.get(call_id)?;
         let mut totals = [Counters::default(); 2];
         let mut tags = BTreeMap::new();
+        // Dictionaries lose the order the parties joined in (the caller
+        // first); operators' tools show legs in it.
+        let mut order = Vec::new();
         for mono in &call.monos {
             if only_tag.is_some_and(|t| t != mono.tag) {
                 continue;
             }
+            order.push(text(&mono.tag));
             let mut medias = Vec::new();
             for (i, m) in mono.media.iter().enumerate() {
                 let mut streams = Vec::new();
@@ -1196,22 +1257,30 @@ impl<B: Backend> Engine<B> {
             }
             tags.insert(mono.tag.as_bytes().to_vec(), dict(d));
         }
-        let stats = |c: &Counters| {
-            dict(vec![
+        let stats = |c: &Counters, rtp: bool| {
+            let mut d = vec![
                 ("packets", int(c.packets)),
                 ("bytes", int(c.bytes)),
                 ("errors", int(c.errors)),
-            ])
+                ("kernel packets", int(c.kernel_packets)),
+                ("kernel bytes", int(c.kernel_bytes)),
+            ];
+            if rtp {
+                d.push(("lost", int(c.lost())));
+                d.push(("expected", int(c.rtp_expected)));
+            }
+            dict(d)
         };
         let mut out = BTreeMap::new();
         out.insert(b"created".to_vec(), Value::Int(unix(call.created)));
         out.insert(b"last signal".to_vec(), Value::Int(unix(call.last_signal)));
         out.insert(b"tags".to_vec(), Value::Dict(tags));
+        out.insert(b"tag order".to_vec(), Value::List(order));
         out.insert(
             b"totals".to_vec(),
             dict(vec![
-                ("RTP", stats(&totals[0])),
-                ("RTCP", stats(&totals[1])),
+                ("RTP", stats(&totals[0], true)),
+                ("RTCP", stats(&totals[1], false)),
             ]),
         );
         Some(out)
@@ -1219,19 +1288,41 @@ impl<B: Backend> Engine<B> {
 
     fn query(&self, cmd: &Query) -> Result<Reply, Failure> {
         let tag = cmd.from_tag.as_deref();
-        self.report(&cmd.call_id, tag)
-            .map(Reply::Ok)
-            .ok_or_else(|| "Unknown call-id".to_owned())
+        if let Some(r) = self.report(&cmd.call_id, tag) {
+            return Ok(Reply::Ok(r));
+        }
+        // A call that is over: its final report, and how it ended.
+        let f = self
+            .finished
+            .iter()
+            .rev()
+            .find(|f| f.call_id == cmd.call_id)
+            .ok_or_else(|| "Unknown call-id".to_owned())?;
+        let mut r = f.report.clone();
+        r.insert(
+            b"ended".to_vec(),
+            dict(vec![
+                ("reason", text(f.reason)),
+                ("at", Value::Int(unix(f.at))),
+                (
+                    "duration ms",
+                    int(u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX)),
+                ),
+            ]),
+        );
+        Ok(Reply::Ok(r))
     }
 
     fn list(&self, cmd: &List) -> Reply {
         let limit = cmd.limit.map_or(32, |l| l.max(1)) as usize;
         let calls = self.calls.keys().take(limit).map(text).collect();
+        // Ended calls are context, not the answer: a bounded few, so the
+        // reply always fits one datagram.
         let ended = self
             .ended
             .iter()
             .rev()
-            .take(limit)
+            .take(limit.min(ENDED_LISTED))
             .map(|e| {
                 dict(vec![
                     ("call-id", text(&e.call_id)),
@@ -1240,9 +1331,17 @@ impl<B: Backend> Engine<B> {
                 ])
             })
             .collect();
+        let finished = self
+            .finished
+            .iter()
+            .rev()
+            .take(limit.min(ENDED_LISTED))
+            .map(|f| text(&f.call_id))
+            .collect();
         ok(vec![
             ("calls", Value::List(calls)),
             ("timed out", Value::List(ended)),
+            ("ended", Value::List(finished)),
         ])
     }
 

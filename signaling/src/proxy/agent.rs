@@ -34,6 +34,10 @@ use crate::{
 pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     pub responses: BTreeMap<u16, u64>,
+    /// Responses sent, by (method of the request, status).
+    pub responses_by_method: BTreeMap<(String, u16), u64>,
+    /// INVITEs answered with a final failure (≥ 300), by status.
+    pub invite_failures: BTreeMap<u16, u64>,
     pub rejected_sources: u64,
     pub malformed: u64,
     pub rate_limited: u64,
@@ -43,6 +47,19 @@ pub struct Stats {
     pub media_timeouts: u64,
     pub stray_responses: u64,
     pub calls_total: u64,
+}
+
+impl Stats {
+    fn count_response(&mut self, method: &str, status: u16) {
+        *self.responses.entry(status).or_default() += 1;
+        *self
+            .responses_by_method
+            .entry((method.to_owned(), status))
+            .or_default() += 1;
+        if method == Method::Invite.as_str() && status >= 300 {
+            *self.invite_failures.entry(status).or_default() += 1;
+        }
+    }
 }
 
 /// RFC 3261 §17.2.3: a server transaction is identified by the branch,
@@ -370,7 +387,7 @@ impl Agent {
         for (k, v) in extra {
             r.set_header(k, v);
         }
-        *self.stats.responses.entry(status).or_default() += 1;
+        self.stats.count_response(req.method().as_str(), status);
         self.send(peer, r.to_bytes());
     }
 
@@ -392,7 +409,8 @@ impl Agent {
         let actions = entry.tx.send_response(status, response.to_bytes(), now);
         let peer = entry.peer;
         let next = entry.tx.next_deadline();
-        *self.stats.responses.entry(status).or_default() += 1;
+        let method = entry.request.method();
+        self.stats.count_response(method.as_str(), status);
         self.run_server_actions(key, peer, actions);
         self.schedule(next, TxRef::Server(key.clone()));
     }
@@ -523,6 +541,8 @@ impl Agent {
 
     /// A parsed message arrived.
     pub fn on_message(&mut self, peer: Peer, mut msg: Message, now: Instant) {
+        // Everything logged about this message carries its call's id.
+        let _span = tracing::info_span!("sip", call_id = %msg.call_id()).entered();
         if !msg.is_request() {
             self.on_response(peer, msg, now);
             return;

@@ -1,0 +1,639 @@
+//! The operator CLI: `media-relay calls`, `media-relay call <call-id>` and
+//! `media-relay stats`, talking ng to the running daemon (on loopback by
+//! default, where the daemon listens unless told otherwise). Human tables
+//! by default, JSON with `--json`.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use comfy_table::{Table, presets::NOTHING};
+use serde_json::{Map, Value as Json, json};
+
+use crate::ng::{self, Value};
+
+/// Attempts per request, each waiting this long for the reply.
+const ATTEMPTS: u32 = 3;
+const WAIT: Duration = Duration::from_millis(700);
+
+/// An ng client for one-off requests.
+pub struct NgClient {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    seq: u32,
+}
+
+impl NgClient {
+    pub fn new(addr: SocketAddr) -> anyhow::Result<Self> {
+        let any: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = UdpSocket::bind(any).context("binding a UDP socket for ng")?;
+        socket.set_read_timeout(Some(WAIT))?;
+        Ok(Self {
+            socket,
+            addr,
+            seq: 0,
+        })
+    }
+
+    /// Send `request` (a dictionary with `command`), retransmitting with
+    /// the same cookie; the reply's dictionary, or its `error-reason`.
+    pub fn request(&mut self, request: &Value) -> anyhow::Result<Value> {
+        self.seq += 1;
+        let cookie = format!("mr{}-{}", std::process::id(), self.seq);
+        let bytes = ng::encode_request(cookie.as_bytes(), request)?;
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..ATTEMPTS {
+            self.socket
+                .send_to(&bytes, self.addr)
+                .with_context(|| format!("sending to media-relay's ng address {}", self.addr))?;
+            loop {
+                match self.socket.recv_from(&mut buf) {
+                    Ok((n, from)) if from == self.addr => {
+                        let Ok((c, reply)) = ng::parse_reply(&buf[..n]) else {
+                            continue;
+                        };
+                        if c != cookie.as_bytes() {
+                            continue;
+                        }
+                        let result = reply.get("result").and_then(Value::as_str);
+                        if result == Some("error") {
+                            let reason = reply
+                                .get("error-reason")
+                                .and_then(Value::as_str)
+                                .unwrap_or("no reason given");
+                            bail!("media-relay answered: {reason}");
+                        }
+                        return Ok(reply);
+                    }
+                    Ok(_) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    // ECONNREFUSED from an earlier datagram: nobody listens.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                    Err(e) => return Err(e).context("receiving the ng reply"),
+                }
+            }
+        }
+        bail!(
+            "no reply from media-relay on {} (is `media-relay run` running? point at it with --ng <addr> or --config <file>)",
+            self.addr
+        )
+    }
+}
+
+/// ng value → JSON (byte strings as UTF-8 text, lossily).
+pub fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Bytes(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => json!(i),
+        Value::List(l) => Json::Array(l.iter().map(to_json).collect()),
+        Value::Dict(d) => Json::Object(
+            d.iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), to_json(v)))
+                .collect::<Map<_, _>>(),
+        ),
+    }
+}
+
+fn int(v: Option<&Value>) -> i64 {
+    v.and_then(Value::as_int).unwrap_or(0)
+}
+
+fn u(v: Option<&Value>) -> u64 {
+    u64::try_from(int(v)).unwrap_or(0)
+}
+
+fn list(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_list).unwrap_or(&[])
+}
+
+fn has_flag(stream: &Value, flag: &str) -> bool {
+    list(stream.get("flags"))
+        .iter()
+        .any(|f| f.as_str() == Some(flag))
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// `65s` → `1m05s`.
+fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn endpoint_text(v: Option<&Value>) -> String {
+    let Some(e) = v else {
+        return "-".to_owned();
+    };
+    let addr = e.get("address").and_then(Value::as_str).unwrap_or("?");
+    let port = int(e.get("port"));
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// One party of a call as the `calls` table shows it: what arrived from
+/// it and was forwarded to the other side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Leg {
+    pub tag: String,
+    pub endpoint: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// RTP packets lost before reaching the relay (sequence gaps).
+    pub lost: u64,
+    /// Forwarded by XDP (part of `packets`, `bytes`).
+    pub xdp_packets: u64,
+    pub xdp_bytes: u64,
+    /// `xdp`, `userspace`, or `-` before any packet.
+    pub path: &'static str,
+}
+
+/// One call, summarised from its `query` report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub age_s: i64,
+    pub legs: Vec<Leg>,
+    /// For ended calls: reason and duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Summarise a `query` reply.
+pub fn summarise(call_id: &str, report: &Value) -> CallSummary {
+    let now = now_unix();
+    let mut legs = Vec::new();
+    if let Some(tags) = report.get("tags").and_then(Value::as_dict) {
+        for tag in tags.values() {
+            let mut leg = Leg {
+                tag: tag.get("tag").and_then(Value::as_str).unwrap_or("").into(),
+                path: "-",
+                ..Leg::default()
+            };
+            for media in list(tag.get("medias")) {
+                for stream in list(media.get("streams")) {
+                    let stats = stream.get("stats");
+                    let stat = |k: &str| u(stats.and_then(|s| s.get(k)));
+                    leg.packets += stat("packets");
+                    leg.bytes += stat("bytes");
+                    leg.lost += stat("lost");
+                    leg.xdp_packets += stat("kernel packets");
+                    leg.xdp_bytes += stat("kernel bytes");
+                    if has_flag(stream, "RTP") && leg.endpoint.is_empty() {
+                        leg.endpoint = endpoint_text(stream.get("endpoint"));
+                    }
+                }
+            }
+            leg.path = match (leg.packets, leg.xdp_packets) {
+                (0, _) => "-",
+                (_, 0) => "userspace",
+                (p, x) if x * 2 >= p => "xdp",
+                _ => "mixed",
+            };
+            legs.push(leg);
+        }
+    }
+    // In the order the parties joined (the caller first), when the
+    // report says.
+    let order: Vec<&str> = list(report.get("tag order"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    legs.sort_by_key(|l| order.iter().position(|t| *t == l.tag).unwrap_or(usize::MAX));
+    let created = int(report.get("created"));
+    let ended = report.get("ended");
+    CallSummary {
+        call_id: call_id.to_owned(),
+        age_s: now - created,
+        legs,
+        ended: ended
+            .and_then(|e| e.get("reason"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        duration_ms: ended.map(|e| u(e.get("duration ms"))),
+    }
+}
+
+fn list_ids(client: &mut NgClient, limit: usize, key: &str) -> anyhow::Result<Vec<String>> {
+    let reply = client.request(
+        &Value::dict()
+            .with("command", "list")
+            .with("limit", Value::Int(limit as i64)),
+    )?;
+    Ok(list(reply.get(key))
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `calls`: live calls (or, with `ended`, the last ended ones).
+pub fn calls(client: &mut NgClient, limit: usize, ended: bool) -> anyhow::Result<Vec<CallSummary>> {
+    let ids = list_ids(client, limit, if ended { "ended" } else { "calls" })?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let q = Value::dict()
+            .with("command", "query")
+            .with("call-id", id.as_str());
+        match client.request(&q) {
+            Ok(report) => out.push(summarise(&id, &report)),
+            // Ended between `list` and `query`.
+            Err(e) if e.to_string().contains("Unknown call-id") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| b.age_s.cmp(&a.age_s).then(a.call_id.cmp(&b.call_id)));
+    Ok(out)
+}
+
+fn joined<T: ToString>(legs: &[Leg], f: impl Fn(&Leg) -> T) -> String {
+    if legs.is_empty() {
+        return "-".to_owned();
+    }
+    legs.iter()
+        .map(|l| f(l).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub fn calls_table(calls: &[CallSummary]) -> String {
+    let ended = calls.iter().any(|c| c.ended.is_some());
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    let mut header = vec![
+        "CALL-ID",
+        if ended { "DURATION" } else { "AGE" },
+        "LEGS",
+        "PACKETS",
+        "BYTES",
+        "LOST",
+        "PATH",
+    ];
+    if ended {
+        header.push("ENDED");
+    }
+    t.set_header(header);
+    for c in calls {
+        let when = match c.duration_ms {
+            Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+            None => age(c.age_s),
+        };
+        let mut row = vec![
+            c.call_id.clone(),
+            when,
+            c.legs.len().to_string(),
+            joined(&c.legs, |l| l.packets),
+            joined(&c.legs, |l| l.bytes),
+            joined(&c.legs, |l| l.lost),
+            joined(&c.legs, |l| l.path),
+        ];
+        if ended {
+            row.push(c.ended.clone().unwrap_or_default());
+        }
+        t.add_row(row);
+    }
+    let noun = if ended { "ended call" } else { "call" };
+    format!(
+        "{t}\n{} {noun}{} (per-leg figures a/b: what each party sent through the relay)",
+        calls.len(),
+        if calls.len() == 1 { "" } else { "s" }
+    )
+}
+
+/// `call <call-id>`: the `query` report.
+pub fn call(client: &mut NgClient, call_id: &str) -> anyhow::Result<Value> {
+    client
+        .request(
+            &Value::dict()
+                .with("command", "query")
+                .with("call-id", call_id),
+        )
+        .map_err(|e| {
+            if e.to_string().contains("Unknown call-id") {
+                anyhow::anyhow!(
+                    "no call {call_id:?} on this relay (live or among the last ended); see `media-relay calls`"
+                )
+            } else {
+                e
+            }
+        })
+}
+
+pub fn call_table(call_id: &str, report: &Value) -> String {
+    let now = now_unix();
+    let created = int(report.get("created"));
+    let mut out = format!("call {call_id}\n  created {} ago", age(now - created));
+    if let Some(e) = report.get("ended") {
+        out.push_str(&format!(
+            ", ended ({}) after {:.1}s",
+            e.get("reason").and_then(Value::as_str).unwrap_or("?"),
+            u(e.get("duration ms")) as f64 / 1000.0
+        ));
+    }
+    let last_signal = int(report.get("last signal"));
+    if last_signal > 0 {
+        out.push_str(&format!(", last signal {} ago", age(now - last_signal)));
+    }
+    out.push('\n');
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(vec![
+        "LEG",
+        "PEER-OF",
+        "MEDIA",
+        "STREAM",
+        "LOCAL",
+        "ENDPOINT",
+        "ADVERTISED",
+        "LATCH",
+        "PATH",
+        "PACKETS",
+        "BYTES",
+        "LOST",
+        "ERRORS",
+        "LAST",
+    ]);
+    if let Some(tags) = report.get("tags").and_then(Value::as_dict) {
+        for tag in tags.values() {
+            let name = tag.get("tag").and_then(Value::as_str).unwrap_or("");
+            let peer = tag
+                .get("in dialogue with")
+                .and_then(Value::as_str)
+                .unwrap_or("-");
+            for media in list(tag.get("medias")) {
+                let m = format!(
+                    "{} {}",
+                    int(media.get("index")),
+                    media.get("type").and_then(Value::as_str).unwrap_or("?")
+                );
+                for stream in list(media.get("streams")) {
+                    let stats = stream.get("stats");
+                    let stat = |k: &str| u(stats.and_then(|s| s.get(k)));
+                    let kind = if has_flag(stream, "RTCP") {
+                        "RTCP"
+                    } else {
+                        "RTP"
+                    };
+                    let latch = if has_flag(stream, "confirmed") {
+                        "confirmed"
+                    } else if stream.get("endpoint").is_some() {
+                        "learning"
+                    } else {
+                        "waiting"
+                    };
+                    let path = match (stat("packets"), stat("kernel packets")) {
+                        (0, _) => "-",
+                        (_, 0) => "userspace",
+                        _ => "xdp",
+                    };
+                    let last = stream
+                        .get("last packet")
+                        .and_then(Value::as_int)
+                        .map_or("-".to_owned(), |t| format!("{} ago", age(now - t)));
+                    t.add_row(vec![
+                        name.to_owned(),
+                        peer.to_owned(),
+                        m.clone(),
+                        kind.to_owned(),
+                        int(stream.get("local port")).to_string(),
+                        endpoint_text(stream.get("endpoint")),
+                        endpoint_text(stream.get("advertised endpoint")),
+                        latch.to_owned(),
+                        path.to_owned(),
+                        stat("packets").to_string(),
+                        stat("bytes").to_string(),
+                        if kind == "RTP" {
+                            stat("lost").to_string()
+                        } else {
+                            "-".to_owned()
+                        },
+                        stat("errors").to_string(),
+                        last,
+                    ]);
+                }
+            }
+        }
+    }
+    out.push_str(&t.to_string());
+    out
+}
+
+/// `stats`: the `statistics` reply.
+pub fn stats(client: &mut NgClient) -> anyhow::Result<Value> {
+    let reply = client.request(&Value::dict().with("command", "statistics"))?;
+    reply
+        .get("statistics")
+        .cloned()
+        .context("the reply has no `statistics`: is this media-relay (or an older rtpengine)?")
+}
+
+pub fn stats_table(s: &Value) -> String {
+    let section = |k: &str| {
+        s.get(k)
+            .and_then(Value::as_dict)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let num = |d: &std::collections::BTreeMap<Vec<u8>, Value>, k: &str| {
+        d.get(k.as_bytes())
+            .map(|v| match v {
+                Value::Int(i) => i.to_string(),
+                Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "?".to_owned(),
+            })
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let cur = section("currentstatistics");
+    let tot = section("totalstatistics");
+    let ctl = section("controlstatistics");
+    let ports = section("ports");
+    let plane = section("media plane");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "calls      {} active; {} total, {} rejected; ended: {} deleted, {} timeout, {} silent timeout, {} offer timeout\n",
+        num(&cur, "sessionsown"),
+        num(&tot, "managedsessions"),
+        num(&tot, "rejectedsessions"),
+        num(&tot, "regularterminatedsessions"),
+        num(&tot, "timeoutsessions"),
+        num(&tot, "silenttimeoutsessions"),
+        num(&tot, "offertimeoutsessions"),
+    ));
+    out.push_str(&format!(
+        "media      {} packets, {} bytes, {} errors relayed; now {} pkt/s, {} B/s\n",
+        num(&tot, "relayedpackets"),
+        num(&tot, "relayedbytes"),
+        num(&tot, "relayedpacketerrors"),
+        num(&cur, "packetrate"),
+        num(&cur, "byterate"),
+    ));
+    out.push_str(&format!(
+        "ports      {} in use, {} free of {} ({} exhaustions)\n",
+        num(&ports, "used"),
+        num(&ports, "free"),
+        num(&ports, "total"),
+        num(&ports, "exhaustions"),
+    ));
+    out.push_str(&format!(
+        "ng         offer {} answer {} delete {} query {} list {} ping {} statistics {}; errors {}\n",
+        num(&ctl, "totaloffercount"),
+        num(&ctl, "totalanswercount"),
+        num(&ctl, "totaldeletecount"),
+        num(&ctl, "totalquerycount"),
+        num(&ctl, "totallistcount"),
+        num(&ctl, "totalpingcount"),
+        num(&ctl, "totalstatistics"),
+        num(&ctl, "totalerrorcount"),
+    ));
+    out.push_str(&format!("uptime     {}s\n", num(&tot, "uptime")));
+    let mut modes = Vec::new();
+    let mut outcomes = Table::new();
+    outcomes.load_preset(NOTHING);
+    outcomes.set_header(vec!["XDP OUTCOME", "PACKETS"]);
+    for (k, v) in &plane {
+        let k = String::from_utf8_lossy(k);
+        let v = v.as_int().unwrap_or(0);
+        if let Some(rest) = k.strip_prefix("xdp ") {
+            if let Some((mode, iface)) = rest.split_once(" on ") {
+                modes.push(format!("{mode} on {iface}"));
+            } else if rest != "flows" && rest != "flow capacity" && v > 0 {
+                outcomes.add_row(vec![rest.to_owned(), v.to_string()]);
+            }
+        }
+    }
+    if modes.is_empty() {
+        out.push_str("data plane XDP off: every packet takes the userspace path\n");
+    } else {
+        out.push_str(&format!(
+            "data plane XDP {}; {} flows of {}; {} bound ports\n",
+            modes.join(", "),
+            num(&plane, "xdp flows"),
+            num(&plane, "xdp flow capacity"),
+            num(&plane, "bound ports"),
+        ));
+        out.push_str(&outcomes.to_string());
+        out.push_str("\n(outcomes not shown: 0 packets)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(port: i64, flags: &[&str], packets: i64, kernel: i64, lost: i64) -> Value {
+        Value::dict()
+            .with("local port", Value::Int(port))
+            .with("flags", Value::list(flags.iter().copied()))
+            .with(
+                "stats",
+                Value::dict()
+                    .with("packets", Value::Int(packets))
+                    .with("bytes", Value::Int(packets * 172))
+                    .with("errors", Value::Int(0))
+                    .with("lost", Value::Int(lost))
+                    .with("kernel packets", Value::Int(kernel)),
+            )
+            .with(
+                "endpoint",
+                Value::dict()
+                    .with("family", "IPv4")
+                    .with("address", "198.18.1.2")
+                    .with("port", Value::Int(4000)),
+            )
+    }
+
+    fn report() -> Value {
+        let media = |s: Vec<Value>| {
+            Value::list([Value::dict()
+                .with("index", Value::Int(1))
+                .with("type", "audio")
+                .with("streams", Value::List(s))])
+        };
+        let a = Value::dict()
+            .with("tag", "a")
+            .with("in dialogue with", "b")
+            .with(
+                "medias",
+                media(vec![
+                    stream(30000, &["RTP", "confirmed", "kernelized"], 100, 98, 3),
+                    stream(30001, &["RTCP"], 2, 0, 0),
+                ]),
+            );
+        let b = Value::dict().with("tag", "b").with(
+            "medias",
+            media(vec![
+                stream(30002, &["RTP"], 10, 0, 0),
+                stream(30003, &["RTCP"], 0, 0, 0),
+            ]),
+        );
+        Value::dict()
+            .with("created", Value::Int(now_unix() - 65))
+            .with("tags", Value::dict().with("a", a).with("b", b))
+    }
+
+    #[test]
+    fn summary_per_leg() {
+        let s = summarise("c1", &report());
+        assert_eq!(s.legs.len(), 2);
+        assert_eq!(s.legs[0].tag, "a");
+        assert_eq!(s.legs[0].packets, 102);
+        assert_eq!(s.legs[0].lost, 3);
+        assert_eq!(s.legs[0].path, "xdp");
+        assert_eq!(s.legs[0].endpoint, "198.18.1.2:4000");
+        assert_eq!(s.legs[1].path, "userspace");
+        assert!((64..=66).contains(&s.age_s));
+        let table = calls_table(&[s]);
+        assert!(table.contains("102/10"), "{table}");
+        assert!(table.contains("3/0"), "{table}");
+        assert!(table.contains("xdp/userspace"), "{table}");
+        assert!(table.contains("1m0"), "{table}");
+    }
+
+    #[test]
+    fn call_table_rows() {
+        let t = call_table("c1", &report());
+        assert_eq!(t.lines().count(), 2 + 1 + 4, "{t}");
+        assert!(t.contains("confirmed"), "{t}");
+        assert!(t.contains("learning"), "{t}");
+    }
+
+    #[test]
+    fn json_of_ng_values() {
+        let v = Value::dict()
+            .with("a", Value::Int(1))
+            .with("b", Value::list(["x"]));
+        assert_eq!(to_json(&v), json!({"a": 1, "b": ["x"]}));
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(65), "1m05s");
+        assert_eq!(age(7300), "2h01m");
+    }
+}

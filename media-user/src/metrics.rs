@@ -1,0 +1,290 @@
+//! Prometheus metrics and the health endpoint (`--metrics-listen`).
+//!
+//! The recorder is the `metrics` facade's Prometheus exporter: code all
+//! over the appliance (the SIP agent, the ng server) records through the
+//! `metrics` macros, and the daemon's event loop turns the session engine's
+//! and the data plane's own counters into metrics once a second
+//! ([`Snapshot::publish`]). That costs a handful of map reads (the per-CPU
+//! outcome counters), never a walk over the calls. An HTTP server (axum)
+//! serves `/metrics` (text exposition) and `/health`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::{info, warn};
+
+/// The process-wide recorder: installed once, on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            warn!(
+                "a metrics recorder was already installed; /metrics shows only what reaches ours"
+            );
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_gauge!(
+        "media_relay_calls_active",
+        "Calls the media engine holds now"
+    );
+    describe_counter!("media_relay_calls_total", "Calls the media engine took on");
+    describe_counter!(
+        "media_relay_calls_ended_total",
+        "Calls ended, by reason (delete, timeout, silent_timeout, offer_timeout)"
+    );
+    describe_counter!(
+        "media_relay_calls_failed_total",
+        "Offers/answers refused, by reason (ports_exhausted, other)"
+    );
+    describe_gauge!("media_relay_ports_in_use", "Media ports leased to calls");
+    describe_gauge!("media_relay_ports_free", "Media ports available");
+    describe_gauge!("media_relay_ports_total", "Media ports in the range");
+    describe_counter!(
+        "media_relay_ng_commands_total",
+        "ng commands handled, by command"
+    );
+    describe_counter!(
+        "media_relay_ng_errors_total",
+        "ng commands answered with an error, by command"
+    );
+    describe_counter!(
+        "media_relay_ng_undecodable_total",
+        "ng datagrams that could not be decoded (dropped)"
+    );
+    describe_counter!(
+        "media_relay_ng_retransmissions_total",
+        "ng requests answered from the reply cache"
+    );
+    describe_histogram!(
+        "media_relay_ng_duration_seconds",
+        Unit::Seconds,
+        "Time from an ng request's arrival to its reply"
+    );
+    describe_counter!(
+        "media_relay_rejected_sources_total",
+        "Packets or requests refused for their source, by path (xdp, userspace, sip)"
+    );
+    describe_counter!(
+        "media_relay_xdp_packets_total",
+        "Packets the XDP program saw, by outcome"
+    );
+    describe_gauge!(
+        "media_relay_xdp_attached",
+        "1 per interface the XDP program is attached to, with its mode"
+    );
+    describe_gauge!(
+        "media_relay_xdp_flows",
+        "Flows installed in the XDP flow table"
+    );
+    describe_gauge!(
+        "media_relay_xdp_flow_capacity",
+        "Capacity of the XDP flow table"
+    );
+    describe_counter!(
+        "media_relay_userspace_packets_total",
+        "Packets the daemon forwarded itself (latching, XDP off or unsuitable)"
+    );
+    describe_counter!(
+        "media_relay_userspace_bytes_total",
+        "Bytes the daemon forwarded itself"
+    );
+    describe_counter!(
+        "media_relay_sip_requests_total",
+        "SIP requests received, by method"
+    );
+    describe_counter!(
+        "media_relay_sip_responses_total",
+        "SIP responses sent upstream, by method and code"
+    );
+    describe_counter!(
+        "media_relay_sip_calls_failed_total",
+        "INVITEs answered with a final failure, by code"
+    );
+    describe_counter!(
+        "media_relay_sip_rejected_total",
+        "Requests the SIP agent refused itself, by reason"
+    );
+    describe_gauge!("media_relay_sip_calls_active", "Calls the SIP agent tracks");
+    describe_gauge!("media_relay_up", "1 while the daemon's event loop runs");
+}
+
+/// What the event loop publishes once a second.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub calls_active: u64,
+    pub calls_total: u64,
+    pub ended: Vec<(&'static str, u64)>,
+    pub failed: Vec<(&'static str, u64)>,
+    pub ports_in_use: u64,
+    pub ports_free: u64,
+    pub ports_total: u64,
+    pub commands: Vec<(&'static str, u64)>,
+    pub command_errors: Vec<(&'static str, u64)>,
+    pub ng_undecodable: u64,
+    pub ng_retransmissions: u64,
+    pub refused_sources_userspace: u64,
+    pub xdp_outcomes: Vec<(&'static str, u64)>,
+    pub xdp_attached: Vec<(String, String)>,
+    pub xdp_flows: Option<(u64, u64)>,
+    pub userspace_forwarded: (u64, u64),
+}
+
+impl Snapshot {
+    /// Hand every figure to the recorder (counters as absolute values:
+    /// their owners count, we only copy).
+    pub fn publish(&self) {
+        gauge!("media_relay_up").set(1.0);
+        gauge!("media_relay_calls_active").set(self.calls_active as f64);
+        counter!("media_relay_calls_total").absolute(self.calls_total);
+        for (reason, n) in &self.ended {
+            counter!("media_relay_calls_ended_total", "reason" => *reason).absolute(*n);
+        }
+        for (reason, n) in &self.failed {
+            counter!("media_relay_calls_failed_total", "reason" => *reason).absolute(*n);
+        }
+        gauge!("media_relay_ports_in_use").set(self.ports_in_use as f64);
+        gauge!("media_relay_ports_free").set(self.ports_free as f64);
+        gauge!("media_relay_ports_total").set(self.ports_total as f64);
+        for (command, n) in &self.commands {
+            counter!("media_relay_ng_commands_total", "command" => *command).absolute(*n);
+        }
+        for (command, n) in &self.command_errors {
+            counter!("media_relay_ng_errors_total", "command" => *command).absolute(*n);
+        }
+        counter!("media_relay_ng_undecodable_total").absolute(self.ng_undecodable);
+        counter!("media_relay_ng_retransmissions_total").absolute(self.ng_retransmissions);
+        counter!("media_relay_rejected_sources_total", "path" => "userspace")
+            .absolute(self.refused_sources_userspace);
+        for (outcome, n) in &self.xdp_outcomes {
+            counter!("media_relay_xdp_packets_total", "outcome" => *outcome).absolute(*n);
+            if *outcome == "source_rejected" {
+                counter!("media_relay_rejected_sources_total", "path" => "xdp").absolute(*n);
+            }
+        }
+        for (interface, mode) in &self.xdp_attached {
+            gauge!("media_relay_xdp_attached", "interface" => interface.clone(), "mode" => mode.clone())
+                .set(1.0);
+        }
+        if let Some((flows, capacity)) = self.xdp_flows {
+            gauge!("media_relay_xdp_flows").set(flows as f64);
+            gauge!("media_relay_xdp_flow_capacity").set(capacity as f64);
+        }
+        counter!("media_relay_userspace_packets_total").absolute(self.userspace_forwarded.0);
+        counter!("media_relay_userspace_bytes_total").absolute(self.userspace_forwarded.1);
+    }
+}
+
+/// What `/health` reports: the event loop's heartbeat and the data plane.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds since `started` of the event loop's last turn.
+    last_beat_ms: AtomicU64,
+    /// A short description of the data plane (attachments).
+    dataplane: Mutex<String>,
+}
+
+/// The event loop is considered stuck after this long without a beat.
+const STALE: Duration = Duration::from_secs(5);
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            dataplane: Mutex::new(String::new()),
+        })
+    }
+
+    pub fn beat(&self, dataplane: String) {
+        self.last_beat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Ok(mut d) = self.dataplane.lock() {
+            *d = dataplane;
+        }
+    }
+
+    /// (healthy, JSON body).
+    fn report(&self) -> (bool, String) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let age = now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed));
+        let healthy = Duration::from_millis(age) < STALE;
+        let dp = self.dataplane.lock().map(|d| d.clone()).unwrap_or_default();
+        let body = format!(
+            "{{\"status\":\"{}\",\"event_loop_ms_since_beat\":{age},\"dataplane\":\"{}\"}}\n",
+            if healthy { "ok" } else { "stalled" },
+            dp.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        (healthy, body)
+    }
+}
+
+async fn metrics_page() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle().render(),
+    )
+}
+
+async fn health_page(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let (healthy, body) = health.report();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Bind `listen` and serve `/metrics` and `/health` until the task is
+/// dropped. Binding errors are returned (a wrong address must stop the
+/// start, not be discovered later).
+pub async fn serve(
+    listen: SocketAddr,
+    health: Arc<Health>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let _ = handle();
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {listen}: {e}; choose another --metrics-listen")
+    })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(health_page))
+        .with_state(health);
+    info!(metrics_listen = %listen, "serving /metrics and /health");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+/// Recorder upkeep (histogram buckets); call periodically.
+pub fn upkeep() {
+    handle().run_upkeep();
+}

@@ -1,0 +1,40 @@
+//! The agent's counters as `metrics` (Prometheus when the media daemon
+//! installed its recorder; nothing otherwise). Copied once a second from
+//! [`Stats`] as absolute values: the agent counts, this only publishes.
+
+use metrics::{counter, gauge};
+
+use crate::proxy::Stats;
+
+pub fn publish(stats: &Stats, calls: usize) {
+    gauge!("media_relay_sip_calls_active").set(calls as f64);
+    counter!("media_relay_sip_calls_total").absolute(stats.calls_total);
+    for (method, n) in &stats.requests {
+        counter!("media_relay_sip_requests_total", "method" => method.clone()).absolute(*n);
+    }
+    for ((method, code), n) in &stats.responses_by_method {
+        counter!(
+            "media_relay_sip_responses_total",
+            "method" => method.clone(),
+            "code" => code.to_string()
+        )
+        .absolute(*n);
+    }
+    for (code, n) in &stats.invite_failures {
+        counter!("media_relay_sip_calls_failed_total", "code" => code.to_string()).absolute(*n);
+    }
+    for (reason, n) in [
+        ("untrusted_source", stats.rejected_sources),
+        ("malformed", stats.malformed),
+        ("rate_limited", stats.rate_limited),
+        ("max_calls", stats.max_calls_rejected),
+        ("no_route", stats.no_route),
+        ("ng_error", stats.ng_errors),
+        ("stray_response", stats.stray_responses),
+    ] {
+        counter!("media_relay_sip_rejected_total", "reason" => reason).absolute(n);
+    }
+    counter!("media_relay_rejected_sources_total", "path" => "sip")
+        .absolute(stats.rejected_sources);
+    counter!("media_relay_sip_media_timeouts_total").absolute(stats.media_timeouts);
+}
