@@ -50,10 +50,17 @@ enum Command {
     /// Build the Debian package (target/debian/); with --install-test,
     /// install it on this machine and check it.
     Package {
-        /// Install the built package and check it (`dpkg -i`, `--version`,
-        /// `media-relay check` on the shipped configuration).
+        /// Install the built package and check it (root): apt-get install,
+        /// the installed files, `--version`, `media-relay check` on the
+        /// shipped configuration, `systemd-analyze verify`, then the
+        /// installed daemon run with the unit's user and capabilities on a
+        /// veth pair in a network namespace. Purges the package afterwards
+        /// (also one left by an earlier --keep run, if unmodified).
         #[arg(long)]
         install_test: bool,
+        /// With --install-test: leave the package installed.
+        #[arg(long, requires = "install_test")]
+        keep: bool,
     },
     /// Benchmarks on the veth test bed; figures and ratios to stdout and
     /// target/bench/.
@@ -76,7 +83,7 @@ fn main() -> ExitCode {
         Command::Test { no_setup } => test(no_setup),
         Command::Bench { quick } => bench::run(quick),
         Command::Demo => demo::run(),
-        Command::Package { install_test } => package::run(install_test),
+        Command::Package { install_test, keep } => package::run(install_test, keep),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +130,7 @@ fn test(no_setup: bool) -> anyhow::Result<()> {
             "SKIPPED: the root-only tests (BPF_PROG_TEST_RUN, network namespaces, daemon) \
              need root; run `sudo cargo xtask test`",
         );
+        util::banner("SKIPPED: package install test needs root");
         anyhow::bail!("root-only tests were skipped: the suite did not run completely");
     }
     util::step(
@@ -140,6 +148,8 @@ fn test(no_setup: bool) -> anyhow::Result<()> {
         "sessions_e2e",
         "--test",
         "daemon",
+        "--test",
+        "operator",
         "--",
         "--test-threads=2",
     ])?;
@@ -156,6 +166,15 @@ fn test(no_setup: bool) -> anyhow::Result<()> {
         "--",
         "--test-threads=4",
     ])?;
+    // Last: a release build, the Debian package installed on this machine,
+    // the installed daemon run with the unit's user and capabilities, and
+    // the package purged again.
+    if util::is_root() {
+        util::step("package install test: build the .deb, install it, run it as the unit would");
+        package::run(true, false)?;
+    } else {
+        util::banner("SKIPPED: package install test needs root");
+    }
     util::step("all tests passed");
     Ok(())
 }

@@ -6,6 +6,8 @@
 //!   drive (SIPp, rtpengine-ng-client).
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`).
 //! - bpf-linker 0.13 built against LLVM 22.
+//! - cargo-deb 3 (`cargo xtask package`), which needs dpkg-dev's
+//!   dpkg-shlibdeps (the package's Depends) and binutils' strip.
 
 use anyhow::{Context as _, bail};
 
@@ -23,9 +25,15 @@ const PACKAGES: &[&str] = &[
     "sip-tester",
     "rtpengine-utils",
     "rtpengine-daemon",
+    "dpkg-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
+
+/// cargo-deb's major version: 3.x needs Rust 1.85 (the workspace's is
+/// 1.95); a new major may change the `[package.metadata.deb]` format.
+const CARGO_DEB_MAJOR: u32 = 3;
+const CARGO_DEB_MIN_RUST: (u32, u32) = (1, 85);
 
 fn installed(pkg: &str) -> bool {
     output("dpkg-query", &["-W", "-f=${Status}", pkg])
@@ -100,6 +108,66 @@ pub fn run() -> anyhow::Result<()> {
             bail!("installing bpf-linker failed ({status}); see the output above");
         }
     }
+    ensure_cargo_deb()?;
     step("prerequisites ready");
+    Ok(())
+}
+
+/// `(major, minor)` of `rustc --version` ("rustc 1.95.0 (…)").
+fn rustc_version() -> Option<(u32, u32)> {
+    let v = output("rustc", &["--version"])?;
+    let mut parts = v.split_whitespace().nth(1)?.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// cargo-deb (`cargo deb`), installed with `cargo install` if it is missing
+/// or of another major version. Idempotent.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let installed = output("cargo", &["deb", "--version"]).unwrap_or_default();
+    let installed = installed.trim();
+    if installed.starts_with(&format!("cargo-deb {CARGO_DEB_MAJOR}.")) {
+        eprintln!("    {installed}: present");
+        return Ok(());
+    }
+    let (min_major, min_minor) = CARGO_DEB_MIN_RUST;
+    match rustc_version() {
+        None => bail!("`rustc --version` failed: install Rust with rustup (https://rustup.rs)"),
+        Some(v) if v < CARGO_DEB_MIN_RUST => bail!(
+            "cargo-deb {CARGO_DEB_MAJOR} needs Rust {min_major}.{min_minor} or newer, this \
+             rustc is {}.{}: run `rustup update stable`",
+            v.0,
+            v.1
+        ),
+        Some(_) => {}
+    }
+    step(&format!(
+        "installing cargo-deb {CARGO_DEB_MAJOR}.x ({}; about a minute)",
+        if installed.is_empty() {
+            "not installed".to_owned()
+        } else {
+            format!("found {installed}")
+        }
+    ));
+    let status = std::process::Command::new("cargo")
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            &format!("^{CARGO_DEB_MAJOR}"),
+        ])
+        .status()
+        .context("running cargo install cargo-deb")?;
+    if !status.success() {
+        bail!(
+            "installing cargo-deb failed ({status}); see the output above. To retry by hand: \
+             `cargo install cargo-deb --locked --version ^{CARGO_DEB_MAJOR}` (liblzma-dev \
+             helps if the xz2 crate fails to build)"
+        );
+    }
+    let now = output("cargo", &["deb", "--version"]).with_context(
+        || "cargo-deb was installed but `cargo deb --version` fails: is ~/.cargo/bin on PATH?",
+    )?;
+    eprintln!("    {}: installed", now.trim());
     Ok(())
 }
