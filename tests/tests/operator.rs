@@ -109,6 +109,8 @@ fn metrics_and_cli_follow_a_call() -> anyhow::Result<()> {
             "1",
             "--metrics-listen",
             METRICS,
+            "--log-format",
+            "json",
         ],
     )?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
@@ -254,6 +256,22 @@ fn metrics_and_cli_follow_a_call() -> anyhow::Result<()> {
     ensure!(metric(&m, "media_relay_calls_active")? == 0.0);
     ensure!(metric(&m, "media_relay_calls_ended_total{reason=\"delete\"}")? == 1.0);
     ensure!(metric(&m, "media_relay_ports_in_use")? == 0.0);
+
+    // One call followed through the JSON logs: the ng commands' span and
+    // the routes it programs into the data plane carry its call-id.
+    let log = daemon.log_text();
+    let lines: Vec<Json> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(lines.len() > 5, "too few JSON log lines:\n{log}");
+    for msg in ["call created", "route", "call deleted"] {
+        ensure!(
+            lines.iter().any(|l| l["fields"]["message"] == msg
+                && (l["fields"]["call_id"] == CALL || l["span"]["call_id"] == CALL)),
+            "no {msg:?} JSON log line with call_id {CALL}:\n{log}"
+        );
+    }
 
     // A clear error when nothing listens.
     let (ok, _, err) = cli(&bed.relay, &["calls", "--ng", "127.0.0.1:9"])?;
