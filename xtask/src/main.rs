@@ -10,6 +10,7 @@ mod util;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,12 +27,18 @@ enum Command {
     Setup,
     /// Build everything (release) and run the appliance on a real interface.
     BuildAndLoad {
-        /// Interface to attach to (repeatable).
-        #[arg(long = "interface", short = 'i', required = true)]
+        /// Interface to attach to (repeatable; overrides the configuration
+        /// file's interfaces).
+        #[arg(long = "interface", short = 'i', required_unless_present = "config")]
         interfaces: Vec<String>,
-        /// native, generic, auto (native with fallback) or off.
-        #[arg(long, default_value = "auto")]
-        xdp_mode: String,
+        /// Configuration file (`media-relay run --config`), e.g.
+        /// config/media-relay.example.toml edited for this host.
+        #[arg(long, short = 'c')]
+        config: Option<String>,
+        /// native, generic, auto (native with fallback) or off (default:
+        /// the configuration's, else auto).
+        #[arg(long)]
+        xdp_mode: Option<String>,
         /// Further arguments for `media-relay run`.
         #[arg(last = true)]
         rest: Vec<String>,
@@ -77,9 +84,10 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::BuildAndLoad {
             interfaces,
+            config,
             xdp_mode,
             rest,
-        } => build_and_load(&interfaces, &xdp_mode, &rest),
+        } => build_and_load(&interfaces, config.as_deref(), xdp_mode.as_deref(), &rest),
         Command::Test { no_setup } => test(no_setup),
         Command::Bench { quick } => bench::run(quick),
         Command::Demo => demo::run(),
@@ -94,7 +102,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn build_and_load(interfaces: &[String], xdp_mode: &str, rest: &[String]) -> anyhow::Result<()> {
+fn build_and_load(
+    interfaces: &[String],
+    config: Option<&str>,
+    xdp_mode: Option<&str>,
+    rest: &[String],
+) -> anyhow::Result<()> {
+    // The daemon runs in the workspace root: resolve the path from here.
+    let config = config
+        .map(|c| {
+            std::fs::canonicalize(c)
+                .with_context(|| format!("configuration file {c}: cannot read it"))
+        })
+        .transpose()?;
     util::step("building media-relay (release, with the XDP object)");
     util::cargo(&[
         "build",
@@ -106,12 +126,23 @@ fn build_and_load(interfaces: &[String], xdp_mode: &str, rest: &[String]) -> any
     ])?;
     let bin = util::workspace_root().join("target/release/media-relay");
     let mut args = vec!["run".to_owned()];
+    if let Some(c) = &config {
+        let c = c.to_str().context("configuration path is not UTF-8")?;
+        // Checked first: a bad key is one line naming it, before any
+        // interface is touched.
+        util::step(&format!("checking {c}"));
+        util::run(&bin, &["check", "--config", c])?;
+        args.push("--config".to_owned());
+        args.push(c.to_owned());
+    }
     for i in interfaces {
         args.push("--interface".to_owned());
         args.push(i.clone());
     }
-    args.push("--xdp-mode".to_owned());
-    args.push(xdp_mode.to_owned());
+    if let Some(m) = xdp_mode {
+        args.push("--xdp-mode".to_owned());
+        args.push(m.to_owned());
+    }
     args.extend(rest.iter().cloned());
     util::step(&format!("starting {} {}", bin.display(), args.join(" ")));
     util::exec(&bin, &args)
