@@ -13,8 +13,10 @@ pub mod http;
 pub mod load;
 pub mod media;
 pub mod netns;
+pub mod paths;
 pub mod privilege;
 pub mod relay;
+pub mod rtpengine;
 pub mod sipp;
 
 pub use bed::{Bed, BedOptions};

@@ -181,6 +181,8 @@ fn test(no_setup: bool) -> anyhow::Result<()> {
         "daemon",
         "--test",
         "operator",
+        "--test",
+        "bench_paths",
         "--",
         "--test-threads=2",
     ])?;
