@@ -87,7 +87,9 @@ struct Finished {
     reason: &'static str,
     at: SystemTime,
     duration: Duration,
-    report: BTreeMap<Vec<u8>, Value>,
+    /// The final `query` dictionary, bencoded (a few hundred bytes, where
+    /// the dictionary itself takes kilobytes).
+    report: Box<[u8]>,
 }
 
 /// How many ended calls are remembered.
@@ -923,7 +925,10 @@ impl<B: Backend> Engine<B> {
                 reason,
                 at: SystemTime::now(),
                 duration: now.saturating_duration_since(call.created_at),
-                report,
+                report: Value::Dict(report)
+                    .encode()
+                    .unwrap_or_default()
+                    .into_boxed_slice(),
             });
         }
         let Some(call) = self.calls.remove(call_id) else {
@@ -1298,7 +1303,11 @@ impl<B: Backend> Engine<B> {
             .rev()
             .find(|f| f.call_id == cmd.call_id)
             .ok_or_else(|| "Unknown call-id".to_owned())?;
-        let mut r = f.report.clone();
+        let Ok(Value::Dict(mut r)) = Value::decode(&f.report) else {
+            return Err("the final report of this call is unreadable"
+                .to_owned()
+                .into());
+        };
         r.insert(
             b"ended".to_vec(),
             dict(vec![
