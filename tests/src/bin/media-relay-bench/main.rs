@@ -15,6 +15,10 @@
 //! CPUs, so the ratios are what to compare; absolute figures describe this
 //! machine only.
 
+mod capacity;
+mod latency;
+mod report;
+mod scale;
 mod sessions;
 mod sip;
 mod xdp;
@@ -31,7 +35,8 @@ struct Args {
     /// Directory for the JSON reports.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Only these parts (`xdp`, `sessions`, `sip`); all by default.
+    /// Only these parts (`xdp`, `sessions`, `sip`, `capacity`, `latency`,
+    /// `scale`); all by default. The report always runs.
     #[arg(long = "only")]
     only: Vec<String>,
 }
@@ -68,5 +73,16 @@ fn main() -> anyhow::Result<()> {
     if wants("sip") {
         sip::run(args.quick, &machine, &args.out)?;
     }
+    if wants("capacity") {
+        capacity::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("latency") {
+        latency::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("scale") {
+        scale::run(args.quick, &machine, &args.out)?;
+    }
+    // Always: the report over whatever parts have results in `out`.
+    report::run(args.quick, &machine, &args.out)?;
     Ok(())
 }
