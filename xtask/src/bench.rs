@@ -3,7 +3,7 @@
 
 use crate::util::{self, step};
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     if !util::is_root() {
         util::banner(
             "the benchmarks need root (network namespaces, XDP): run `sudo cargo xtask bench`",
@@ -29,6 +29,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let mut args = vec!["--out", out_s.as_str()];
     if quick {
         args.push("--quick");
+    }
+    for part in only {
+        args.push("--only");
+        args.push(part);
     }
     util::run(bin, &args)
 }

@@ -75,6 +75,10 @@ enum Command {
         /// A short run for CI smoke use.
         #[arg(long)]
         quick: bool,
+        /// Only these parts (xdp, sessions, sip, capacity, latency, scale;
+        /// repeatable); the report always runs.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -89,7 +93,7 @@ fn main() -> ExitCode {
             rest,
         } => build_and_load(&interfaces, config.as_deref(), xdp_mode.as_deref(), &rest),
         Command::Test { no_setup } => test(no_setup),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo => demo::run(),
         Command::Package { install_test, keep } => package::run(install_test, keep),
     };
