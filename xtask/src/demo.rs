@@ -19,21 +19,13 @@ pub fn run() -> anyhow::Result<()> {
     }
     setup::run()?;
     step("building media-relay and the demo driver (release; a few minutes the first time)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "media-user",
-        "--bin",
-        "media-relay",
-        "--package",
-        "media-relay-tests",
-        "--bin",
-        "media-relay-demo",
+    let release = util::build_release(&[
+        ("media-user", "media-relay"),
+        ("media-relay-tests", "media-relay-demo"),
     ])?;
     step("running the demo");
     util::run(
-        util::workspace_root().join("target/release/media-relay-demo"),
+        release.join("media-relay-demo"),
         &["--config", "config/demo.toml"],
     )
 }

@@ -120,15 +120,7 @@ fn build_and_load(
         })
         .transpose()?;
     util::step("building media-relay (release, with the XDP object)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "media-user",
-        "--bin",
-        "media-relay",
-    ])?;
-    let bin = util::workspace_root().join("target/release/media-relay");
+    let bin = util::build_release(&[("media-user", "media-relay")])?.join("media-relay");
     let mut args = vec!["run".to_owned()];
     if let Some(c) = &config {
         let c = c.to_str().context("configuration path is not UTF-8")?;

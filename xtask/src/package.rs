@@ -137,25 +137,11 @@ fn build() -> anyhow::Result<PathBuf> {
 
     let t = Instant::now();
     step("building media-relay (release, with the XDP object)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "media-user",
-        "--bin",
-        "media-relay",
-    ])?;
+    util::build_release(&[("media-user", "media-relay")])?;
     // cargo-deb would build the other workspace member's binary itself (with
     // `--workspace`); building it here keeps both builds explicit.
     step("building media-relay-sip (release)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "signaling",
-        "--bin",
-        "media-relay-sip",
-    ])?;
+    util::build_release(&[("signaling", "media-relay-sip")])?;
     eprintln!("    release build: {:.0} s", t.elapsed().as_secs_f64());
 
     step("packaging with cargo-deb (stripped binaries)");

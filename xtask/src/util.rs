@@ -56,6 +56,17 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     )
 }
 
+/// `cargo build --release` of these (package, binary) pairs; returns
+/// target/release.
+pub fn build_release(bins: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--release"];
+    for (package, bin) in bins {
+        args.extend(["--package", package, "--bin", bin]);
+    }
+    cargo(&args)?;
+    Ok(workspace_root().join("target/release"))
+}
+
 /// Replace this process with `program` (so signals reach it directly).
 pub fn exec(program: &Path, args: &[String]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
