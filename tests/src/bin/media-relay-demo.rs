@@ -205,6 +205,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     step(5, "data plane and metrics (media-relay stats; /metrics)");
     print!("{}", cli::stats_table(&cli::stats(&mut client)?));
+    // /metrics is refreshed every second.
+    std::thread::sleep(Duration::from_millis(1100));
     let (_, metrics) = http::get(&bed.relay, "127.0.0.1:9464".parse()?, "/metrics")?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("media_relay_calls_total")
@@ -215,7 +217,57 @@ fn run(args: &Args) -> anyhow::Result<()> {
         println!("      {line}");
     }
 
-    check(&ended, args.calls)
+    check(&ended, args.calls)?;
+    check_metrics(&metrics, &ended, args.calls)
+}
+
+/// /metrics agrees with the calls: the SIP agent's dialogs and INVITE
+/// answers, the media daemon's calls, and XDP's forwarded packets.
+fn check_metrics(m: &str, calls: &[CallSummary], expected: u32) -> anyhow::Result<()> {
+    let n = f64::from(expected);
+    let xdp: u64 = calls
+        .iter()
+        .flat_map(|c| &c.legs)
+        .map(|l| l.xdp_packets)
+        .sum();
+    for (what, got, want) in [
+        (
+            "media_relay_sip_calls_total",
+            http::sum(m, "media_relay_sip_calls_total", &[]),
+            n,
+        ),
+        (
+            "media_relay_sip_responses_total{method=\"INVITE\",code=\"200\"}",
+            http::sum(
+                m,
+                "media_relay_sip_responses_total",
+                &["method=\"INVITE\"", "code=\"200\""],
+            ),
+            n,
+        ),
+        (
+            "media_relay_calls_total",
+            http::sum(m, "media_relay_calls_total", &[]),
+            n,
+        ),
+        (
+            "media_relay_xdp_packets_total{outcome=\"redirected\"}",
+            http::sum(
+                m,
+                "media_relay_xdp_packets_total",
+                &["outcome=\"redirected\""],
+            ),
+            xdp as f64,
+        ),
+    ] {
+        // A 200 retransmitted by the PBX is forwarded (and counted) again.
+        let retransmissions_allowed = what.contains("responses");
+        ensure!(
+            (got - want).abs() < 0.5 || (retransmissions_allowed && got > want),
+            "/metrics: {what} is {got}, the calls say {want}"
+        );
+    }
+    Ok(())
 }
 
 fn table(calls: &[CallSummary]) -> String {
