@@ -1304,9 +1304,7 @@ impl<B: Backend> Engine<B> {
             .find(|f| f.call_id == cmd.call_id)
             .ok_or_else(|| "Unknown call-id".to_owned())?;
         let Ok(Value::Dict(mut r)) = Value::decode(&f.report) else {
-            return Err("the final report of this call is unreadable"
-                .to_owned()
-                .into());
+            return Err("the final report of this call is unreadable".to_owned());
         };
         r.insert(
             b"ended".to_vec(),
