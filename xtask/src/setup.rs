@@ -3,7 +3,8 @@
 //! - Debian packages: LLVM 22 (bpf-linker links against the same LLVM
 //!   major as the nightly rustc), iproute2, ethtool, bpftool, util-linux
 //!   (setpriv), procps (sysctl), and the real third-party peers the tests
-//!   drive (SIPp, rtpengine-ng-client).
+//!   drive (SIPp, rtpengine-ng-client), and fonts-dejavu-core (the text
+//!   of the bench report's plots).
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`).
 //! - bpf-linker 0.13 built against LLVM 22.
 //! - cargo-deb 3 (`cargo xtask package`), which needs dpkg-dev's
@@ -26,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "rtpengine-utils",
     "rtpengine-daemon",
     "dpkg-dev",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -1,10 +1,10 @@
-//! The data plane alone: native vs generic, and cost per packet vs
-//! installed flows.
+//! The data plane alone: native vs generic. The helpers here (test bed
+//! with the relay and sink, generator runs) are shared with `scale`.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use media_ebpf::{Flow, FlowKey};
@@ -17,11 +17,11 @@ use media_relay_tests::{
 use media_user::dataplane::XdpMode;
 
 /// First RTP port of the flows the generator spreads over.
-const FIRST_PORT: u16 = 2000;
+pub const FIRST_PORT: u16 = 2000;
 /// Ports available for spreading on one address (step 2).
-const MAX_SPREAD: u32 = 30_000;
+pub const MAX_SPREAD: u32 = 30_000;
 
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+pub fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
@@ -42,13 +42,13 @@ impl Run {
     }
 }
 
-struct Setup {
-    relay: Relay,
-    sink: Sink,
-    bed: Bed,
+pub struct Setup {
+    pub relay: Relay,
+    pub sink: Sink,
+    pub bed: Bed,
 }
 
-fn setup(mode: XdpMode, capacity: u32) -> anyhow::Result<Setup> {
+pub fn setup(mode: XdpMode, capacity: u32) -> anyhow::Result<Setup> {
     let bed = Bed::new(BedOptions {
         peer_xdp: false,
         static_neighbours: true,
@@ -65,9 +65,8 @@ fn setup(mode: XdpMode, capacity: u32) -> anyhow::Result<Setup> {
 
 /// Install `k` flows; the first `min(k, MAX_SPREAD)` are the ones the
 /// generator hits (RA_V4:FIRST_PORT + 2i → B_V4:FIRST_PORT + 2i), the rest
-/// sit on other local addresses. Returns the seconds the installs took.
-fn install(s: &mut Setup, k: u32) -> anyhow::Result<f64> {
-    let t = Instant::now();
+/// sit on other local addresses.
+fn install(s: &mut Setup, k: u32) -> anyhow::Result<()> {
     for i in 0..k {
         let (local_ip, port) = if i < MAX_SPREAD {
             (RA_V4, FIRST_PORT + 2 * i as u16)
@@ -83,10 +82,10 @@ fn install(s: &mut Setup, k: u32) -> anyhow::Result<f64> {
             Flow::new(sa(RB_V4, port), sa(B_V4, port)).with_source(sa(A_V4, 5000)),
         )?;
     }
-    Ok(t.elapsed().as_secs_f64())
+    Ok(())
 }
 
-fn measure(s: &Setup, spread: u32, frames: u32) -> anyhow::Result<Run> {
+pub fn measure(s: &Setup, spread: u32, frames: u32) -> anyhow::Result<Run> {
     let frame = UdpFrame::new(
         RA_MAC,
         A_MAC,
@@ -107,7 +106,7 @@ fn measure(s: &Setup, spread: u32, frames: u32) -> anyhow::Result<Run> {
     })
 }
 
-fn best_of(s: &Setup, spread: u32, frames: u32, reps: usize) -> anyhow::Result<Run> {
+pub fn best_of(s: &Setup, spread: u32, frames: u32, reps: usize) -> anyhow::Result<Run> {
     let mut best: Option<Run> = None;
     for _ in 0..reps {
         let r = measure(s, spread, frames)?;
@@ -121,16 +120,12 @@ fn best_of(s: &Setup, spread: u32, frames: u32, reps: usize) -> anyhow::Result<R
 pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let frames: u32 = if quick { 300_000 } else { 2_000_000 };
     let reps = if quick { 1 } else { 3 };
-    let scale: &[u32] = if quick {
-        &[1, 10_000]
-    } else {
-        &[1, 1_000, 10_000, 100_000]
-    };
     println!(
         "## XDP data plane ({frames} frames per run, 172-byte RTP payload, IPv4, best of {reps})\n"
     );
 
-    // 1. Native vs generic, 1 000 flows installed and hit.
+    // Native vs generic, 1 000 flows installed and hit. (Cost vs installed
+    // calls is the `scale` part.)
     let mut modes = Vec::new();
     for (name, mode) in [("native", XdpMode::Native), ("generic", XdpMode::Generic)] {
         eprintln!("==> xdp {name}: setting up");
@@ -145,70 +140,20 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         modes.push((name, r));
     }
 
-    // 2. Cost per packet vs installed flows (native): once with a fixed
-    //    set of 1 000 flows hit (table size alone), once with every
-    //    installed flow hit, up to 30 000 (working set grows too).
-    let mut scaling = Vec::new();
-    for &k in scale {
-        eprintln!("==> xdp native with {k} flows installed");
-        let mut s = setup(XdpMode::Native, k.max(1).next_power_of_two().max(1024))?;
-        let install_secs = install(&mut s, k)?;
-        let fixed = best_of(&s, k.min(1000), frames, reps)?;
-        let spread = k.min(MAX_SPREAD);
-        let all = best_of(&s, spread, frames, reps)?;
-        eprintln!(
-            "    {k} flows: {:.0} pps with {} hit, {:.0} pps with {spread} hit, installed in {install_secs:.2} s",
-            fixed.pps(),
-            k.min(1000),
-            all.pps()
-        );
-        scaling.push((k, spread, install_secs, fixed, all));
-    }
-
     let native = modes[0].1.pps();
     let generic = modes[1].1.pps();
-    println!("| path | forwarded pps | loss | vs generic |");
-    println!("|---|---:|---:|---:|");
+    println!("| path | forwarded pps | ns/packet | loss | vs generic |");
+    println!("|---|---:|---:|---:|---:|");
     for (name, r) in &modes {
         println!(
-            "| XDP {name} | {:.0} | {:.2} % | {:.2}x |",
+            "| XDP {name} | {:.0} | {:.0} | {:.2} % | {:.2}x |",
             r.pps(),
+            1e9 / r.pps(),
             100.0 * r.loss(),
             r.pps() / generic
         );
     }
-    println!();
-    let base = scaling[0].3.pps();
-    println!(
-        "| installed flows | pps, ≤1 000 hit | ns/packet | vs 1 flow | flows hit | pps, all hit | vs 1 flow | install time |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (k, spread, secs, fixed, all) in &scaling {
-        println!(
-            "| {k} | {:.0} | {:.0} | {:.2}x | {spread} | {:.0} | {:.2}x | {secs:.2} s |",
-            fixed.pps(),
-            1e9 / fixed.pps(),
-            fixed.pps() / base,
-            all.pps(),
-            all.pps() / base
-        );
-    }
-    let flat = scaling
-        .iter()
-        .map(|s| s.3.pps() / base)
-        .fold(f64::INFINITY, f64::min);
-    let flat_all = scaling
-        .iter()
-        .map(|s| s.4.pps() / base)
-        .fold(f64::INFINITY, f64::min);
-    println!(
-        "\nnative/generic: {:.2}x; lowest pps vs 1 flow as the table grows (1 000 hit): {:.2}x \
-         (target within 10 %: {}); with every flow hit: {:.2}x\n",
-        native / generic,
-        flat,
-        if flat >= 0.9 { "met" } else { "MISSED" },
-        flat_all
-    );
+    println!("\nnative/generic: {:.2}x\n", native / generic);
 
     let json = serde_json::json!({
         "machine": machine,
@@ -219,11 +164,6 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "pps": r.pps(), "loss": r.loss(),
         })).collect::<Vec<_>>(),
         "native_over_generic": native / generic,
-        "scaling": scaling.iter().map(|(k, spread, secs, fixed, all)| serde_json::json!({
-            "installed": k, "install_secs": secs,
-            "hit_1000": { "hit": k.min(&1000), "pps": fixed.pps(), "loss": fixed.loss(), "vs_one_flow": fixed.pps() / base },
-            "hit_all": { "hit": spread, "pps": all.pps(), "loss": all.loss(), "vs_one_flow": all.pps() / base },
-        })).collect::<Vec<_>>(),
     });
     let path = out.join("xdp.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
