@@ -16,6 +16,7 @@ pub mod netns;
 pub mod paths;
 pub mod privilege;
 pub mod relay;
+pub mod rtp_load;
 pub mod rtpengine;
 pub mod sipp;
 
