@@ -6,8 +6,10 @@
 //! - `xdp_sink`: counts UDP packets to a port range at the far end and drops
 //!   them, for rates a socket cannot keep up with.
 //! - `xdp_gen`: run with `BPF_PROG_TEST_RUN` live frames on a veth to
-//!   transmit one prepared frame many times, spreading it over `flows`
-//!   destination ports. Live-frame pages are recycled without being
+//!   transmit one prepared frame many times, spreading it over evenly
+//!   spaced destination ports (`PORTS`), or over a list of (source port,
+//!   destination port) pairs (`PORT_LIST`, for relays that allocate ports
+//!   at random). Live-frame pages are recycled without being
 //!   re-initialised, and the relay rewrites the headers of every frame it
 //!   forwards, so the generator restores the headers from `TEMPLATE` each
 //!   time.
@@ -33,9 +35,17 @@ mod programs {
 
     /// `[0]` first port, `[1]` number of ports, `[2]` step between them
     /// (0 means 2: RTP ports), for both the sink's match and the
-    /// generator's spread.
+    /// generator's spread. `[3]`: generator only, number of `PORT_LIST`
+    /// entries to cycle through instead (0: use the range).
     #[map(name = "PORTS")]
-    static PORTS: Array<u32> = Array::with_max_entries(3, 0);
+    static PORTS: Array<u32> = Array::with_max_entries(4, 0);
+
+    /// Generator: `(source port << 16) | destination port` per entry, used
+    /// round-robin when `PORTS[3]` is not 0.
+    #[map(name = "PORT_LIST")]
+    static PORT_LIST: Array<u32> = Array::with_max_entries(PORT_LIST_MAX, 0);
+
+    const PORT_LIST_MAX: u32 = 65536;
 
     /// Generator: the frame's headers (Ethernet + IP + UDP), restored into
     /// every frame before its port is set.
@@ -155,9 +165,25 @@ mod programs {
         }
         let udp = (start + off) as *mut UdpHdr;
         let (first, n, step) = ports();
+        let listed = PORTS.get(3).copied().unwrap_or(0);
         let sent = TALLY.get(2).copied().unwrap_or(0);
         bump(2, 1);
-        if n > 1 {
+        if listed > 0 {
+            let i = (sent % u64::from(listed)) as u32;
+            if let Some(&e) = PORT_LIST.get(i) {
+                let (sport, dport) = (((e >> 16) as u16).to_be_bytes(), (e as u16).to_be_bytes());
+                // SAFETY: bounds checked above.
+                unsafe {
+                    let d = Delta::new()
+                        .bytes2(&(*udp).src, &sport)
+                        .bytes2(&(*udp).dst, &dport);
+                    (*udp).src = sport;
+                    (*udp).dst = dport;
+                    (*udp).check =
+                        udp_update(u16::from_be_bytes((*udp).check), d, !v6).to_be_bytes();
+                }
+            }
+        } else if n > 1 {
             let port = (first + step * (sent % u64::from(n)) as u32) as u16;
             // SAFETY: bounds checked above.
             unsafe {

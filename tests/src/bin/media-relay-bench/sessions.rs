@@ -1,23 +1,20 @@
-//! The media daemon driven over ng: setup rate, and forwarding through
-//! real calls in XDP native, XDP generic and userspace (`--xdp-mode off`).
+//! The media daemon driven over ng: offer+answer+delete cycles per second
+//! and their latency. (Forwarding through calls set up over ng is the
+//! `capacity` part.)
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions,
-    bed::{A_MAC, A_V4, B_V4, RA_MAC, RA_V4},
+    bed::{A_V4, B_V4},
     daemon::{Daemon, NgClient},
-    frame::UdpFrame,
-    load::{Generator, Sink},
 };
 use media_user::ng::Value;
-
-use crate::xdp::Run;
 
 fn sdp(addr: Ipv4Addr, port: u16) -> String {
     format!(
@@ -107,88 +104,6 @@ fn setup_rate(cycles: usize) -> anyhow::Result<Setup> {
     })
 }
 
-struct Forwarding {
-    mode: &'static str,
-    flat: Run,
-}
-
-/// Calls set up through ng; the generator plays A for all of them, flat
-/// out. Under overload the delivered rate is the path's capacity (an upper
-/// bound of its rate at < 0.1 % loss); a path that shows no loss at the
-/// generator's rate forwards at least that much.
-fn forwarding(mode: &'static str, calls: u32, frames: u32) -> anyhow::Result<Forwarding> {
-    let bed = Bed::new(BedOptions {
-        peer_xdp: false,
-        static_neighbours: true,
-    })?;
-    if mode != "native" {
-        // Live frames reach a veth without a native XDP program only
-        // through its NAPI/GRO path (docs/toolchain.md).
-        bed.relay.exec("ethtool", &["-K", "ra", "gro", "on"])?;
-    }
-    let daemon = Daemon::start(
-        &bed.relay,
-        &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
-            "--port-min",
-            "30000",
-            "--port-max",
-            "39999",
-            "--learning-window",
-            "1",
-        ],
-    )?;
-    let ng = NgClient::new(&bed.relay, daemon.ng)?;
-    let mut ports = Vec::new();
-    for i in 0..calls {
-        ports.push(offer_answer(&ng, &format!("fwd-{i}"))?.port());
-    }
-    let first = ports[0];
-    let step = ports.get(1).map_or(2, |p| p - first);
-    anyhow::ensure!(
-        ports
-            .iter()
-            .enumerate()
-            .all(|(i, p)| usize::from(*p) == usize::from(first) + usize::from(step) * i),
-        "relay ports are not evenly spaced: {ports:?}"
-    );
-    let sink = Sink::attach(&bed.b, "b0", 6000, 1, 2)?;
-    let frame = UdpFrame::new(
-        RA_MAC,
-        A_MAC,
-        SocketAddr::new(IpAddr::V4(A_V4), 5000),
-        SocketAddr::new(IpAddr::V4(RA_V4), first),
-        &[0x80; 172],
-    )
-    .bytes();
-    let generator = Generator::new(&bed.a, "a0", frame, calls, u32::from(step))?;
-    // One packet per call first, so every stream latches on A, then let
-    // the learning window close.
-    generator.blast(calls)?;
-    std::thread::sleep(Duration::from_millis(1600));
-    let before = sink.packets()?;
-    let secs = generator.blast(frames)?;
-    // Let in-flight and buffered packets land.
-    std::thread::sleep(Duration::from_millis(500));
-    let flat = Run {
-        sent: u64::from(frames),
-        delivered: sink.packets()? - before,
-        secs,
-    };
-    eprintln!(
-        "    {mode}: {:.0} pps delivered, loss {:.2} %",
-        flat.pps(),
-        100.0 * flat.loss()
-    );
-    drop(daemon);
-    Ok(Forwarding { mode, flat })
-}
-
 pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let cycles = if quick { 500 } else { 5000 };
     eprintln!("==> ng: {cycles} offer+answer+delete cycles");
@@ -201,61 +116,9 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         if p99 < 1000.0 { "met" } else { "MISSED" }
     );
 
-    let calls = 100;
-    let frames = if quick { 300_000 } else { 2_000_000 };
-    let mut results = Vec::new();
-    for mode in ["native", "generic", "off"] {
-        eprintln!("==> forwarding through {calls} calls, --xdp-mode {mode}");
-        results.push(forwarding(mode, calls, frames)?);
-    }
-    let user = results
-        .iter()
-        .find(|r| r.mode == "off")
-        .map_or(f64::NAN, |r| r.flat.pps());
-    println!(
-        "Forwarding through {calls} calls (IPv4, 172-byte RTP payload, {frames} frames offered flat out):\n"
-    );
-    println!("| path | delivered pps | loss | vs userspace |");
-    println!("|---|---:|---:|---:|");
-    for r in &results {
-        let name = match r.mode {
-            "off" => "userspace (--xdp-mode off)",
-            "native" => "XDP native",
-            _ => "XDP generic",
-        };
-        println!(
-            "| {name} | {:.0} | {:.2} % | {:.1}x |",
-            r.flat.pps(),
-            100.0 * r.flat.loss(),
-            r.flat.pps() / user
-        );
-    }
-    let native = &results[0].flat;
-    println!(
-        "\nXDP native / userspace: {:.1}x (target ≥ 5x at equal loss: {}). XDP native loses {:.2} % at the \
-         generator's rate; the userspace path is saturated ({:.0} % loss), so its figure is its capacity, an \
-         upper bound of its rate at < 0.1 % loss: the ratio is a lower bound.\n",
-        native.pps() / user,
-        if native.pps() / user >= 5.0 {
-            "met"
-        } else {
-            "MISSED"
-        },
-        100.0 * native.loss(),
-        100.0
-            * results
-                .iter()
-                .find(|r| r.mode == "off")
-                .map_or(0.0, |r| r.flat.loss()),
-    );
     let json = serde_json::json!({
         "machine": machine,
         "ng": { "cycles": n, "cycles_per_sec": cps, "offer_answer_us": { "p50": p50, "p99": p99, "p999": p999, "max": max } },
-        "forwarding": results.iter().map(|r| serde_json::json!({
-            "mode": r.mode, "sent": r.flat.sent, "delivered": r.flat.delivered,
-            "secs": r.flat.secs, "pps": r.flat.pps(), "loss": r.flat.loss(),
-        })).collect::<Vec<_>>(),
-        "native_over_userspace": native.pps() / user,
     });
     let path = out.join("sessions.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
