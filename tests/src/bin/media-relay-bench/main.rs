@@ -1,17 +1,26 @@
 //! `cargo xtask bench`: media-relay's benchmarks on the veth test bed.
 //!
 //! - `xdp`: the data plane alone (flows installed through the API):
-//!   native vs generic forwarding rate, and cost per packet as installed
-//!   flows grow from 1 to 100 000.
+//!   native vs generic forwarding rate.
 //! - `sessions`: the media daemon driven over ng: offer+answer+delete
-//!   cycles per second and latency, and forwarded packets per second
-//!   through real calls in XDP native, XDP generic and `--xdp-mode off`.
+//!   cycles per second and latency.
 //! - `sip`: the SIP agent: calls per second with media anchoring (SIPp)
 //!   and the setup delay it adds.
+//! - `capacity`: the highest rate with < 0.1 % loss through 100 calls for
+//!   media-relay XDP native, XDP generic and userspace, plain kernel IP
+//!   forwarding and rtpengine; CPU per forwarded packet.
+//! - `latency`: one-way latency and jitter through the same paths at 10,
+//!   50 and 90 % of the userspace path's maximum, and on a busy host
+//!   (socket generator and sink, `media_relay_tests::rtp_load`).
+//! - `scale`: rate and per-packet cost with 1 to 100 000 calls installed;
+//!   time and memory to install and remove 100 000 calls.
+//! - the report: `report.json`, `report.md` and PNG plots over whatever
+//!   parts have results.
 //!
-//! Load comes from `xdp_gen` (BPF_PROG_TEST_RUN live frames) and is
+//! Rate load comes from `xdp_gen` (BPF_PROG_TEST_RUN live frames) and is
 //! counted by `xdp_sink` in XDP at the far end: a socket sender or sink
-//! would measure itself, not the relay. Everything shares this machine's
+//! would measure itself, not the relay. Latency needs timestamps, so it
+//! uses sockets, at rates a socket generator sustains. Everything shares this machine's
 //! CPUs, so the ratios are what to compare; absolute figures describe this
 //! machine only.
 

@@ -117,14 +117,6 @@ fn targets_of(part: &str, v: &Value) -> Vec<Value> {
                     p99 < 1000.0,
                 ));
             }
-            if let Some(r) = f(v, "native_over_userspace") {
-                t.push(target(
-                    "XDP native / userspace forwarding through calls",
-                    r,
-                    ">= 5",
-                    r >= 5.0,
-                ));
-            }
         }
         "sip" => {
             if let Some(c) = f(v, "sustained_cps") {
@@ -196,25 +188,6 @@ fn section_sessions(md: &mut String, v: &Value) {
         opt_int(f(lat, "p99")),
         opt_int(f(lat, "p999")),
     );
-    let fwd = arr(v, "forwarding");
-    let user = fwd
-        .iter()
-        .find(|m| s(m, "mode") == "off")
-        .and_then(|m| f(m, "pps"));
-    md.push_str(
-        "| path (`--xdp-mode`) | delivered pps | loss | vs userspace |\n|---|---:|---:|---:|\n",
-    );
-    for m in fwd {
-        let pps = f(m, "pps");
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            s(m, "mode"),
-            opt_int(pps),
-            pct(f(m, "loss")),
-            ratio(pps.zip(user).map(|(a, b)| a / b))
-        );
-    }
 }
 
 fn section_sip(md: &mut String, v: &Value) {
