@@ -102,18 +102,30 @@ const PACE_INTERVAL: Duration = Duration::from_micros(250);
 const PACE_MIN_BURST: u32 = 16;
 const PACE_MAX_BURST: u32 = 4096;
 
+/// Ethernet + IP + UDP header bytes of `frame`: 62 for IPv6 (EtherType
+/// 0x86dd), else 42 (IPv4 without options).
+fn header_len(frame: &[u8]) -> usize {
+    if frame.get(12..14) == Some(&[0x86, 0xdd][..]) {
+        62
+    } else {
+        42
+    }
+}
+
 impl Generator {
-    /// Send `frame` (Ethernet + IPv4 + UDP) out of `dev` in `ns`, its
+    /// Send `frame` (Ethernet + IPv4 or IPv6 + UDP) out of `dev` in `ns`, its
     /// destination port spread over `n` ports from the frame's own, `step`
     /// apart.
     pub fn new(ns: &Netns, dev: &str, frame: Vec<u8>, n: u32, step: u32) -> anyhow::Result<Self> {
-        let first = u16::from_be_bytes([frame[36], frame[37]]);
+        // The UDP destination port follows the IP header.
+        let at = header_len(&frame) - 6;
+        let first = u16::from_be_bytes([frame[at], frame[at + 1]]);
         let mut g = Self::load(ns, dev, frame)?;
         set_ports(&mut g.ebpf, first, n, step)?;
         Ok(g)
     }
 
-    /// Send `frame` (Ethernet + IPv4 + UDP) out of `dev` in `ns`, its
+    /// Send `frame` (Ethernet + IPv4 or IPv6 + UDP) out of `dev` in `ns`, its
     /// (source port, destination port) taken round-robin from `ports`:
     /// for relays whose ports are not evenly spaced, and for streams that
     /// must come from their own source port each.
@@ -180,11 +192,13 @@ impl Generator {
                 return Err(e);
             }
         };
+        let len = header_len(&frame);
+        anyhow::ensure!(frame.len() >= len, "frame shorter than its headers");
         let mut t = Template {
-            len: 42,
+            len: len as u32,
             bytes: [0; 64],
         };
-        t.bytes[..42].copy_from_slice(&frame[..42]);
+        t.bytes[..len].copy_from_slice(&frame[..len]);
         let mut m: Array<_, Template> =
             Array::try_from(ebpf.map_mut("TEMPLATE").context("TEMPLATE")?)?;
         m.set(0, t, 0)?;

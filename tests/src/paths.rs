@@ -8,21 +8,24 @@
 //!   A sends straight to B, the stack routes): the reference;
 //! - Debian's rtpengine (userspace), the same calls over ng.
 //!
-//! Call `i` has A at `A_V4:a_port0 + 2i` and B at `B_V4:b_port0 + 2i` in
-//! its SDP. XDP native redirects into a veth are delivered only when the
+//! [`setup_family`] sets the same paths up over IPv6 (A at 2001:2:0:1::2,
+//! B at 2001:2:0:2::2, `c=IN IP6` SDP); [`setup`] is its IPv4 form.
+//!
+//! Call `i` has A at `A_V4:a_port0 + 2i` and B at `B_V4:b_port0 + 2i` (or
+//! `A_V6`, `B_V6`) in its SDP. XDP native redirects into a veth are delivered only when the
 //! veth's peer runs an XDP program: for [`PathKind::XdpNative`] the bed
 //! needs `peer_xdp` (or an XDP sink at B). [`Call::a_to`] is where A sends to reach B (the relay's port on
 //! A's side, or B itself for the kernel path), [`Call::b_to`] where B sends
 //! to reach A.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context as _;
 use media_user::ng::Value;
 
 use crate::{
     Bed,
-    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     daemon::{Daemon, NgClient},
     rtpengine::Rtpengine,
 };
@@ -113,9 +116,10 @@ impl Path {
     }
 }
 
-fn sdp(addr: Ipv4Addr, port: u16) -> String {
+fn sdp(addr: IpAddr, port: u16) -> String {
+    let family = if addr.is_ipv6() { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+        "v=0\r\no=- 1 1 IN {family} {addr}\r\ns=-\r\nc=IN {family} {addr}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
     )
 }
@@ -140,9 +144,11 @@ fn offer_answer(
     b: SocketAddr,
     extra: &[(&str, Value)],
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let (IpAddr::V4(a_ip), IpAddr::V4(b_ip)) = (a.ip(), b.ip()) else {
-        anyhow::bail!("IPv4 only");
-    };
+    let (a_ip, b_ip) = (a.ip(), b.ip());
+    anyhow::ensure!(
+        a_ip.is_ipv6() == b_ip.is_ipv6(),
+        "A and B in different address families"
+    );
     let with = |mut d: Value| {
         for (k, v) in extra {
             d = d.with(k, v.clone());
@@ -168,7 +174,7 @@ fn offer_answer(
     Ok((sdp_media(&answer)?, sdp_media(&offer)?))
 }
 
-/// Set `kind` up on `bed` for `n` calls.
+/// Set `kind` up on `bed` for `n` calls, over IPv4.
 pub fn setup(
     bed: &Bed,
     kind: PathKind,
@@ -176,10 +182,29 @@ pub fn setup(
     a_port0: u16,
     b_port0: u16,
 ) -> anyhow::Result<Path> {
-    let party = |ip: Ipv4Addr, port0: u16, i: u32| {
+    setup_family(bed, kind, n, a_port0, b_port0, false)
+}
+
+/// Set `kind` up on `bed` for `n` calls, over IPv6 if `v6` (A and B at
+/// `A_V6`, `B_V6`; rtpengine gets both families on its interfaces; the
+/// kernel path enables IPv6 forwarding in the relay namespace), else IPv4.
+pub fn setup_family(
+    bed: &Bed,
+    kind: PathKind,
+    n: u32,
+    a_port0: u16,
+    b_port0: u16,
+    v6: bool,
+) -> anyhow::Result<Path> {
+    let (a_ip, b_ip): (IpAddr, IpAddr) = if v6 {
+        (A_V6.into(), B_V6.into())
+    } else {
+        (A_V4.into(), B_V4.into())
+    };
+    let party = |ip: IpAddr, port0: u16, i: u32| {
         let port = u32::from(port0) + 2 * i;
         u16::try_from(port)
-            .map(|p| SocketAddr::new(ip.into(), p))
+            .map(|p| SocketAddr::new(ip, p))
             .context("too many calls for the port range")
     };
     let mut path = Path {
@@ -190,9 +215,13 @@ pub fn setup(
     };
     match kind {
         PathKind::Kernel => {
-            bed.relay.sysctl("net.ipv4.ip_forward", "1")?;
+            if v6 {
+                bed.relay.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            } else {
+                bed.relay.sysctl("net.ipv4.ip_forward", "1")?;
+            }
             for i in 0..n {
-                let (a, b) = (party(A_V4, a_port0, i)?, party(B_V4, b_port0, i)?);
+                let (a, b) = (party(a_ip, a_port0, i)?, party(b_ip, b_port0, i)?);
                 path.calls.push(Call {
                     a,
                     b,
@@ -203,16 +232,18 @@ pub fn setup(
         }
         PathKind::Rtpengine => {
             let ng_addr: SocketAddr = "127.0.0.1:2224".parse()?;
-            let engine = Rtpengine::start(
-                &bed.relay,
-                &[("carrier", RA_V4.into()), ("pbx", RB_V4.into())],
-                ng_addr,
-                (40000, 59999),
-            )?;
+            // IPv6: both families on each logical interface (one option
+            // per address, same name); the offer's SDP picks the family.
+            let mut interfaces: Vec<(&str, IpAddr)> =
+                vec![("carrier", RA_V4.into()), ("pbx", RB_V4.into())];
+            if v6 {
+                interfaces.extend([("carrier", RA_V6.into()), ("pbx", RB_V6.into())]);
+            }
+            let engine = Rtpengine::start(&bed.relay, &interfaces, ng_addr, (40000, 59999))?;
             let ng = NgClient::new(&bed.relay, ng_addr)?;
             let direction = Value::List(vec![Value::from("carrier"), Value::from("pbx")]);
             for i in 0..n {
-                let (a, b) = (party(A_V4, a_port0, i)?, party(B_V4, b_port0, i)?);
+                let (a, b) = (party(a_ip, a_port0, i)?, party(b_ip, b_port0, i)?);
                 let (a_to, b_to) = offer_answer(
                     &ng,
                     &format!("bench-{i}"),
@@ -251,7 +282,7 @@ pub fn setup(
             )?;
             let ng = NgClient::new(&bed.relay, daemon.ng)?;
             for i in 0..n {
-                let (a, b) = (party(A_V4, a_port0, i)?, party(B_V4, b_port0, i)?);
+                let (a, b) = (party(a_ip, a_port0, i)?, party(b_ip, b_port0, i)?);
                 let (a_to, b_to) = offer_answer(&ng, &format!("bench-{i}"), a, b, &[])?;
                 path.calls.push(Call { a, b, a_to, b_to });
             }

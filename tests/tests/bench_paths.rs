@@ -3,7 +3,7 @@
 //! packet arriving from where the path should send it (the relay's port on
 //! the far leg, or the other party for plain kernel forwarding). A path
 //! that silently forwarded nothing would make the benchmark compare
-//! nothing.
+//! nothing. Each path over IPv4 and over IPv6 (`paths::setup_family`).
 
 use std::time::Duration;
 
@@ -14,17 +14,22 @@ use media_relay_tests::{
     require_root,
 };
 
-fn forwards(kind: PathKind) -> anyhow::Result<()> {
+fn forwards(kind: PathKind, v6: bool) -> anyhow::Result<()> {
     const CALLS: u32 = 3;
     const PACKETS: u16 = 20;
     let bed = Bed::new(BedOptions {
         peer_xdp: kind == PathKind::XdpNative,
         static_neighbours: false,
     })?;
-    let path = paths::setup(&bed, kind, CALLS, 5000, 6000)?;
+    let path = paths::setup_family(&bed, kind, CALLS, 5000, 6000, v6)?;
+    let name = format!("{}{}", kind.name(), if v6 { " (IPv6)" } else { "" });
     let result = (|| -> anyhow::Result<()> {
         let timeout = Duration::from_millis(500);
         for (i, call) in path.calls.iter().enumerate() {
+            anyhow::ensure!(
+                call.a.is_ipv6() == v6 && call.a_to.is_ipv6() == v6 && call.b_to.is_ipv6() == v6,
+                "{name}: call {i} in the wrong family: {call:?}"
+            );
             let a = udp_socket(&bed.a, call.a, timeout)?;
             let b = udp_socket(&bed.b, call.b, timeout)?;
             // A to B, then B to A.
@@ -39,7 +44,7 @@ fn forwards(kind: PathKind) -> anyhow::Result<()> {
                 anyhow::ensure!(
                     got.len() == usize::from(PACKETS),
                     "{}: call {i}: {} of {PACKETS} packets to {dst} arrived",
-                    kind.name(),
+                    name,
                     got.len()
                 );
                 let want_from = if kind == PathKind::Kernel {
@@ -52,7 +57,7 @@ fn forwards(kind: PathKind) -> anyhow::Result<()> {
                 anyhow::ensure!(
                     got.iter().all(|(_, src)| *src == want_from),
                     "{}: call {i}: packets to {dst} came from {:?}, want {want_from}",
-                    kind.name(),
+                    name,
                     got.iter().map(|(_, s)| *s).collect::<Vec<_>>()
                 );
             }
@@ -66,19 +71,24 @@ fn forwards(kind: PathKind) -> anyhow::Result<()> {
 }
 
 macro_rules! path_test {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $kind:expr, $v6:expr) => {
         #[test]
         fn $name() -> anyhow::Result<()> {
             if !require_root(stringify!($name)) {
                 return Ok(());
             }
-            forwards($kind)
+            forwards($kind, $v6)
         }
     };
 }
 
-path_test!(xdp_native_forwards, PathKind::XdpNative);
-path_test!(xdp_generic_forwards, PathKind::XdpGeneric);
-path_test!(userspace_forwards, PathKind::Userspace);
-path_test!(kernel_forwards, PathKind::Kernel);
-path_test!(rtpengine_forwards, PathKind::Rtpengine);
+path_test!(xdp_native_forwards, PathKind::XdpNative, false);
+path_test!(xdp_generic_forwards, PathKind::XdpGeneric, false);
+path_test!(userspace_forwards, PathKind::Userspace, false);
+path_test!(kernel_forwards, PathKind::Kernel, false);
+path_test!(rtpengine_forwards, PathKind::Rtpengine, false);
+path_test!(xdp_native_forwards_v6, PathKind::XdpNative, true);
+path_test!(xdp_generic_forwards_v6, PathKind::XdpGeneric, true);
+path_test!(userspace_forwards_v6, PathKind::Userspace, true);
+path_test!(kernel_forwards_v6, PathKind::Kernel, true);
+path_test!(rtpengine_forwards_v6, PathKind::Rtpengine, true);

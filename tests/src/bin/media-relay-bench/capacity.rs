@@ -38,6 +38,12 @@
 //! the frame; and anything else the machine runs meanwhile. Plus the relay
 //! process's own utime + stime (/proc/<pid>/stat) when there is a process:
 //! XDP paths do their work in softirq, outside it.
+//!
+//! Then the same method again over IPv6 (issue 6: A at 2001:2:0:1::2, B at
+//! 2001:2:0:2::2, `c=IN IP6` SDP, 62-byte generator template), every path;
+//! `--quick`: XDP native and plain kernel forwarding, flat out only. In
+//! capacity.json under `paths_ipv6`, entries as in `paths` (`max_pps` null
+//! when not searched). `CAPACITY_PATHS` selects the paths of both runs.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -48,7 +54,7 @@ use std::{
 use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions,
-    bed::{A_MAC, A_V4, RA_MAC, RA_V4},
+    bed::{A_MAC, A_V4, A_V6, RA_MAC, RA_V4},
     frame::UdpFrame,
     load::{Generator, Sink},
     paths::{self, PathKind},
@@ -242,8 +248,8 @@ fn run_trial(
 
 /// Set `kind` up on `bed` and load the generator with its calls' ports;
 /// every stream primed and past the relay's learning phase.
-fn bring_up(bed: &Bed, kind: PathKind) -> anyhow::Result<(Generator, paths::Path)> {
-    let path = paths::setup(bed, kind, CALLS, A_PORT0, B_PORT0)?;
+fn bring_up(bed: &Bed, kind: PathKind, v6: bool) -> anyhow::Result<(Generator, paths::Path)> {
+    let path = paths::setup_family(bed, kind, CALLS, A_PORT0, B_PORT0, v6)?;
     let dst = path.calls[0].a_to.ip();
     anyhow::ensure!(
         path.calls.iter().all(|c| c.a_to.ip() == dst),
@@ -278,6 +284,8 @@ struct Rig<'a> {
     bed: &'a Bed,
     sink: &'a Sink,
     kind: PathKind,
+    /// Over IPv6.
+    v6: bool,
     /// Times the path was set up again because streams stopped.
     rebuilds: u32,
 }
@@ -322,7 +330,7 @@ impl Rig<'_> {
             );
             // The old relay goes first: the new one may reuse its ports.
             drop(self.path.take());
-            let (generator, path) = bring_up(self.bed, self.kind)?;
+            let (generator, path) = bring_up(self.bed, self.kind, self.v6)?;
             self.generator = generator;
             self.path = Some(path);
             self.rebuilds += 1;
@@ -340,6 +348,9 @@ impl Rig<'_> {
 /// A path's result.
 struct Capacity {
     kind: PathKind,
+    /// Rate searched (or not needed: flat out lost nothing); false for
+    /// `--quick`'s IPv6 runs that lost flat out.
+    searched: bool,
     flat: Trial,
     trials: Vec<Trial>,
     /// The fastest trial (flat out or paced) with loss < 0.1 %.
@@ -430,14 +441,16 @@ fn search(
     Ok((trials, best, confirmed))
 }
 
+/// A's frame to `dst`, from A's address of `dst`'s family.
 fn frame(dst: SocketAddr) -> anyhow::Result<Vec<u8>> {
-    let IpAddr::V4(_) = dst.ip() else {
-        anyhow::bail!("IPv4 only");
+    let src: IpAddr = match dst.ip() {
+        IpAddr::V4(_) => A_V4.into(),
+        IpAddr::V6(_) => A_V6.into(),
     };
     Ok(UdpFrame::new(
         RA_MAC,
         A_MAC,
-        SocketAddr::new(A_V4.into(), A_PORT0),
+        SocketAddr::new(src, A_PORT0),
         dst,
         &[0x80; PAYLOAD],
     )
@@ -458,17 +471,24 @@ fn bed_for(kind: PathKind) -> anyhow::Result<Bed> {
     Ok(bed)
 }
 
-fn measure(kind: PathKind, plan: &Plan) -> anyhow::Result<Capacity> {
-    eprintln!("==> capacity: {} ({CALLS} calls)", kind.label());
+/// Measure `kind` over IPv4 or IPv6; `flat_only`: no rate search when the
+/// flat-out run loses (`--quick`'s IPv6 run).
+fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Result<Capacity> {
+    eprintln!(
+        "==> capacity: {} ({CALLS} calls, {})",
+        kind.label(),
+        if v6 { "IPv6" } else { "IPv4" }
+    );
     let bed = bed_for(kind)?;
     let sink = Sink::attach(&bed.b, "b0", B_PORT0, CALLS, 2)?;
-    let (generator, path) = bring_up(&bed, kind)?;
+    let (generator, path) = bring_up(&bed, kind, v6)?;
     let mut rig = Rig {
         generator,
         path: Some(path),
         bed: &bed,
         sink: &sink,
         kind,
+        v6,
         rebuilds: 0,
     };
     let flat = rig.trial(Load::Flat {
@@ -477,6 +497,8 @@ fn measure(kind: PathKind, plan: &Plan) -> anyhow::Result<Capacity> {
     })?;
     let (trials, best, flat_ok, confirmed) = if flat.ok() {
         (Vec::new(), Some(flat.clone()), true, true)
+    } else if flat_only {
+        (Vec::new(), None, false, false)
     } else {
         let (t, b, c) = search(&mut rig, plan, &flat)?;
         (t, b, false, c)
@@ -495,6 +517,11 @@ fn measure(kind: PathKind, plan: &Plan) -> anyhow::Result<Capacity> {
                 " (NOT reproduced)"
             }
         ),
+        None if flat_only => eprintln!(
+            "    {}: lost {:.3} % flat out; no rate search (--quick)",
+            kind.name(),
+            100.0 * flat.loss()
+        ),
         None => eprintln!(
             "    {}: no rate with < 0.1 % loss found in {} trials",
             kind.name(),
@@ -507,6 +534,7 @@ fn measure(kind: PathKind, plan: &Plan) -> anyhow::Result<Capacity> {
     drop(bed);
     Ok(Capacity {
         kind,
+        searched: flat_ok || !flat_only,
         flat,
         trials,
         best,
@@ -577,40 +605,28 @@ fn times(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("{r:.1}×"))
 }
 
-pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
-    let plan = Plan::new(quick);
-    let started = Instant::now();
-    let mut results = Vec::new();
-    // CAPACITY_PATHS=kernel,rtpengine: only these (for working on one).
-    for kind in PathKind::ALL {
-        if std::env::var("CAPACITY_PATHS").is_ok_and(|p| !p.split(',').any(|p| p == kind.name())) {
-            continue;
-        }
-        results.push(measure(kind, &plan)?);
-    }
-    let by = |k: PathKind| results.iter().find(|r| r.kind == k);
-    let max = |k: PathKind| by(k).map_or(0.0, Capacity::max_pps);
-    let (native, user, engine) = (
-        max(PathKind::XdpNative),
-        max(PathKind::Userspace),
-        max(PathKind::Rtpengine),
-    );
-    let (base_paced, base_flat) = baseline(&plan, user.max(100_000.0))?;
-
-    println!(
-        "## Capacity: max forwarded pps at < 0.1 % loss ({CALLS} calls over ng, IPv4, {PAYLOAD}-byte RTP payload)\n"
-    );
+/// One row per path: the capacity table (ratios against `user` and
+/// `engine`, the same family's userspace and rtpengine rates).
+fn print_table(results: &[Capacity], user: f64, engine: f64) {
     println!(
         "| path | max pps at < 0.1 % loss | loss there | flat out: delivered pps (loss) | CPU s / Mpkt, machine | CPU s / Mpkt, relay process | vs userspace | vs rtpengine |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &results {
+    for r in results {
         let b = r.best.as_ref();
         println!(
             "| {}{} | {} | {} | {} ({:.2} %) | {} | {} | {} | {} |",
             r.kind.label(),
             if r.flat_ok { " ¹" } else { "" },
-            b.map_or("none found".into(), |b| fmt_pps(b.pps())),
+            b.map_or(
+                if r.searched {
+                    "none found"
+                } else {
+                    "not searched (--quick)"
+                }
+                .into(),
+                |b| fmt_pps(b.pps())
+            ),
             b.map_or("–".into(), |b| format!("{:.3} %", 100.0 * b.loss())),
             fmt_pps(r.flat.pps()),
             100.0 * r.flat.loss(),
@@ -624,6 +640,65 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             times(ratio(r.max_pps(), engine)),
         );
     }
+}
+
+impl Capacity {
+    /// capacity.json entry.
+    fn json(&self) -> serde_json::Value {
+        let b = self.best.as_ref();
+        serde_json::json!({
+            "path": self.kind.name(),
+            "label": self.kind.label(),
+            // null: not searched (--quick IPv6 run that lost flat out).
+            "max_pps": (self.best.is_some() || self.searched).then(|| self.max_pps()),
+            "loss_at_max": b.map(Trial::loss),
+            "flat_out_pps": self.flat.pps(),
+            "flat_out_loss": self.flat.loss(),
+            "cpu_s_per_mpkt_machine": b.map(|b| b.per_mpkt(b.machine_cpu)),
+            "cpu_s_per_mpkt_process": b.and_then(|b| b.process_cpu.map(|p| b.per_mpkt(p))),
+            // The flat-out run first, then the paced trials.
+            "trials": std::iter::once(&self.flat).chain(&self.trials).map(Trial::json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    let mut results = Vec::new();
+    // CAPACITY_PATHS=kernel,rtpengine: only these (for working on one).
+    for kind in PathKind::ALL {
+        if std::env::var("CAPACITY_PATHS").is_ok_and(|p| !p.split(',').any(|p| p == kind.name())) {
+            continue;
+        }
+        results.push(measure(kind, &plan, false, false)?);
+    }
+    // The IPv6 run, after the IPv4 one: the same method through the same
+    // 100 calls, A and B at 2001:2:0:1::2 and 2001:2:0:2::2. --quick: XDP
+    // native and plain kernel forwarding, flat out only.
+    let mut results_v6 = Vec::new();
+    for kind in PathKind::ALL {
+        if quick && !matches!(kind, PathKind::XdpNative | PathKind::Kernel) {
+            continue;
+        }
+        if std::env::var("CAPACITY_PATHS").is_ok_and(|p| !p.split(',').any(|p| p == kind.name())) {
+            continue;
+        }
+        results_v6.push(measure(kind, &plan, true, quick)?);
+    }
+    let by = |k: PathKind| results.iter().find(|r| r.kind == k);
+    let max = |k: PathKind| by(k).map_or(0.0, Capacity::max_pps);
+    let (native, user, engine) = (
+        max(PathKind::XdpNative),
+        max(PathKind::Userspace),
+        max(PathKind::Rtpengine),
+    );
+    let (base_paced, base_flat) = baseline(&plan, user.max(100_000.0))?;
+
+    println!(
+        "## Capacity: max forwarded pps at < 0.1 % loss ({CALLS} calls over ng, IPv4, {PAYLOAD}-byte RTP payload)\n"
+    );
+    print_table(&results, user, engine);
     println!(
         "\n¹ lost nothing flat out. On veth the first hops' softirq work runs on the generator's CPU, so \
          the generator goes as fast as the path lets it: the figure is the path's capacity on this \
@@ -707,25 +782,65 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     }
     println!();
 
+    let by6 = |k: PathKind| results_v6.iter().find(|r| r.kind == k);
+    let max6 = |k: PathKind| by6(k).map_or(0.0, Capacity::max_pps);
+    let (native6, user6, engine6) = (
+        max6(PathKind::XdpNative),
+        max6(PathKind::Userspace),
+        max6(PathKind::Rtpengine),
+    );
+    if !results_v6.is_empty() {
+        println!(
+            "### IPv6: max forwarded pps at < 0.1 % loss ({CALLS} calls over ng, IPv6, {PAYLOAD}-byte RTP payload)\n"
+        );
+        print_table(&results_v6, user6, engine6);
+        println!(
+            "\nThe same method, A at {A_V6} and B at 2001:2:0:2::2 (`c=IN IP6` SDP); vs userspace and \
+             vs rtpengine against the IPv6 runs of those paths.{}\n",
+            if quick {
+                " --quick: XDP native and plain kernel forwarding only, flat out only (no rate search)."
+            } else {
+                ""
+            }
+        );
+        for r in results_v6
+            .iter()
+            .filter(|r| r.best.is_some() && !r.confirmed)
+        {
+            println!(
+                "{} (IPv6): its rate did not hold when tried again (nor 5 % lower): the figure is one trial's.\n",
+                r.kind.label()
+            );
+        }
+        for r in results_v6.iter().filter(|r| r.rebuilds > 0) {
+            println!(
+                "{} (IPv6): set up afresh {} time(s) during the search because some of its streams had \
+                 stopped forwarding after an overloaded trial.\n",
+                r.kind.label(),
+                r.rebuilds
+            );
+        }
+        println!(
+            "XDP native v6 / media-relay userspace v6, max pps at < 0.1 % loss: {}{}\n",
+            times(ratio(native6, user6).filter(|_| native6 > 0.0)),
+            if by6(PathKind::XdpNative).is_some_and(|n| n.flat_ok) && user6 > 0.0 {
+                " (XDP native lost nothing flat out: a lower bound)"
+            } else if user6 > 0.0 {
+                ""
+            } else {
+                " (userspace not measured over IPv6 in this run)"
+            }
+        );
+    }
+
     let json = serde_json::json!({
         "machine": machine,
         "calls": CALLS,
         "payload": PAYLOAD,
-        "paths": results.iter().map(|r| {
-            let b = r.best.as_ref();
-            serde_json::json!({
-                "path": r.kind.name(),
-                "label": r.kind.label(),
-                "max_pps": r.max_pps(),
-                "loss_at_max": b.map(Trial::loss),
-                "flat_out_pps": r.flat.pps(),
-                "flat_out_loss": r.flat.loss(),
-                "cpu_s_per_mpkt_machine": b.map(|b| b.per_mpkt(b.machine_cpu)),
-                "cpu_s_per_mpkt_process": b.and_then(|b| b.process_cpu.map(|p| b.per_mpkt(p))),
-                // The flat-out run first, then the paced trials.
-                "trials": std::iter::once(&r.flat).chain(&r.trials).map(Trial::json).collect::<Vec<_>>(),
-            })
-        }).collect::<Vec<_>>(),
+        "paths": results.iter().map(Capacity::json).collect::<Vec<_>>(),
+        // The same method over IPv6 (full mode: every path; --quick: XDP
+        // native and plain kernel forwarding).
+        "paths_ipv6": results_v6.iter().map(Capacity::json).collect::<Vec<_>>(),
         "targets": targets.iter().map(|(name, value, want)| serde_json::json!({
             "name": name,
             "value": value,

@@ -220,17 +220,26 @@ fn section_sip(md: &mut String, v: &Value) {
 }
 
 fn section_capacity(md: &mut String, v: &Value) {
-    let paths = arr(v, "paths");
-    let user = paths
-        .iter()
-        .find(|p| s(p, "path") == "userspace")
-        .and_then(|p| f(p, "max_pps"));
     let _ = writeln!(
         md,
         "{} calls, {}-byte payload. Max pps: the highest offered rate delivered at < 0.1 % loss.\n",
         opt_int(f(v, "calls")),
         opt_int(f(v, "payload"))
     );
+    capacity_table(md, arr(v, "paths"));
+    // The IPv6 run, when there was one (vs userspace: its IPv6 run).
+    let v6 = arr(v, "paths_ipv6");
+    if !v6.is_empty() {
+        md.push_str("\nIPv6:\n\n");
+        capacity_table(md, v6);
+    }
+}
+
+fn capacity_table(md: &mut String, paths: &[Value]) {
+    let user = paths
+        .iter()
+        .find(|p| s(p, "path") == "userspace")
+        .and_then(|p| f(p, "max_pps"));
     md.push_str(
         "| path | max pps | loss at max | vs userspace | flat-out pps | flat-out loss | \
          machine CPU s / Mpkt | process CPU s / Mpkt |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
