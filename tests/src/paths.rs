@@ -137,7 +137,7 @@ fn sdp_media(reply: &Value) -> anyhow::Result<SocketAddr> {
 /// Offer (from A) and answer (from B) call `id`; returns (where A sends,
 /// where B sends). `extra` is added to both commands (rtpengine needs the
 /// direction of the interfaces).
-fn offer_answer(
+pub fn offer_answer(
     ng: &NgClient,
     id: &str,
     a: SocketAddr,

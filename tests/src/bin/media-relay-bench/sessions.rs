@@ -2,13 +2,8 @@
 //! and their latency. (Forwarding through calls set up over ng is the
 //! `capacity` part.)
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::Path,
-    time::Instant,
-};
+use std::{net::SocketAddr, path::Path, time::Instant};
 
-use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions,
     bed::{A_V4, B_V4},
@@ -16,36 +11,12 @@ use media_relay_tests::{
 };
 use media_user::ng::Value;
 
-fn sdp(addr: Ipv4Addr, port: u16) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
-    )
-}
-
-fn relay_port(reply: &Value) -> anyhow::Result<SocketAddr> {
-    let body = reply
-        .get("sdp")
-        .and_then(Value::as_bytes)
-        .context("no sdp")?;
-    let info = media_user::sdp::inspect(body)?;
-    let m = info.media.first().context("no media")?;
-    Ok(SocketAddr::new(m.connection.context("no c=")?, m.port))
-}
-
+/// Offer from A, answer from B (the benchmark paths' SDP); returns where
+/// A sends.
 fn offer_answer(ng: &NgClient, id: &str) -> anyhow::Result<SocketAddr> {
-    ng.ok(&Value::dict()
-        .with("command", "offer")
-        .with("call-id", id)
-        .with("from-tag", "a")
-        .with("sdp", sdp(A_V4, 5000).as_str()))?;
-    let answer = ng.ok(&Value::dict()
-        .with("command", "answer")
-        .with("call-id", id)
-        .with("from-tag", "a")
-        .with("to-tag", "b")
-        .with("sdp", sdp(B_V4, 6000).as_str()))?;
-    relay_port(&answer)
+    let a = SocketAddr::new(A_V4.into(), 5000);
+    let b = SocketAddr::new(B_V4.into(), 6000);
+    Ok(media_relay_tests::paths::offer_answer(ng, id, a, b, &[])?.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
