@@ -62,9 +62,10 @@ impl PortState {
     /// Count one packet that arrived here and was (or failed to be)
     /// forwarded.
     pub(super) fn record(&self, local: SocketAddr, data: &[u8], sent: bool) {
+        let rtp = rtp_header(data);
         // It arrived from the party either way: not lost on its way here.
         if self.rtp.load(Ordering::Relaxed)
-            && let Some((ssrc, seq)) = rtp_header(data)
+            && let Some((ssrc, seq)) = rtp
         {
             self.seq
                 .lock()
@@ -84,7 +85,7 @@ impl PortState {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         self.last_ns.store(now, Ordering::Relaxed);
-        if let Some((ssrc, seq)) = rtp_header(data) {
+        if let Some((ssrc, seq)) = rtp {
             self.last_rtp.store(
                 1 << 48 | u64::from(ssrc) << 16 | u64::from(seq),
                 Ordering::Relaxed,
