@@ -18,11 +18,10 @@ use crate::ng::{self, Value};
 const ATTEMPTS: u32 = 3;
 const WAIT: Duration = Duration::from_millis(700);
 
-/// An ng client for one-off requests.
+/// The CLI's ng client: [`ng::blocking::Client`] with retransmissions, and
+/// errors worded for an operator.
 pub struct NgClient {
-    socket: UdpSocket,
-    addr: SocketAddr,
-    seq: u32,
+    client: ng::blocking::Client,
 }
 
 impl NgClient {
@@ -33,63 +32,36 @@ impl NgClient {
             "[::]:0".parse()?
         };
         let socket = UdpSocket::bind(any).context("binding a UDP socket for ng")?;
-        socket.set_read_timeout(Some(WAIT))?;
         Ok(Self {
-            socket,
-            addr,
-            seq: 0,
+            client: ng::blocking::Client::new(socket, addr, "cli").attempts(ATTEMPTS),
         })
     }
 
     /// Send `request` (a dictionary with `command`), retransmitting with
     /// the same cookie; the reply's dictionary, or its `error-reason`.
     pub fn request(&mut self, request: &Value) -> anyhow::Result<Value> {
-        self.seq += 1;
-        let cookie = format!("mr{}-{}", std::process::id(), self.seq);
-        let bytes = ng::encode_request(cookie.as_bytes(), request)?;
-        let mut buf = vec![0u8; 65_536];
-        for _ in 0..ATTEMPTS {
-            self.socket
-                .send_to(&bytes, self.addr)
-                .with_context(|| format!("sending to media-relay's ng address {}", self.addr))?;
-            loop {
-                match self.socket.recv_from(&mut buf) {
-                    Ok((n, from)) if from == self.addr => {
-                        let Ok((c, reply)) = ng::parse_reply(&buf[..n]) else {
-                            continue;
-                        };
-                        if c != cookie.as_bytes() {
-                            continue;
-                        }
-                        let result = reply.get("result").and_then(Value::as_str);
-                        if result == Some("error") {
-                            let reason = reply
-                                .get("error-reason")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no reason given");
-                            bail!("media-relay answered: {reason}");
-                        }
-                        return Ok(reply);
-                    }
-                    Ok(_) => continue,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break;
-                    }
-                    // ECONNREFUSED from an earlier datagram: nobody listens.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-                    Err(e) => return Err(e).context("receiving the ng reply"),
-                }
+        let addr = self.client.server();
+        let reply = match self.client.request(request, WAIT) {
+            Ok(reply) => reply,
+            Err(
+                ng::blocking::ClientError::NoReply { .. }
+                | ng::blocking::ClientError::Refused { .. },
+            ) => bail!(
+                "no reply from media-relay on {addr} (is `media-relay run` running? point at it with --ng <addr> or --config <file>)"
+            ),
+            Err(e @ ng::blocking::ClientError::Send { .. }) => {
+                return Err(e).context("sending to media-relay's ng address");
             }
+            Err(e) => return Err(e.into()),
+        };
+        if reply.get("result").and_then(Value::as_str) == Some("error") {
+            let reason = reply
+                .get("error-reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            bail!("media-relay answered: {reason}");
         }
-        bail!(
-            "no reply from media-relay on {} (is `media-relay run` running? point at it with --ng <addr> or --config <file>)",
-            self.addr
-        )
+        Ok(reply)
     }
 }
 

@@ -12,6 +12,9 @@
 //!   dictionary keys in any order as ng peers send them.
 //! - `value.rs`: builders for replies (`Value::dict().with("sdp", sdp)`).
 //! - `error.rs`: [`NgError`], whose text is the `error-reason` sent back.
+//! - `blocking.rs`: [`blocking::Client`], a blocking client for one-off
+//!   requests (the operator CLI, the tests), and [`blocking::Cookies`],
+//!   cookies unique across processes and restarts.
 //!
 //! A server loop reads a datagram and does:
 //!
@@ -42,6 +45,7 @@
 use std::net::IpAddr;
 
 mod bencode;
+pub mod blocking;
 mod cache;
 mod client;
 mod command;

@@ -3,33 +3,119 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use media_user::ng::Value;
+use media_user::ng::{self, Value};
 
-use crate::netns::Netns;
+use crate::{netns::Netns, testdir::TestDir};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The `media-relay` binary of this build (`target/<profile>/media-relay`).
-pub fn binary() -> PathBuf {
+/// `target/<profile>/`, where the binaries of this build are.
+fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let mut dir = exe.parent().expect("deps dir").to_owned();
+    let mut dir = exe
+        .parent()
+        .expect("the test binary's directory")
+        .to_owned();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("media-relay");
+    dir
+}
+
+/// Build the binaries the tests start (`media-relay`, `media-relay-sip`)
+/// from the current source, once per test process, with the cargo and the
+/// profile that built this test (a no-op when they are up to date). So
+/// `cargo test -p media-relay-tests` by hand never tests a stale daemon.
+/// `MEDIA_RELAY_BIN_DIR` names a directory of prebuilt binaries instead
+/// (the installed package, say); outside cargo (`CARGO` unset, e.g. the
+/// bench binary run on its own) the binaries next to this one are used.
+fn binaries_dir() -> &'static Result<PathBuf, String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("MEDIA_RELAY_BIN_DIR") {
+            return Ok(PathBuf::from(dir));
+        }
+        let dir = target_profile_dir();
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            return Ok(dir);
+        };
+        let profile = dir
+            .file_name()
+            .and_then(|p| p.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        let target_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "--package",
+            "media-user",
+            "--package",
+            "signaling",
+            "--bins",
+        ]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        cmd.arg("--target-dir").arg(&target_dir);
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(dir),
+            Ok(s) => Err(format!(
+                "building media-relay for the tests failed ({s}): run `cargo build --bins` in {} and fix what it reports",
+                workspace.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot run cargo to build media-relay for the tests ({e}): run `cargo build --bins` first"
+            )),
+        }
+    })
+}
+
+/// A binary of this build, built from the current source first
+/// ([`binaries_dir`]).
+fn built(name: &str) -> PathBuf {
+    let dir = match binaries_dir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("{e}"),
+    };
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build --bins`; `cargo xtask test` does)",
         bin.display()
     );
     bin
+}
+
+/// The `media-relay` binary of this build (`target/<profile>/media-relay`).
+pub fn binary() -> PathBuf {
+    built("media-relay")
+}
+
+/// The `media-relay-sip` binary of this build.
+pub fn sip_binary() -> PathBuf {
+    built("media-relay-sip")
 }
 
 /// A running daemon, stopped (SIGTERM, then SIGKILL) and its pins removed
@@ -43,16 +129,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// Start `media-relay run <args>` in `ns` with its ng socket on
-    /// 127.0.0.1:2223 of that namespace and its own pin directory; returns
-    /// once it answers ping.
-    pub fn start(ns: &Netns, args: &[&str]) -> anyhow::Result<Self> {
+    /// 127.0.0.1:2223 of that namespace (each test has namespaces of its
+    /// own), its own pin directory and its log in the test's directory
+    /// `dir`; returns once it answers ping.
+    pub fn start(dir: &TestDir, ns: &Netns, args: &[&str]) -> anyhow::Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
             std::process::id()
         ));
-        let log =
-            std::env::temp_dir().join(format!("media-relay-test-{}-{n}.log", std::process::id()));
+        let log = dir.unique("media-relay.log");
         let ng: SocketAddr = "127.0.0.1:2223".parse()?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
@@ -144,36 +230,22 @@ impl Drop for Daemon {
         if self.child.is_some() {
             let _ = self.stop();
         }
+        // The log stays with the test's directory (kept if it fails).
         let _ = std::fs::remove_dir_all(&self.pin_root);
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            eprintln!("media-relay log kept at {}", self.log.display());
-        }
     }
 }
 
-/// An ng client on a socket inside a namespace, using our own codec.
+/// An ng client on a socket inside a namespace: [`ng::blocking::Client`],
+/// the one the operator CLI uses.
 pub struct NgClient {
-    socket: UdpSocket,
-    server: SocketAddr,
-    /// Cookies must be unique per server (it caches replies by cookie).
-    prefix: String,
-    cookie: AtomicU32,
+    client: ng::blocking::Client,
 }
 
 impl NgClient {
     pub fn new(ns: &Netns, server: SocketAddr) -> anyhow::Result<Self> {
         let socket = ns.enter(|| Ok(UdpSocket::bind("127.0.0.1:0")?))?;
         Ok(Self {
-            socket,
-            server,
-            prefix: format!(
-                "{}-{}-",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            cookie: AtomicU32::new(1),
+            client: ng::blocking::Client::new(socket, server, "test"),
         })
     }
 
@@ -183,28 +255,7 @@ impl NgClient {
     }
 
     pub fn request_timeout(&self, dict: &Value, timeout: Duration) -> anyhow::Result<Value> {
-        let cookie = format!(
-            "{}{}",
-            self.prefix,
-            self.cookie.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut msg = cookie.clone().into_bytes();
-        msg.push(b' ');
-        msg.extend(dict.encode().map_err(|e| anyhow::anyhow!("{e}"))?);
-        self.socket.set_read_timeout(Some(timeout))?;
-        self.socket.send_to(&msg, self.server)?;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let (n, _) = self.socket.recv_from(&mut buf)?;
-            let reply = &buf[..n];
-            let Some(rest) = reply
-                .strip_prefix(cookie.as_bytes())
-                .and_then(|r| r.strip_prefix(b" "))
-            else {
-                continue; // a late reply to an earlier request
-            };
-            return Value::decode(rest).map_err(|e| anyhow::anyhow!("reply: {e}"));
-        }
+        Ok(self.client.request(dict, timeout)?)
     }
 
     /// `request`, failing unless `result` is `ok` (or `pong`).

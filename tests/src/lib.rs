@@ -4,7 +4,8 @@
 //! by hand and checked with an independent checksum implementation
 //! (etherparse).
 //!
-//! Everything created here is removed on drop, also when a test fails.
+//! Everything created here is removed on drop, also when a test fails;
+//! each test's files live in its own [`TestDir`], kept when it fails.
 
 pub mod bed;
 pub mod daemon;
@@ -19,8 +20,10 @@ pub mod relay;
 pub mod rtp_load;
 pub mod rtpengine;
 pub mod sipp;
+pub mod testdir;
 
 pub use bed::{Bed, BedOptions};
 pub use netns::Netns;
 pub use privilege::require_root;
 pub use relay::Relay;
+pub use testdir::{TestDir, root_test};

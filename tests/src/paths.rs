@@ -28,6 +28,7 @@ use crate::{
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     daemon::{Daemon, NgClient},
     rtpengine::Rtpengine,
+    testdir::TestDir,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,19 +177,21 @@ pub fn offer_answer(
 
 /// Set `kind` up on `bed` for `n` calls, over IPv4.
 pub fn setup(
+    dir: &TestDir,
     bed: &Bed,
     kind: PathKind,
     n: u32,
     a_port0: u16,
     b_port0: u16,
 ) -> anyhow::Result<Path> {
-    setup_family(bed, kind, n, a_port0, b_port0, false)
+    setup_family(dir, bed, kind, n, a_port0, b_port0, false)
 }
 
 /// Set `kind` up on `bed` for `n` calls, over IPv6 if `v6` (A and B at
 /// `A_V6`, `B_V6`; rtpengine gets both families on its interfaces; the
 /// kernel path enables IPv6 forwarding in the relay namespace), else IPv4.
 pub fn setup_family(
+    dir: &TestDir,
     bed: &Bed,
     kind: PathKind,
     n: u32,
@@ -262,6 +265,7 @@ pub fn setup_family(
                 _ => "off",
             };
             let daemon = Daemon::start(
+                dir,
                 &bed.relay,
                 &[
                     "-i",

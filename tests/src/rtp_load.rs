@@ -867,11 +867,24 @@ impl Sink {
 mod tests {
     use super::*;
 
-    fn flows(n: u16, base: u16) -> Vec<Flow> {
+    /// `n` flows between loopback ports the kernel reports free right now
+    /// (bound to port 0, then released): never ports derived from the pid,
+    /// which two test processes can share, nor fixed ones something else
+    /// on the host may hold.
+    fn flows(n: u16) -> Vec<Flow> {
+        let free: Vec<SocketAddr> = {
+            let socks: Vec<UdpSocket> = (0..2 * n)
+                .map(|_| UdpSocket::bind("127.0.0.1:0").expect("a free loopback port"))
+                .collect();
+            socks
+                .iter()
+                .map(|s| s.local_addr().expect("bound address"))
+                .collect()
+        };
         (0..n)
             .map(|i| Flow {
-                src: SocketAddr::from(([127, 0, 0, 1], base + 2 * i)),
-                dst: SocketAddr::from(([127, 0, 0, 1], base + 1000 + 2 * i)),
+                src: free[usize::from(2 * i)],
+                dst: free[usize::from(2 * i + 1)],
                 ssrc: 0xabc0_0000 + u32::from(i),
             })
             .collect()
@@ -879,9 +892,7 @@ mod tests {
 
     #[test]
     fn loopback_run_counts_everything() {
-        // Ports derived from the pid so parallel test processes differ.
-        let base = 20_000 + (std::process::id() % 200) as u16 * 100;
-        let fl = flows(4, base);
+        let fl = flows(4);
         let mut generator = Generator::bind(None, &fl).expect("generator");
         let sink = Sink::bind(None, &fl).expect("sink");
         let done = AtomicBool::new(false);
@@ -956,8 +967,7 @@ mod tests {
 
     #[test]
     fn pacing_is_bounded_by_count_and_time() {
-        let base = 40_000 + (std::process::id() % 200) as u16 * 100;
-        let fl = flows(2, base);
+        let fl = flows(2);
         let mut generator = Generator::bind(None, &fl).expect("generator");
         // Count-bound: exactly the count.
         let g = generator

@@ -79,7 +79,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::Netns;
+use crate::{netns::Netns, testdir::TestDir};
 
 /// The RTP stream every scenario plays (Debian's `sip-tester` ships it).
 pub const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
@@ -196,27 +196,26 @@ fn host_port(a: SocketAddr) -> String {
 
 impl Sipp {
     /// Start `sipp` in `ns` (`ip netns exec`, which execs SIPp: the child's
-    /// PID is SIPp's). Logs go to a fresh directory under the temp dir. A
+    /// PID is SIPp's). Logs go to a fresh directory in the test's `dir`. A
     /// UAS (no `remote`) is waited for until its SIP socket is bound, so a
     /// UAC started next (over TCP in particular) finds it.
-    pub fn start(ns: &Netns, opts: &SippOptions) -> anyhow::Result<Self> {
+    pub fn start(dir: &TestDir, ns: &Netns, opts: &SippOptions) -> anyhow::Result<Self> {
         let scenario = scenario_dir().join(&opts.scenario);
         anyhow::ensure!(scenario.exists(), "no scenario {}", scenario.display());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let logs = std::env::temp_dir().join(format!(
-            "media-relay-sipp-{}-{n}-{}",
-            std::process::id(),
-            opts.scenario.trim_end_matches(".xml")
-        ));
-        let _ = std::fs::remove_dir_all(&logs);
-        std::fs::create_dir_all(&logs)?;
+        let logs = dir.create_dir(&format!("sipp-{}", opts.scenario.trim_end_matches(".xml")))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name(), "sipp"]);
         if let Some(remote) = opts.remote {
             cmd.arg(host_port(remote));
         }
+        // SIPp's UDP control socket (`-cp`, default 8888, bound in the
+        // namespace): explicit and distinct per SIPp of this process, so two
+        // SIPps in one namespace never race for it.
+        let control_port = 9000 + n % 1000;
         cmd.arg("-sf")
             .arg(&scenario)
+            .args(["-cp", &control_port.to_string()])
             .args(["-i", &opts.local.ip().to_string()])
             .args(["-p", &opts.local.port().to_string()])
             .arg("-bind_local")
@@ -398,7 +397,6 @@ impl Sipp {
             screen: read("screen.log"),
             stats,
             logs: std::mem::take(&mut self.logs),
-            keep: std::cell::Cell::new(false),
         })
     }
 }
@@ -454,9 +452,8 @@ fn parse_stat_csv(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// What a finished SIPp reports. Its log directory is removed on drop,
-/// except after a failed [`SippResult::ensure_all_succeeded`] or during a
-/// panic.
+/// What a finished SIPp reports. Its logs stay in the test's directory
+/// (removed with it when the test passes, kept when it fails).
 #[derive(Debug)]
 pub struct SippResult {
     pub scenario: String,
@@ -483,7 +480,6 @@ pub struct SippResult {
     /// The final screens (`-trace_screen`): per-step message counts.
     pub screen: String,
     logs: PathBuf,
-    keep: std::cell::Cell<bool>,
 }
 
 impl SippResult {
@@ -515,13 +511,12 @@ impl SippResult {
 
     /// Fail unless SIPp exited 0 with every one of its `-m` calls
     /// successful and none failed. The error carries the non-zero failure
-    /// counters, the error log and the scenario screen, and the logs are
-    /// kept (their path is in the message).
+    /// counters, the error log and the scenario screen, and the path of the
+    /// logs.
     pub fn ensure_all_succeeded(&self) -> anyhow::Result<()> {
         if self.exit_code == 0 && self.failed == 0 && self.successful == u64::from(self.calls) {
             return Ok(());
         }
-        self.keep.set(true);
         let failures: Vec<String> = self
             .stats
             .iter()
@@ -533,7 +528,7 @@ impl SippResult {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         bail!(
-            "sipp {}: exit {} ({}), {} of {} calls successful, {} failed [{}]; logs kept in {}\n[errors]\n{}{}",
+            "sipp {}: exit {} ({}), {} of {} calls successful, {} failed [{}]; logs in {}\n[errors]\n{}{}",
             self.scenario,
             self.exit_code,
             self.exit_meaning(),
@@ -548,20 +543,6 @@ impl SippResult {
     }
 }
 
-impl Drop for SippResult {
-    fn drop(&mut self) {
-        if self.keep.get() || std::thread::panicking() {
-            eprintln!(
-                "sipp {} logs kept in {}",
-                self.scenario,
-                self.logs.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.logs);
-        }
-    }
-}
-
 /// Run one UAS/UAC pair: start the UAS in `uas_ns`, then the UAC in
 /// `uac_ns`, and wait for both within `deadline`. Returns `(UAS result,
 /// UAC result)` as they are; check them with
@@ -570,6 +551,7 @@ impl Drop for SippResult {
 /// before it is killed and this fails; otherwise it gets what is left of
 /// `deadline` (at least 3 s).
 pub fn run_pair(
+    dir: &TestDir,
     uas_ns: &Netns,
     uas: &SippOptions,
     uac_ns: &Netns,
@@ -577,8 +559,8 @@ pub fn run_pair(
     deadline: Duration,
 ) -> anyhow::Result<(SippResult, SippResult)> {
     let end = Instant::now() + deadline;
-    let server = Sipp::start(uas_ns, uas)?;
-    let client = Sipp::start(uac_ns, uac)?;
+    let server = Sipp::start(dir, uas_ns, uas)?;
+    let client = Sipp::start(dir, uac_ns, uac)?;
     let uac_result = client.wait(end.saturating_duration_since(Instant::now()))?;
     let grace = if uac_result.exit_code == 0 {
         end.saturating_duration_since(Instant::now())

@@ -8,20 +8,20 @@
 use std::time::Duration;
 
 use media_relay_tests::{
-    Bed, BedOptions,
+    Bed, BedOptions, TestDir,
     media::{drain, rtp, udp_socket},
     paths::{self, PathKind},
-    require_root,
+    root_test,
 };
 
-fn forwards(kind: PathKind, v6: bool) -> anyhow::Result<()> {
+fn forwards(t: &TestDir, kind: PathKind, v6: bool) -> anyhow::Result<()> {
     const CALLS: u32 = 3;
     const PACKETS: u16 = 20;
     let bed = Bed::new(BedOptions {
         peer_xdp: kind == PathKind::XdpNative,
         static_neighbours: false,
     })?;
-    let path = paths::setup_family(&bed, kind, CALLS, 5000, 6000, v6)?;
+    let path = paths::setup_family(t, &bed, kind, CALLS, 5000, 6000, v6)?;
     let name = format!("{}{}", kind.name(), if v6 { " (IPv6)" } else { "" });
     let result = (|| -> anyhow::Result<()> {
         let timeout = Duration::from_millis(500);
@@ -74,10 +74,7 @@ macro_rules! path_test {
     ($name:ident, $kind:expr, $v6:expr) => {
         #[test]
         fn $name() -> anyhow::Result<()> {
-            if !require_root(stringify!($name)) {
-                return Ok(());
-            }
-            forwards($kind, $v6)
+            root_test(stringify!($name), |t| forwards(t, $kind, $v6))
         }
     };
 }

@@ -11,25 +11,10 @@ use std::{
 
 use anyhow::Context as _;
 use media_ebpf::{Flow, FlowKey};
-use media_relay_tests::{Netns, require_root};
+use media_relay_tests::{Netns, daemon::binary, require_root};
 use media_user::dataplane::{DataPlane, Options};
 
-/// The `media-relay` binary next to this test's own target directory.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join("media-relay");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build --bins`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
-
+/// A pin root of this test process; `tag` is unique per test.
 fn pin_root(tag: &str) -> PathBuf {
     PathBuf::from(format!(
         "/sys/fs/bpf/media-relay-test-{tag}-{}",

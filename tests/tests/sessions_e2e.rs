@@ -12,11 +12,11 @@ use std::{
 
 use anyhow::Context as _;
 use media_relay_tests::{
-    Bed, BedOptions, Netns,
+    Bed, BedOptions, Netns, TestDir,
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     daemon::{Daemon, NgClient, new_sdp, ng_client},
     media::{drain, rtp, udp_socket},
-    require_root,
+    root_test,
 };
 
 fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
@@ -70,30 +70,31 @@ fn media(
 }
 
 fn write_sdp(
+    dir: &TestDir,
     name: &str,
     addr: impl Into<IpAddr>,
     port: u16,
     version: u32,
 ) -> anyhow::Result<String> {
-    write_sdp_with(name, addr.into(), port, version, "")
+    write_sdp_with(dir, name, addr.into(), port, version, "")
 }
 
-/// An SDP file for `rtpengine-ng-client --sdp-file`, with `extra`
-/// attribute lines for the audio stream.
+/// An SDP file for `rtpengine-ng-client --sdp-file` in the test's own
+/// directory, with `extra` attribute lines for the audio stream.
 fn write_sdp_with(
+    dir: &TestDir,
     name: &str,
     addr: IpAddr,
     port: u16,
     version: u32,
     extra: &str,
 ) -> anyhow::Result<String> {
-    let path = std::env::temp_dir().join(format!("mr-{}-{name}.sdp", std::process::id()));
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let sdp = format!(
         "v=0\r\no=- 4242 {version} IN {family} {addr}\r\ns=call\r\nc=IN {family} {addr}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n{extra}"
     );
-    std::fs::write(&path, sdp)?;
+    let path = dir.write(&format!("{name}.sdp"), sdp)?;
     Ok(path.to_string_lossy().into_owned())
 }
 
@@ -132,7 +133,7 @@ fn stat(ng: &NgClient, key: &str) -> anyhow::Result<i64> {
     Ok(plane.get(key).and_then(Value::as_int).unwrap_or(0))
 }
 
-fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
+fn session(t: &TestDir, mode: &str, v6: bool) -> anyhow::Result<()> {
     let (a_ip, b_ip, ra_ip, rb_ip, nat_ip, third_ip, third_cidr): (
         IpAddr,
         IpAddr,
@@ -157,7 +158,9 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
             B_V4.into(),
             RA_V4.into(),
             RB_V4.into(),
-            Ipv4Addr::new(10, 99, 0, 5).into(),
+            // Unrouted from the relay (198.18.0.0/15, outside the bed's
+            // subnets): the address a NAT hides.
+            Ipv4Addr::new(198, 18, 99, 5).into(),
             Ipv4Addr::new(198, 18, 1, 3).into(),
             "198.18.1.3/24",
         )
@@ -167,6 +170,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
         static_neighbours: false,
     })?;
     let daemon = Daemon::start(
+        t,
         &bed.relay,
         &[
             "-i",
@@ -186,7 +190,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let xdp = mode != "off";
     let result = (|| -> anyhow::Result<()> {
-        // A is behind NAT: its SDP says 10.99.0.5:4000, it sends from
+        // A is behind NAT: its SDP says 198.18.99.5:4000, it sends from
         // 198.18.1.2:5000.
         let a_rtp = bind(&bed.a, sa(a_ip, 5000))?;
         let a_rtcp = bind(&bed.a, sa(a_ip, 5001))?;
@@ -199,7 +203,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
                 "offer",
                 "--call-id=call-1",
                 "--from-tag=a-tag",
-                &format!("--sdp-file={}", write_sdp("a", nat_ip, 4000, 1)?),
+                &format!("--sdp-file={}", write_sdp(t, "a", nat_ip, 4000, 1)?),
             ],
         )?;
         let to_b = new_sdp(&offer)?;
@@ -216,7 +220,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("b", b_ip, 6000, 1)?),
+                &format!("--sdp-file={}", write_sdp(t, "b", b_ip, 6000, 1)?),
             ],
         )?;
         let to_a = new_sdp(&answer)?;
@@ -292,7 +296,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("a2", a_ip, 5002, 2)?),
+                &format!("--sdp-file={}", write_sdp(t, "a2", a_ip, 5002, 2)?),
             ],
         )?;
         anyhow::ensure!(
@@ -307,7 +311,7 @@ fn session(mode: &str, v6: bool) -> anyhow::Result<()> {
                 "--call-id=call-1",
                 "--from-tag=a-tag",
                 "--to-tag=b-tag",
-                &format!("--sdp-file={}", write_sdp("b", b_ip, 6000, 1)?),
+                &format!("--sdp-file={}", write_sdp(t, "b", b_ip, 6000, 1)?),
             ],
         )?;
         anyhow::ensure!(
@@ -353,10 +357,7 @@ macro_rules! session_test {
     ($name:ident, $mode:expr, $v6:expr) => {
         #[test]
         fn $name() -> anyhow::Result<()> {
-            if !require_root(stringify!($name)) {
-                return Ok(());
-            }
-            session($mode, $v6)
+            root_test(stringify!($name), |t| session(t, $mode, $v6))
         }
     };
 }
@@ -371,178 +372,178 @@ session_test!(session_ipv6_xdp_native, "native", true);
 /// towards the carrier, and splits/joins RTCP by packet type.
 #[test]
 fn rtcp_mux_bridging() -> anyhow::Result<()> {
-    if !require_root("rtcp_mux_bridging") {
-        return Ok(());
-    }
-    let bed = Bed::new(BedOptions {
-        peer_xdp: true,
-        static_neighbours: false,
-    })?;
-    let daemon = Daemon::start(
-        &bed.relay,
-        &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            "native",
-            "--learning-window",
-            "1",
-        ],
-    )?;
-    let a = bind(&bed.a, sa(A_V4, 5000))?;
-    let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
-    let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
-    let offer = ng_client(
-        &bed.relay,
-        daemon.ng,
-        &[
-            "offer",
-            "--call-id=mux",
-            "--from-tag=a",
-            "--rtcp-mux=demux",
-            &format!(
-                "--sdp-file={}",
-                write_sdp_with("mux-a", A_V4.into(), 5000, 1, "a=rtcp-mux\r\n")?
-            ),
-        ],
-    )?;
-    let to_b = new_sdp(&offer)?;
-    anyhow::ensure!(!to_b.contains("a=rtcp-mux"), "demuxed towards B: {to_b}");
-    let answer = ng_client(
-        &bed.relay,
-        daemon.ng,
-        &[
-            "answer",
-            "--call-id=mux",
-            "--from-tag=a",
-            "--to-tag=b",
-            "--rtcp-mux=accept",
-            &format!("--sdp-file={}", write_sdp("mux-b", B_V4, 6000, 1)?),
-        ],
-    )?;
-    let to_a = new_sdp(&answer)?;
-    anyhow::ensure!(
-        to_a.contains("a=rtcp-mux"),
-        "mux accepted towards A: {to_a}"
-    );
-    let (relay_a, relay_b) = (relay_of(&to_a)?, relay_of(&to_b)?);
-    let rtcp_b = SocketAddr::new(relay_b.ip(), relay_b.port() + 1);
-    // RTP and RTCP from A share one port; B gets them on two.
-    media(&a, relay_a, &b_rtp, relay_b, 0xa1, 20)?;
-    a.send_to(&rtcp(0xa1), relay_a)?;
-    anyhow::ensure!(
-        drain(&b_rtcp, 2) == vec![(rtcp(0xa1), rtcp_b)],
-        "A's muxed RTCP at B's RTCP port"
-    );
-    anyhow::ensure!(
-        drain(&b_rtp, 1).is_empty(),
-        "A's RTCP leaked onto B's RTP port"
-    );
-    // B's two ports arrive muxed at A's one.
-    media(&b_rtp, relay_b, &a, relay_a, 0xb1, 20)?;
-    b_rtcp.send_to(&rtcp(0xb1), rtcp_b)?;
-    anyhow::ensure!(
-        drain(&a, 2) == vec![(rtcp(0xb1), relay_a)],
-        "B's RTCP joins A's RTP port"
-    );
-    Ok(())
+    root_test("rtcp_mux_bridging", |t| {
+        let bed = Bed::new(BedOptions {
+            peer_xdp: true,
+            static_neighbours: false,
+        })?;
+        let daemon = Daemon::start(
+            t,
+            &bed.relay,
+            &[
+                "-i",
+                "ra",
+                "-i",
+                "rb",
+                "--xdp-mode",
+                "native",
+                "--learning-window",
+                "1",
+            ],
+        )?;
+        let a = bind(&bed.a, sa(A_V4, 5000))?;
+        let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
+        let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
+        let offer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "offer",
+                "--call-id=mux",
+                "--from-tag=a",
+                "--rtcp-mux=demux",
+                &format!(
+                    "--sdp-file={}",
+                    write_sdp_with(t, "mux-a", A_V4.into(), 5000, 1, "a=rtcp-mux\r\n")?
+                ),
+            ],
+        )?;
+        let to_b = new_sdp(&offer)?;
+        anyhow::ensure!(!to_b.contains("a=rtcp-mux"), "demuxed towards B: {to_b}");
+        let answer = ng_client(
+            &bed.relay,
+            daemon.ng,
+            &[
+                "answer",
+                "--call-id=mux",
+                "--from-tag=a",
+                "--to-tag=b",
+                "--rtcp-mux=accept",
+                &format!("--sdp-file={}", write_sdp(t, "mux-b", B_V4, 6000, 1)?),
+            ],
+        )?;
+        let to_a = new_sdp(&answer)?;
+        anyhow::ensure!(
+            to_a.contains("a=rtcp-mux"),
+            "mux accepted towards A: {to_a}"
+        );
+        let (relay_a, relay_b) = (relay_of(&to_a)?, relay_of(&to_b)?);
+        let rtcp_b = SocketAddr::new(relay_b.ip(), relay_b.port() + 1);
+        // RTP and RTCP from A share one port; B gets them on two.
+        media(&a, relay_a, &b_rtp, relay_b, 0xa1, 20)?;
+        a.send_to(&rtcp(0xa1), relay_a)?;
+        anyhow::ensure!(
+            drain(&b_rtcp, 2) == vec![(rtcp(0xa1), rtcp_b)],
+            "A's muxed RTCP at B's RTCP port"
+        );
+        anyhow::ensure!(
+            drain(&b_rtp, 1).is_empty(),
+            "A's RTCP leaked onto B's RTP port"
+        );
+        // B's two ports arrive muxed at A's one.
+        media(&b_rtp, relay_b, &a, relay_a, 0xb1, 20)?;
+        b_rtcp.send_to(&rtcp(0xb1), rtcp_b)?;
+        anyhow::ensure!(
+            drain(&a, 2) == vec![(rtcp(0xb1), relay_a)],
+            "B's RTCP joins A's RTP port"
+        );
+        Ok(())
+    })
 }
 
 /// Offer, answer and delete many calls through ng; nothing is left behind:
 /// no call, no bound port, no XDP flow, and memory back near where it was.
 #[test]
 fn ten_thousand_calls_leave_nothing_behind() -> anyhow::Result<()> {
-    if !require_root("ten_thousand_calls_leave_nothing_behind") {
-        return Ok(());
-    }
-    const CALLS: usize = 10_000;
-    let bed = Bed::new(BedOptions::default())?;
-    let daemon = Daemon::start(
-        &bed.relay,
-        &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            "generic",
-            "--port-min",
-            "20000",
-            "--port-max",
-            "59999",
-            // Keep the retransmission cache small so memory shows per-call state.
-            "--ng-cache-ttl",
-            "1",
-        ],
-    )?;
-    let ng = NgClient::new(&bed.relay, daemon.ng)?;
-    let sdp = |addr: Ipv4Addr, port: u16| {
-        format!(
-            "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
-        )
-    };
-    let warm = |i: usize| -> anyhow::Result<()> {
-        let id = format!("bulk-{i}");
-        ng.ok(&Value::dict()
-            .with("command", "offer")
-            .with("call-id", id.as_str())
-            .with("from-tag", "a")
-            .with("sdp", sdp(A_V4, 5000).as_str()))?;
-        ng.ok(&Value::dict()
-            .with("command", "answer")
-            .with("call-id", id.as_str())
-            .with("from-tag", "a")
-            .with("to-tag", "b")
-            .with("sdp", sdp(B_V4, 6000).as_str()))?;
-        ng.ok(&Value::dict()
-            .with("command", "delete")
-            .with("call-id", id.as_str()))?;
-        Ok(())
-    };
-    // Warm up allocators, and fill the ring of the 1 000 ended calls the
-    // daemon remembers (bounded), before measuring memory.
-    for i in 0..1100 {
-        warm(i)?;
-    }
-    let rss_before = daemon.rss_kib();
-    for i in 1100..CALLS {
-        warm(i)?;
-        if i % 2500 == 0 {
-            eprintln!("  {i} calls");
+    root_test("ten_thousand_calls_leave_nothing_behind", |t| {
+        const CALLS: usize = 10_000;
+        let bed = Bed::new(BedOptions::default())?;
+        let daemon = Daemon::start(
+            t,
+            &bed.relay,
+            &[
+                "-i",
+                "ra",
+                "-i",
+                "rb",
+                "--xdp-mode",
+                "generic",
+                "--port-min",
+                "20000",
+                "--port-max",
+                "59999",
+                // Keep the retransmission cache small so memory shows per-call state.
+                "--ng-cache-ttl",
+                "1",
+            ],
+        )?;
+        let ng = NgClient::new(&bed.relay, daemon.ng)?;
+        let sdp = |addr: Ipv4Addr, port: u16| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+            )
+        };
+        let warm = |i: usize| -> anyhow::Result<()> {
+            let id = format!("bulk-{i}");
+            ng.ok(&Value::dict()
+                .with("command", "offer")
+                .with("call-id", id.as_str())
+                .with("from-tag", "a")
+                .with("sdp", sdp(A_V4, 5000).as_str()))?;
+            ng.ok(&Value::dict()
+                .with("command", "answer")
+                .with("call-id", id.as_str())
+                .with("from-tag", "a")
+                .with("to-tag", "b")
+                .with("sdp", sdp(B_V4, 6000).as_str()))?;
+            ng.ok(&Value::dict()
+                .with("command", "delete")
+                .with("call-id", id.as_str()))?;
+            Ok(())
+        };
+        // Warm up allocators, and fill the ring of the 1 000 ended calls the
+        // daemon remembers (bounded), before measuring memory.
+        for i in 0..1100 {
+            warm(i)?;
         }
-    }
-    let s = ng.ok(&Value::dict().with("command", "statistics"))?;
-    let stats = s.get("statistics").context("statistics")?;
-    let managed = stats
-        .get("totalstatistics")
-        .and_then(|t| t.get("managedsessions"))
-        .and_then(Value::as_int);
-    let current = stats
-        .get("currentstatistics")
-        .and_then(|t| t.get("sessionsown"))
-        .and_then(Value::as_int);
-    let used = stats
-        .get("ports")
-        .and_then(|p| p.get("used"))
-        .and_then(Value::as_int);
-    let plane = stats.get("media plane").context("media plane")?;
-    let flows = plane.get("xdp flows").and_then(Value::as_int);
-    let bound = plane.get("bound ports").and_then(Value::as_int);
-    let rss_after = daemon.rss_kib();
-    eprintln!("RSS {rss_before} KiB → {rss_after} KiB after {CALLS} calls");
-    assert_eq!(managed, Some(CALLS as i64));
-    assert_eq!(
-        (current, used, flows, bound),
-        (Some(0), Some(0), Some(0), Some(0))
-    );
-    assert!(
-        rss_after < rss_before + 8 * 1024,
-        "memory grew by {} KiB over {CALLS} calls",
-        rss_after.saturating_sub(rss_before)
-    );
-    Ok(())
+        let rss_before = daemon.rss_kib();
+        for i in 1100..CALLS {
+            warm(i)?;
+            if i % 2500 == 0 {
+                eprintln!("  {i} calls");
+            }
+        }
+        let s = ng.ok(&Value::dict().with("command", "statistics"))?;
+        let stats = s.get("statistics").context("statistics")?;
+        let managed = stats
+            .get("totalstatistics")
+            .and_then(|t| t.get("managedsessions"))
+            .and_then(Value::as_int);
+        let current = stats
+            .get("currentstatistics")
+            .and_then(|t| t.get("sessionsown"))
+            .and_then(Value::as_int);
+        let used = stats
+            .get("ports")
+            .and_then(|p| p.get("used"))
+            .and_then(Value::as_int);
+        let plane = stats.get("media plane").context("media plane")?;
+        let flows = plane.get("xdp flows").and_then(Value::as_int);
+        let bound = plane.get("bound ports").and_then(Value::as_int);
+        let rss_after = daemon.rss_kib();
+        eprintln!("RSS {rss_before} KiB → {rss_after} KiB after {CALLS} calls");
+        assert_eq!(managed, Some(CALLS as i64));
+        assert_eq!(
+            (current, used, flows, bound),
+            (Some(0), Some(0), Some(0), Some(0))
+        );
+        assert!(
+            rss_after < rss_before + 8 * 1024,
+            "memory grew by {} KiB over {CALLS} calls",
+            rss_after.saturating_sub(rss_before)
+        );
+        Ok(())
+    })
 }
 
 /// The stats dictionary of the stream on `local port` in a query reply.
@@ -565,7 +566,7 @@ fn stream_stats(query: &Value, port: u16) -> Option<&Value> {
 /// the lossy stretch goes through the data plane, and mid-stretch the
 /// relay forgets B's MAC so that some packets take the userspace path (a
 /// neighbour miss): packets one path forwarded are not the other's loss.
-fn rtp_loss(mode: &str) -> anyhow::Result<()> {
+fn rtp_loss(t: &TestDir, mode: &str) -> anyhow::Result<()> {
     const WARM: u16 = 20;
     const LOSSY: u16 = 300;
     const SKIPPED: [u16; 5] = [60, 61, 62, 150, 271];
@@ -574,6 +575,7 @@ fn rtp_loss(mode: &str) -> anyhow::Result<()> {
         static_neighbours: false,
     })?;
     let daemon = Daemon::start(
+        t,
         &bed.relay,
         &[
             "-i",
@@ -703,10 +705,7 @@ macro_rules! loss_test {
     ($name:ident, $mode:expr) => {
         #[test]
         fn $name() -> anyhow::Result<()> {
-            if !require_root(stringify!($name)) {
-                return Ok(());
-            }
-            rtp_loss($mode)
+            root_test(stringify!($name), |t| rtp_loss(t, $mode))
         }
     };
 }

@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::Context as _;
 use media_relay_tests::{
-    Bed, BedOptions, Netns,
+    Bed, BedOptions, Netns, TestDir,
     bed::{A_V4, B_V4, RA_V4, RB_V4},
     daemon::{Daemon, NgClient},
-    require_root,
+    root_test,
     sipp::{PCAP, RtpCount, RtpCounter, Sipp, SippOptions, Transport, pcap_packet_count, run_pair},
 };
 use media_user::ng::Value;
@@ -35,10 +35,9 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 
 /// A media-relay configuration with the SIP agent: trunk side on `ra`,
 /// PBX side on `rb`.
-fn config(name: &str, max_calls: u32, media: &str, extra_sip: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("mr-sip-{}-{name}.toml", std::process::id()));
-    std::fs::write(
-        &path,
+fn config(dir: &TestDir, max_calls: u32, media: &str, extra_sip: &str) -> anyhow::Result<PathBuf> {
+    dir.write(
+        "media-relay.toml",
         format!(
             r#"
 [[interface]]
@@ -62,34 +61,32 @@ target = "{A_V4}:{SIP}"
 default = true
 "#
         ),
-    )?;
-    Ok(path)
+    )
 }
 
-/// The test bed with media-relay (and its SIP agent) in the relay namespace.
-struct Setup {
+/// The test bed with media-relay (and its SIP agent) in the relay
+/// namespace; the test's files in `dir`.
+struct Setup<'t> {
+    dir: &'t TestDir,
     daemon: Daemon,
     ng: NgClient,
     bed: Bed,
-    config: PathBuf,
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
+fn setup(dir: &TestDir, max_calls: u32) -> anyhow::Result<Setup<'_>> {
+    setup_with(dir, max_calls, &[])
 }
 
-fn setup(name: &str, max_calls: u32) -> anyhow::Result<Setup> {
-    setup_with(name, max_calls, &[])
-}
-
-fn setup_with(name: &str, max_calls: u32, daemon_args: &[&str]) -> anyhow::Result<Setup> {
+fn setup_with<'t>(
+    dir: &'t TestDir,
+    max_calls: u32,
+    daemon_args: &[&str],
+) -> anyhow::Result<Setup<'t>> {
     let bed = Bed::new(BedOptions {
         peer_xdp: true,
         static_neighbours: false,
     })?;
-    let config = config(name, max_calls, "127.0.0.1:2223", "")?;
+    let config = config(dir, max_calls, "127.0.0.1:2223", "")?;
     let config_arg = config.to_string_lossy().into_owned();
     let mut args = vec![
         "--config",
@@ -100,13 +97,13 @@ fn setup_with(name: &str, max_calls: u32, daemon_args: &[&str]) -> anyhow::Resul
         "1",
     ];
     args.extend_from_slice(daemon_args);
-    let daemon = Daemon::start(&bed.relay, &args)?;
+    let daemon = Daemon::start(dir, &bed.relay, &args)?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     Ok(Setup {
+        dir,
         daemon,
         ng,
         bed,
-        config,
     })
 }
 
@@ -134,18 +131,42 @@ fn agent_stats(ns: &Netns) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(body)?)
 }
 
-fn xdp_redirected(ng: &NgClient) -> anyhow::Result<i64> {
+/// Packets relayed so far: (by XDP, by the daemon's userspace path).
+fn relayed(ng: &NgClient) -> anyhow::Result<(i64, i64)> {
     let s = ng.ok(&Value::dict().with("command", "statistics"))?;
-    Ok(s.get("statistics")
+    let plane = s
+        .get("statistics")
         .and_then(|s| s.get("media plane"))
-        .and_then(|p| p.get("xdp redirected"))
-        .and_then(Value::as_int)
-        .unwrap_or(0))
+        .context("no media plane in statistics")?;
+    let get = |k: &str| plane.get(k).and_then(Value::as_int).unwrap_or(0);
+    Ok((get("xdp redirected"), get("userspace forwarded")))
+}
+
+/// Every packet the sides received was relayed by XDP or by the userspace
+/// path, and XDP carried (nearly) all of it. The userspace path
+/// legitimately carries the first packets of a stream that arrive before
+/// the flow is installed — a UAS sends early media or RTP right after its
+/// 183/200 leaves, while the agent is still asking for the answer — so an
+/// exact "all by XDP" depends on timing; a path that stopped forwarding in
+/// XDP does not hide behind this (at most 5 %).
+fn check_relayed(before: (i64, i64), after: (i64, i64), received: u64) -> anyhow::Result<()> {
+    let xdp = after.0 - before.0;
+    let user = after.1 - before.1;
+    let received = i64::try_from(received)?;
+    anyhow::ensure!(
+        xdp + user == received,
+        "XDP redirected {xdp} + userspace forwarded {user} packets, the sides received {received}"
+    );
+    anyhow::ensure!(
+        xdp * 100 >= received * 95,
+        "only {xdp} of {received} packets went through XDP ({user} through userspace)"
+    );
+    Ok(())
 }
 
 /// No call at the media daemon, none at the agent (transactions may
 /// linger for their timers, so wait for them, bounded).
-fn nothing_left(s: &Setup) -> anyhow::Result<()> {
+fn nothing_left(s: &Setup<'_>) -> anyhow::Result<()> {
     let list = s.ng.ok(&Value::dict().with("command", "list"))?;
     anyhow::ensure!(
         list.get("calls")
@@ -200,7 +221,7 @@ struct Call<'a> {
 
 /// One call of `case` through the agent; checks both SIPp verdicts, the RTP
 /// at each side, the XDP counters, and that nothing is left.
-fn call(s: &Setup, c: &Call<'_>) -> anyhow::Result<()> {
+fn call(s: &Setup<'_>, c: &Call<'_>) -> anyhow::Result<()> {
     let bed = &s.bed;
     // Trunk side: SIPp at A, the agent at RA. PBX side: SIPp at B, the agent at RB.
     let (uac_ns, uac_ip, uac_media, agent, uas_ns, uas_ip, uas_media, uac_relay, uas_relay) =
@@ -244,35 +265,29 @@ fn call(s: &Setup, c: &Call<'_>) -> anyhow::Result<()> {
         uac_media,
     );
     uac.transport = c.transport;
-    let before = xdp_redirected(&s.ng)?;
+    let before = relayed(&s.ng)?;
     let at_uas = RtpCounter::start(uas_ns, uas_media..=uas_media)?;
     let at_uac = RtpCounter::start(uac_ns, uac_media..=uac_media)?;
-    let (uas_result, uac_result) = run_pair(uas_ns, &uas, uac_ns, &uac, DEADLINE)?;
+    let (uas_result, uac_result) = run_pair(s.dir, uas_ns, &uas, uac_ns, &uac, DEADLINE)?;
     let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
     uac_result.ensure_all_succeeded()?;
     uas_result.ensure_all_succeeded()?;
     let per = pcap_packet_count(PCAP)?;
     check_rtp("at the UAS", &at_uas, per * c.streams.0, uas_relay)?;
     check_rtp("at the UAC", &at_uac, per * c.streams.1, uac_relay)?;
-    let forwarded = xdp_redirected(&s.ng)? - before;
-    let received = i64::try_from(at_uas.packets + at_uac.packets)?;
-    anyhow::ensure!(
-        forwarded >= received,
-        "XDP redirected {forwarded} packets, the sides received {received}"
-    );
+    check_relayed(before, relayed(&s.ng)?, at_uas.packets + at_uac.packets)?;
     nothing_left(s)
 }
 
 fn run(name: &str, c: &Call<'_>) -> anyhow::Result<()> {
-    if !require_root(name) {
-        return Ok(());
-    }
-    let s = setup(name, 100)?;
-    let r = call(&s, c);
-    if r.is_err() {
-        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-    }
-    r
+    root_test(name, |t| {
+        let s = setup(t, 100)?;
+        let r = call(&s, c);
+        if r.is_err() {
+            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+        }
+        r
+    })
 }
 
 macro_rules! sip_case {
@@ -323,29 +338,28 @@ sip_case!(late_offer, "late_offer", Transport::Udp, false, (1, 1));
 /// agent ends it with a BYE to both sides.
 #[test]
 fn media_timeout_ends_the_call_on_both_sides() -> anyhow::Result<()> {
-    if !require_root("media_timeout_ends_the_call_on_both_sides") {
-        return Ok(());
-    }
-    let s = setup_with("media-timeout", 100, &["--timeout", "2"])?;
-    let uas = SippOptions::uas("media_timeout_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
-    let uac = SippOptions::uac(
-        "media_timeout_uac.xml",
-        sa(A_V4, SIP),
-        sa(RA_V4, SIP),
-        A_V4.into(),
-        A_MEDIA,
-    );
-    let (uas_r, uac_r) = run_pair(&s.bed.b, &uas, &s.bed.a, &uac, DEADLINE)?;
-    let r = uac_r
-        .ensure_all_succeeded()
-        .and_then(|()| uas_r.ensure_all_succeeded());
-    if r.is_err() {
-        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-    }
-    r?;
-    let st = agent_stats(&s.bed.a)?;
-    anyhow::ensure!(st["media_timeouts"] == 1, "{st}");
-    nothing_left(&s)
+    root_test("media_timeout_ends_the_call_on_both_sides", |t| {
+        let s = setup_with(t, 100, &["--timeout", "2"])?;
+        let uas = SippOptions::uas("media_timeout_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+        let uac = SippOptions::uac(
+            "media_timeout_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        let (uas_r, uac_r) = run_pair(t, &s.bed.b, &uas, &s.bed.a, &uac, DEADLINE)?;
+        let r = uac_r
+            .ensure_all_succeeded()
+            .and_then(|()| uas_r.ensure_all_succeeded());
+        if r.is_err() {
+            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+        }
+        r?;
+        let st = agent_stats(&s.bed.a)?;
+        anyhow::ensure!(st["media_timeouts"] == 1, "{st}");
+        nothing_left(&s)
+    })
 }
 
 /// A request SIPp expects a given final response to, from `from`.
@@ -356,10 +370,17 @@ fn expect_response(
     max_calls: u32,
     busy: bool,
 ) -> anyhow::Result<()> {
-    if !require_root(name) {
-        return Ok(());
-    }
-    let s = setup(name, max_calls)?;
+    root_test(name, |t| expect_response_in(t, case, from, max_calls, busy))
+}
+
+fn expect_response_in(
+    t: &TestDir,
+    case: &str,
+    from: Ipv4Addr,
+    max_calls: u32,
+    busy: bool,
+) -> anyhow::Result<()> {
+    let s = setup(t, max_calls)?;
     if from != A_V4 {
         s.bed
             .a
@@ -376,8 +397,8 @@ fn expect_response(
             A_V4.into(),
             A_MEDIA,
         );
-        let server = Sipp::start(&s.bed.b, &uas)?;
-        let client = Sipp::start(&s.bed.a, &uac)?;
+        let server = Sipp::start(t, &s.bed.b, &uas)?;
+        let client = Sipp::start(t, &s.bed.a, &uac)?;
         std::thread::sleep(Duration::from_millis(800));
         holder = Some((server, client));
     }
@@ -388,7 +409,7 @@ fn expect_response(
         from.into(),
         10100,
     );
-    let result = Sipp::start(&s.bed.a, &uac)?.wait(DEADLINE)?;
+    let result = Sipp::start(t, &s.bed.a, &uac)?.wait(DEADLINE)?;
     let r = result.ensure_all_succeeded();
     if let Some((server, client)) = holder {
         client.wait(DEADLINE)?.ensure_all_succeeded()?;
@@ -442,93 +463,93 @@ fn max_calls_503() -> anyhow::Result<()> {
 /// agent speaks standard ng (run on its own, as `media-relay-sip`).
 #[test]
 fn basic_call_with_rtpengine_as_media_node() -> anyhow::Result<()> {
-    if !require_root("basic_call_with_rtpengine_as_media_node") {
-        return Ok(());
-    }
-    let bed = Bed::new(BedOptions::default())?;
-    let mut rtpengine = Guard(
-        Command::new("ip")
-            .args(["netns", "exec", bed.relay.name(), "rtpengine"])
-            .args([
-                "--config-file=none",
-                "--foreground",
-                "--log-stderr",
-                "--table=-1",
-                "--interface=carrier/198.18.1.1",
-                "--interface=pbx/198.18.2.1",
-                "--listen-ng=127.0.0.1:2224",
-                "--port-min=40000",
-                "--port-max=40999",
-                // Its default keeps deleted calls 30 s; we check they are gone.
-                "--delete-delay=0",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rtpengine (Debian package rtpengine-daemon; `cargo xtask setup`)")?,
-    );
-    let config = config(
-        "rtpengine",
-        100,
-        "127.0.0.1:2224",
-        "media-trunk-interface = \"carrier\"\nmedia-pbx-interface = \"pbx\"",
-    )?;
-    let sip_bin = media_relay_tests::daemon::binary().with_file_name("media-relay-sip");
-    let mut agent = Guard(
-        Command::new("ip")
-            .args(["netns", "exec", bed.relay.name()])
-            .arg(&sip_bin)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", sip_bin.display()))?,
-    );
-    // Both up: the agent answers OPTIONS, rtpengine answers ping.
-    let ng = NgClient::new(&bed.relay, "127.0.0.1:2224".parse()?)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while ng
-        .request_timeout(
-            &Value::dict().with("command", "ping"),
-            Duration::from_millis(200),
-        )
-        .is_err()
-        || agent_stats(&bed.a).is_err()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "rtpengine or the agent did not come up"
+    root_test("basic_call_with_rtpengine_as_media_node", |t| {
+        let bed = Bed::new(BedOptions::default())?;
+        let mut rtpengine = Guard(
+            Command::new("ip")
+                .args(["netns", "exec", bed.relay.name(), "rtpengine"])
+                .args([
+                    "--config-file=none",
+                    "--foreground",
+                    "--log-stderr",
+                    "--table=-1",
+                    "--interface=carrier/198.18.1.1",
+                    "--interface=pbx/198.18.2.1",
+                    "--listen-ng=127.0.0.1:2224",
+                    "--port-min=40000",
+                    "--port-max=40999",
+                    // Its default keeps deleted calls 30 s; we check they are gone.
+                    "--delete-delay=0",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context(
+                    "starting rtpengine (Debian package rtpengine-daemon; `cargo xtask setup`)",
+                )?,
         );
-        anyhow::ensure!(agent.0.try_wait()?.is_none(), "media-relay-sip exited");
-        anyhow::ensure!(rtpengine.0.try_wait()?.is_none(), "rtpengine exited");
-    }
-    let uas = SippOptions::uas("basic_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
-    let uac = SippOptions::uac(
-        "basic_uac.xml",
-        sa(A_V4, SIP),
-        sa(RA_V4, SIP),
-        A_V4.into(),
-        A_MEDIA,
-    );
-    let at_uas = RtpCounter::start(&bed.b, B_MEDIA..=B_MEDIA)?;
-    let at_uac = RtpCounter::start(&bed.a, A_MEDIA..=A_MEDIA)?;
-    let (uas_r, uac_r) = run_pair(&bed.b, &uas, &bed.a, &uac, DEADLINE)?;
-    let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
-    uac_r.ensure_all_succeeded()?;
-    uas_r.ensure_all_succeeded()?;
-    let per = pcap_packet_count(PCAP)?;
-    check_rtp("at the UAS (via rtpengine)", &at_uas, per, RB_V4)?;
-    check_rtp("at the UAC (via rtpengine)", &at_uac, per, RA_V4)?;
-    let list = ng.ok(&Value::dict().with("command", "list"))?;
-    anyhow::ensure!(
-        list.get("calls")
-            .and_then(Value::as_list)
-            .is_some_and(<[Value]>::is_empty),
-        "rtpengine still has the call: {list:?}"
-    );
-    let _ = std::fs::remove_file(&config);
-    Ok(())
+        let config = config(
+            t,
+            100,
+            "127.0.0.1:2224",
+            "media-trunk-interface = \"carrier\"\nmedia-pbx-interface = \"pbx\"",
+        )?;
+        let sip_bin = media_relay_tests::daemon::sip_binary();
+        let mut agent = Guard(
+            Command::new("ip")
+                .args(["netns", "exec", bed.relay.name()])
+                .arg(&sip_bin)
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", sip_bin.display()))?,
+        );
+        // Both up: the agent answers OPTIONS, rtpengine answers ping.
+        let ng = NgClient::new(&bed.relay, "127.0.0.1:2224".parse()?)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while ng
+            .request_timeout(
+                &Value::dict().with("command", "ping"),
+                Duration::from_millis(200),
+            )
+            .is_err()
+            || agent_stats(&bed.a).is_err()
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "rtpengine or the agent did not come up"
+            );
+            anyhow::ensure!(agent.0.try_wait()?.is_none(), "media-relay-sip exited");
+            anyhow::ensure!(rtpengine.0.try_wait()?.is_none(), "rtpengine exited");
+        }
+        let uas = SippOptions::uas("basic_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+        let uac = SippOptions::uac(
+            "basic_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        let at_uas = RtpCounter::start(&bed.b, B_MEDIA..=B_MEDIA)?;
+        let at_uac = RtpCounter::start(&bed.a, A_MEDIA..=A_MEDIA)?;
+        let (uas_r, uac_r) = run_pair(t, &bed.b, &uas, &bed.a, &uac, DEADLINE)?;
+        let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
+        uac_r.ensure_all_succeeded()?;
+        uas_r.ensure_all_succeeded()?;
+        let per = pcap_packet_count(PCAP)?;
+        check_rtp("at the UAS (via rtpengine)", &at_uas, per, RB_V4)?;
+        check_rtp("at the UAC (via rtpengine)", &at_uac, per, RA_V4)?;
+        let list = ng.ok(&Value::dict().with("command", "list"))?;
+        anyhow::ensure!(
+            list.get("calls")
+                .and_then(Value::as_list)
+                .is_some_and(<[Value]>::is_empty),
+            "rtpengine still has the call: {list:?}"
+        );
+        Ok(())
+    })
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) on drop.
@@ -554,32 +575,31 @@ impl Drop for Guard {
 /// anchoring, no RTP): zero failed calls and nothing left behind.
 #[test]
 fn load_1000_calls_at_100_per_second() -> anyhow::Result<()> {
-    if !require_root("load_1000_calls_at_100_per_second") {
-        return Ok(());
-    }
-    let s = setup("load", 2000)?;
-    let mut uas = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
-    uas.calls = 1000;
-    let mut uac = SippOptions::uac(
-        "load_uac.xml",
-        sa(A_V4, SIP),
-        sa(RA_V4, SIP),
-        A_V4.into(),
-        A_MEDIA,
-    );
-    uac.calls = 1000;
-    uac.rate = Some(100);
-    uac.call_length = Duration::from_millis(500);
-    let (uas_r, uac_r) = run_pair(&s.bed.b, &uas, &s.bed.a, &uac, Duration::from_secs(90))?;
-    uac_r.ensure_all_succeeded()?;
-    uas_r.ensure_all_succeeded()?;
-    anyhow::ensure!(
-        uac_r.successful == 1000 && uac_r.failed == 0,
-        "{} ok, {} failed",
-        uac_r.successful,
-        uac_r.failed
-    );
-    let st = agent_stats(&s.bed.a)?;
-    anyhow::ensure!(st["calls_total"] == 1000, "{st}");
-    nothing_left(&s)
+    root_test("load_1000_calls_at_100_per_second", |t| {
+        let s = setup(t, 2000)?;
+        let mut uas = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+        uas.calls = 1000;
+        let mut uac = SippOptions::uac(
+            "load_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        uac.calls = 1000;
+        uac.rate = Some(100);
+        uac.call_length = Duration::from_millis(500);
+        let (uas_r, uac_r) = run_pair(t, &s.bed.b, &uas, &s.bed.a, &uac, Duration::from_secs(90))?;
+        uac_r.ensure_all_succeeded()?;
+        uas_r.ensure_all_succeeded()?;
+        anyhow::ensure!(
+            uac_r.successful == 1000 && uac_r.failed == 0,
+            "{} ok, {} failed",
+            uac_r.successful,
+            uac_r.failed
+        );
+        let st = agent_stats(&s.bed.a)?;
+        anyhow::ensure!(st["calls_total"] == 1000, "{st}");
+        nothing_left(&s)
+    })
 }

@@ -17,9 +17,9 @@ use std::{
 };
 
 use media_relay_tests::{
-    Bed, BedOptions, Netns,
+    Bed, BedOptions, Netns, TestDir,
     bed::{A_V4, A_V6, B_V4, B_V6},
-    require_root,
+    root_test,
     sipp::{PCAP, RtpCount, RtpCounter, SippOptions, Transport, pcap_packet_count, run_pair},
 };
 
@@ -89,9 +89,19 @@ fn one_call(
     from_pbx: bool,
     expect: &Expect,
 ) -> anyhow::Result<()> {
-    if !require_root(test) {
-        return Ok(());
-    }
+    root_test(test, |t| {
+        one_call_in(t, case, transport, family, from_pbx, expect)
+    })
+}
+
+fn one_call_in(
+    t: &TestDir,
+    case: &str,
+    transport: Transport,
+    family: Family,
+    from_pbx: bool,
+    expect: &Expect,
+) -> anyhow::Result<()> {
     let bed = routed_bed()?;
     let (a_ip, b_ip): (IpAddr, IpAddr) = match family {
         Family::V4 => (A_V4.into(), B_V4.into()),
@@ -127,7 +137,7 @@ fn one_call(
 
     let at_uas = RtpCounter::start(uas_side.ns, uas_side.media_port..=uas_side.media_port)?;
     let at_uac = RtpCounter::start(uac_side.ns, uac_side.media_port..=uac_side.media_port)?;
-    let (uas_result, uac_result) = run_pair(uas_side.ns, &uas, uac_side.ns, &uac, DEADLINE)?;
+    let (uas_result, uac_result) = run_pair(t, uas_side.ns, &uas, uac_side.ns, &uac, DEADLINE)?;
     let at_uas = at_uas.stop()?;
     let at_uac = at_uac.stop()?;
     uac_result.ensure_all_succeeded()?;
@@ -358,15 +368,12 @@ fn auto_media_ports(base: u16, calls: u16) -> RangeInclusive<u16> {
 
 /// `calls` calls of `<case>` at 100 calls/s, each `call_length` long;
 /// returns the RTP that arrived at the UAS and at the UAC.
-fn load(
-    test: &str,
+fn load_in(
+    t: &TestDir,
     case: &str,
     calls: u16,
     call_length: Duration,
-) -> anyhow::Result<Option<(RtpCount, RtpCount)>> {
-    if !require_root(test) {
-        return Ok(None);
-    }
+) -> anyhow::Result<(RtpCount, RtpCount)> {
     let bed = routed_bed()?;
     let mut uas = SippOptions::uas(
         &format!("{case}_uas.xml"),
@@ -389,7 +396,7 @@ fn load(
     uac.trace_msg = false;
     let at_uas = RtpCounter::start(&bed.b, auto_media_ports(B_MEDIA, calls))?;
     let at_uac = RtpCounter::start(&bed.a, auto_media_ports(A_MEDIA, calls))?;
-    let (uas_result, uac_result) = run_pair(&bed.b, &uas, &bed.a, &uac, DEADLINE)?;
+    let (uas_result, uac_result) = run_pair(t, &bed.b, &uas, &bed.a, &uac, DEADLINE)?;
     let at_uas = at_uas.stop()?;
     let at_uac = at_uac.stop()?;
     uac_result.ensure_all_succeeded()?;
@@ -398,47 +405,35 @@ fn load(
         at_uas.bad_checksums == 0 && at_uac.bad_checksums == 0,
         "bad checksums: {at_uas:?} {at_uac:?}"
     );
-    Ok(Some((at_uas, at_uac)))
+    Ok((at_uas, at_uac))
 }
 
 /// 100 calls at 100 calls/s, signalling only (the load run uses 1 000).
 #[test]
 fn load_signalling() -> anyhow::Result<()> {
-    let Some((at_uas, at_uac)) = load(
-        "sipp_scenarios::load_signalling",
-        "load",
-        100,
-        Duration::ZERO,
-    )?
-    else {
-        return Ok(());
-    };
-    anyhow::ensure!(
-        at_uas.packets == 0 && at_uac.packets == 0,
-        "RTP in a signalling-only load: {at_uas:?} {at_uac:?}"
-    );
-    Ok(())
+    root_test("load_signalling", |t| {
+        let (at_uas, at_uac) = load_in(t, "load", 100, Duration::ZERO)?;
+        anyhow::ensure!(
+            at_uas.packets == 0 && at_uac.packets == 0,
+            "RTP in a signalling-only load: {at_uas:?} {at_uac:?}"
+        );
+        Ok(())
+    })
 }
 
 /// 100 calls at 100 calls/s with one second of RTP each way: every call's
 /// own media port gets RTP, on both sides.
 #[test]
 fn load_media() -> anyhow::Result<()> {
-    let Some((at_uas, at_uac)) = load(
-        "sipp_scenarios::load_media",
-        "load_media",
-        100,
-        Duration::from_secs(1),
-    )?
-    else {
-        return Ok(());
-    };
-    for (where_, count) in [("UAS", &at_uas), ("UAC", &at_uac)] {
-        anyhow::ensure!(
-            count.by_port.len() == 100 && count.payload_types.iter().eq([&8]),
-            "RTP at the {where_} reached {} of 100 calls' ports: {count:?}",
-            count.by_port.len()
-        );
-    }
-    Ok(())
+    root_test("load_media", |t| {
+        let (at_uas, at_uac) = load_in(t, "load_media", 100, Duration::from_secs(1))?;
+        for (where_, count) in [("UAS", &at_uas), ("UAC", &at_uac)] {
+            anyhow::ensure!(
+                count.by_port.len() == 100 && count.payload_types.iter().eq([&8]),
+                "RTP at the {where_} reached {} of 100 calls' ports: {count:?}",
+                count.by_port.len()
+            );
+        }
+        Ok(())
+    })
 }

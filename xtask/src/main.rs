@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod package;
 mod setup;
+mod test;
 mod util;
 
 use std::process::ExitCode;
@@ -49,6 +50,10 @@ enum Command {
         /// Do not run `setup` first.
         #[arg(long)]
         no_setup: bool,
+        /// Run the root tiers (and the package install test) N times and
+        /// print, per test, how often it passed and failed.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: u32,
     },
     /// The whole appliance at work: a carrier and a PBX (SIPp) in network
     /// namespaces, media-relay between them, a few real calls with audio, a
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
             xdp_mode,
             rest,
         } => build_and_load(&interfaces, config.as_deref(), xdp_mode.as_deref(), &rest),
-        Command::Test { no_setup } => test(no_setup),
+        Command::Test { no_setup, repeat } => test::run(no_setup, repeat),
         Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo => demo::run(),
         Command::Package { install_test, keep } => package::run(install_test, keep),
@@ -142,68 +147,4 @@ fn build_and_load(
     args.extend(rest.iter().cloned());
     util::step(&format!("starting {} {}", bin.display(), args.join(" ")));
     util::exec(&bin, &args)
-}
-
-fn test(no_setup: bool) -> anyhow::Result<()> {
-    if !no_setup {
-        setup::run()?;
-    }
-    util::step("building all crates and binaries");
-    util::cargo(&["build", "--workspace", "--bins", "--tests"])?;
-    util::step("unit tests");
-    util::cargo(&["test", "--workspace", "--lib", "--bins"])?;
-    if !util::is_root() {
-        util::banner(
-            "SKIPPED: the root-only tests (BPF_PROG_TEST_RUN, network namespaces, daemon) \
-             need root; run `sudo cargo xtask test`",
-        );
-        util::banner("SKIPPED: package install test needs root");
-        anyhow::bail!("root-only tests were skipped: the suite did not run completely");
-    }
-    util::step(
-        "root tests: XDP program (BPF_PROG_TEST_RUN), forwarding and sessions end to end, daemon",
-    );
-    util::cargo(&[
-        "test",
-        "--package",
-        "media-relay-tests",
-        "--test",
-        "xdp_test_run",
-        "--test",
-        "forward_e2e",
-        "--test",
-        "sessions_e2e",
-        "--test",
-        "daemon",
-        "--test",
-        "operator",
-        "--test",
-        "bench_paths",
-        "--",
-        "--test-threads=2",
-    ])?;
-    // SIPp calls mostly wait on 7 s of pcap audio: run more at once.
-    util::step("root tests: SIPp scenarios, then the SIP agent end to end with SIPp and rtpengine");
-    util::cargo(&[
-        "test",
-        "--package",
-        "media-relay-tests",
-        "--test",
-        "sipp_scenarios",
-        "--test",
-        "sip_e2e",
-        "--",
-        "--test-threads=4",
-    ])?;
-    // Last: a release build, the Debian package installed on this machine,
-    // the installed daemon run with the unit's user and capabilities, and
-    // the package purged again.
-    if util::is_root() {
-        util::step("package install test: build the .deb, install it, run it as the unit would");
-        package::run(true, false)?;
-    } else {
-        util::banner("SKIPPED: package install test needs root");
-    }
-    util::step("all tests passed");
-    Ok(())
 }

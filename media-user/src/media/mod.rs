@@ -309,6 +309,11 @@ impl Backend for MediaPlane {
 
     fn describe(&self) -> Vec<(String, u64)> {
         let mut out = vec![("bound ports".to_owned(), self.ports.len() as u64)];
+        // What the daemon forwarded itself: with `xdp redirected`/`xdp tx`
+        // this accounts for every packet relayed.
+        let (packets, bytes) = self.userspace_totals();
+        out.push(("userspace forwarded".to_owned(), packets));
+        out.push(("userspace forwarded bytes".to_owned(), bytes));
         if let Some(dp) = &self.dataplane {
             out.push(("xdp flows".to_owned(), dp.flows().len() as u64));
             out.push((

@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use media_relay_tests::{
-    Bed, BedOptions,
+    Bed, BedOptions, TestDir,
     bed::{A_V4, B_V4, RA_V4},
     daemon::{Daemon, NgClient},
     http,
@@ -90,7 +90,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let config = std::fs::canonicalize(&args.config)
         .with_context(|| format!("configuration {}", args.config.display()))?;
+    // The demo's logs (media-relay, SIPp): kept, and their path printed, if
+    // it fails.
+    let files = TestDir::new("demo")?;
+    let result = run_in(args, &config, &files);
+    if result.is_err() {
+        files.keep();
+    }
+    result
+}
 
+fn run_in(args: &Args, config: &std::path::Path, files: &TestDir) -> anyhow::Result<()> {
     step(
         1,
         "test bed: namespaces carrier (198.18.1.2) | relay (ra 198.18.1.1, rb 198.18.2.1) | pbx (198.18.2.2)",
@@ -105,7 +115,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         &format!("media-relay run --config {}", args.config.display()),
     );
     let config_arg = config.to_string_lossy().into_owned();
-    let daemon = Daemon::start(&bed.relay, &["--config", &config_arg])?;
+    let daemon = Daemon::start(files, &bed.relay, &["--config", &config_arg])?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let stats = statistics(&ng)?;
     let (_, health) = http::get(&bed.relay, "127.0.0.1:9464".parse()?, "/health")
@@ -166,6 +176,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
         });
         let r = run_pair(
+            files,
             &bed.b,
             &uas,
             &bed.a,

@@ -249,7 +249,7 @@ fn run_trial(
 /// Set `kind` up on `bed` and load the generator with its calls' ports;
 /// every stream primed and past the relay's learning phase.
 fn bring_up(bed: &Bed, kind: PathKind, v6: bool) -> anyhow::Result<(Generator, paths::Path)> {
-    let path = paths::setup_family(bed, kind, CALLS, A_PORT0, B_PORT0, v6)?;
+    let path = paths::setup_family(crate::files(), bed, kind, CALLS, A_PORT0, B_PORT0, v6)?;
     let dst = path.calls[0].a_to.ip();
     anyhow::ensure!(
         path.calls.iter().all(|c| c.a_to.ip() == dst),

@@ -397,7 +397,7 @@ impl Rig {
             peer_xdp: kind == PathKind::XdpNative,
             static_neighbours: false,
         })?;
-        let path = paths::setup(&bed, kind, CALLS, A_PORT0, B_PORT0)?;
+        let path = paths::setup(crate::files(), &bed, kind, CALLS, A_PORT0, B_PORT0)?;
         let ssrc = |i: usize| 0x5eed_0000 + i as u32;
         let send: Vec<Flow> = path
             .calls

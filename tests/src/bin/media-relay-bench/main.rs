@@ -32,9 +32,22 @@ mod sessions;
 mod sip;
 mod xdp;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
 
 use clap::Parser;
+use media_relay_tests::TestDir;
+
+/// The bench run's own files (daemon logs, SIPp logs, configurations):
+/// one temporary directory, removed when the run succeeds, kept (and its
+/// path printed) when it fails.
+fn files() -> &'static TestDir {
+    static FILES: OnceLock<TestDir> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = TestDir::new("bench").expect("a temporary directory for the bench");
+        let _ = FILES_CREATED.set(dir.path().to_owned());
+        dir
+    })
+}
 
 #[derive(Parser)]
 struct Args {
@@ -65,7 +78,22 @@ fn describe_machine() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let result = run(&Args::parse());
+    // A static is never dropped: remove the run's files here, or keep them.
+    if let Some(dir) = FILES_CREATED.get() {
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(dir);
+        } else {
+            eprintln!("bench files kept in {}", dir.display());
+        }
+    }
+    result
+}
+
+/// Set when [`files`] made the directory, so `main` can clean it up.
+static FILES_CREATED: OnceLock<PathBuf> = OnceLock::new();
+
+fn run(args: &Args) -> anyhow::Result<()> {
     let machine = describe_machine();
     println!(
         "media-relay bench: {machine}{}\n",

@@ -35,6 +35,7 @@ struct Setup {
 fn setup_rate(cycles: usize) -> anyhow::Result<Setup> {
     let bed = Bed::new(BedOptions::default())?;
     let daemon = Daemon::start(
+        crate::files(),
         &bed.relay,
         &[
             "-i",

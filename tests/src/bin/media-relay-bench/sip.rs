@@ -23,9 +23,8 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 }
 
 fn config(tag: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("mr-bench-sip-{}-{tag}.toml", std::process::id()));
-    std::fs::write(
-        &path,
+    crate::files().write(
+        &format!("sip-{tag}.toml"),
         format!(
             r#"
 port-min = 20000
@@ -47,17 +46,17 @@ target = "{A_V4}:{SIP}"
 default = true
 "#
         ),
-    )?;
-    Ok(path)
+    )
 }
 
-fn start(tag: &str) -> anyhow::Result<(Bed, Daemon, PathBuf)> {
+fn start(tag: &str) -> anyhow::Result<(Bed, Daemon)> {
     let bed = Bed::new(BedOptions {
         peer_xdp: true,
         static_neighbours: false,
     })?;
     let cfg = config(tag)?;
     let daemon = Daemon::start(
+        crate::files(),
         &bed.relay,
         &[
             "--config",
@@ -68,7 +67,7 @@ fn start(tag: &str) -> anyhow::Result<(Bed, Daemon, PathBuf)> {
             "2",
         ],
     )?;
-    Ok((bed, daemon, cfg))
+    Ok((bed, daemon))
 }
 
 fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
@@ -180,7 +179,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     // 1. Added setup delay.
     let calls = if quick { 200 } else { 2000 };
     eprintln!("==> sip: {calls} calls by a probe, timing the agent");
-    let (bed, daemon, cfg) = start("delay")?;
+    let (bed, daemon) = start("delay")?;
     let uac = bed.a.enter(|| Ok(UdpSocket::bind(sa(A_V4, 5080))?))?;
     let uas = bed.b.enter(|| Ok(UdpSocket::bind(sa(B_V4, SIP))?))?;
     uac.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -193,7 +192,6 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         ok.push(b.as_secs_f64() * 1e6);
     }
     drop((uac, uas, daemon, bed));
-    let _ = std::fs::remove_file(&cfg);
     invite.sort_by(f64::total_cmp);
     ok.sort_by(f64::total_cmp);
     let row = |name: &str, v: &[f64]| {
@@ -229,7 +227,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let mut cps = Vec::new();
     for &rate in rates {
         eprintln!("==> sip: SIPp at {rate} calls/s for {seconds} s");
-        let (bed, daemon, cfg) = start(&format!("cps{rate}"))?;
+        let (bed, daemon) = start(&format!("cps{rate}"))?;
         let n = rate * seconds;
         let mut server = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), 20000);
         server.calls = n;
@@ -247,6 +245,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         client.trace_msg = false;
         let started = Instant::now();
         let result = run_pair(
+            crate::files(),
             &bed.b,
             &server,
             &bed.a,
@@ -255,7 +254,6 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         );
         let secs = started.elapsed().as_secs_f64();
         drop((daemon, bed));
-        let _ = std::fs::remove_file(&cfg);
         let (ok_calls, failed) = match result {
             Ok((_, c)) => (c.successful, c.failed),
             Err(e) => {
