@@ -20,11 +20,11 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::RunConfig,
-    control::{self, ControlStats, Request},
     dataplane::{self, DataPlane, XdpMode},
     interfaces::Interfaces,
     media::MediaPlane,
     metrics::{self, Health, Snapshot},
+    ng_server::{self, ControlStats, Request},
     session::{Engine, Now, PortAllocator},
 };
 
@@ -117,10 +117,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
     let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
 
-    let socket = control::bind(cfg.listen_ng).await?;
+    let socket = ng_server::bind(cfg.listen_ng).await?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
     let stats = Arc::new(ControlStats::default());
-    let server = tokio::spawn(control::serve(
+    let server = tokio::spawn(ng_server::serve(
         socket,
         req_tx,
         stats.clone(),
