@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod lint;
 mod package;
 mod setup;
 mod util;
@@ -69,6 +70,10 @@ enum Command {
         #[arg(long, requires = "install_test")]
         keep: bool,
     },
+    /// Clippy (-D warnings) on the XDP programs, built for the BPF target
+    /// as media-user's build script builds them (the host's clippy sees
+    /// only their stubs).
+    LintBpf,
     /// Benchmarks on the veth test bed; figures and ratios to stdout and
     /// target/bench/.
     Bench {
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Command::Test { no_setup } => test(no_setup),
         Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo => demo::run(),
+        Command::LintBpf => lint::bpf(),
         Command::Package { install_test, keep } => package::run(install_test, keep),
     };
     match result {
