@@ -60,7 +60,7 @@ impl Agent {
                 from_tag: &to_tag,
                 to_tag: from_tag.as_deref(),
                 via_branch: None,
-                sdp: msg.body(),
+                body: msg.body(),
                 received_from: peer.remote.ip(),
                 direction: None,
             });

@@ -44,7 +44,8 @@ pub struct Sdp<'a> {
     /// The other party, when known.
     pub to_tag: Option<&'a str>,
     pub via_branch: Option<&'a str>,
-    pub sdp: &'a [u8],
+    /// The SDP body.
+    pub body: &'a [u8],
     /// The SIP message's source address.
     pub received_from: IpAddr,
     /// Interface names for the sender's and the receiver's side.
@@ -56,7 +57,7 @@ fn base(command: &str, s: &Sdp<'_>) -> Value {
         .with("command", command)
         .with("call-id", s.call_id)
         .with("from-tag", s.from_tag)
-        .with("sdp", Value::Bytes(s.sdp.to_vec()))
+        .with("sdp", Value::Bytes(s.body.to_vec()))
         .with(
             "received-from",
             Value::List(vec![
@@ -216,7 +217,7 @@ impl Agent {
             from_tag: offerer.tag,
             to_tag: offerer.other,
             via_branch: via_branch.as_deref(),
-            sdp: msg.body(),
+            body: msg.body(),
             received_from: offerer.source,
             direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
         });
@@ -286,7 +287,7 @@ impl Agent {
                 from_tag: &to_tag,
                 to_tag: Some(&req_from),
                 via_branch: None,
-                sdp: msg.body(),
+                body: msg.body(),
                 received_from: received,
                 direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             })
@@ -297,7 +298,7 @@ impl Agent {
                 from_tag: &req_from,
                 to_tag: Some(&answerer),
                 via_branch: None,
-                sdp: msg.body(),
+                body: msg.body(),
                 received_from: received,
                 direction: None,
             })
@@ -438,7 +439,7 @@ mod tests {
             from_tag: "a",
             to_tag: None,
             via_branch: Some("z9hG4bK1"),
-            sdp: b"v=0\r\n",
+            body: b"v=0\r\n",
             received_from: "198.18.1.2".parse().unwrap(),
             direction: Some(("carrier", "pbx")),
         };

@@ -89,7 +89,7 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
         };
         // SAFETY: setrlimit(2) with a valid struct; affects this process
         // and the children it starts from now on.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const inf) } != 0 {
             eprintln!(
                 "    note: cannot apply LimitMEMLOCK=infinity here ({}; no CAP_SYS_RESOURCE?): \
                  the daemon runs with the current limit (kernels >= 5.11 do not charge BPF \

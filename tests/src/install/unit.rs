@@ -138,7 +138,7 @@ impl Unit {
             }
             let line = std::mem::take(&mut pending) + line;
             if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = s.to_owned();
+                s.clone_into(&mut section);
                 continue;
             }
             if section != "Service" {

@@ -3,7 +3,7 @@
 //! under `packaging/`).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -67,7 +67,11 @@ pub fn build() -> anyhow::Result<PathBuf> {
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| l.ends_with(".deb"))
+        .find(|l| {
+            Path::new(l)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("deb"))
+        })
         .map(PathBuf::from)
         .with_context(|| format!("`cargo deb` did not print the package's path: {stdout:?}"))?;
     if !deb.is_file() {
