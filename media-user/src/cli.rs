@@ -431,13 +431,14 @@ pub fn stats_table(s: &Value) -> String {
             .unwrap_or_default()
     };
     let num = |d: &std::collections::BTreeMap<Vec<u8>, Value>, k: &str| {
-        d.get(k.as_bytes())
-            .map(|v| match v {
+        d.get(k.as_bytes()).map_or_else(
+            || "-".to_owned(),
+            |v| match v {
                 Value::Int(i) => i.to_string(),
                 Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
                 _ => "?".to_owned(),
-            })
-            .unwrap_or_else(|| "-".to_owned())
+            },
+        )
     };
     let cur = section("currentstatistics");
     let tot = section("totalstatistics");

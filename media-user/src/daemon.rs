@@ -4,6 +4,9 @@
 //! the XDP maps): ng requests, packets handed over for latching decisions
 //! and the periodic tick reach it one at a time, which is what makes it the
 //! single writer of the data plane.
+//!
+//! It is also where the clocks are read ([`Now::read`], once per event):
+//! the engine itself reads none.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,12 +20,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::RunConfig,
-    control::{self, ControlStats, Request},
     dataplane::{self, DataPlane, XdpMode},
     interfaces::Interfaces,
     media::MediaPlane,
     metrics::{self, Health, Snapshot},
-    session::{Engine, PortAllocator},
+    ng_server::{self, ControlStats, Request},
+    session::{Engine, Now, PortAllocator},
 };
 
 /// `--xdp-mode`.
@@ -112,12 +115,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let media = MediaPlane::new(dataplane, events_tx);
     let ports = PortAllocator::new(cfg.port_min, cfg.port_max, PORT_QUARANTINE)
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
-    let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports);
+    let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
 
-    let socket = control::bind(cfg.listen_ng).await?;
+    let socket = ng_server::bind(cfg.listen_ng).await?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
     let stats = Arc::new(ControlStats::default());
-    let server = tokio::spawn(control::serve(
+    let server = tokio::spawn(ng_server::serve(
         socket,
         req_tx,
         stats.clone(),
@@ -150,11 +153,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             Some(req) = requests.recv() => {
-                let reply = engine.handle(req.command, std::time::Instant::now());
+                let reply = engine.handle(req.command, Now::read());
                 let _ = req.reply.send(reply);
             }
-            Some(ev) = events.recv() => engine.on_packet(ev, std::time::Instant::now()),
-            _ = tick.tick() => engine.tick(std::time::Instant::now()),
+            Some(ev) = events.recv() => engine.on_packet(ev, Now::read()),
+            _ = tick.tick() => engine.tick(Now::read()),
             _ = metrics_tick.tick() => {
                 let snapshot = snapshot(&engine, &stats);
                 health.beat(describe_dataplane(&snapshot));

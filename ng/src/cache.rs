@@ -145,7 +145,7 @@ mod tests {
             b"b".to_vec(),
             start + Duration::from_secs(10),
         );
-        let almost = start + TTL - Duration::from_millis(1);
+        let almost = start + TTL.saturating_sub(Duration::from_millis(1));
         assert_eq!(cache.get(b"old", almost), Some(&b"a"[..]));
         assert_eq!(cache.get(b"old", start + TTL), None);
         assert_eq!(cache.len(), 1, "the expired entry is dropped");

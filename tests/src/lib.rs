@@ -6,11 +6,15 @@
 //!
 //! Everything created here is removed on drop, also when a test fails;
 //! each test's files live in its own [`TestDir`], kept when it fails.
+//!
+//! Also the runtime of the package install test ([`install`], the
+//! `media-relay-install-test` binary), which runs on the same bed.
 
 pub mod bed;
 pub mod daemon;
 pub mod frame;
 pub mod http;
+pub mod install;
 pub mod load;
 pub mod media;
 pub mod netns;

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod lint;
 mod package;
 mod setup;
 mod test;
@@ -74,6 +75,10 @@ enum Command {
         #[arg(long, requires = "install_test")]
         keep: bool,
     },
+    /// Clippy (-D warnings) on the XDP programs, built for the BPF target
+    /// as media-user's build script builds them (the host's clippy sees
+    /// only their stubs).
+    LintBpf,
     /// Benchmarks on the veth test bed; figures and ratios to stdout and
     /// target/bench/.
     Bench {
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Test { no_setup, repeat } => test::run(no_setup, repeat),
         Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo => demo::run(),
+        Command::LintBpf => lint::bpf(),
         Command::Package { install_test, keep } => package::run(install_test, keep),
     };
     match result {

@@ -5,7 +5,8 @@
 //!   (setpriv), procps (sysctl), and the real third-party peers the tests
 //!   drive (SIPp, rtpengine-ng-client), and fonts-dejavu-core (the text
 //!   of the bench report's plots).
-//! - `rust-src` for the nightly toolchain (`-Z build-std=core`).
+//! - `rust-src` for the nightly toolchain (`-Z build-std=core`), and its
+//!   clippy (`cargo xtask lint-bpf`).
 //! - bpf-linker 0.13 built against LLVM 22.
 //! - cargo-deb 3 (`cargo xtask package`), which needs dpkg-dev's
 //!   dpkg-shlibdeps (the package's Depends) and binutils' strip.
@@ -69,14 +70,17 @@ pub fn run() -> anyhow::Result<()> {
         &["component", "list", "--installed", "--toolchain", "nightly"],
     )
     .context("rustup with a nightly toolchain is required to build the XDP program")?;
-    if components.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("    nightly rust-src: present");
-    } else {
-        step("installing rust-src for the nightly toolchain");
-        util::run(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-        )?;
+    // rust-src for `-Z build-std=core`; clippy for `cargo xtask lint-bpf`.
+    for component in ["rust-src", "clippy"] {
+        if components.lines().any(|l| l.starts_with(component)) {
+            eprintln!("    nightly {component}: present");
+        } else {
+            step(&format!("installing {component} for the nightly toolchain"));
+            util::run(
+                "rustup",
+                &["component", "add", component, "--toolchain", "nightly"],
+            )?;
+        }
     }
 
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();

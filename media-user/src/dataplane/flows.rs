@@ -112,7 +112,7 @@ impl FlowTable {
         ncpus: usize,
     ) -> Result<Self, FlowError> {
         let mut slots = StdHashMap::new();
-        for kv in flows.iter() {
+        for kv in &flows {
             let (k, f) = kv?;
             slots.insert(k, f.slot());
         }

@@ -7,7 +7,7 @@
 //! IPv4↔IPv6). Routes are mirrored into XDP flows whenever the data plane
 //! can express them.
 
-mod port;
+mod forwarder;
 
 use std::{
     collections::HashMap,
@@ -16,8 +16,8 @@ use std::{
     sync::Arc,
 };
 
+use forwarder::{PortState, UserRoute};
 use media_ebpf::{Flow, FlowKey};
-use port::{PortState, UserRoute};
 use tokio::{net::UdpSocket, sync::mpsc};
 use tracing::{debug, warn};
 
@@ -137,7 +137,7 @@ impl MediaPlane {
     fn open(&mut self, local: SocketAddr) -> io::Result<()> {
         let socket = bind(local)?;
         let state = Arc::new(PortState::default());
-        let task = tokio::spawn(port::serve(
+        let task = tokio::spawn(forwarder::serve(
             local,
             socket.clone(),
             state.clone(),

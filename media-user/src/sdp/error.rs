@@ -90,6 +90,10 @@ pub enum AddressProblem {
 }
 
 /// "SDP line N `text`" for a parser error that names a line.
+#[expect(
+    clippy::ref_option,
+    reason = "thiserror's format arguments pass fields by reference"
+)]
 fn location(line: &Option<usize>, text: &str) -> String {
     match *line {
         Some(line) => format!("SDP line {line} `{text}`"),

@@ -1,14 +1,37 @@
 //! Media sessions: the ng call model, port leases, latching, timeouts.
-//! I/O-free apart from the [`Backend`] it drives.
+//! I/O-free apart from the [`Backend`] it drives, and clock-free: time
+//! comes in as [`Now`].
+//!
+//! - `engine.rs`: the [`Engine`] — its state, the ng/packet/tick entry
+//!   points, `delete`, port leases.
+//! - `offer_answer.rs`: `offer` and `answer`: interfaces, media from the
+//!   SDP, rtcp-mux, the rewritten SDP.
+//! - `routes.rs`: the data-plane routes of a call and their programming.
+//! - `expiry.rs`: the tick — delayed deletes, learning, timeouts, rates.
+//! - `reports.rs`: `query`, `list`, `statistics`.
+//! - `error.rs`: why a command failed: the ng `error-reason` text.
+//! - `clock.rs`: [`Now`], both clocks read once at the edge.
+//! - `model.rs`: calls, parties (monologues), media, port owners.
+//! - `latch.rs`: learning and checking a peer's source address.
+//! - `ports.rs`: the port-pair allocator.
+//! - `backend.rs`: what the engine needs from the media plane.
 
 pub mod backend;
+pub mod clock;
 pub mod engine;
+pub mod error;
+mod expiry;
 pub mod latch;
 pub mod model;
+mod offer_answer;
 pub mod ports;
+mod reports;
+mod routes;
 
 pub use backend::{Backend, Counters, Route};
+pub use clock::Now;
 pub use engine::{EndReason, Ended, Engine, PacketEvent, SessionConfig};
+pub use error::CommandError;
 pub use latch::{Latch, Policy, Source};
 pub use ports::PortAllocator;
 

@@ -5,10 +5,12 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use super::{Backend, Counters, Engine, PacketEvent, PortAllocator, Route, SessionConfig, Source};
+use super::{
+    Backend, Counters, Engine, Now, PacketEvent, PortAllocator, Route, SessionConfig, Source,
+};
 use crate::{
     interfaces::{Interface, Interfaces},
     ng::{Command, Delete, Flags, Ice, List, OfferAnswer, Query, Replace, Reply, RtcpMux, Value},
@@ -96,6 +98,7 @@ fn engine_with(ifaces: Vec<Interface>, min: u16, max: u16) -> Engine<Fake> {
         fake,
         Interfaces(ifaces),
         PortAllocator::new(min, max, Duration::from_secs(2)).unwrap(),
+        Now::read(),
     )
 }
 
@@ -168,7 +171,7 @@ fn media_endpoint(s: &[u8]) -> SocketAddr {
 
 /// Offer from A (198.18.1.2:5000), answer from B (198.18.2.2:6000).
 fn basic_call(e: &mut Engine<Fake>, call: &str) -> (SocketAddr, SocketAddr) {
-    let now = Instant::now();
+    let now = Now::read();
     let r = e.handle(
         Command::Offer(oa(call, "a-tag", None, offer_sdp("198.18.1.2", 5000))),
         now,
@@ -215,7 +218,7 @@ fn offer_answer_anchor_media_and_program_both_directions() {
 #[test]
 fn offer_alone_routes_early_media_back_to_the_offerer() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     let r = e.handle(
         Command::Offer(oa("c", "a", None, offer_sdp("198.18.1.2", 5000))),
         now,
@@ -256,12 +259,12 @@ fn direction_names_interfaces() {
     );
     let mut o = oa("c", "a", None, offer_sdp("198.18.2.2", 5000));
     o.direction = vec!["pbx".into(), "carrier".into()];
-    let to_b = media_endpoint(&sdp_of(&e.handle(Command::Offer(o), Instant::now())));
+    let to_b = media_endpoint(&sdp_of(&e.handle(Command::Offer(o), Now::read())));
     assert_eq!(to_b.ip(), ip(CARRIER));
     let mut o = oa("d", "a", None, offer_sdp("198.18.2.2", 5000));
     o.direction = vec!["nope".into(), "carrier".into()];
     assert_eq!(
-        e.handle(Command::Offer(o), Instant::now()),
+        e.handle(Command::Offer(o), Now::read()),
         Reply::Error("Unknown interface 'nope'".into())
     );
     assert_eq!(e.call_count(), 1, "a refused first offer leaves nothing");
@@ -274,7 +277,7 @@ fn advertised_address_is_what_peers_see() {
     let mut e = engine_with(vec![i], 30000, 30099);
     let r = e.handle(
         Command::Offer(oa("c", "a", None, offer_sdp("198.18.1.2", 5000))),
-        Instant::now(),
+        Now::read(),
     );
     let s = String::from_utf8(sdp_of(&r)).unwrap();
     assert!(s.contains("c=IN IP4 203.0.113.10\r\n"), "{s}");
@@ -286,7 +289,7 @@ fn advertised_address_is_what_peers_see() {
 fn delete_frees_everything_and_retransmitted_delete_warns() {
     let mut e = engine();
     basic_call(&mut e, "c1");
-    let now = Instant::now();
+    let now = Now::read();
     let d = Delete {
         call_id: "c1".into(),
         from_tag: Some("a-tag".into()),
@@ -313,7 +316,7 @@ fn delete_frees_everything_and_retransmitted_delete_warns() {
 fn delete_delay_keeps_media_until_due() {
     let mut e = engine();
     basic_call(&mut e, "c1");
-    let now = Instant::now();
+    let now = Now::read();
     e.handle(
         Command::Delete(Delete {
             call_id: "c1".into(),
@@ -338,7 +341,7 @@ fn port_exhaustion_is_an_ng_error_and_leaves_nothing_behind() {
     basic_call(&mut e, "c1");
     let r = e.handle(
         Command::Offer(oa("c2", "x", None, offer_sdp("198.18.1.2", 7000))),
-        Instant::now(),
+        Now::read(),
     );
     assert_eq!(r, Reply::Error("Ran out of ports".into()));
     assert_eq!(e.call_count(), 1);
@@ -360,7 +363,7 @@ fn rejected_streams_stay_port_zero_with_nothing_allocated() {
     let sdp = b"v=0\r\no=- 1 1 IN IP4 198.18.1.2\r\ns=-\r\nc=IN IP4 198.18.1.2\r\nt=0 0\r\n\
 m=audio 5000 RTP/AVP 8\r\nm=video 0 RTP/AVP 96\r\n"
         .to_vec();
-    let r = e.handle(Command::Offer(oa("c", "a", None, sdp)), Instant::now());
+    let r = e.handle(Command::Offer(oa("c", "a", None, sdp)), Now::read());
     let info = sdp::inspect(&sdp_of(&r)).unwrap();
     assert_ne!(info.media[0].port, 0);
     assert_eq!(info.media[1].port, 0);
@@ -374,7 +377,7 @@ m=audio 5000 RTP/AVP 8\r\nm=video 0 RTP/AVP 96\r\n"
 #[test]
 fn reoffer_updates_in_place_and_bumps_the_version_only_on_change() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     let first = sdp_of(&e.handle(
         Command::Offer(oa("c", "a", None, offer_sdp("198.18.1.2", 5000))),
         now,
@@ -425,7 +428,7 @@ fn reoffer_updates_in_place_and_bumps_the_version_only_on_change() {
 #[test]
 fn hold_with_zero_address_passes_through() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     basic_call(&mut e, "c");
     let s = sdp_of(&e.handle(
         Command::Offer(oa("c", "a-tag", Some("b-tag"), offer_sdp("0.0.0.0", 5000))),
@@ -441,9 +444,9 @@ fn nat_latching_through_the_engine() {
     let mut e = engine();
     e.handle(
         Command::Offer(oa("c", "a", None, offer_sdp("10.0.0.5", 4000))),
-        Instant::now(),
+        Now::read(),
     );
-    let now = Instant::now();
+    let now = Now::read();
     let r = e.handle(
         Command::Answer(oa("c", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),
         now,
@@ -535,7 +538,7 @@ fn nat_latching_through_the_engine() {
 #[test]
 fn flags_shape_the_source_policy() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     let mut o = oa("c", "a", None, offer_sdp("198.18.1.2", 5000));
     o.flags.asymmetric = true;
     e.handle(Command::Offer(o), now);
@@ -579,7 +582,7 @@ fn flags_shape_the_source_policy() {
 #[test]
 fn rtcp_mux_offer_accept_and_demux() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     let mux_sdp = |addr: &str, port: u16| {
         String::from_utf8(offer_sdp(addr, port))
             .unwrap()
@@ -626,7 +629,7 @@ fn ice_is_stripped_by_default() {
         );
     let out = sdp_of(&e.handle(
         Command::Offer(oa("c", "a", None, s.into_bytes())),
-        Instant::now(),
+        Now::read(),
     ));
     let out = String::from_utf8(out).unwrap();
     assert!(!out.contains("ice-") && !out.contains("candidate"), "{out}");
@@ -635,7 +638,7 @@ fn ice_is_stripped_by_default() {
 #[test]
 fn offer_timeout_and_media_timeout_end_calls_and_are_reported() {
     let mut e = engine();
-    let t0 = Instant::now();
+    let t0 = Now::read();
     e.handle(
         Command::Offer(oa("never", "a", None, offer_sdp("198.18.1.2", 5000))),
         t0,
@@ -667,7 +670,7 @@ fn offer_timeout_and_media_timeout_end_calls_and_are_reported() {
 #[test]
 fn media_keeps_a_call_alive_and_hold_uses_the_silent_timeout() {
     let mut e = engine();
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let (to_a, _) = basic_call(&mut e, "c");
     e.backend_mut().counters.insert(
         to_a,
@@ -719,7 +722,7 @@ fn media_keeps_a_call_alive_and_hold_uses_the_silent_timeout() {
 #[test]
 fn query_list_statistics_and_errors() {
     let mut e = engine();
-    let now = Instant::now();
+    let now = Now::read();
     let (to_a, _) = basic_call(&mut e, "c1");
     e.backend_mut().counters.insert(
         to_a,
@@ -822,7 +825,7 @@ fn query_list_statistics_and_errors() {
 #[test]
 fn many_calls_leave_nothing_behind() {
     let mut e = engine_with(vec![iface("eth0", CARRIER)], 20000, 60000);
-    let now = Instant::now();
+    let now = Now::read();
     for i in 0..2000 {
         let id = format!("call-{i}");
         basic_call(&mut e, &id);

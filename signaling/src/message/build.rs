@@ -17,6 +17,7 @@ impl Message {
     /// Timestamp too for a 100 (§8.2.6.1); `Content-Length: 0`. The reason
     /// phrase is sanitized like any header value; `status` should be
     /// 100–699 (§7.2), or the result will not parse at the far end.
+    #[must_use]
     pub fn response(&self, status: u16, reason: &str, to_tag: Option<&str>) -> Message {
         let mut fields: Vec<Field> = Vec::new();
         for name in [VIA, FROM, TO, CALL_ID, CSEQ] {
@@ -35,6 +36,7 @@ impl Message {
     /// CSeq number with method CANCEL, only the top Via, Route headers
     /// copied, Max-Forwards 70. On a response (a caller bug) it returns a
     /// copy of the response and logs a warning.
+    #[must_use]
     pub fn cancel(&self) -> Message {
         let Some(to) = self.first(TO) else {
             return self.copy_for_misuse("cancel");
@@ -48,6 +50,7 @@ impl Message {
     /// method ACK, To from the response, Route headers from the INVITE,
     /// Max-Forwards 70. On a response (a caller bug) it returns a copy of
     /// `self` and logs a warning.
+    #[must_use]
     pub fn ack_for(&self, response: &Message) -> Message {
         let Some(to) = response.first(TO).or_else(|| self.first(TO)) else {
             return self.copy_for_misuse("ack_for");

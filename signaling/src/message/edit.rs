@@ -73,7 +73,7 @@ impl Message {
                 ..
             } => {
                 *current = parsed;
-                *uri_text = text.to_owned();
+                text.clone_into(uri_text);
                 Ok(())
             }
             StartLine::Response { .. } => Err(MessageError::NotARequest),

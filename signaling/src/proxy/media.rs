@@ -1,9 +1,39 @@
-//! ng requests for media anchoring (the rtpengine_manage model), and
-//! what the agent reads back.
+//! Media anchoring over ng (the rtpengine_manage model): INVITE,
+//! re-INVITE and UPDATE offers, 18x/2xx answers, late offers in a 2xx
+//! answered in the ACK, deletes on CANCEL, failure and BYE, and calls a
+//! media node ended by itself (BYE to both sides). The ng requests are
+//! built here, and what the agent reads back from the replies.
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use ng::Value;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{
+    Peer, Transport,
+    agent::{Agent, Party, Pending, Purpose, ServerKey, Side},
+    routing::{host_port, uri_transport},
+};
+use crate::message::{Message, Method};
+
+/// Why a media node's reply carries no SDP to forward.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum MediaError {
+    #[error("media node replied without SDP")]
+    NoSdp,
+    /// `result: error`, with the node's `error-reason` when it gave one.
+    #[error("{}", .reason.as_deref().unwrap_or("media node error"))]
+    Refused { reason: Option<String> },
+    #[error("unexpected media node result {result:?}")]
+    UnexpectedResult { result: Option<String> },
+    /// The request timed out.
+    #[error("media node did not answer")]
+    NoAnswer,
+}
 
 /// Which party's SDP, and in which role.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +44,8 @@ pub struct Sdp<'a> {
     /// The other party, when known.
     pub to_tag: Option<&'a str>,
     pub via_branch: Option<&'a str>,
-    pub sdp: &'a [u8],
+    /// The SDP body.
+    pub body: &'a [u8],
     /// The SIP message's source address.
     pub received_from: IpAddr,
     /// Interface names for the sender's and the receiver's side.
@@ -26,7 +57,7 @@ fn base(command: &str, s: &Sdp<'_>) -> Value {
         .with("command", command)
         .with("call-id", s.call_id)
         .with("from-tag", s.from_tag)
-        .with("sdp", Value::Bytes(s.sdp.to_vec()))
+        .with("sdp", Value::Bytes(s.body.to_vec()))
         .with(
             "received-from",
             Value::List(vec![
@@ -94,19 +125,22 @@ pub fn list() -> Value {
 }
 
 /// The rewritten SDP of an ok reply, or why there is none.
-pub fn sdp_of(reply: &Value) -> Result<Vec<u8>, String> {
+pub fn sdp_of(reply: &Value) -> Result<Vec<u8>, MediaError> {
     match reply.get("result").and_then(Value::as_str) {
         Some("ok") => reply
             .get("sdp")
             .and_then(Value::as_bytes)
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| "media node replied without SDP".to_owned()),
-        Some("error") => Err(reply
-            .get("error-reason")
-            .and_then(Value::as_str)
-            .unwrap_or("media node error")
-            .to_owned()),
-        other => Err(format!("unexpected media node result {other:?}")),
+            .ok_or(MediaError::NoSdp),
+        Some("error") => Err(MediaError::Refused {
+            reason: reply
+                .get("error-reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }),
+        other => Err(MediaError::UnexpectedResult {
+            result: other.map(str::to_owned),
+        }),
     }
 }
 
@@ -123,6 +157,277 @@ pub fn timed_out(reply: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+impl Agent {
+    fn interface_name(&self, side: Side) -> Option<&str> {
+        match side {
+            Side::Trunk(_) => self.cfg.media_trunk_interface.as_deref(),
+            Side::Pbx => self.cfg.media_pbx_interface.as_deref(),
+        }
+    }
+
+    pub(super) fn direction(&self, from: Side, to: Side) -> Option<(String, String)> {
+        Some((
+            self.interface_name(from)?.to_owned(),
+            self.interface_name(to)?.to_owned(),
+        ))
+    }
+
+    pub(super) fn node_for(&self, call_id: &str) -> SocketAddr {
+        // Stable spread of calls over media nodes.
+        let h = call_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.cfg.media[(h % self.cfg.media.len() as u64) as usize]
+    }
+
+    /// Free a call: delete its media (unless `to_tag` names one losing
+    /// branch only) and forget it.
+    pub(super) fn end_call(&mut self, call_id: &str, reason_log: Option<&str>) {
+        if let Some(call) = self.calls.remove(call_id) {
+            if !call.ended {
+                let req = delete(call_id, Some(&call.caller_tag), None);
+                self.ng(call.node, req, Pending::Delete);
+            }
+            if let Some(r) = reason_log {
+                info!(%call_id, reason = r, "call ended");
+            }
+        }
+    }
+
+    /// Ask the media node to anchor `msg`'s SDP offer; `fwd` leaves (with
+    /// the node's SDP) when the reply comes.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of offer; a struct would only rename them"
+    )]
+    pub(super) fn offer_then_forward(
+        &mut self,
+        node: SocketAddr,
+        msg: &Message,
+        offerer: &Party<'_>,
+        direction: Option<(String, String)>,
+        key: ServerKey,
+        fwd: Message,
+        out: Peer,
+        branch: String,
+    ) {
+        let via_branch = msg.top_via().branch;
+        let req = offer(&Sdp {
+            call_id: msg.call_id(),
+            from_tag: offerer.tag,
+            to_tag: offerer.other,
+            via_branch: via_branch.as_deref(),
+            body: msg.body(),
+            received_from: offerer.source,
+            direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        });
+        self.ng(
+            node,
+            req,
+            Pending::Request {
+                server: Some(key),
+                message: fwd,
+                peer: out,
+                branch,
+            },
+        );
+    }
+
+    /// An 18x/2xx with SDP: the answer to the INVITE's offer — or, for a
+    /// late offer, the offer itself.
+    pub(super) fn response_sdp(
+        &mut self,
+        server: ServerKey,
+        request: Message,
+        msg: Message,
+        now: Instant,
+    ) {
+        let call_id = msg.call_id().to_owned();
+        let status = msg.status().unwrap_or(0);
+        let to_tag = msg.to_tag().unwrap_or_default();
+        let cseq = msg.cseq().0;
+        let cache_key = (cseq, to_tag.clone(), status);
+        let cached = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.sdp_cache.get(&cache_key).cloned());
+        if let Some(sdp) = cached {
+            let mut m = msg;
+            let ct = m.content_type();
+            m.set_body(sdp, ct.as_deref());
+            self.forward_response(&server, m, now);
+            return;
+        }
+        let received = self
+            .clients
+            .values()
+            .find(|c| c.server.as_ref() == Some(&server))
+            .map_or_else(|| self.cfg.pbx.ip(), |c| c.peer.remote.ip());
+        let (node, late, from_side, to_side) = match self.calls.get_mut(&call_id) {
+            Some(c) => {
+                if !c.answered_tags.contains(&to_tag) {
+                    c.answered_tags.push(to_tag.clone());
+                }
+                (
+                    c.node,
+                    c.late_offer && request.to_tag().is_none(),
+                    c.from_side,
+                    c.to_side,
+                )
+            }
+            None => (self.node_for(&call_id), false, Side::Pbx, Side::Pbx),
+        };
+        let req_from = request.from_tag().unwrap_or_default();
+        let req_to = request.to_tag();
+        let req = if late {
+            // Late offer: the callee offers in the 2xx.
+            let direction = self.direction(to_side, from_side);
+            offer(&Sdp {
+                call_id: &call_id,
+                from_tag: &to_tag,
+                to_tag: Some(&req_from),
+                via_branch: None,
+                body: msg.body(),
+                received_from: received,
+                direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            })
+        } else {
+            let answerer = req_to.clone().unwrap_or(to_tag.clone());
+            answer(&Sdp {
+                call_id: &call_id,
+                from_tag: &req_from,
+                to_tag: Some(&answerer),
+                via_branch: None,
+                body: msg.body(),
+                received_from: received,
+                direction: None,
+            })
+        };
+        self.ng(
+            node,
+            req,
+            Pending::Response {
+                server,
+                message: msg,
+                cache: Some((call_id, cache_key)),
+            },
+        );
+    }
+
+    /// The media node ended a call for lack of media: end it on both
+    /// sides with a BYE.
+    pub(super) fn media_timeout(&mut self, call_id: &str, now: Instant) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        let Some(d) = call.dialog else {
+            return;
+        };
+        self.stats.media_timeouts += 1;
+        info!(%call_id, "media timed out: sending BYE to both sides");
+        for (to_caller, local) in [(true, d.caller_side_local), (false, d.callee_side_local)] {
+            let Some(uri) = Message::uri_of(d.next_hop(to_caller)).ok() else {
+                continue;
+            };
+            let Some(remote) = host_port(&uri) else {
+                continue;
+            };
+            let transport = uri_transport(&uri).unwrap_or(Transport::Udp);
+            let peer = Peer {
+                transport,
+                conn: None,
+                local,
+                remote,
+            };
+            let branch = self.new_branch();
+            let via = self.via(local, transport, &branch);
+            match d.bye_to(to_caller, &via) {
+                Some(bye) => self.start_client(branch, bye, peer, None, Purpose::OwnBye, now),
+                None => warn!(%call_id, "could not build the BYE"),
+            }
+        }
+    }
+
+    /// The node's reply to the offer of a request waiting in
+    /// [`Pending::Request`]: forward the request with the node's SDP, or
+    /// refuse it (503) if the media cannot be anchored.
+    pub(super) fn on_offer_reply(
+        &mut self,
+        server: Option<ServerKey>,
+        mut message: Message,
+        peer: Peer,
+        branch: String,
+        reply: Option<&Value>,
+        now: Instant,
+    ) {
+        match reply.map_or(Err(MediaError::NoAnswer), sdp_of) {
+            Ok(sdp) => {
+                let ct = message.content_type();
+                message.set_body(sdp, ct.as_deref());
+                self.start_client(branch, message, peer, server, Purpose::Forward, now);
+            }
+            Err(why) => {
+                self.stats.ng_errors += 1;
+                warn!(call_id = %message.call_id(), reason = %why, "media offer failed; refusing the request");
+                let call_id = message.call_id().to_owned();
+                if let Some(k) = server {
+                    self.respond_with(
+                        &k,
+                        503,
+                        &[("Warning", "399 media-relay \"media unavailable\"")],
+                        now,
+                    );
+                }
+                if message.method() == Method::Invite && message.to_tag().is_none() {
+                    self.end_call(&call_id, Some("media unavailable"));
+                }
+            }
+        }
+    }
+
+    /// The node's reply to the SDP of a response waiting in
+    /// [`Pending::Response`]: forward it upstream, rewritten if it could be.
+    pub(super) fn on_answer_reply(
+        &mut self,
+        server: ServerKey,
+        mut message: Message,
+        cache: Option<(String, (u32, String, u16))>,
+        reply: Option<&Value>,
+        now: Instant,
+    ) {
+        match reply.map(sdp_of) {
+            Some(Ok(sdp)) => {
+                if let Some((call_id, key)) = cache
+                    && let Some(c) = self.calls.get_mut(&call_id)
+                {
+                    c.sdp_cache.insert(key, sdp.clone());
+                }
+                let ct = message.content_type();
+                message.set_body(sdp, ct.as_deref());
+            }
+            _ => {
+                // The answer cannot be anchored; the call still
+                // goes on (media flows end to end).
+                self.stats.ng_errors += 1;
+                warn!(call_id = %message.call_id(), "media answer failed; forwarding the SDP unchanged");
+            }
+        }
+        self.forward_response(&server, message, now);
+    }
+
+    /// The node's reply to the answer in an ACK (late offer): send the ACK
+    /// on, rewritten if it could be.
+    pub(super) fn on_ack_reply(&mut self, mut message: Message, peer: Peer, reply: Option<&Value>) {
+        if let Some(Ok(sdp)) = reply.map(sdp_of) {
+            let ct = message.content_type();
+            message.set_body(sdp, ct.as_deref());
+        } else {
+            self.stats.ng_errors += 1;
+        }
+        self.send(peer, message.to_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +439,7 @@ mod tests {
             from_tag: "a",
             to_tag: None,
             via_branch: Some("z9hG4bK1"),
-            sdp: b"v=0\r\n",
+            body: b"v=0\r\n",
             received_from: "198.18.1.2".parse().unwrap(),
             direction: Some(("carrier", "pbx")),
         };
@@ -157,7 +462,7 @@ mod tests {
         let err = Value::dict()
             .with("result", "error")
             .with("error-reason", "Ran out of ports");
-        assert_eq!(sdp_of(&err).unwrap_err(), "Ran out of ports");
+        assert_eq!(sdp_of(&err).unwrap_err().to_string(), "Ran out of ports");
         let l = Value::dict().with(
             "timed out",
             Value::List(vec![

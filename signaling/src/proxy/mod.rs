@@ -1,23 +1,36 @@
 //! The proxy core: an I/O-free state machine. Parsed messages, timer ticks
 //! and ng replies go in; datagrams/stream writes and ng requests come out.
 //!
-//! - `agent.rs`: the transaction user (RFC 3261 §16): routing, Via and
-//!   Record-Route handling, CANCEL, in-dialog requests, limits.
+//! - `agent.rs`: the transaction user (RFC 3261 §16): the agent's state,
+//!   its transactions and calls, and the dispatch of messages, ng replies
+//!   and timers.
+//! - `routing.rs`: where a request goes — source classification (trunk,
+//!   PBX or refused), where a new request such as an INVITE is routed,
+//!   Route popping and in-dialog destinations, Via and Record-Route.
+//! - `ack_cancel.rs`: ACK (absorbed or forwarded statelessly) and CANCEL.
+//! - `responses.rs`: responses from downstream, forwarded upstream; the
+//!   dialog of a 2xx.
 //! - `media.rs`: media anchoring over ng — the `rtpengine_manage` model:
 //!   INVITE/re-INVITE/UPDATE offers, 18x/2xx answers, late offers in 2xx
-//!   and ACK, deletes on CANCEL, failure and BYE.
+//!   and ACK, deletes on CANCEL, failure and BYE, media timeouts.
 //! - `dialog.rs`: what the agent remembers of an established call, enough
 //!   to end it with a BYE to both sides when its media times out.
+//! - `stats.rs`: the counters operators and tests read.
 //! - `ratelimit.rs`: per-source INVITE rate limiting.
 
+mod ack_cancel;
 mod agent;
 mod dialog;
 mod media;
 mod ratelimit;
+mod responses;
+mod routing;
+mod stats;
 
 use std::net::SocketAddr;
 
-pub use agent::{Agent, Stats};
+pub use agent::Agent;
+pub use stats::Stats;
 
 /// A transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -119,7 +119,7 @@ fn forwarded_invite(a: &mut Agent, now: Instant) -> Message {
         offer
             .get("direction")
             .and_then(ng::Value::as_list)
-            .map(|l| l.len()),
+            .map(<[ng::Value]>::len),
         Some(2)
     );
     a.on_ng(*id, ok_sdp(RELAYED), now);

@@ -62,8 +62,9 @@ pub fn lookup(
 ) -> Result<NextHop, FibError> {
     let src = addr_words(&flow.src_addr);
     let dst = addr_words(&flow.dst_addr);
-    // SAFETY: bpf_fib_lookup is a C struct of integers, 4-aligned, 64 bytes.
     let mut slot = mem::MaybeUninit::<FibParams>::uninit();
+    // SAFETY: bpf_fib_lookup is a C struct of integers (valid all-zero),
+    // 4-aligned, 64 bytes.
     let p = unsafe { zero(&mut slot) };
     p.family = if ipv6 { AF_INET6 } else { AF_INET };
     p.l4_protocol = 17;

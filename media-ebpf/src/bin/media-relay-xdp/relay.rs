@@ -203,14 +203,16 @@ unsafe fn decide<'a, const N: usize>(
     family: u8,
     a: &Arrival,
 ) -> Result<(&'a Flow, NextHop), (Outcome, u32)> {
-    // SAFETY: FlowKey is bytes only, 4-aligned, 20 bytes; `key.addr` is at
-    // its offset 0 and N <= 8.
     let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    // SAFETY: FlowKey is bytes only (valid all-zero), 4-aligned, 20 bytes.
     let key = unsafe { zero(&mut slot) };
+    // SAFETY: `key.addr` is 16 bytes at offset 0 of the 4-aligned key and
+    // N <= 8; `a.dst` per this function's contract.
     unsafe { copy::<N>(key.addr.as_mut_ptr(), a.dst) };
     key.port = a.dport;
     key.family = family;
-    let Some(flow) = FLOWS.get_ptr(&*key) else {
+    // The key by reference (`&mut FlowKey: Borrow<FlowKey>`): no copy.
+    let Some(flow) = FLOWS.get_ptr(key) else {
         return Err(pass(Outcome::NoFlow));
     };
     // SAFETY: a value pointer from a hash-map lookup stays valid for this
@@ -248,8 +250,10 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let Some(ip) = header::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
         return pass(Outcome::Malformed);
     };
-    // SAFETY (every dereference of `ip` and `udp` below): both were
-    // bounds-checked by `header`, and their fields sit at even offsets.
+    // Every dereference of `ip` and `udp` below is sound for the same
+    // reason: both were bounds-checked by `header`, and their fields sit
+    // at even offsets of an even frame address (see `packet`).
+    // SAFETY: `ip` is bounds-checked; byte fields.
     let (vihl, frags, proto, ttl, tos, tot_len) = unsafe {
         (
             (*ip).vihl,
@@ -282,19 +286,26 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let Some(udp) = header::<UdpHdr>(ctx, EthHdr::LEN + Ipv4Hdr::LEN) else {
         return pass(Outcome::Malformed);
     };
+    // SAFETY: `udp` is bounds-checked.
     let udp_len = unsafe { be16((*udp).len) };
     if usize::from(udp_len) != usize::from(tot_len) - Ipv4Hdr::LEN {
         return pass(Outcome::Malformed);
     }
+    // SAFETY: field addresses of the bounds-checked headers (nothing read).
     let ip_src = unsafe { (&raw mut (*ip).src_addr).cast::<u8>() };
+    // SAFETY: as above.
     let ip_dst = unsafe { (&raw mut (*ip).dst_addr).cast::<u8>() };
+    // SAFETY: as above.
     let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
+    // SAFETY: as above.
     let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
 
     let arrival = Arrival {
         src: ip_src,
         dst: ip_dst,
+        // SAFETY: the UDP source port, in the packet, 2-aligned.
         sport: unsafe { word(udp_src) },
+        // SAFETY: `udp` is bounds-checked.
         dport: unsafe { (*udp).dst },
         ttl,
         ip_len: tot_len,
@@ -302,6 +313,8 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         flowinfo: 0,
         payload: EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN,
     };
+    // SAFETY: `src` and `dst` are the 2-word IPv4 addresses inside the
+    // bounds-checked header, at even offsets.
     let (flow, hop) = match unsafe { decide::<2>(ctx, FAMILY_V4, &arrival) } {
         Ok(decided) => decided,
         Err(verdict) => return verdict,
@@ -309,6 +322,10 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
 
     // Every check passed: rewrite, accumulating the checksum changes as raw
     // native-order words (see `packet`).
+    // SAFETY: the packet pointers are fields of the bounds-checked headers
+    // and the others fields of the flow value, all 2-aligned and of the
+    // lengths given; the TTL/protocol word and the checksums are at even
+    // offsets.
     unsafe {
         let addrs = replace::<2>(ip_src, flow.src_addr.as_ptr(), Delta::new());
         let addrs = replace::<2>(ip_dst, flow.dst_addr.as_ptr(), addrs);
@@ -337,8 +354,9 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let Some(ip) = header::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
         return pass(Outcome::Malformed);
     };
-    // SAFETY (every dereference of `ip` and `udp` below): both were
-    // bounds-checked by `header`, and their fields sit at even offsets.
+    // As in `ipv4`: every dereference of `ip` and `udp` below is of a
+    // bounds-checked header, at even offsets.
+    // SAFETY: `ip` is bounds-checked; byte fields.
     let (vcf, payload_len, next_hdr, hop_limit) = unsafe {
         (
             (*ip).vcf,
@@ -363,21 +381,28 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     let Some(udp) = header::<UdpHdr>(ctx, EthHdr::LEN + Ipv6Hdr::LEN) else {
         return pass(Outcome::Malformed);
     };
+    // SAFETY: `udp` is bounds-checked.
     let (udp_len, udp_check) = unsafe { (be16((*udp).len), be16((*udp).check)) };
     // A zero UDP checksum is invalid over IPv6 (RFC 8200 §8.1).
     if udp_len != payload_len || udp_check == 0 {
         return pass(Outcome::Malformed);
     }
+    // SAFETY: field addresses of the bounds-checked headers (nothing read).
     let ip_src = unsafe { (&raw mut (*ip).src_addr).cast::<u8>() };
+    // SAFETY: as above.
     let ip_dst = unsafe { (&raw mut (*ip).dst_addr).cast::<u8>() };
+    // SAFETY: as above.
     let udp_src = unsafe { (&raw mut (*udp).src).cast::<u8>() };
+    // SAFETY: as above.
     let udp_dst = unsafe { (&raw mut (*udp).dst).cast::<u8>() };
 
     let ip_len = payload_len + Ipv6Hdr::LEN as u16;
     let arrival = Arrival {
         src: ip_src,
         dst: ip_dst,
+        // SAFETY: the UDP source port, in the packet, 2-aligned.
         sport: unsafe { word(udp_src) },
+        // SAFETY: `udp` is bounds-checked.
         dport: unsafe { (*udp).dst },
         ttl: hop_limit,
         ip_len,
@@ -385,11 +410,15 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
         payload: EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN,
     };
+    // SAFETY: `src` and `dst` are the 8-word IPv6 addresses inside the
+    // bounds-checked header, at even offsets.
     let (flow, hop) = match unsafe { decide::<8>(ctx, FAMILY_V6, &arrival) } {
         Ok(decided) => decided,
         Err(verdict) => return verdict,
     };
 
+    // SAFETY: as in `ipv4`: fields of the bounds-checked headers and of the
+    // flow value, 2-aligned, of the lengths given.
     unsafe {
         (*ip).hop_limit = hop_limit - 1;
         let d = replace::<8>(ip_src, flow.src_addr.as_ptr(), Delta::new());

@@ -228,7 +228,7 @@ fn seeded_random_multi_byte_mutations() {
     let mut rng = Rng(0x5151_0000_3261_2026);
     for _ in 0..6_000 {
         let mut bytes = corpus[rng.below(corpus.len())].clone();
-        for _ in 0..1 + rng.below(6) {
+        for _ in 0..=rng.below(6) {
             let at = rng.below(bytes.len() + 1);
             match rng.below(6) {
                 0 if at < bytes.len() => bytes[at] = rng.byte(),

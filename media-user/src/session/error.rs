@@ -1,0 +1,122 @@
+//! Why an ng command failed.
+//!
+//! This enum is the one place where a failure becomes ng text: its
+//! `Display` is the `error-reason` of the reply (`Engine::handle` sends
+//! `to_string()`, nothing else does). Controllers and tests match on these
+//! strings (several are rtpengine's own wording), so they are part of the
+//! protocol: change a message only on purpose.
+
+use std::net::IpAddr;
+
+use thiserror::Error;
+
+use crate::sdp::SdpError;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("No media interfaces configured")]
+    NoInterfaces,
+    /// `direction`, `from-interface` or `to-interface` named none of ours.
+    #[error("Unknown interface '{name}'")]
+    UnknownInterface { name: String },
+    #[error("Interface '{interface}' has no usable address")]
+    NoUsableAddress { interface: String },
+    #[error("Failed to parse SDP: {source}")]
+    SdpParse { source: SdpError },
+    #[error("Failed to rewrite SDP: {source}")]
+    SdpRewrite { source: SdpError },
+    /// An `answer` without `to-tag`.
+    #[error("Missing to-tag")]
+    MissingToTag,
+    #[error("Unknown call-id")]
+    UnknownCallId,
+    #[error("Unknown from-tag")]
+    UnknownFromTag,
+    /// An `answer` for a party that was never offered to.
+    #[error("No offer to answer")]
+    NoOffer,
+    #[error("Answer has {answer} media sections, the offer had {offer}")]
+    AnswerMediaCount { answer: usize, offer: usize },
+    /// RFC 3264 §8: m= lines may be added, never removed.
+    #[error("SDP has {sdp} media sections, {negotiated} were negotiated before")]
+    MediaSectionsRemoved { sdp: usize, negotiated: usize },
+    /// Every port pair of the range is leased (or held by another process).
+    #[error("Ran out of ports")]
+    PortsExhausted { local: IpAddr },
+    /// The final report of an ended call no longer decodes.
+    #[error("the final report of this call is unreadable")]
+    ReportUnreadable,
+    /// Internal: the call disappeared while a command was handled.
+    #[error("call vanished")]
+    CallVanished,
+    /// Internal: a party without the other party of its dialogue.
+    #[error("no peer")]
+    NoPeer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `error-reason` texts, as controllers see them.
+    #[test]
+    fn error_reasons_are_stable() {
+        let sdp = || SdpError::Empty;
+        let table = [
+            (CommandError::NoInterfaces, "No media interfaces configured"),
+            (
+                CommandError::UnknownInterface {
+                    name: "nope".into(),
+                },
+                "Unknown interface 'nope'",
+            ),
+            (
+                CommandError::NoUsableAddress {
+                    interface: "pbx".into(),
+                },
+                "Interface 'pbx' has no usable address",
+            ),
+            (
+                CommandError::SdpParse { source: sdp() },
+                "Failed to parse SDP: the SDP body is empty",
+            ),
+            (
+                CommandError::SdpRewrite { source: sdp() },
+                "Failed to rewrite SDP: the SDP body is empty",
+            ),
+            (CommandError::MissingToTag, "Missing to-tag"),
+            (CommandError::UnknownCallId, "Unknown call-id"),
+            (CommandError::UnknownFromTag, "Unknown from-tag"),
+            (CommandError::NoOffer, "No offer to answer"),
+            (
+                CommandError::AnswerMediaCount {
+                    answer: 1,
+                    offer: 2,
+                },
+                "Answer has 1 media sections, the offer had 2",
+            ),
+            (
+                CommandError::MediaSectionsRemoved {
+                    sdp: 1,
+                    negotiated: 2,
+                },
+                "SDP has 1 media sections, 2 were negotiated before",
+            ),
+            (
+                CommandError::PortsExhausted {
+                    local: "198.18.1.1".parse().unwrap(),
+                },
+                "Ran out of ports",
+            ),
+            (
+                CommandError::ReportUnreadable,
+                "the final report of this call is unreadable",
+            ),
+            (CommandError::CallVanished, "call vanished"),
+            (CommandError::NoPeer, "no peer"),
+        ];
+        for (error, text) in table {
+            assert_eq!(error.to_string(), text, "{error:?}");
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The periodic tick: delayed deletes, learning windows, the media and
+//! offer timeouts that end a call without a `delete`, and the rate samples
+//! `statistics` reports.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::warn;
+
+use super::{
+    backend::{Backend, Counters},
+    clock::Now,
+    engine::{ENDED_KEPT, EndReason, Ended, Engine, LEARNING_CHECK, RATE_SAMPLE, TIMEOUT_CHECK},
+};
+
+impl<B: Backend> Engine<B> {
+    /// Periodic work: learning windows, timeouts, delayed deletes, rates.
+    pub fn tick(&mut self, clock: Now) {
+        let now = clock.mono;
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        let mut ended = Vec::new();
+        for id in ids {
+            if let Some(reason) = self.tick_call(&id, clock) {
+                ended.push((id, reason));
+            }
+        }
+        for (id, reason) in ended {
+            match reason {
+                None => self.drop_call(&id, clock, Some("deleted")),
+                Some(reason) => {
+                    match reason {
+                        EndReason::Timeout => self.totals.timeouts += 1,
+                        EndReason::SilentTimeout => self.totals.silent_timeouts += 1,
+                        EndReason::OfferTimeout => self.totals.offer_timeouts += 1,
+                    }
+                    warn!(call_id = %id, reason = reason.name(), "call ended by the relay");
+                    self.drop_call(&id, clock, Some(reason.name()));
+                    if self.ended.len() == ENDED_KEPT {
+                        self.ended.pop_front();
+                    }
+                    self.ended.push_back(Ended {
+                        call_id: id,
+                        reason,
+                        at: clock.wall,
+                    });
+                }
+            }
+        }
+        self.sample_rates(now);
+    }
+
+    /// Returns `Some(None)` for a due delayed delete, `Some(Some(reason))`
+    /// for a timeout.
+    #[expect(
+        clippy::option_option,
+        reason = "delete vs. timeout, both ending the call"
+    )]
+    fn tick_call(&mut self, id: &str, clock: Now) -> Option<Option<EndReason>> {
+        let now = clock.mono;
+        let call = self.calls.get_mut(id)?;
+        if call.delete_at.is_some_and(|t| now >= t) {
+            return Some(None);
+        }
+        // Reading counters costs map lookups: calls still learning are
+        // looked at every second, the others every few seconds (timeouts
+        // are counted in seconds anyway).
+        if now < call.next_check {
+            return None;
+        }
+        call.next_check = now
+            + if call.learning() {
+                LEARNING_CHECK
+            } else {
+                TIMEOUT_CHECK
+            };
+        let call = self.calls.get(id)?;
+        let wall_now = clock.wall;
+        let mut last_media: Option<SystemTime> = None;
+        let mut changed = Vec::new();
+        let mut all_held = true;
+        let mono_count = call.monos.len();
+        // Learning windows and XDP-seen traffic.
+        let mut counters: Vec<(usize, usize, [Counters; 2])> = Vec::new();
+        for (mi, mono) in call.monos.iter().enumerate() {
+            for (i, m) in mono.media.iter().enumerate() {
+                if !m.held() && !m.rejected() {
+                    all_held = false;
+                }
+                if let Some((rtp, rtcp)) = m.locals(mono.local) {
+                    counters.push((
+                        mi,
+                        i,
+                        [self.backend.counters(rtp), self.backend.counters(rtcp)],
+                    ));
+                }
+            }
+        }
+        let call = self.calls.get_mut(id)?;
+        for (mi, i, [crtp, crtcp]) in counters {
+            for c in [&crtp, &crtcp] {
+                if let Some(t) = c.last_packet {
+                    last_media = Some(last_media.map_or(t, |l| l.max(t)));
+                }
+            }
+            let m = &mut call.monos[mi].media[i];
+            for (latch, c) in [(&mut m.rtp, &crtp), (&mut m.rtcp, &crtcp)] {
+                if c.kernel_packets > 0 {
+                    latch.note_forwarded(now);
+                }
+                if latch.tick(now) {
+                    if let Some((ssrc, seq)) = c.last_rtp {
+                        latch.note_rtp(ssrc, seq);
+                    }
+                    changed.push(mi);
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        for mi in changed {
+            if mi < mono_count {
+                self.program(id, mi, now);
+            }
+        }
+        let call = self.calls.get(id)?;
+        if !call.answered {
+            if now.duration_since(call.last_signal_at) >= self.cfg.offer_timeout {
+                return Some(Some(EndReason::OfferTimeout));
+            }
+            return None;
+        }
+        let since_signal = now.duration_since(call.last_signal_at);
+        let since_media = last_media
+            .map_or(since_signal, |t| {
+                wall_now.duration_since(t).unwrap_or(Duration::ZERO)
+            })
+            .min(since_signal);
+        let (limit, reason) = if all_held {
+            (self.cfg.silent_timeout, EndReason::SilentTimeout)
+        } else {
+            (self.cfg.timeout, EndReason::Timeout)
+        };
+        tracing::trace!(
+            call_id = %id,
+            since_media_ms = since_media.as_millis() as u64,
+            since_signal_ms = since_signal.as_millis() as u64,
+            media_seen = last_media.is_some(),
+            all_held,
+            limit_s = limit.as_secs(),
+            "timeout check"
+        );
+        (since_media >= limit).then_some(Some(reason))
+    }
+
+    fn sample_rates(&mut self, now: Instant) {
+        let (t0, p0, b0, e0) = self.last_sample;
+        if now.duration_since(t0) < RATE_SAMPLE {
+            return;
+        }
+        // Ended calls included, so rates do not dip when calls end.
+        let (mut p, mut b, mut e) = (
+            self.totals.ended_packets,
+            self.totals.ended_bytes,
+            self.totals.ended_errors,
+        );
+        for local in self.owners.keys() {
+            let c = self.backend.counters(*local);
+            p += c.packets;
+            b += c.bytes;
+            e += c.errors;
+        }
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt > 0.0 {
+            self.rates = (
+                p.saturating_sub(p0) as f64 / dt,
+                b.saturating_sub(b0) as f64 / dt,
+                e.saturating_sub(e0) as f64 / dt,
+            );
+            self.last_sample = (now, p, b, e);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The reports: `query` (a call's legs, streams and counters; also the
+//! reply to `delete`), `list` and `statistics`, and the helpers that build
+//! ng reply dictionaries.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Instant, SystemTime},
+};
+
+use super::{
+    backend::{Backend, Counters},
+    engine::{ENDED_LISTED, Engine},
+    error::CommandError,
+    latch::Latch,
+};
+use crate::ng::{List, Query, Reply, Value};
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn dict(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Dict(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect(),
+    )
+}
+
+pub(super) fn text(s: impl AsRef<str>) -> Value {
+    Value::Bytes(s.as_ref().as_bytes().to_vec())
+}
+
+fn int(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn endpoint(a: SocketAddr) -> Value {
+    dict(vec![
+        ("family", text(if a.is_ipv4() { "IPv4" } else { "IPv6" })),
+        ("address", text(a.ip().to_string())),
+        ("port", int(u64::from(a.port()))),
+    ])
+}
+
+pub(super) fn ok(pairs: Vec<(&str, Value)>) -> Reply {
+    Reply::Ok(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect(),
+    )
+}
+
+impl<B: Backend> Engine<B> {
+    fn stream_report(
+        &self,
+        local: SocketAddr,
+        latch: &Latch,
+        component: u8,
+        totals: &mut [Counters; 2],
+    ) -> Value {
+        let c = self.backend.counters(local);
+        let t = &mut totals[usize::from(component)];
+        t.packets += c.packets;
+        t.bytes += c.bytes;
+        t.errors += c.errors;
+        t.kernel_packets += c.kernel_packets;
+        t.kernel_bytes += c.kernel_bytes;
+        // Clamped per stream, so that one stream's duplicates do not hide
+        // another's loss in the totals.
+        t.rtp_expected += c.rtp_expected;
+        t.rtp_received += c.rtp_received.min(c.rtp_expected);
+        let mut flags = vec![text(if component == 0 { "RTP" } else { "RTCP" })];
+        if latch.is_confirmed() {
+            flags.push(text("confirmed"));
+        }
+        if c.kernel_packets > 0 {
+            flags.push(text("kernelized"));
+        }
+        let mut stats = vec![
+            ("packets", int(c.packets)),
+            ("bytes", int(c.bytes)),
+            ("errors", int(c.errors)),
+            ("kernel packets", int(c.kernel_packets)),
+            ("kernel bytes", int(c.kernel_bytes)),
+        ];
+        // RTP: packets lost on their way to the relay (RFC 3550 §A.3).
+        if component == 0 {
+            stats.push(("lost", int(c.lost())));
+            stats.push(("expected", int(c.rtp_expected)));
+        }
+        let mut d = vec![
+            ("local port", int(u64::from(local.port()))),
+            ("flags", Value::List(flags)),
+            ("stats", dict(stats)),
+        ];
+        if let Some(e) = latch.endpoint() {
+            d.push(("endpoint", endpoint(e)));
+        }
+        if let Some(a) = latch.advertised() {
+            d.push(("advertised endpoint", endpoint(a)));
+        }
+        if let Some(t) = c.last_packet {
+            d.push(("last packet", Value::Int(unix(t))));
+        }
+        dict(d)
+    }
+
+    /// The `query` dictionary of a call (also returned by `delete`).
+    pub(super) fn report(
+        &self,
+        call_id: &str,
+        only_tag: Option<&str>,
+    ) -> Option<BTreeMap<Vec<u8>, Value>> {
+        let call = self.calls.get(call_id)?;
+        let mut totals = [Counters::default(); 2];
+        let mut tags = BTreeMap::new();
+        // Dictionaries lose the order the parties joined in (the caller
+        // first); operators' tools show legs in it.
+        let mut order = Vec::new();
+        for mono in &call.monos {
+            if only_tag.is_some_and(|t| t != mono.tag) {
+                continue;
+            }
+            order.push(text(&mono.tag));
+            let mut medias = Vec::new();
+            for (i, m) in mono.media.iter().enumerate() {
+                let mut streams = Vec::new();
+                if let Some((rtp, rtcp)) = m.locals(mono.local) {
+                    streams.push(self.stream_report(rtp, &m.rtp, 0, &mut totals));
+                    streams.push(self.stream_report(rtcp, &m.rtcp, 1, &mut totals));
+                }
+                let mut flags = vec![text("initialized")];
+                if m.mux {
+                    flags.push(text("rtcp-mux"));
+                }
+                medias.push(dict(vec![
+                    ("index", int(i as u64 + 1)),
+                    ("type", text(&m.kind)),
+                    ("protocol", text(&m.protocol)),
+                    ("flags", Value::List(flags)),
+                    ("streams", Value::List(streams)),
+                ]));
+            }
+            let mut d = vec![
+                ("tag", text(&mono.tag)),
+                ("created", Value::Int(unix(mono.created))),
+                ("medias", Value::List(medias)),
+            ];
+            if let Some(l) = &mono.label {
+                d.push(("label", text(l)));
+            }
+            if let Some(p) = mono.peer {
+                d.push(("in dialogue with", text(&call.monos[p].tag)));
+            }
+            tags.insert(mono.tag.as_bytes().to_vec(), dict(d));
+        }
+        let stats = |c: &Counters, rtp: bool| {
+            let mut d = vec![
+                ("packets", int(c.packets)),
+                ("bytes", int(c.bytes)),
+                ("errors", int(c.errors)),
+                ("kernel packets", int(c.kernel_packets)),
+                ("kernel bytes", int(c.kernel_bytes)),
+            ];
+            if rtp {
+                d.push(("lost", int(c.lost())));
+                d.push(("expected", int(c.rtp_expected)));
+            }
+            dict(d)
+        };
+        let mut out = BTreeMap::new();
+        out.insert(b"created".to_vec(), Value::Int(unix(call.created)));
+        out.insert(b"last signal".to_vec(), Value::Int(unix(call.last_signal)));
+        out.insert(b"tags".to_vec(), Value::Dict(tags));
+        out.insert(b"tag order".to_vec(), Value::List(order));
+        out.insert(
+            b"totals".to_vec(),
+            dict(vec![
+                ("RTP", stats(&totals[0], true)),
+                ("RTCP", stats(&totals[1], false)),
+            ]),
+        );
+        Some(out)
+    }
+
+    pub(super) fn query(&self, cmd: &Query) -> Result<Reply, CommandError> {
+        let tag = cmd.from_tag.as_deref();
+        if let Some(r) = self.report(&cmd.call_id, tag) {
+            return Ok(Reply::Ok(r));
+        }
+        // A call that is over: its final report, and how it ended.
+        let f = self
+            .finished
+            .iter()
+            .rev()
+            .find(|f| f.call_id == cmd.call_id)
+            .ok_or(CommandError::UnknownCallId)?;
+        let Ok(Value::Dict(mut r)) = Value::decode(&f.report) else {
+            return Err(CommandError::ReportUnreadable);
+        };
+        r.insert(
+            b"ended".to_vec(),
+            dict(vec![
+                ("reason", text(f.reason)),
+                ("at", Value::Int(unix(f.at))),
+                (
+                    "duration ms",
+                    int(u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX)),
+                ),
+            ]),
+        );
+        Ok(Reply::Ok(r))
+    }
+
+    pub(super) fn list(&self, cmd: &List) -> Reply {
+        let limit = cmd.limit.map_or(32, |l| l.max(1)) as usize;
+        let calls = self.calls.keys().take(limit).map(text).collect();
+        // Ended calls are context, not the answer: a bounded few, so the
+        // reply always fits one datagram.
+        let ended = self
+            .ended
+            .iter()
+            .rev()
+            .take(limit.min(ENDED_LISTED))
+            .map(|e| {
+                dict(vec![
+                    ("call-id", text(&e.call_id)),
+                    ("reason", text(e.reason.name())),
+                    ("at", Value::Int(unix(e.at))),
+                ])
+            })
+            .collect();
+        let finished = self
+            .finished
+            .iter()
+            .rev()
+            .take(limit.min(ENDED_LISTED))
+            .map(|f| text(&f.call_id))
+            .collect();
+        ok(vec![
+            ("calls", Value::List(calls)),
+            ("timed out", Value::List(ended)),
+            ("ended", Value::List(finished)),
+        ])
+    }
+
+    pub(super) fn statistics(&self, now: Instant) -> Reply {
+        let t = &self.totals;
+        let (mut p, mut b, mut e) = (t.ended_packets, t.ended_bytes, t.ended_errors);
+        for local in self.owners.keys() {
+            let c = self.backend.counters(*local);
+            p += c.packets;
+            b += c.bytes;
+            e += c.errors;
+        }
+        let current = dict(vec![
+            ("sessionsown", int(self.calls.len() as u64)),
+            ("sessionsforeign", int(0)),
+            ("sessionstotal", int(self.calls.len() as u64)),
+            ("transcodedmedia", int(0)),
+            ("packetrate", int(self.rates.0 as u64)),
+            ("byterate", int(self.rates.1 as u64)),
+            ("errorrate", int(self.rates.2 as u64)),
+        ]);
+        let total = dict(vec![
+            (
+                "uptime",
+                text(
+                    now.saturating_duration_since(self.started)
+                        .as_secs()
+                        .to_string(),
+                ),
+            ),
+            ("managedsessions", int(t.managed_sessions)),
+            ("rejectedsessions", int(t.rejected_sessions)),
+            ("timeoutsessions", int(t.timeouts)),
+            ("silenttimeoutsessions", int(t.silent_timeouts)),
+            ("offertimeoutsessions", int(t.offer_timeouts)),
+            ("regularterminatedsessions", int(t.regular_terminated)),
+            ("relayedpackets", int(p)),
+            ("relayedbytes", int(b)),
+            ("relayedpacketerrors", int(e)),
+        ]);
+        let count = |k: &str| int(t.commands.get(k).copied().unwrap_or(0));
+        let control = dict(vec![
+            ("totalpingcount", count("ping")),
+            ("totaloffercount", count("offer")),
+            ("totalanswercount", count("answer")),
+            ("totaldeletecount", count("delete")),
+            ("totalquerycount", count("query")),
+            ("totallistcount", count("list")),
+            ("totalstatistics", count("statistics")),
+            ("totalerrorcount", int(t.errors)),
+        ]);
+        let ports = dict(vec![
+            ("total", int(self.ports.capacity() as u64 * 2)),
+            ("used", int(self.ports.in_use() as u64 * 2)),
+            ("free", int(self.ports.free() as u64 * 2)),
+            ("exhaustions", int(t.port_exhaustions)),
+        ]);
+        let plane = Value::Dict(
+            self.backend
+                .describe()
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), int(v)))
+                .collect(),
+        );
+        ok(vec![(
+            "statistics",
+            dict(vec![
+                ("currentstatistics", current),
+                ("totalstatistics", total),
+                ("controlstatistics", control),
+                ("ports", ports),
+                ("media plane", plane),
+            ]),
+        )])
+    }
+}

@@ -1,0 +1,75 @@
+//! The agent's counters: what operators see (OPTIONS `sip:stats@…`, the
+//! metrics endpoint) and tests read.
+
+use std::collections::BTreeMap;
+
+use super::agent::Agent;
+use crate::message::Method;
+
+/// Counters, visible to operators (and tests).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests: BTreeMap<String, u64>,
+    pub responses: BTreeMap<u16, u64>,
+    /// Responses sent, by (method of the request, status).
+    pub responses_by_method: BTreeMap<(String, u16), u64>,
+    /// INVITEs answered with a final failure (≥ 300), by status.
+    pub invite_failures: BTreeMap<u16, u64>,
+    pub rejected_sources: u64,
+    pub malformed: u64,
+    pub rate_limited: u64,
+    pub max_calls_rejected: u64,
+    pub no_route: u64,
+    pub ng_errors: u64,
+    pub media_timeouts: u64,
+    pub stray_responses: u64,
+    pub calls_total: u64,
+}
+
+impl Stats {
+    pub(super) fn count_response(&mut self, method: &str, status: u16) {
+        *self.responses.entry(status).or_default() += 1;
+        *self
+            .responses_by_method
+            .entry((method.to_owned(), status))
+            .or_default() += 1;
+        if method == Method::Invite.as_str() && status >= 300 {
+            *self.invite_failures.entry(status).or_default() += 1;
+        }
+    }
+}
+
+impl Agent {
+    /// The counters as one JSON object.
+    pub fn stats_json(&self) -> String {
+        let s = &self.stats;
+        let map = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let codes = s
+            .responses
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{}}}",
+            self.calls.len(),
+            self.transactions(),
+            self.pending.len(),
+            s.calls_total,
+            map(&s.requests),
+            s.rejected_sources,
+            s.malformed,
+            s.rate_limited,
+            s.max_calls_rejected,
+            s.no_route,
+            s.ng_errors,
+            s.media_timeouts,
+            s.stray_responses
+        )
+    }
+}
