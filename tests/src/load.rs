@@ -302,7 +302,7 @@ impl Generator {
             let fifo = libc::sched_param { sched_priority: 10 };
             // SAFETY: sched_setscheduler(2) on the calling thread (0) only,
             // a thread of our own that ends with this run.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) };
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const fifo) };
             let start = Instant::now();
             let mut sent = 0u64;
             let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(start.elapsed().subsec_nanos());

@@ -322,7 +322,7 @@ impl Generator {
             if due > done {
                 // Round-robin over the flows, grouped per flow so that
                 // each flow's packets go out in one sendmmsg.
-                per_flow.iter_mut().for_each(|c| *c = 0);
+                per_flow.fill(0);
                 for k in 0..(due - done) {
                     per_flow[((self.next + k) % n_flows as u64) as usize] += 1;
                 }

@@ -739,7 +739,7 @@ fn count_loop(
                 // Once stopping, only drain what is already queued.
                 if stopping { libc::MSG_DONTWAIT } else { 0 },
                 (&raw mut sll).cast(),
-                &mut len,
+                &raw mut len,
             )
         };
         if n < 0 {

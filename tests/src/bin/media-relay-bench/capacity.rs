@@ -585,7 +585,7 @@ fn baseline(plan: &Plan, pps: f64) -> anyhow::Result<(Trial, Trial)> {
 }
 
 fn fmt_pps(v: f64) -> String {
-    let s = format!("{:.0}", v);
+    let s = format!("{v:.0}");
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
         if i > 0 && (s.len() - i) % 3 == 0 {

@@ -573,7 +573,7 @@ fn rate_search(rig: &mut Rig, steps: u32, secs: f64) -> anyhow::Result<(f64, Str
         } else {
             hi = probe;
         }
-        probe = (lo + hi) / 2.0;
+        probe = f64::midpoint(lo, hi);
     }
     anyhow::ensure!(
         lo > 0.0,
@@ -628,7 +628,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     }
 }
 
