@@ -15,16 +15,16 @@ pub mod daemon;
 pub mod frame;
 pub mod http;
 pub mod install;
-pub mod load;
 pub mod media;
 pub mod netns;
 pub mod paths;
 pub mod privilege;
 pub mod relay;
-pub mod rtp_load;
 pub mod rtpengine;
 pub mod sipp;
+pub mod socket_load;
 pub mod testdir;
+pub mod xdp_load;
 
 pub use bed::{Bed, BedOptions};
 pub use netns::Netns;

@@ -56,8 +56,8 @@ use media_relay_tests::{
     Bed, BedOptions,
     bed::{A_MAC, A_V4, A_V6, RA_MAC, RA_V4},
     frame::UdpFrame,
-    load::{Generator, Sink},
     paths::{self, PathKind},
+    xdp_load::{Generator, Sink},
 };
 
 const CALLS: u32 = 100;

@@ -1,5 +1,5 @@
 //! Latency and jitter each forwarding path adds, from real RTP sockets
-//! (`media_relay_tests::rtp_load`): A sends paced RTP with a monotonic
+//! (`media_relay_tests::socket_load`): A sends paced RTP with a monotonic
 //! send stamp for `CALLS` calls, B receives it and measures one-way
 //! latency, loss and RFC 3550 jitter.
 //!
@@ -38,7 +38,7 @@ use std::{
 use media_relay_tests::{
     Bed, BedOptions,
     paths::{self, PathKind},
-    rtp_load::{Flow, GenConfig, Generator, Sink, SinkConfig, SinkReport},
+    socket_load::{Flow, GenConfig, Generator, Sink, SinkConfig, SinkReport},
 };
 use serde_json::json;
 

@@ -11,7 +11,7 @@
 //!   forwarding and rtpengine; CPU per forwarded packet.
 //! - `latency`: one-way latency and jitter through the same paths at 10,
 //!   50 and 90 % of the userspace path's maximum, and on a busy host
-//!   (socket generator and sink, `media_relay_tests::rtp_load`).
+//!   (socket generator and sink, `media_relay_tests::socket_load`).
 //! - `scale`: rate and per-packet cost with 1 to 100 000 calls installed;
 //!   time and memory to install and remove 100 000 calls.
 //! - the report: `report.json`, `report.md` and PNG plots over whatever

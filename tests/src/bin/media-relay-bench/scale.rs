@@ -23,7 +23,7 @@ use media_relay_tests::{
     Relay,
     bed::{A_MAC, A_V4, B_V4, RA_MAC, RA_V4, RB_V4},
     frame::UdpFrame,
-    load::Generator,
+    xdp_load::Generator,
 };
 use media_user::dataplane::XdpMode;
 

@@ -12,7 +12,7 @@ use media_relay_tests::{
     Bed, BedOptions, Relay,
     bed::{A_MAC, A_V4, B_V4, RA_MAC, RA_V4, RB_V4},
     frame::UdpFrame,
-    load::{Generator, Sink},
+    xdp_load::{Generator, Sink},
 };
 use media_user::dataplane::XdpMode;
 
