@@ -184,3 +184,31 @@ fn attach_pass(dev: &str) -> anyhow::Result<Ebpf> {
         .with_context(|| format!("attaching xdp_pass to {dev}"))?;
     Ok(ebpf)
 }
+
+/// A `media-relay run` configuration for the bed with the SIP agent: media
+/// on `ra` and `rb`, the agent's trunk side on `ra`, its PBX side on `rb`,
+/// the PBX at b, one default trunk ("carrier") at a. `top` goes before the
+/// tables (daemon keys such as `port-min`), `sip` into `[sip]`
+/// (`max-calls`, `media`, …).
+pub fn agent_config(top: &str, sip: &str) -> String {
+    format!(
+        r#"{top}
+[[interface]]
+netdev = "ra"
+[[interface]]
+netdev = "rb"
+
+[sip]
+trunk-listen = "{RA_V4}:5060"
+pbx-listen = "{RB_V4}:5060"
+pbx = "{B_V4}:5060"
+{sip}
+
+[[sip.trunk]]
+name = "carrier"
+sources = ["{A_V4}"]
+target = "{A_V4}:5060"
+default = true
+"#
+    )
+}

@@ -23,6 +23,7 @@ pub mod relay;
 pub mod rtpengine;
 pub mod sipp;
 pub mod socket_load;
+pub mod sockopt;
 pub mod testdir;
 pub mod xdp_load;
 

@@ -18,22 +18,7 @@ pub fn udp_socket(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Re
     ns.enter(move || {
         let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
         s.set_read_timeout(Some(timeout))?;
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: valid socket fd; the option value is a c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        anyhow::ensure!(
-            rc == 0,
-            "SO_RCVBUFFORCE: {}",
-            std::io::Error::last_os_error()
-        );
+        crate::sockopt::big_rcvbuf(&s, 8 << 20)?;
         Ok(s)
     })
 }

@@ -647,22 +647,7 @@ impl RtpCounter {
             );
             // SAFETY: `raw` is a fresh descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let size: libc::c_int = 16 << 20;
-            // SAFETY: valid socket; the option value is a c_int of the size given.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&raw const size).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            anyhow::ensure!(
-                rc == 0,
-                "SO_RCVBUFFORCE: {}",
-                std::io::Error::last_os_error()
-            );
+            crate::sockopt::big_rcvbuf(&fd, 16 << 20)?;
             let tv = libc::timeval {
                 tv_sec: 0,
                 tv_usec: 50_000,

@@ -644,26 +644,6 @@ pub struct Sink {
     n_flows: usize,
 }
 
-/// Set `SO_RCVBUFFORCE` (root) or else `SO_RCVBUF` to `size`.
-fn big_rcvbuf(s: &UdpSocket, size: libc::c_int) -> anyhow::Result<()> {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: valid socket fd; the option value is a c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("SO_RCVBUF: {}", std::io::Error::last_os_error())
-}
-
 impl Sink {
     /// Bind at every flow's `dst` (inside `ns` if given); flows are told
     /// apart by SSRC.
@@ -684,7 +664,7 @@ impl Sink {
                 .map(|&a| {
                     let s = UdpSocket::bind(a).with_context(|| format!("binding {a}"))?;
                     s.set_nonblocking(true)?;
-                    big_rcvbuf(&s, 16 << 20)?;
+                    crate::sockopt::big_rcvbuf(&s, 16 << 20)?;
                     Ok(s)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions, Netns, TestDir,
-    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    bed::{self, A_V4, B_V4, RA_V4, RB_V4},
     daemon::{Daemon, NgClient},
     root_test,
     sipp::{PCAP, RtpCount, RtpCounter, Sipp, SippOptions, Transport, pcap_packet_count, run_pair},
@@ -38,28 +38,9 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 fn config(dir: &TestDir, max_calls: u32, media: &str, extra_sip: &str) -> anyhow::Result<PathBuf> {
     dir.write(
         "media-relay.toml",
-        format!(
-            r#"
-[[interface]]
-netdev = "ra"
-[[interface]]
-netdev = "rb"
-
-[sip]
-trunk-listen = "{RA_V4}:{SIP}"
-pbx-listen = "{RB_V4}:{SIP}"
-pbx = "{B_V4}:{SIP}"
-max-calls = {max_calls}
-media = ["{media}"]
-media-poll = 1
-{extra_sip}
-
-[[sip.trunk]]
-name = "carrier"
-sources = ["{A_V4}"]
-target = "{A_V4}:{SIP}"
-default = true
-"#
+        bed::agent_config(
+            "",
+            &format!("max-calls = {max_calls}\nmedia = [\"{media}\"]\nmedia-poll = 1\n{extra_sip}"),
         ),
     )
 }

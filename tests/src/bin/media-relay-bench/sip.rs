@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions,
-    bed::{A_V4, B_V4, RA_V4, RB_V4},
+    bed::{self, A_V4, B_V4, RA_V4},
     daemon::Daemon,
     sipp::{SippOptions, run_pair},
 };
@@ -25,26 +25,9 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 fn config(tag: &str) -> anyhow::Result<PathBuf> {
     crate::files().write(
         &format!("sip-{tag}.toml"),
-        format!(
-            r#"
-port-min = 20000
-port-max = 59999
-[[interface]]
-netdev = "ra"
-[[interface]]
-netdev = "rb"
-[sip]
-trunk-listen = "{RA_V4}:{SIP}"
-pbx-listen = "{RB_V4}:{SIP}"
-pbx = "{B_V4}:{SIP}"
-max-calls = 100000
-invite-rate = 100000
-[[sip.trunk]]
-name = "carrier"
-sources = ["{A_V4}"]
-target = "{A_V4}:{SIP}"
-default = true
-"#
+        bed::agent_config(
+            "port-min = 20000\nport-max = 59999",
+            "max-calls = 100000\ninvite-rate = 100000",
         ),
     )
 }
