@@ -11,6 +11,7 @@
 //! `media-relay-install-test` binary), which runs on the same bed.
 
 pub mod bed;
+pub mod cpu;
 pub mod daemon;
 pub mod frame;
 pub mod http;

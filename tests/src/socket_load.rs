@@ -4,8 +4,9 @@
 //! - [`Generator`]: N flows, one UDP socket per flow bound to the flow's
 //!   source (its SDP address: relays latch on it), real RTP (version 2,
 //!   PT 8, per-flow SSRC, sequence +1 and timestamp +160 per packet,
-//!   160-byte payload by default) with the `CLOCK_MONOTONIC` send time
-//!   (ns, big-endian u64) in the first 8 payload bytes. Packets are
+//!   160-byte payload by default) with the send time in the first 16
+//!   payload bytes: `CLOCK_MONOTONIC` then `CLOCK_REALTIME` (ns, big-endian
+//!   u64 each). Packets are
 //!   `sendmmsg`ed in batches per tick, the number due computed from the
 //!   elapsed time since the start (no drift), round-robin over the flows;
 //!   or flat out. Every run is bounded in count and in time; sequence
@@ -13,9 +14,17 @@
 //! - [`Sink`]: non-blocking sockets bound where the flows arrive, `epoll`
 //!   and `recvmmsg`; per flow: received, lost, duplicated, reordered (RFC
 //!   3550 A.1/A.3 style extended sequence numbers), RFC 3550 A.8
-//!   interarrival jitter; over all flows: one-way latency = receive time −
-//!   send stamp (the namespaces share the host's monotonic clock), every
-//!   sample kept, for percentiles and a CDF.
+//!   interarrival jitter; over all flows, two one-way latencies per packet
+//!   (the namespaces share the host's clocks), every sample kept, for
+//!   percentiles and a CDF:
+//!   - **path latency** = the kernel's receive timestamp of the datagram
+//!     at the sink's socket (`SO_TIMESTAMPNS`, taken when the packet
+//!     enters B's stack) − the `CLOCK_REALTIME` send stamp: what the
+//!     network between the two sockets — the relay — took, without the
+//!     sink's own wake-up;
+//!   - **application latency** = the sink's read time − the monotonic send
+//!     stamp: the same plus the time the datagram waited in the socket
+//!     for the sink to wake up and read it.
 //!
 //! Jitter is computed twice with the A.8 estimator (`J += (|D| − J)/16`):
 //! - `jitter_us` takes the sender's clock from the nanosecond send stamp:
@@ -28,8 +37,10 @@
 //!   per-flow rate. It includes the generator's own pacing jitter (batches
 //!   per tick) and the clock's quantisation (125 µs at 8 kHz).
 //!
-//! The receive time is read once per `recvmmsg` batch, after the call: the
-//! latency includes the sink's own wake-up, as an application would see it.
+//! The application receive time is read once per `recvmmsg` batch, after
+//! the call, as an application would see it. On a VM the wake-up of an
+//! idle vCPU costs tens to hundreds of µs, and differently from run to
+//! run: that is why the benchmark judges paths on the path latency.
 
 use std::{
     collections::HashMap,
@@ -46,8 +57,8 @@ use crate::netns::Netns;
 
 /// RTP fixed header length.
 pub const RTP_HEADER: usize = 12;
-/// The send stamp at the start of the payload.
-pub const STAMP_LEN: usize = 8;
+/// The send stamps at the start of the payload: monotonic, realtime.
+pub const STAMP_LEN: usize = 16;
 /// G.711 at 20 ms.
 pub const DEFAULT_PAYLOAD: usize = 160;
 /// RTP timestamp increment per packet (160 samples at 8 kHz).
@@ -61,22 +72,21 @@ const MAX_SAMPLES: usize = 16 << 20;
 
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+    clock_ns(nix::time::ClockId::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_REALTIME` in nanoseconds: the clock of the kernel's software
+/// receive timestamps.
+pub fn realtime_ns() -> u64 {
+    clock_ns(nix::time::ClockId::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map_or(0, |t| {
         (t.tv_sec() as u64)
             .saturating_mul(1_000_000_000)
             .saturating_add(t.tv_nsec() as u64)
     })
-}
-
-/// Make the calling thread `SCHED_FIFO` at `priority` (best effort:
-/// returns whether it worked; needs root). The benchmark's generator and
-/// sink play hosts of their own, so a busy-host job must not delay them.
-pub fn set_realtime(priority: i32) -> bool {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) == 0 }
 }
 
 /// One RTP stream: sent from `src` to `dst` with `ssrc`. For a [`Sink`],
@@ -97,20 +107,36 @@ pub fn write_rtp_header(buf: &mut [u8], ssrc: u32, seq: u16, ts: u32) {
     buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
-/// What the sink reads from a packet: (ssrc, seq, timestamp, send stamp).
-pub fn parse(p: &[u8]) -> Option<(u32, u16, u32, u64)> {
+/// What the sink reads from a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    /// `CLOCK_MONOTONIC` send time, ns.
+    pub mono_ns: u64,
+    /// `CLOCK_REALTIME` send time, ns.
+    pub real_ns: u64,
+}
+
+/// Parse a generator packet.
+pub fn parse(p: &[u8]) -> Option<Stamped> {
     if p.len() < RTP_HEADER + STAMP_LEN || p[0] >> 6 != 2 {
         return None;
     }
     let be32 = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
-    let mut stamp = [0u8; 8];
-    stamp.copy_from_slice(&p[RTP_HEADER..RTP_HEADER + STAMP_LEN]);
-    Some((
-        be32(8),
-        u16::from_be_bytes([p[2], p[3]]),
-        be32(4),
-        u64::from_be_bytes(stamp),
-    ))
+    let be64 = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&p[i..i + 8]);
+        u64::from_be_bytes(b)
+    };
+    Some(Stamped {
+        ssrc: be32(8),
+        seq: u16::from_be_bytes([p[2], p[3]]),
+        ts: be32(4),
+        mono_ns: be64(RTP_HEADER),
+        real_ns: be64(RTP_HEADER + 8),
+    })
 }
 
 /// Run `f` inside `ns` if given, else here.
@@ -137,8 +163,11 @@ pub struct GenConfig {
     pub duration: Duration,
     /// Pacing period: the packets due are sent once per tick.
     pub tick: Duration,
-    /// Run the sending thread `SCHED_FIFO` (see [`set_realtime`]).
+    /// Run the sending thread `SCHED_FIFO` (see [`crate::cpu::Realtime`]).
     pub realtime: bool,
+    /// Pin the sending thread to this CPU for the run
+    /// ([`crate::cpu::Pinned`]).
+    pub cpu: Option<usize>,
 }
 
 impl Default for GenConfig {
@@ -150,6 +179,7 @@ impl Default for GenConfig {
             duration: Duration::from_secs(1),
             tick: Duration::from_micros(200),
             realtime: false,
+            cpu: None,
         }
     }
 }
@@ -232,9 +262,11 @@ impl Generator {
             stream.seq = stream.seq.wrapping_add(1);
             stream.ts = stream.ts.wrapping_add(TS_STEP);
         }
-        let stamp = monotonic_ns().to_be_bytes();
+        let mono = monotonic_ns().to_be_bytes();
+        let real = realtime_ns().to_be_bytes();
         for buf in bufs.iter_mut().take(n) {
-            buf[RTP_HEADER..RTP_HEADER + STAMP_LEN].copy_from_slice(&stamp);
+            buf[RTP_HEADER..RTP_HEADER + 8].copy_from_slice(&mono);
+            buf[RTP_HEADER + 8..RTP_HEADER + STAMP_LEN].copy_from_slice(&real);
         }
         let dst = &self.dsts[f];
         let mut iovs: Vec<libc::iovec> = bufs[..n]
@@ -287,9 +319,9 @@ impl Generator {
         if let Some(r) = cfg.rate {
             anyhow::ensure!(r > 0.0 && r.is_finite(), "bad rate {r}");
         }
-        if cfg.realtime {
-            set_realtime(10);
-        } else {
+        let _pinned = cfg.cpu.map(crate::cpu::Pinned::to);
+        let _realtime = cfg.realtime.then(|| crate::cpu::Realtime::enter(10));
+        if !cfg.realtime {
             // SAFETY: prctl(PR_SET_TIMERSLACK) on the calling thread, 1 µs.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
         }
@@ -504,8 +536,10 @@ pub struct SinkConfig {
     pub grace: Duration,
     /// The RTP timestamp clock, for `rtp_jitter` (Hz).
     pub rtp_clock_hz: f64,
-    /// Run the receiving thread `SCHED_FIFO` (see [`set_realtime`]).
+    /// Run the receiving thread `SCHED_FIFO` (see [`crate::cpu::Realtime`]).
     pub realtime: bool,
+    /// Pin the receiving thread to this CPU for the run.
+    pub cpu: Option<usize>,
 }
 
 impl Default for SinkConfig {
@@ -517,6 +551,7 @@ impl Default for SinkConfig {
             grace: Duration::from_secs(2),
             rtp_clock_hz: 8000.0,
             realtime: false,
+            cpu: None,
         }
     }
 }
@@ -526,8 +561,17 @@ impl Default for SinkConfig {
 pub struct SinkReport {
     /// In the order of the flows given to [`Sink::bind`].
     pub flows: Vec<FlowStats>,
-    /// One-way latency of every packet (ns, saturating), sorted.
+    /// Path latency of every packet (ns, saturating), sorted: the
+    /// kernel's receive timestamp at the sink's socket − the realtime send
+    /// stamp (see the module docs).
     pub latencies_ns: Vec<u32>,
+    /// Application latency of every packet (ns, saturating), sorted: the
+    /// sink's read time − the monotonic send stamp; includes the sink's
+    /// wake-up.
+    pub app_latencies_ns: Vec<u32>,
+    /// Packets that came without a kernel receive timestamp (their path
+    /// latency is the application latency).
+    pub unstamped: u64,
     /// Datagrams that were not RTP of a known SSRC.
     pub unknown: u64,
     /// From the start of the run to its end.
@@ -554,14 +598,16 @@ impl SinkReport {
         self.flows.iter().map(|f| f.seq.reordered).sum()
     }
 
-    /// Latency percentile `p` (0..=1, nearest rank) in µs; 0 when empty.
+    /// Path latency percentile `p` (0..=1, nearest rank) in µs; 0 when
+    /// empty.
     pub fn percentile_us(&self, p: f64) -> f64 {
-        let n = self.latencies_ns.len();
-        if n == 0 {
-            return 0.0;
-        }
-        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-        f64::from(self.latencies_ns[rank - 1]) / 1000.0
+        percentile_us(&self.latencies_ns, p)
+    }
+
+    /// Application latency percentile `p` in µs (includes the sink's
+    /// wake-up).
+    pub fn app_percentile_us(&self, p: f64) -> f64 {
+        percentile_us(&self.app_latencies_ns, p)
     }
 
     pub fn max_us(&self) -> f64 {
@@ -635,8 +681,44 @@ impl SinkReport {
     }
 }
 
+/// Percentile `p` (0..=1, nearest rank) of sorted ns samples, in µs.
+fn percentile_us(sorted_ns: &[u32], p: f64) -> f64 {
+    let n = sorted_ns.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    f64::from(sorted_ns[rank - 1]) / 1000.0
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message.
+const CMSG_BUF: usize = 64;
+
+/// The kernel's receive timestamp (realtime ns) in a received message's
+/// control data, if there is one.
+fn rx_timestamp(m: &libc::msghdr) -> Option<u64> {
+    // SAFETY: `m` was filled by recvmmsg: its control pointer and length
+    // describe a buffer of ours holding the control messages the kernel
+    // wrote; the CMSG_* walk stays inside msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = libc::CMSG_DATA(c).cast::<libc::timespec>().read_unaligned();
+                return Some(
+                    (ts.tv_sec as u64)
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(ts.tv_nsec as u64),
+                );
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    None
+}
+
 /// The receiving side: one non-blocking socket per distinct destination,
-/// all in one epoll set.
+/// all in one epoll set, each with kernel receive timestamps on.
 pub struct Sink {
     socks: Vec<UdpSocket>,
     epoll: OwnedFd,
@@ -665,6 +747,12 @@ impl Sink {
                     let s = UdpSocket::bind(a).with_context(|| format!("binding {a}"))?;
                     s.set_nonblocking(true)?;
                     crate::sockopt::big_rcvbuf(&s, 16 << 20)?;
+                    nix::sys::socket::setsockopt(
+                        &s,
+                        nix::sys::socket::sockopt::ReceiveTimestampns,
+                        &true,
+                    )
+                    .context("SO_TIMESTAMPNS")?;
                     Ok(s)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
@@ -723,9 +811,8 @@ impl Sink {
     /// passed, or `sender_done` is set and then nothing arrived for
     /// `cfg.idle` or `cfg.grace` passed.
     pub fn run(&self, cfg: &SinkConfig, sender_done: &AtomicBool) -> anyhow::Result<SinkReport> {
-        if cfg.realtime {
-            set_realtime(10);
-        }
+        let _pinned = cfg.cpu.map(crate::cpu::Pinned::to);
+        let _realtime = cfg.realtime.then(|| crate::cpu::Realtime::enter(10));
         let mut report = SinkReport {
             flows: vec![FlowStats::default(); self.n_flows],
             ..SinkReport::default()
@@ -738,12 +825,18 @@ impl Sink {
                 iov_len: RX_BUF,
             })
             .collect();
+        let mut controls = vec![[0u8; CMSG_BUF]; BATCH];
         // SAFETY: all-zero is a valid mmsghdr.
         let mut msgs: Vec<libc::mmsghdr> =
             (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        for ((m, iov), control) in msgs
+            .iter_mut()
+            .zip(iovs.iter_mut())
+            .zip(controls.iter_mut())
+        {
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = control.as_mut_ptr().cast();
         }
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.socks.len().min(256)];
         let start = Instant::now();
@@ -784,8 +877,12 @@ impl Sink {
                 let sock = &self.socks[ev.u64 as usize];
                 // Bounded: stop after one socket buffer's worth per wake-up.
                 for _ in 0..1024 {
-                    // SAFETY: `msgs` point at `iovs`/`bufs`, alive and
-                    // unaliased during the call; BATCH entries.
+                    // The kernel shrinks msg_controllen to what it wrote.
+                    for m in &mut msgs {
+                        m.msg_hdr.msg_controllen = CMSG_BUF as _;
+                    }
+                    // SAFETY: `msgs` point at `iovs`/`bufs`/`controls`,
+                    // alive and unaliased during the call; BATCH entries.
                     let got = unsafe {
                         libc::recvmmsg(
                             sock.as_raw_fd(),
@@ -802,9 +899,11 @@ impl Sink {
                     last_rx = Instant::now();
                     let got = got as usize;
                     total += got as u64;
+                    let real_at = realtime_ns();
                     for (m, buf) in msgs.iter().zip(bufs.iter()).take(got) {
                         let len = (m.msg_len as usize).min(RX_BUF);
-                        self.account(&mut report, &buf[..len], at, rtp_us_per_tick);
+                        let rx = rx_timestamp(&m.msg_hdr);
+                        self.account(&mut report, &buf[..len], (at, rx, real_at), rtp_us_per_tick);
                     }
                     if got < BATCH {
                         break;
@@ -814,32 +913,50 @@ impl Sink {
         }
         report.secs = start.elapsed().as_secs_f64();
         report.latencies_ns.sort_unstable();
+        report.app_latencies_ns.sort_unstable();
         Ok(report)
     }
 
-    fn account(&self, report: &mut SinkReport, p: &[u8], at: u64, rtp_us_per_tick: f64) {
-        let Some((ssrc, seq, ts, stamp)) = parse(p) else {
+    /// Account one datagram; `at` = (monotonic read time, kernel receive
+    /// timestamp, realtime read time).
+    fn account(
+        &self,
+        report: &mut SinkReport,
+        p: &[u8],
+        (mono_at, rx, real_at): (u64, Option<u64>, u64),
+        rtp_us_per_tick: f64,
+    ) {
+        let Some(pkt) = parse(p) else {
             report.unknown += 1;
             return;
         };
-        let Some(&i) = self.by_ssrc.get(&ssrc) else {
+        let Some(&i) = self.by_ssrc.get(&pkt.ssrc) else {
             report.unknown += 1;
             return;
         };
         let flow = &mut report.flows[i];
-        if flow.seq.on_seq(seq) == Arrival::Duplicate {
+        if flow.seq.on_seq(pkt.seq) == Arrival::Duplicate {
             return;
         }
-        let latency = at.saturating_sub(stamp);
+        let app = mono_at.saturating_sub(pkt.mono_ns);
+        let arrived = rx.unwrap_or_else(|| {
+            report.unstamped += 1;
+            real_at
+        });
+        let path = arrived.saturating_sub(pkt.real_ns);
         if report.latencies_ns.len() < MAX_SAMPLES {
             report
                 .latencies_ns
-                .push(u32::try_from(latency).unwrap_or(u32::MAX));
+                .push(u32::try_from(path).unwrap_or(u32::MAX));
+            report
+                .app_latencies_ns
+                .push(u32::try_from(app).unwrap_or(u32::MAX));
         }
-        let at_us = at as f64 / 1000.0;
-        flow.jitter.update(at_us - stamp as f64 / 1000.0);
+        // Jitter on the path's own arrival times (kernel timestamps).
+        let at_us = arrived as f64 / 1000.0;
+        flow.jitter.update(at_us - pkt.real_ns as f64 / 1000.0);
         flow.rtp_jitter
-            .update(at_us - f64::from(ts) * rtp_us_per_tick);
+            .update(at_us - f64::from(pkt.ts) * rtp_us_per_tick);
     }
 }
 
@@ -906,6 +1023,13 @@ mod tests {
         assert_eq!(r.duplicated(), 0);
         assert_eq!(r.unknown, 0);
         assert_eq!(r.latencies_ns.len(), 2_000);
+        assert_eq!(r.app_latencies_ns.len(), 2_000);
+        assert_eq!(r.unstamped, 0, "loopback datagrams carry kernel timestamps");
+        // The kernel stamps a datagram before the sink reads it: the path
+        // latency never exceeds the application latency (a µs of slack
+        // for reading two clocks).
+        assert!(r.percentile_us(0.5) <= r.app_percentile_us(0.5) + 1.0);
+        assert!(r.max_us() <= r.app_percentile_us(1.0) + 1.0);
         for f in &r.flows {
             assert_eq!(f.seq.received, 500, "round-robin spreads evenly");
             assert_eq!(f.seq.expected(), 500);
@@ -1027,10 +1151,20 @@ mod tests {
         let mut b = vec![0u8; RTP_HEADER + DEFAULT_PAYLOAD];
         write_rtp_header(&mut b, 0x1234_5678, 0xfffe, 160 * 3);
         b[12..20].copy_from_slice(&42u64.to_be_bytes());
+        b[20..28].copy_from_slice(&43u64.to_be_bytes());
         assert_eq!(b[0], 0x80);
         assert_eq!(b[1], 8);
-        assert_eq!(parse(&b), Some((0x1234_5678, 0xfffe, 480, 42)));
-        assert_eq!(parse(&b[..19]), None);
+        assert_eq!(
+            parse(&b),
+            Some(Stamped {
+                ssrc: 0x1234_5678,
+                seq: 0xfffe,
+                ts: 480,
+                mono_ns: 42,
+                real_ns: 43
+            })
+        );
+        assert_eq!(parse(&b[..27]), None);
     }
 
     #[test]

@@ -232,6 +232,9 @@ impl Generator {
         std::thread::scope(|s| {
             s.spawn(move || {
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                // On veth the frames' whole path through the relay runs in
+                // softirq on the sending CPU: always the same one.
+                let _cpu = crate::cpu::Pinned::to(crate::cpu::GENERATOR);
                 let send = |n: u32| -> anyhow::Result<()> {
                     program.test_run(TestRunOptions {
                         data_in: Some(frame),

@@ -25,6 +25,8 @@
 //! machine only.
 
 mod capacity;
+mod figure;
+mod host;
 mod latency;
 mod report;
 mod scale;
@@ -93,6 +95,74 @@ fn main() -> anyhow::Result<()> {
 /// Set when [`files`] made the directory, so `main` can clean it up.
 static FILES_CREATED: OnceLock<PathBuf> = OnceLock::new();
 
+/// Output of a command, trimmed; `None` if it does not run.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What is measured: the `media-relay` binary (path, build profile, when
+/// it was built, from which commit) and the peers' versions. Written to
+/// `build.json`; the report's header says it.
+fn describe_build(quick: bool) -> serde_json::Value {
+    let bin = media_relay_tests::daemon::binary();
+    let profile = bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let commit = output(
+        "git",
+        &[
+            "-C",
+            &workspace,
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=12",
+        ],
+    );
+    let rustc = output("rustc", &["--version"]);
+    let rtpengine =
+        output("rtpengine", &["--version"]).and_then(|v| v.lines().next().map(str::to_owned));
+    let summary = format!(
+        "{} ({} build{}{}), rtpengine {}; {}",
+        bin.display(),
+        profile,
+        commit
+            .as_ref()
+            .map(|c| format!(" of {c}"))
+            .unwrap_or_default(),
+        rustc.as_ref().map(|r| format!(", {r}")).unwrap_or_default(),
+        rtpengine.as_deref().unwrap_or("not found"),
+        if quick { "--quick" } else { "full run" },
+    );
+    serde_json::json!({
+        "media_relay": bin.display().to_string(),
+        "profile": profile,
+        "built_unix": built,
+        "commit": commit,
+        "rustc": rustc,
+        "rtpengine": rtpengine,
+        "quick": quick,
+        "summary": summary,
+    })
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let machine = describe_machine();
     println!(
@@ -100,6 +170,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
         if args.quick { " (quick)" } else { "" }
     );
     std::fs::create_dir_all(&args.out)?;
+    let build = describe_build(args.quick);
+    println!("measuring: {}\n", build["summary"].as_str().unwrap_or("?"));
+    if build["profile"] != "release" {
+        eprintln!(
+            "\n*** WARNING: media-relay is a {} build: the figures do not describe the release build; run `cargo xtask bench` ***\n",
+            build["profile"]
+        );
+    }
+    std::fs::write(
+        args.out.join("build.json"),
+        serde_json::to_string_pretty(&build)?,
+    )?;
     let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
     if wants("xdp") {
         xdp::run(args.quick, &machine, &args.out)?;

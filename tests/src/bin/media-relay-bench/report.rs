@@ -50,18 +50,6 @@ fn opt_int(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), int)
 }
 
-fn opt(x: Option<f64>, decimals: usize) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
-}
-
-fn pct(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{:.2} %", 100.0 * x))
-}
-
-fn ratio(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{x:.2}×"))
-}
-
 fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
@@ -94,258 +82,6 @@ fn now_utc() -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-fn target(name: &str, value: f64, target: &str, met: bool) -> Value {
-    json!({ "name": name, "value": value, "target": target, "met": met })
-}
-
-/// A part's targets: its own `targets` array, or for the parts written
-/// before the benchmark issue, the targets derived from their figures.
-fn targets_of(part: &str, v: &Value) -> Vec<Value> {
-    if let Some(t) = v.get("targets").and_then(Value::as_array) {
-        return t.clone();
-    }
-    let mut t = Vec::new();
-    match part {
-        "sessions" => {
-            if let Some(p99) = v.pointer("/ng/offer_answer_us/p99").and_then(Value::as_f64) {
-                t.push(target(
-                    "ng offer+answer latency p99 (µs)",
-                    p99,
-                    "< 1000",
-                    p99 < 1000.0,
-                ));
-            }
-        }
-        "sip" => {
-            if let Some(c) = f(v, "sustained_cps") {
-                t.push(target(
-                    "SIP calls/s sustained with media anchoring",
-                    c,
-                    ">= 1000",
-                    c >= 1000.0,
-                ));
-            }
-            for (leg, name) in [("invite", "INVITE"), ("ok", "200 OK")] {
-                if let Some(p99) = v
-                    .pointer(&format!("/setup_delay_us/{leg}/p99"))
-                    .and_then(Value::as_f64)
-                {
-                    t.push(target(
-                        &format!("SIP setup delay added, {name} p99 (µs)"),
-                        p99,
-                        "< 2000",
-                        p99 < 2000.0,
-                    ));
-                }
-            }
-        }
-        _ => {}
-    }
-    t
-}
-
-fn section_xdp(md: &mut String, v: &Value) {
-    let modes = arr(v, "modes");
-    let generic = modes
-        .iter()
-        .find(|m| s(m, "mode") == "generic")
-        .and_then(|m| f(m, "pps"));
-    let _ = writeln!(
-        md,
-        "Flows installed through the API; {} frames per run, best of {}.\n",
-        opt_int(f(v, "frames_per_run")),
-        opt_int(f(v, "reps"))
-    );
-    md.push_str(
-        "| path | forwarded pps | ns/packet | loss | vs generic |\n|---|---:|---:|---:|---:|\n",
-    );
-    for m in modes {
-        let pps = f(m, "pps");
-        let _ = writeln!(
-            md,
-            "| XDP {} | {} | {} | {} | {} |",
-            s(m, "mode"),
-            opt_int(pps),
-            opt_int(pps.map(|p| 1e9 / p)),
-            pct(f(m, "loss")),
-            ratio(pps.zip(generic).map(|(a, b)| a / b))
-        );
-    }
-}
-
-fn section_sessions(md: &mut String, v: &Value) {
-    let ng = v.get("ng").unwrap_or(&Value::Null);
-    let lat = ng.get("offer_answer_us").unwrap_or(&Value::Null);
-    let _ = writeln!(
-        md,
-        "ng over loopback, {} cycles: **{}** offer+answer+delete cycles/s; offer+answer latency \
-         p50 {} µs, p99 {} µs, p99.9 {} µs.\n",
-        opt_int(f(ng, "cycles")),
-        opt_int(f(ng, "cycles_per_sec")),
-        opt_int(f(lat, "p50")),
-        opt_int(f(lat, "p99")),
-        opt_int(f(lat, "p999")),
-    );
-}
-
-fn section_sip(md: &mut String, v: &Value) {
-    let d = v.get("setup_delay_us").unwrap_or(&Value::Null);
-    let leg = |k: &str| d.get(k).unwrap_or(&Value::Null);
-    let _ = writeln!(
-        md,
-        "Highest rate with no failed call: **{} calls/s**.\n\n\
-         | setup delay added ({} calls) | p50 µs | p99 µs | p99.9 µs |\n|---|---:|---:|---:|\n\
-         | INVITE in → out | {} | {} | {} |\n| 200 in → out | {} | {} | {} |\n",
-        opt_int(f(v, "sustained_cps")),
-        opt_int(f(d, "calls")),
-        opt_int(f(leg("invite"), "p50")),
-        opt_int(f(leg("invite"), "p99")),
-        opt_int(f(leg("invite"), "p999")),
-        opt_int(f(leg("ok"), "p50")),
-        opt_int(f(leg("ok"), "p99")),
-        opt_int(f(leg("ok"), "p999")),
-    );
-    md.push_str("| offered calls/s | successful | failed |\n|---:|---:|---:|\n");
-    for c in arr(v, "cps") {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            opt_int(f(c, "rate")),
-            opt_int(f(c, "successful")),
-            opt_int(f(c, "failed"))
-        );
-    }
-}
-
-fn section_capacity(md: &mut String, v: &Value) {
-    let _ = writeln!(
-        md,
-        "{} calls, {}-byte payload. Max pps: the highest offered rate delivered at < 0.1 % loss.\n",
-        opt_int(f(v, "calls")),
-        opt_int(f(v, "payload"))
-    );
-    capacity_table(md, arr(v, "paths"));
-    // The IPv6 run, when there was one (vs userspace: its IPv6 run).
-    let v6 = arr(v, "paths_ipv6");
-    if !v6.is_empty() {
-        md.push_str("\nIPv6:\n\n");
-        capacity_table(md, v6);
-    }
-}
-
-fn capacity_table(md: &mut String, paths: &[Value]) {
-    let user = paths
-        .iter()
-        .find(|p| s(p, "path") == "userspace")
-        .and_then(|p| f(p, "max_pps"));
-    md.push_str(
-        "| path | max pps | loss at max | vs userspace | flat-out pps | flat-out loss | \
-         machine CPU s / Mpkt | process CPU s / Mpkt |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for p in paths {
-        let max = f(p, "max_pps");
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            p.get("label")
-                .and_then(Value::as_str)
-                .unwrap_or_else(|| s(p, "path")),
-            opt_int(max),
-            pct(f(p, "loss_at_max")),
-            ratio(max.zip(user).map(|(a, b)| a / b)),
-            opt_int(f(p, "flat_out_pps")),
-            pct(f(p, "flat_out_loss")),
-            opt(f(p, "cpu_s_per_mpkt_machine"), 2),
-            opt(f(p, "cpu_s_per_mpkt_process"), 2),
-        );
-    }
-}
-
-fn section_latency(md: &mut String, v: &Value) {
-    if let Some(u) = f(v, "userspace_max_pps") {
-        let _ = writeln!(
-            md,
-            "Load is a percentage of the userspace path's capacity, {} pps ({}).\n",
-            int(u),
-            s(v, "userspace_max_source")
-        );
-    }
-    md.push_str(
-        "| path | load | busy | offered pps | p50 µs | p99 µs | p99.9 µs | max µs | jitter mean µs | \
-         lost | reordered | duplicated |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for r in arr(v, "runs") {
-        let l = r.get("latency_us").unwrap_or(&Value::Null);
-        let j = r.get("jitter_us").unwrap_or(&Value::Null);
-        let _ = writeln!(
-            md,
-            "| {} | {} % | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.get("label")
-                .and_then(Value::as_str)
-                .unwrap_or_else(|| s(r, "path")),
-            opt(f(r, "load_pct"), 0),
-            if r.get("busy").and_then(Value::as_bool) == Some(true) {
-                "yes"
-            } else {
-                "no"
-            },
-            opt_int(f(r, "offered_pps")),
-            opt(f(l, "p50"), 1),
-            opt(f(l, "p99"), 1),
-            opt(f(l, "p999"), 1),
-            opt(f(l, "max"), 1),
-            opt(f(j, "mean"), 1),
-            opt_int(f(r, "lost")),
-            opt_int(f(r, "reordered")),
-            opt_int(f(r, "duplicated")),
-        );
-    }
-}
-
-fn section_scale(md: &mut String, v: &Value) {
-    let _ = writeln!(
-        md,
-        "A call = 4 flows (RTP and RTCP each way, source-checked). XDP native, {} frames per \
-         run, best of {}. At most {} calls can be hit (the generator varies only the destination \
-         port).\n",
-        opt_int(f(v, "frames_per_run")),
-        opt_int(f(v, "reps")),
-        opt_int(f(v, "max_calls_hit")),
-    );
-    md.push_str(
-        "| installed calls | flows | calls hit | pps | ns/packet | vs 1 call | calls hit | pps, all hit | vs 1 call |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for p in arr(v, "points") {
-        let all = p.get("all_hit").unwrap_or(&Value::Null);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            opt_int(f(p, "calls")),
-            opt_int(f(p, "flows")),
-            opt_int(f(p, "calls_hit")),
-            opt_int(f(p, "pps")),
-            opt_int(f(p, "ns_per_packet")),
-            ratio(f(p, "vs_one")),
-            opt_int(f(all, "calls_hit")),
-            opt_int(f(all, "pps")),
-            ratio(f(all, "vs_one")),
-        );
-    }
-    if let Some(i) = v.get("install") {
-        let _ = writeln!(
-            md,
-            "\n| calls installed | install | remove | BPF map memory | process RSS growth |\n\
-             |---:|---:|---:|---:|---:|\n| {} | {} s | {} s | {} MiB | {} MiB |",
-            opt_int(f(i, "calls")),
-            opt(f(i, "install_s"), 2),
-            opt(f(i, "remove_s"), 2),
-            opt(f(i, "map_memory_kib").map(|k| k / 1024.0), 1),
-            opt(f(i, "rss_delta_kib").map(|k| k / 1024.0), 1),
-        );
-    }
 }
 
 /// Register the plots' font once; false if it cannot be read.
@@ -477,45 +213,28 @@ fn line_chart(
     Ok(())
 }
 
-/// Latency CDF, one line per path: for each path the run whose load is
-/// nearest 50 %.
+/// Latency CDF at the reference rate, one line per path: the run whose p99
+/// is the median of its set.
 fn plot_cdf(latency: &Value, busy: bool, path: &Path) -> Option<PlotResult> {
-    let runs: Vec<&Value> = arr(latency, "runs")
+    let series: Vec<Series> = arr(latency, "summary")
         .iter()
         .filter(|r| r.get("busy").and_then(Value::as_bool).unwrap_or(false) == busy)
         .filter(|r| !arr(r, "cdf").is_empty())
-        .collect();
-    let mut chosen: Vec<&Value> = Vec::new();
-    for r in &runs {
-        let load = f(r, "load_pct").unwrap_or(0.0);
-        match chosen.iter_mut().find(|c| s(c, "path") == s(r, "path")) {
-            Some(c) => {
-                if (load - 50.0).abs() < (f(c, "load_pct").unwrap_or(0.0) - 50.0).abs() {
-                    *c = r;
-                }
-            }
-            None => chosen.push(r),
-        }
-    }
-    if chosen.is_empty() {
-        return None;
-    }
-    let series: Vec<Series> = chosen
-        .iter()
         .map(|r| Series {
-            label: format!(
-                "{} ({} %)",
-                r.get("label")
-                    .and_then(Value::as_str)
-                    .unwrap_or_else(|| s(r, "path")),
-                opt(f(r, "load_pct"), 0)
-            ),
+            label: r
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| s(r, "path"))
+                .to_owned(),
             points: arr(r, "cdf")
                 .iter()
                 .filter_map(|p| Some((p.get(0)?.as_f64()?.max(0.1), p.get(1)?.as_f64()?)))
                 .collect(),
         })
         .collect();
+    if series.is_empty() {
+        return None;
+    }
     let (lo, hi) = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -527,14 +246,15 @@ fn plot_cdf(latency: &Value, busy: bool, path: &Path) -> Option<PlotResult> {
     }
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
     let title = format!(
-        "One-way latency CDF at 50 % load{}",
-        if busy { ", relay CPU busy" } else { "" }
+        "Path latency CDF at {} pps{}",
+        int(f(latency, "reference_pps").unwrap_or(0.0)),
+        if busy { ", relay host busy" } else { "" }
     );
     Some(line_chart(
         &root,
         &Chart {
             title: &title,
-            x_desc: "one-way latency, µs (log)",
+            x_desc: "one-way path latency, µs (log)",
             y_desc: "fraction of packets",
             x: (lo / 1.5, hi * 1.5),
             y: (0.0, 1.0),
@@ -635,13 +355,18 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     let present = || PARTS.iter().filter_map(|p| parts.get(*p).map(|v| (*p, v)));
     for (part, v) in present() {
-        for mut t in targets_of(part, v) {
+        for t in arr(v, "targets") {
+            let mut t = t.clone();
             if let Some(o) = t.as_object_mut() {
                 o.insert("part".into(), json!(part));
             }
             targets.push(t);
         }
     }
+    let build: Value = std::fs::read_to_string(out.join("build.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
 
     // Plots.
     let mut plots = Vec::new();
@@ -677,6 +402,7 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let report = json!({
         "machine": machine,
         "generated_at": generated_at,
+        "build": build,
         "parts": parts,
         "skipped": skipped,
         "plots": plots,
@@ -685,13 +411,14 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let json_path = out.join("report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
 
-    // Markdown.
+    // Markdown: each part's own section, then the targets.
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# media-relay benchmark report\n\nMachine: {machine}  \nGenerated: {generated_at}\n\n\
+        "# media-relay benchmark report\n\nMachine: {machine}  \nGenerated: {generated_at}  \nMeasured: {}\n\n\
          Generator, relay and sink share this machine's CPUs: compare the ratios; absolute \
-         figures describe this machine only.\n"
+         figures describe this machine only. Every figure is the median (min–max) of its runs.\n",
+        s(&build, "summary")
     );
     if !skipped.is_empty() {
         let _ = writeln!(
@@ -716,15 +443,7 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         {
             let _ = writeln!(md, "(measured on: {m})\n");
         }
-        match part {
-            "xdp" => section_xdp(&mut md, v),
-            "sessions" => section_sessions(&mut md, v),
-            "sip" => section_sip(&mut md, v),
-            "capacity" => section_capacity(&mut md, v),
-            "latency" => section_latency(&mut md, v),
-            "scale" => section_scale(&mut md, v),
-            _ => {}
-        }
+        md.push_str(s(v, "markdown"));
         md.push('\n');
         for (png, owner) in [
             ("latency_cdf.png", "latency"),
@@ -737,19 +456,20 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         }
     }
     md.push_str("## Targets\n\n");
+    let count = |word: &str| targets.iter().filter(|t| s(t, "verdict") == word).count();
     if targets.is_empty() {
         md.push_str("No part with targets has results.\n");
     } else {
         md.push_str("| part | target | value | wanted | result |\n|---|---|---:|---|---|\n");
         for t in &targets {
-            let met = t.get("met").and_then(Value::as_bool);
+            let verdict = s(t, "verdict");
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {}{} |",
                 s(t, "part"),
                 s(t, "name"),
                 f(t, "value").map_or_else(
-                    || "-".into(),
+                    || "–".into(),
                     |x| if x.abs() >= 100.0 {
                         int(x)
                     } else {
@@ -757,31 +477,26 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
                     }
                 ),
                 s(t, "target"),
-                match met {
-                    Some(true) => "met",
-                    Some(false) => "**MISSED**",
-                    None => "not measured",
-                }
+                if verdict == "MISSED" {
+                    "**MISSED**"
+                } else {
+                    verdict
+                },
+                t.get("reason")
+                    .and_then(Value::as_str)
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             );
         }
-        let missed: Vec<String> = targets
-            .iter()
-            .filter(|t| t.get("met").and_then(Value::as_bool) == Some(false))
-            .map(|t| format!("{} ({})", s(t, "name"), s(t, "part")))
-            .collect();
-        if missed.is_empty() && targets.len() == 1 {
-            md.push_str("\nThe target is met.\n");
-        } else if missed.is_empty() {
-            let _ = writeln!(md, "\nAll {} targets met.", targets.len());
-        } else {
-            let _ = writeln!(
-                md,
-                "\n**{} of {} targets MISSED:** {}.",
-                missed.len(),
-                targets.len(),
-                missed.join("; ")
-            );
-        }
+        let _ = writeln!(
+            md,
+            "\n{} targets: {} met, {} missed, {} not judged, {} not measurable.",
+            targets.len(),
+            count("met"),
+            count("MISSED"),
+            count("not judged"),
+            count("not measurable")
+        );
     }
     for n in &plot_notes {
         let _ = writeln!(md, "\nNote: {n}.");
@@ -797,10 +512,24 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         println!("note: {n}");
     }
     for t in &targets {
-        if t.get("met").and_then(Value::as_bool) == Some(false) {
-            println!("MISSED: {} ({})", s(t, "name"), s(t, "part"));
-        }
+        let verdict = s(t, "verdict");
+        println!(
+            "{verdict}: {} ({}){}",
+            s(t, "name"),
+            s(t, "part"),
+            t.get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
     }
+    println!(
+        "targets: {} met, {} MISSED, {} not judged, {} not measurable",
+        count("met"),
+        count("MISSED"),
+        count("not judged"),
+        count("not measurable")
+    );
     for p in &plots {
         println!("plot: {}", out.join(p).display());
     }

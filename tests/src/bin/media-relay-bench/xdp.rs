@@ -2,6 +2,7 @@
 //! with the relay and sink, generator runs) are shared with `scale`.
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::Duration,
@@ -15,6 +16,8 @@ use media_relay_tests::{
     xdp_load::{Generator, Sink},
 };
 use media_user::dataplane::XdpMode;
+
+use crate::figure::{Figure, MIN_RUNS};
 
 /// First RTP port of the flows the generator spreads over.
 pub const FIRST_PORT: u16 = 2000;
@@ -106,64 +109,60 @@ pub fn measure(s: &Setup, spread: u32, frames: u32) -> anyhow::Result<Run> {
     })
 }
 
-pub fn best_of(s: &Setup, spread: u32, frames: u32, reps: usize) -> anyhow::Result<Run> {
-    let mut best: Option<Run> = None;
-    for _ in 0..reps {
-        let r = measure(s, spread, frames)?;
-        if best.as_ref().is_none_or(|b| r.pps() > b.pps()) {
-            best = Some(r);
-        }
-    }
-    Ok(best.expect("reps > 0"))
+/// `reps` runs.
+pub fn runs(s: &Setup, spread: u32, frames: u32, reps: usize) -> anyhow::Result<Vec<Run>> {
+    (0..reps).map(|_| measure(s, spread, frames)).collect()
 }
 
 pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let frames: u32 = if quick { 300_000 } else { 2_000_000 };
-    let reps = if quick { 1 } else { 3 };
-    println!(
-        "## XDP data plane ({frames} frames per run, 172-byte RTP payload, IPv4, best of {reps})\n"
-    );
-
+    let reps = MIN_RUNS;
     // Native vs generic, 1 000 flows installed and hit. (Cost vs installed
     // calls is the `scale` part.)
-    let mut modes = Vec::new();
+    let mut modes: Vec<(&str, Vec<Run>)> = Vec::new();
     for (name, mode) in [("native", XdpMode::Native), ("generic", XdpMode::Generic)] {
         eprintln!("==> xdp {name}: setting up");
         let mut s = setup(mode, 2048)?;
         install(&mut s, 1000)?;
-        let r = best_of(&s, 1000, frames, reps)?;
+        // Warm-up, not counted.
+        measure(&s, 1000, frames / 10)?;
+        let r = runs(&s, 1000, frames, reps)?;
         eprintln!(
-            "    {name}: {:.0} pps, loss {:.2} %",
-            r.pps(),
-            100.0 * r.loss()
+            "    {name}: {} pps",
+            Figure::new(r.iter().map(Run::pps)).show_int()
         );
         modes.push((name, r));
     }
-
-    let native = modes[0].1.pps();
-    let generic = modes[1].1.pps();
-    println!("| path | forwarded pps | ns/packet | loss | vs generic |");
-    println!("|---|---:|---:|---:|---:|");
+    let pps = |r: &[Run]| Figure::new(r.iter().map(Run::pps));
+    let generic = pps(&modes[1].1).median();
+    let mut md = format!(
+        "Flows installed through the API, 1 000 hit; {frames} frames per run (BPF_PROG_TEST_RUN live frames), \
+         172-byte RTP payload, IPv4; median (min–max) of {reps} runs after a warm-up.\n\n\
+         | path | forwarded pps | ns/packet | loss | vs generic |\n|---|---:|---:|---:|---:|\n"
+    );
     for (name, r) in &modes {
-        println!(
-            "| XDP {name} | {:.0} | {:.0} | {:.2} % | {:.2}x |",
-            r.pps(),
-            1e9 / r.pps(),
-            100.0 * r.loss(),
-            r.pps() / generic
+        let p = pps(r);
+        let _ = writeln!(
+            md,
+            "| XDP {name} | {} | {} | {} % | {:.2}× |",
+            p.show_int(),
+            Figure::new(r.iter().map(|x| 1e9 / x.pps())).show(0),
+            Figure::new(r.iter().map(|x| 100.0 * x.loss())).show(2),
+            p.median() / generic
         );
     }
-    println!("\nnative/generic: {:.2}x\n", native / generic);
-
+    print!("## XDP data plane\n\n{md}\n");
     let json = serde_json::json!({
         "machine": machine,
         "frames_per_run": frames,
         "reps": reps,
         "modes": modes.iter().map(|(n, r)| serde_json::json!({
-            "mode": n, "sent": r.sent, "delivered": r.delivered, "secs": r.secs,
-            "pps": r.pps(), "loss": r.loss(),
+            "mode": n,
+            "pps": pps(r).json(),
+            "loss": Figure::new(r.iter().map(Run::loss)).json(),
         })).collect::<Vec<_>>(),
-        "native_over_generic": native / generic,
+        "native_over_generic": pps(&modes[0].1).median() / generic,
+        "markdown": md,
     });
     let path = out.join("xdp.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;

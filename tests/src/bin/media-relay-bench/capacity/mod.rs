@@ -1,0 +1,388 @@
+//! Capacity: the highest rate each forwarding path carries with < 0.1 %
+//! loss through the same 100 calls set up over ng (plain kernel
+//! forwarding: the same 100 streams sent straight to B), and the CPU it
+//! costs per million forwarded packets.
+//!
+//! Method, per path, on a fresh test bed:
+//!
+//! 1. Set the path up (`media_relay_tests::paths`), attach `xdp_sink` to B's
+//!    veth (counts and drops the 100 streams in XDP) and load `xdp_gen` on
+//!    A's veth with the 100 (A's port, where A sends) pairs, so every
+//!    stream comes from A's own SDP address and reaches the relay's port
+//!    for its call, whatever ports the relay allocated. The generator
+//!    sends from CPU 0 (on veth the frames' way through the relay runs in
+//!    softirq on the sending CPU).
+//! 2. Send a few packets per call so every stream latches, then wait out
+//!    the learning phase.
+//! 3. Before every trial, one packet per call: all 100 must arrive. If
+//!    not (rtpengine leaves streams dead after an overload), the path is
+//!    set up again, so that no trial measures an earlier one's damage.
+//! 4. Flat out for a while. On veth the first hops' softirq work runs on
+//!    the generator's CPU, so the generator is slowed by the path itself:
+//!    a flat-out run without loss measures the path's capacity on this
+//!    machine (a lower bound: the generator's own limit).
+//! 5. Otherwise search the rate: paced trials (bursts of 0.25 ms worth of
+//!    frames from a SCHED_FIFO thread that sleeps in between), starting at
+//!    the flat-out delivered rate, stepping down while loss ≥ 0.1 %, up
+//!    while below, then bisecting; the rate found is tried once more (5 %
+//!    lower if it loses now).
+//! 6. **Repeated**: the whole measurement is one run; [`MIN_RUNS`] runs per
+//!    path (`--quick` too, with shorter trials). Runs after the first
+//!    start from its rate and refine it (`search::refine`): up in 4 % steps
+//!    while trials pass, down while they lose. The figure is the median of
+//!    the runs' best rates with their spread.
+//!
+//! CPU: whole-machine busy time from /proc/stat over the trial at the rate
+//! found, divided by the packets delivered in it (generator and sink
+//! included; a baseline with nothing forwarded is printed), and the relay
+//! process's own utime + stime.
+//!
+//! Then the same over IPv6; `--quick`: XDP native and plain kernel
+//! forwarding, flat out only. `CAPACITY_PATHS` selects the paths.
+
+mod search;
+
+use std::{fmt::Write as _, path::Path, time::Instant};
+
+use media_relay_tests::{bed::A_V6, paths::PathKind, xdp_load::Sink};
+use search::{CALLS, Load, PAYLOAD, Plan, Rig, Trial, baseline, bed_for, bring_up, refine, search};
+use serde_json::{Value, json};
+
+use crate::figure::{Figure, MIN_RUNS, Verdict, group, ratio, target};
+
+/// One run of one path.
+struct RunResult {
+    flat: Trial,
+    trials: Vec<Trial>,
+    /// The fastest trial with loss < 0.1 %.
+    best: Option<Trial>,
+    flat_ok: bool,
+}
+
+/// A path's runs.
+struct Capacity {
+    kind: PathKind,
+    /// False for `--quick`'s IPv6 runs that lost flat out (no search).
+    searched: bool,
+    runs: Vec<RunResult>,
+    rebuilds: u32,
+}
+
+impl Capacity {
+    /// Max pps of each run (runs without a passing trial count as 0).
+    fn max_pps(&self) -> Figure {
+        Figure::new(
+            self.runs
+                .iter()
+                .map(|r| r.best.as_ref().map_or(0.0, Trial::pps)),
+        )
+    }
+
+    /// Every run lost nothing flat out: the figure is the generator's.
+    fn flat_ok(&self) -> bool {
+        self.runs.iter().all(|r| r.flat_ok)
+    }
+
+    fn best_trials(&self) -> impl Iterator<Item = &Trial> {
+        self.runs.iter().filter_map(|r| r.best.as_ref())
+    }
+
+    fn cpu_machine(&self) -> Figure {
+        Figure::new(self.best_trials().map(|b| b.per_mpkt(b.machine_cpu)))
+    }
+
+    fn cpu_process(&self) -> Figure {
+        Figure::new(
+            self.best_trials()
+                .filter_map(|b| b.process_cpu.map(|p| b.per_mpkt(p))),
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "path": self.kind.name(),
+            "label": self.kind.label(),
+            "searched": self.searched,
+            "max_pps": self.max_pps().json(),
+            "flat_out_lossless": self.flat_ok(),
+            "flat_out_pps": Figure::new(self.runs.iter().map(|r| r.flat.pps())).json(),
+            "flat_out_loss": Figure::new(self.runs.iter().map(|r| r.flat.loss())).json(),
+            "loss_at_max": Figure::new(self.best_trials().map(Trial::loss)).json(),
+            "cpu_s_per_mpkt_machine": self.cpu_machine().json(),
+            "cpu_s_per_mpkt_process": self.cpu_process().json(),
+            "rebuilds": self.rebuilds,
+            "runs": self.runs.iter().map(|r| json!({
+                "flat": r.flat.json(),
+                "trials": r.trials.iter().map(Trial::json).collect::<Vec<_>>(),
+                "best": r.best.as_ref().map(Trial::json),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Measure `kind` over IPv4 or IPv6, [`MIN_RUNS`] runs; `flat_only`: no
+/// rate search when flat out loses (`--quick`'s IPv6 run).
+fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Result<Capacity> {
+    eprintln!(
+        "==> capacity: {} ({CALLS} calls, {})",
+        kind.label(),
+        if v6 { "IPv6" } else { "IPv4" }
+    );
+    let bed = bed_for(kind)?;
+    let sink = Sink::attach(&bed.b, "b0", 6000, CALLS, 2)?;
+    let (generator, path) = bring_up(&bed, kind, v6)?;
+    let mut rig = Rig {
+        generator,
+        path: Some(path),
+        bed: &bed,
+        sink: &sink,
+        kind,
+        v6,
+        rebuilds: 0,
+    };
+    let flat_load = Load::Flat {
+        secs: plan.trial_secs,
+        max_frames: plan.max_frames,
+    };
+    // Warm-up, not counted (first-packet effects in the relay and the maps).
+    let _ = rig.trial(Load::Flat {
+        secs: plan.trial_secs / 4.0,
+        max_frames: plan.max_frames / 4,
+    })?;
+    let mut runs: Vec<RunResult> = Vec::new();
+    for n in 0..MIN_RUNS {
+        let flat = rig.trial(flat_load)?;
+        let run = if flat.ok() {
+            RunResult {
+                best: Some(flat.clone()),
+                flat,
+                trials: Vec::new(),
+                flat_ok: true,
+            }
+        } else if flat_only {
+            RunResult {
+                flat,
+                trials: Vec::new(),
+                best: None,
+                flat_ok: false,
+            }
+        } else if let Some(start) = runs
+            .first()
+            .and_then(|r| r.best.as_ref())
+            .map(Trial::offered)
+        {
+            let (trials, best) = refine(&mut rig, plan, start)?;
+            RunResult {
+                flat,
+                trials,
+                best,
+                flat_ok: false,
+            }
+        } else {
+            let (trials, best, _) = search(&mut rig, plan, &flat)?;
+            RunResult {
+                flat,
+                trials,
+                best,
+                flat_ok: false,
+            }
+        };
+        eprintln!(
+            "    {} run {} of {MIN_RUNS}: {}",
+            kind.name(),
+            n + 1,
+            run.best.as_ref().map_or_else(
+                || "no rate with < 0.1 % loss".to_owned(),
+                |b| format!(
+                    "{:.0} pps at {:.3} % loss{}",
+                    b.pps(),
+                    100.0 * b.loss(),
+                    if run.flat_ok { " (flat out)" } else { "" }
+                )
+            )
+        );
+        runs.push(run);
+    }
+    let rebuilds = rig.rebuilds;
+    drop(rig);
+    drop(sink);
+    drop(bed);
+    Ok(Capacity {
+        kind,
+        searched: !flat_only || runs.iter().all(|r| r.flat_ok),
+        runs,
+        rebuilds,
+    })
+}
+
+fn times(r: Result<f64, String>) -> String {
+    r.map_or_else(|_| "–".into(), |r| format!("{r:.1}×"))
+}
+
+/// One row per path: the capacity table (ratios of medians against the
+/// same family's userspace and rtpengine rates).
+fn table(md: &mut String, results: &[Capacity]) {
+    let median_of = |k: PathKind| {
+        results
+            .iter()
+            .find(|r| r.kind == k)
+            .map_or(f64::NAN, |r| r.max_pps().median())
+    };
+    let (user, engine) = (
+        median_of(PathKind::Userspace),
+        median_of(PathKind::Rtpengine),
+    );
+    md.push_str(
+        "| path | max pps at < 0.1 % loss | flat out: delivered pps | machine CPU s / Mpkt | relay process CPU s / Mpkt | vs userspace | vs rtpengine |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        let max = r.max_pps();
+        let shown = if r.searched {
+            max.show_int()
+        } else {
+            "not searched (--quick)".to_owned()
+        };
+        let _ = writeln!(
+            md,
+            "| {}{} | {shown} | {} | {} | {} | {} | {} |",
+            r.kind.label(),
+            if r.flat_ok() { " ¹" } else { "" },
+            Figure::new(r.runs.iter().map(|x| x.flat.pps())).show_int(),
+            r.cpu_machine().show(2),
+            r.cpu_process().show(2),
+            times(ratio(max.median(), user, 0.0, "userspace")),
+            times(ratio(max.median(), engine, 0.0, "rtpengine")),
+        );
+    }
+}
+
+pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    let selected = |k: PathKind| {
+        std::env::var("CAPACITY_PATHS").map_or(true, |p| p.split(',').any(|p| p == k.name()))
+    };
+    let mut results = Vec::new();
+    for kind in PathKind::ALL {
+        if selected(kind) {
+            results.push(measure(kind, &plan, false, false)?);
+        }
+    }
+    let mut results_v6 = Vec::new();
+    for kind in PathKind::ALL {
+        if quick && !matches!(kind, PathKind::XdpNative | PathKind::Kernel) {
+            continue;
+        }
+        if selected(kind) {
+            results_v6.push(measure(kind, &plan, true, quick)?);
+        }
+    }
+    let max = |k: PathKind| {
+        results
+            .iter()
+            .find(|r| r.kind == k)
+            .map_or_else(Figure::default, Capacity::max_pps)
+    };
+    let (native, user, engine) = (
+        max(PathKind::XdpNative),
+        max(PathKind::Userspace),
+        max(PathKind::Rtpengine),
+    );
+    let (base_paced, base_flat) = baseline(&plan, user.median().max(100_000.0))?;
+
+    let mut md = format!(
+        "{CALLS} calls over ng, {PAYLOAD}-byte RTP payload; max pps = the highest offered rate delivered at \
+         < 0.1 % loss; median (min–max) of {MIN_RUNS} runs per path (the first searches, the others refine \
+         from its rate), trials of {:.1} s. Ratios are of medians.\n\n",
+        plan.trial_secs
+    );
+    table(&mut md, &results);
+    md.push_str(
+        "\n¹ lost nothing flat out: the figure is what the generator (one CPU) reached through the path, a lower bound.\n",
+    );
+    if !results_v6.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nIPv6 (A at {A_V6}, B at 2001:2:0:2::2; ratios against the IPv6 runs){}:\n",
+            if quick {
+                "; --quick: XDP native and plain kernel forwarding, flat out only"
+            } else {
+                ""
+            }
+        );
+        table(&mut md, &results_v6);
+    }
+    for r in results.iter().chain(&results_v6).filter(|r| r.rebuilds > 0) {
+        let _ = writeln!(
+            md,
+            "\n{}: set up afresh {} time(s) because some of its {CALLS} streams had stopped forwarding after an \
+             overloaded trial.",
+            r.kind.label(),
+            r.rebuilds
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nBaseline, generator + sink with nothing forwarded: {:.2} CPU s / Mpkt at {} pps paced, {:.2} flat out ({} pps).",
+        base_paced.per_mpkt(base_paced.machine_cpu),
+        group(base_paced.pps()),
+        base_flat.per_mpkt(base_flat.machine_cpu),
+        group(base_flat.pps()),
+    );
+
+    let target_of = |name: &str, other: &Figure, what: &str, want: f64| {
+        let r = ratio(native.median(), other.median(), 0.0, what);
+        let verdict = match &r {
+            Ok(x) => Verdict::of(*x >= want),
+            Err(e) => Verdict::NotMeasurable(e.clone()),
+        };
+        target(name, r.ok(), &format!("≥ {want}×"), &verdict)
+    };
+    let targets = vec![
+        target_of(
+            "XDP native / media-relay userspace, max pps at < 0.1 % loss",
+            &user,
+            "media-relay userspace's max pps",
+            5.0,
+        ),
+        target_of(
+            "XDP native / rtpengine userspace, max pps at < 0.1 % loss",
+            &engine,
+            "rtpengine's max pps",
+            10.0,
+        ),
+    ];
+    for t in &targets {
+        let _ = writeln!(
+            md,
+            "\n{}: {} (target {}: {}).",
+            t["name"].as_str().unwrap_or(""),
+            t["value"]
+                .as_f64()
+                .map_or("–".to_owned(), |v| format!("{v:.1}×")),
+            t["target"].as_str().unwrap_or(""),
+            t["verdict"].as_str().unwrap_or("")
+        );
+    }
+    print!("## Capacity\n\n{md}\n");
+    let json = json!({
+        "machine": machine,
+        "calls": CALLS,
+        "payload": PAYLOAD,
+        "trial_secs": plan.trial_secs,
+        "runs_per_path": MIN_RUNS,
+        "paths": results.iter().map(Capacity::json).collect::<Vec<_>>(),
+        "paths_ipv6": results_v6.iter().map(Capacity::json).collect::<Vec<_>>(),
+        "targets": targets,
+        "markdown": md,
+    });
+    let file = out.join("capacity.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&json)?)?;
+    println!("report: {}\n", file.display());
+    eprintln!(
+        "==> capacity: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Repeated measurements and how they are judged.
+//!
+//! Every headline figure of the benchmark is a [`Figure`]: the same
+//! measurement run several times (at least [`MIN_RUNS`], in `--quick` too),
+//! reported as its median with the spread (min–max) of the runs, so a
+//! reader sees at once how far one run can move it. Targets are judged on
+//! medians, and say which of four things they are ([`Verdict`]): met,
+//! missed, not judged (this kind of run cannot measure it: `--quick`
+//! stopping short of the target, say) or not measurable (a ratio whose
+//! denominator is zero, negative, or smaller than the run-to-run noise).
+
+use serde_json::{Value, json};
+
+/// Runs per headline figure, at least.
+pub const MIN_RUNS: usize = 3;
+
+/// One figure measured in several runs.
+#[derive(Clone, Debug, Default)]
+pub struct Figure {
+    pub runs: Vec<f64>,
+}
+
+impl Figure {
+    pub fn new(runs: impl IntoIterator<Item = f64>) -> Self {
+        Self {
+            runs: runs.into_iter().filter(|x| x.is_finite()).collect(),
+        }
+    }
+
+    pub fn push(&mut self, x: f64) {
+        if x.is_finite() {
+            self.runs.push(x);
+        }
+    }
+
+    /// The median (mean of the middle two for an even count); NaN if empty.
+    pub fn median(&self) -> f64 {
+        median(&self.runs)
+    }
+
+    pub fn min(&self) -> f64 {
+        self.runs.iter().copied().fold(f64::NAN, f64::min)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.runs.iter().copied().fold(f64::NAN, f64::max)
+    }
+
+    /// max − min.
+    pub fn spread(&self) -> f64 {
+        self.max() - self.min()
+    }
+
+    /// `{"median", "min", "max", "runs"}`.
+    pub fn json(&self) -> Value {
+        let n = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
+        json!({
+            "median": n(self.median()),
+            "min": n(self.min()),
+            "max": n(self.max()),
+            "runs": self.runs,
+        })
+    }
+
+    /// `12.3 (11.9–12.8)` with `decimals` decimals; `–` if empty.
+    pub fn show(&self, decimals: usize) -> String {
+        self.show_with(|x| format!("{x:.decimals$}"))
+    }
+
+    /// As [`Figure::show`] with whole numbers in groups of three.
+    pub fn show_int(&self) -> String {
+        self.show_with(group)
+    }
+
+    fn show_with(&self, f: impl Fn(f64) -> String) -> String {
+        match self.runs.len() {
+            0 => "–".to_owned(),
+            1 => f(self.median()),
+            _ => format!("{} ({}–{})", f(self.median()), f(self.min()), f(self.max())),
+        }
+    }
+}
+
+/// Median of the finite values; NaN if none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// `1234567.8` → `1 234 568` (narrow no-break spaces).
+pub fn group(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('\u{202f}');
+        }
+        out.push(c);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
+}
+
+/// How a target came out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// This run cannot measure it (e.g. `--quick` stops short of the
+    /// target); the reason says why.
+    NotJudged(String),
+    /// The figure exists but means nothing: a ratio with a denominator
+    /// ≤ 0 or within the run-to-run noise; the reason says which.
+    NotMeasurable(String),
+}
+
+impl Verdict {
+    pub fn of(met: bool) -> Self {
+        if met { Self::Met } else { Self::Missed }
+    }
+
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::Missed => "MISSED",
+            Self::NotJudged(_) => "not judged",
+            Self::NotMeasurable(_) => "not measurable",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::NotJudged(r) | Self::NotMeasurable(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// `met (…)`-style text for a line of output.
+    pub fn sentence(&self) -> String {
+        match self.reason() {
+            Some(r) => format!("{}: {r}", self.word()),
+            None => self.word().to_owned(),
+        }
+    }
+}
+
+/// A target's JSON: `met` is `true`/`false` when judged, `null` when not;
+/// `verdict` one of met, MISSED, not judged, not measurable.
+pub fn target(name: &str, value: Option<f64>, wanted: &str, verdict: &Verdict) -> Value {
+    json!({
+        "name": name,
+        "value": value.filter(|v| v.is_finite()),
+        "target": wanted,
+        "met": match verdict {
+            Verdict::Met => Some(true),
+            Verdict::Missed => Some(false),
+            _ => None,
+        },
+        "verdict": verdict.word(),
+        "reason": verdict.reason(),
+    })
+}
+
+/// `a / b` of two medians, or why it cannot be told: `b` ≤ 0, or `b`
+/// smaller than `noise` (the run-to-run spread it is measured against).
+pub fn ratio(a: f64, b: f64, noise: f64, what_b: &str) -> Result<f64, String> {
+    if !a.is_finite() || !b.is_finite() {
+        return Err(format!("{what_b} was not measured"));
+    }
+    if b <= 0.0 {
+        return Err(format!("{what_b} is {b:.1}, not above zero"));
+    }
+    if b <= noise {
+        return Err(format!(
+            "{what_b} ({b:.1}) is within the run-to-run spread of what it is measured against ({noise:.1})"
+        ));
+    }
+    Ok(a / b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let f = Figure::new([3.0, 1.0, 2.0]);
+        assert_eq!(f.median(), 2.0);
+        assert_eq!((f.min(), f.max(), f.spread()), (1.0, 3.0, 2.0));
+        assert_eq!(Figure::new([1.0, 2.0, 3.0, 10.0]).median(), 2.5);
+        assert!(Figure::default().median().is_nan());
+        assert_eq!(Figure::new([f64::NAN, 4.0]).runs, vec![4.0]);
+        assert_eq!(f.show(1), "2.0 (1.0–3.0)");
+        assert_eq!(
+            Figure::new([1_234_567.0]).show_int(),
+            "1\u{202f}234\u{202f}567"
+        );
+    }
+
+    #[test]
+    fn ratios_refuse_meaningless_denominators() {
+        assert_eq!(ratio(1.0, 4.0, 0.5, "b"), Ok(0.25));
+        assert!(
+            ratio(1.0, 0.0, 0.0, "b")
+                .unwrap_err()
+                .contains("not above zero")
+        );
+        assert!(ratio(1.0, -3.0, 0.0, "b").is_err());
+        assert!(ratio(1.0, 2.0, 5.0, "b").unwrap_err().contains("spread"));
+        assert!(ratio(f64::NAN, 2.0, 0.0, "b").is_err());
+    }
+
+    #[test]
+    fn verdicts_in_json() {
+        let t = target("x", Some(1.0), "< 2", &Verdict::Met);
+        assert_eq!(t["met"], json!(true));
+        let t = target(
+            "x",
+            Some(f64::NAN),
+            "< 2",
+            &Verdict::NotJudged("quick".into()),
+        );
+        assert_eq!(t["met"], Value::Null);
+        assert_eq!(t["value"], Value::Null);
+        assert_eq!(t["verdict"], "not judged");
+        assert_eq!(t["reason"], "quick");
+    }
+}

@@ -1,0 +1,193 @@
+//! What the host did during a run, from `/proc`: CPU time of the whole
+//! machine, of a process and of the `ksoftirqd` threads, softirq counts,
+//! and the hypervisor's steal time. One place for the accounting every
+//! part uses.
+
+use anyhow::Context as _;
+
+/// USER_HZ, the unit of `/proc/stat` and `/proc/<pid>/stat` times.
+pub fn clk_tck() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// The `cpu` line of `/proc/stat`: user nice system idle iowait irq
+/// softirq steal … in ticks.
+fn cpu_line() -> anyhow::Result<Vec<u64>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(v.len() >= 8, "short cpu line in /proc/stat: {line}");
+    Ok(v)
+}
+
+/// Machine-wide CPU times, seconds since boot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    /// user + nice + system + irq + softirq + steal (guest time is in user).
+    pub busy: f64,
+    pub softirq: f64,
+    /// Time the hypervisor ran something else while a vCPU wanted to run.
+    pub steal: f64,
+}
+
+impl MachineCpu {
+    pub fn read() -> anyhow::Result<Self> {
+        let v = cpu_line()?;
+        let t = clk_tck();
+        Ok(Self {
+            busy: (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) as f64 / t,
+            softirq: v[6] as f64 / t,
+            steal: v[7] as f64 / t,
+        })
+    }
+
+    /// What happened between `self` (earlier) and `later`.
+    pub fn until(self, later: Self) -> Self {
+        Self {
+            busy: later.busy - self.busy,
+            softirq: later.softirq - self.softirq,
+            steal: later.steal - self.steal,
+        }
+    }
+}
+
+/// utime + stime of process `pid` (all its threads), seconds.
+pub fn process_cpu(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("bad /proc/pid/stat")? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line; `rest` starts at field 3.
+    let (u, s): (u64, u64) = (
+        f.get(11).context("short stat")?.parse()?,
+        f.get(12).context("short stat")?.parse()?,
+    );
+    Ok((u + s) as f64 / clk_tck())
+}
+
+/// A task's (or a sum of tasks') scheduler times.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskTimes {
+    pub cpu_ns: u64,
+    /// Runnable but waiting on a run queue.
+    pub wait_ns: u64,
+    pub slices: u64,
+}
+
+impl TaskTimes {
+    pub fn add(self, o: Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns + o.cpu_ns,
+            wait_ns: self.wait_ns + o.wait_ns,
+            slices: self.slices + o.slices,
+        }
+    }
+
+    pub fn since(self, o: Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(o.cpu_ns),
+            wait_ns: self.wait_ns.saturating_sub(o.wait_ns),
+            slices: self.slices.saturating_sub(o.slices),
+        }
+    }
+
+    pub fn cpu_ms(self) -> f64 {
+        self.cpu_ns as f64 / 1e6
+    }
+
+    pub fn wait_ms(self) -> f64 {
+        self.wait_ns as f64 / 1e6
+    }
+
+    /// A task's scheduler times (`dir` = `/proc/<pid>` or a task dir):
+    /// `schedstat` if the kernel has it, else utime + stime from `stat`
+    /// (tick resolution, no wait time).
+    pub fn of(dir: &str) -> Option<Self> {
+        if let Ok(s) = std::fs::read_to_string(format!("{dir}/schedstat")) {
+            let f: Vec<u64> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if f.len() >= 3 {
+                return Some(Self {
+                    cpu_ns: f[0],
+                    wait_ns: f[1],
+                    slices: f[2],
+                });
+            }
+        }
+        let s = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+        let rest = &s[s.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some(Self {
+            cpu_ns: (ticks as f64 * 1e9 / clk_tck()) as u64,
+            ..Self::default()
+        })
+    }
+}
+
+/// PIDs of the `ksoftirqd/N` kernel threads.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
+/// NET_RX softirqs raised so far, summed over CPUs (`/proc/softirqs`).
+pub fn net_rx_softirqs() -> u64 {
+    std::fs::read_to_string("/proc/softirqs")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.trim_start().strip_prefix("NET_RX:"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|x| x.parse::<u64>().ok())
+                        .sum()
+                })
+        })
+        .unwrap_or(0)
+}
+
+/// VmRSS of this process, KiB.
+pub fn rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_accounting_reads() {
+        let a = MachineCpu::read().unwrap();
+        let b = MachineCpu::read().unwrap();
+        let d = a.until(b);
+        assert!(d.busy >= 0.0 && d.steal >= 0.0);
+        assert!(process_cpu(std::process::id()).is_ok());
+        assert!(TaskTimes::of("/proc/self").is_some());
+        assert!(rss_kib() > 0);
+    }
+}
