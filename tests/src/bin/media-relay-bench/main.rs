@@ -137,8 +137,8 @@ fn describe_build(quick: bool) -> serde_json::Value {
         ],
     );
     let rustc = output("rustc", &["--version"]);
-    let rtpengine =
-        output("rtpengine", &["--version"]).and_then(|v| v.lines().next().map(str::to_owned));
+    let rtpengine = output("dpkg-query", &["-W", "-f=${Version}", "rtpengine-daemon"])
+        .filter(|v| !v.is_empty());
     let summary = format!(
         "{} ({} build{}{}), rtpengine {}; {}",
         bin.display(),

@@ -171,7 +171,14 @@ fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Re
             .and_then(|r| r.best.as_ref())
             .map(Trial::offered)
         {
-            let (trials, best) = refine(&mut rig, plan, start)?;
+            let (mut trials, mut best) = refine(&mut rig, plan, start)?;
+            if best.is_none() {
+                // Nothing passed near the first run's rate: this run
+                // searches from scratch rather than reporting nothing.
+                let (t, b, _) = search(&mut rig, plan, &flat)?;
+                trials.extend(t);
+                best = b;
+            }
             RunResult {
                 flat,
                 trials,
