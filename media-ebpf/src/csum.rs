@@ -88,6 +88,15 @@ pub const fn fold(sum: u32) -> u16 {
     s as u16
 }
 
+/// Whether a header whose 16-bit words (its checksum field included) sum
+/// to `sum` carries a valid Internet checksum: the folded sum is all ones
+/// (RFC 1071 §1). Byte-order independent, like the sum.
+#[inline(always)]
+#[must_use]
+pub const fn header_ok(sum: u32) -> bool {
+    fold(sum) == 0xffff
+}
+
 /// Update a UDP checksum. Over IPv4 a zero checksum means "not computed"
 /// and stays zero (`zero_means_none`); a computed zero is sent as `0xFFFF`
 /// (RFC 768). Over IPv6 the checksum is mandatory (RFC 8200 §8.1).
@@ -132,6 +141,20 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn ipv4_header_checksums_verify() {
+        // RFC 1071-style example header (20 bytes) with its checksum.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        let c = checksum(&h, 0);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(header_ok(sum_words(&h, 0)));
+        h[15] ^= 1;
+        assert!(!header_ok(sum_words(&h, 0)));
+    }
 
     fn ipv4_header(src: [u8; 4], dst: [u8; 4], ttl: u8, id: u16) -> [u8; 20] {
         let mut h = [0u8; 20];

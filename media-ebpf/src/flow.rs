@@ -33,28 +33,41 @@ pub const RTP: u8 = 1 << 3;
 /// third party can neither steal nor bleed the stream.
 pub const SSRC_RELATCH: u8 = 1 << 4;
 
-/// Where a packet arrives: local address, local UDP port and family.
+/// Where a packet arrives: local address, local UDP port and family, and
+/// — for a local port shared by several calls — the remote endpoint it
+/// comes from.
 ///
-/// 20 bytes, no padding; 4-byte aligned so the data plane can build and
+/// A port of its own (the usual case) is keyed with the remote zero: any
+/// source. A shared port (cloud addressing with few forwarded ports) is
+/// keyed per remote endpoint. The data plane looks up the any-source key
+/// first and the remote's key only when that misses, so a port of its own
+/// costs one lookup as before.
+///
+/// 40 bytes, no padding; 4-byte aligned so the data plane can build and
 /// compare it a word at a time.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Local address; IPv4 uses the first four bytes, the rest stay zero.
     pub addr: [u8; 16],
+    /// Remote address of a shared port's flow; all zero: any source.
+    pub remote_addr: [u8; 16],
     /// Local UDP port, network byte order.
     pub port: [u8; 2],
+    /// Remote UDP port of a shared port's flow (network byte order); zero
+    /// with [`FlowKey::remote_addr`].
+    pub remote_port: [u8; 2],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
     /// Always zero (explicit padding, part of the hashed key).
-    pub reserved: u8,
+    pub reserved: [u8; 3],
 }
 
 /// What to do with a packet matching a [`FlowKey`]: rewrite it so that it
 /// leaves from the relay's address/port on the other leg towards the other
 /// leg's peer.
 ///
-/// 64 bytes, no padding; 8-byte aligned (as the kernel aligns map values)
+/// 72 bytes, no padding; 8-byte aligned (as the kernel aligns map values)
 /// so the data plane reads its addresses in whole words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +92,17 @@ pub struct Flow {
     pub stats_slot: [u8; 4],
     /// RTP SSRC allowed to re-latch (see [`SSRC_RELATCH`]), as on the wire.
     pub ssrc: [u8; 4],
+    /// Family of `expect_addr` ([`FAMILY_V4`] or [`FAMILY_V6`]) when
+    /// [`CHECK_SOURCE_ADDR`] is set. The flow table refuses a flow whose
+    /// expected source family differs from its key's, and the data plane
+    /// compares it too: an IPv6 source must never be matched on its first
+    /// four bytes at an IPv4 port.
+    pub expect_family: u8,
+    /// Always zero.
+    pub reserved: [u8; 3],
+    /// The RTP clock rate of the stream's payload (Hz, native byte order),
+    /// for interarrival jitter in timestamp units; 0 when unknown.
+    pub clock_rate: [u8; 4],
 }
 
 /// Per-flow counters, one copy per CPU, summed by the reader.
@@ -95,12 +119,18 @@ pub struct FlowStats {
     /// 0 if none.
     pub last_seen_ns: u64,
     /// For [`RTP`] flows: SSRC and sequence number of the last forwarded
-    /// packet, as on the wire (zero until one was seen).
+    /// packet, as on the wire; meaningful only with [`STATS_RTP_SEEN`] in
+    /// `rtp` (an SSRC of 0 is a valid SSRC).
     pub last_ssrc: [u8; 4],
     pub last_seq: [u8; 2],
+    /// [`STATS_RTP_SEEN`] once `last_ssrc`/`last_seq` hold a packet's.
+    pub rtp: u8,
     /// Always zero.
-    pub reserved: [u8; 2],
+    pub reserved: u8,
 }
+
+/// [`FlowStats::rtp`]: `last_ssrc` and `last_seq` are a real packet's.
+pub const STATS_RTP_SEEN: u8 = 1;
 
 fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     match ip {
@@ -122,17 +152,43 @@ fn ip_from(addr: &[u8; 16], family: u8) -> IpAddr {
 }
 
 impl FlowKey {
-    /// The key for packets arriving on `local`. IPv4-mapped IPv6 addresses
-    /// are keyed as IPv4, which is how they appear on the wire.
+    /// The key for packets arriving on `local` from any source. IPv4-mapped
+    /// IPv6 addresses are keyed as IPv4, which is how they appear on the
+    /// wire.
     #[must_use]
     pub fn new(local: SocketAddr) -> Self {
         let (addr, family) = addr_bytes(local.ip().to_canonical());
         Self {
             addr,
+            remote_addr: [0; 16],
             port: local.port().to_be_bytes(),
+            remote_port: [0; 2],
             family,
-            reserved: 0,
+            reserved: [0; 3],
         }
+    }
+
+    /// The key for packets arriving on a shared `local` port from `remote`
+    /// (of the same family).
+    #[must_use]
+    pub fn shared(local: SocketAddr, remote: SocketAddr) -> Self {
+        let (remote_addr, _) = addr_bytes(remote.ip().to_canonical());
+        Self {
+            remote_addr,
+            remote_port: remote.port().to_be_bytes(),
+            ..Self::new(local)
+        }
+    }
+
+    /// The remote endpoint of a shared port's key; `None` for any source.
+    #[must_use]
+    pub fn remote(&self) -> Option<SocketAddr> {
+        (self.remote_addr != [0; 16] || self.remote_port != [0; 2]).then(|| {
+            SocketAddr::new(
+                ip_from(&self.remote_addr, self.family),
+                u16::from_be_bytes(self.remote_port),
+            )
+        })
     }
 
     /// The local socket address this key stands for.
@@ -166,14 +222,18 @@ impl Flow {
             flags: 0,
             stats_slot: [0; 4],
             ssrc: [0; 4],
+            expect_family: 0,
+            reserved: [0; 3],
+            clock_rate: [0; 4],
         }
     }
 
     /// Accept packets only from `source` (address and port).
     #[must_use]
     pub fn with_source(mut self, source: SocketAddr) -> Self {
-        let (a, _) = addr_bytes(source.ip().to_canonical());
+        let (a, family) = addr_bytes(source.ip().to_canonical());
         self.expect_addr = a;
+        self.expect_family = family;
         self.expect_port = source.port().to_be_bytes();
         self.flags |= CHECK_SOURCE_ADDR | CHECK_SOURCE_PORT;
         self
@@ -182,8 +242,9 @@ impl Flow {
     /// Accept packets only from `source`'s address, any port.
     #[must_use]
     pub fn with_source_addr(mut self, source: IpAddr) -> Self {
-        let (a, _) = addr_bytes(source.to_canonical());
+        let (a, family) = addr_bytes(source.to_canonical());
         self.expect_addr = a;
+        self.expect_family = family;
         self.expect_port = [0; 2];
         self.flags = (self.flags | CHECK_SOURCE_ADDR) & !CHECK_SOURCE_PORT;
         self
@@ -242,15 +303,22 @@ impl Flow {
         relay.ip().to_canonical().is_ipv4() == peer.ip().to_canonical().is_ipv4()
     }
 
-    /// The expected source, if the flow checks one; a port of 0 means any.
-    /// The source has the family of the arriving packets, i.e. of the
-    /// flow's key (`key_family`), not necessarily the flow's own.
+    /// The RTP clock rate the stream's jitter is measured in (Hz).
     #[must_use]
-    pub fn expected_source(&self, key_family: u8) -> Option<SocketAddr> {
+    pub fn with_clock_rate(mut self, hz: u32) -> Self {
+        self.clock_rate = hz.to_ne_bytes();
+        self
+    }
+
+    /// The expected source, if the flow checks one; a port of 0 means any.
+    /// Its family is [`Flow::expect_family`], which a valid flow shares
+    /// with its key (the packets' family), not necessarily with its own.
+    #[must_use]
+    pub fn expected_source(&self) -> Option<SocketAddr> {
         if self.flags & CHECK_SOURCE_ADDR == 0 {
             return None;
         }
-        let ip = ip_from(&self.expect_addr, key_family);
+        let ip = ip_from(&self.expect_addr, self.expect_family);
         let port = if self.flags & CHECK_SOURCE_PORT == 0 {
             0
         } else {
@@ -284,8 +352,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
-        assert_eq!(core::mem::size_of::<Flow>(), 64);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<Flow>(), 72);
         assert_eq!(core::mem::align_of::<Flow>(), 8);
         assert_eq!(core::mem::size_of::<FlowStats>(), 32);
     }
@@ -301,6 +369,11 @@ mod tests {
         let b: SocketAddr = "[2001:2::1]:30002".parse().unwrap();
         assert_eq!(FlowKey::new(b).local(), b);
         assert_eq!(FlowKey::new(b).family, FAMILY_V6);
+        assert_eq!(FlowKey::new(a).remote(), None);
+        let r: SocketAddr = "198.18.1.2:4000".parse().unwrap();
+        let shared = FlowKey::shared(a, r);
+        assert_eq!((shared.local(), shared.remote()), (a, Some(r)));
+        assert_ne!(shared, FlowKey::new(a));
     }
 
     #[test]
@@ -311,12 +384,15 @@ mod tests {
         let f = Flow::new(relay, peer).with_source(src);
         assert_eq!(f.relay(), relay);
         assert_eq!(f.peer(), peer);
-        assert_eq!(f.expected_source(FAMILY_V4), Some(src));
+        assert_eq!(f.expected_source(), Some(src));
+        assert_eq!(f.expect_family, FAMILY_V4);
         let g = f.with_source_addr(src.ip());
+        assert_eq!(g.expected_source(), Some(SocketAddr::new(src.ip(), 0)));
+        assert_eq!(Flow::new(relay, peer).expected_source(), None);
+        let v6: SocketAddr = "[2001:2::5]:7000".parse().unwrap();
         assert_eq!(
-            g.expected_source(FAMILY_V4),
-            Some(SocketAddr::new(src.ip(), 0))
+            Flow::new(relay, peer).with_source(v6).expect_family,
+            FAMILY_V6
         );
-        assert_eq!(Flow::new(relay, peer).expected_source(FAMILY_V4), None);
     }
 }

@@ -14,8 +14,10 @@ pub mod csum;
 pub mod flow;
 pub mod maps;
 pub mod outcome;
+pub mod quality;
 pub mod seq;
 
 pub use flow::{Flow, FlowKey, FlowStats};
 pub use outcome::Outcome;
+pub use quality::StreamQuality;
 pub use seq::SeqWindow;

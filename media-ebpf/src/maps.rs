@@ -3,11 +3,18 @@
 //! The maps are pinned under [`PIN_ROOT`]/[`LAYOUT_VERSION`]: when a map's
 //! key or value layout changes, the version changes too, so a daemon never
 //! adopts a pinned map it would misread.
+//!
+//! Versions: v1 (round 1: 20-byte key, 64-byte flow), v2 (+ `FLOW_SEQ`,
+//! loss windows), v3 (40-byte key with the remote endpoint for shared
+//! ports; 72-byte flow with the expected source's family and the RTP
+//! clock rate; an RTP-seen flag in the stats; `FLOW_QUALITY`, 64-byte
+//! per-stream accounting, replacing `FLOW_SEQ`; the `bad_ip_checksum`
+//! outcome).
 
 /// bpffs directory holding one sub-directory per layout version.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/media-relay";
 /// Version of the pinned map layouts below; bump on any layout change.
-pub const LAYOUT_VERSION: &str = "v2";
+pub const LAYOUT_VERSION: &str = "v3";
 
 /// `HASH` [`crate::FlowKey`] → [`crate::Flow`]: installed flows. A plain hash
 /// map, never LRU: an installed call must never be evicted.
@@ -15,19 +22,20 @@ pub const FLOWS: &str = "FLOWS";
 /// `PERCPU_ARRAY` slot → [`crate::FlowStats`]: per-flow counters, indexed by
 /// [`crate::Flow::stats_slot`]. Written only by the data plane.
 pub const FLOW_STATS: &str = "FLOW_STATS";
-/// `ARRAY` slot → [`crate::SeqWindow`]: RTP sequence accounting of
-/// [`crate::flow::RTP`] flows, indexed like [`FLOW_STATS`]. Shared by all
-/// CPUs, not per-CPU: a flow's packets may be processed on any CPU, and
-/// per-CPU windows would overlap and overstate loss. Written only by the
-/// data plane (the daemon resets a slot before handing it out).
-pub const FLOW_SEQ: &str = "FLOW_SEQ";
+/// `ARRAY` slot → [`crate::StreamQuality`]: per-stream accounting of
+/// [`crate::flow::RTP`] flows (the RFC 3550 sequence window for loss),
+/// indexed like [`FLOW_STATS`]. Shared by all CPUs, not per-CPU: a flow's
+/// packets may be processed on any CPU, and per-CPU windows would overlap
+/// and overstate loss. Written only by the data plane (the daemon resets a
+/// slot before handing it out).
+pub const FLOW_QUALITY: &str = "FLOW_QUALITY";
 /// `PERCPU_ARRAY` [`crate::Outcome`] → `u64`: what happened to every packet.
 pub const OUTCOMES: &str = "OUTCOMES";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the relay may redirect to.
 pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
 
 /// Compile-time default capacity of [`FLOWS`], [`FLOW_STATS`] and
-/// [`FLOW_SEQ`]; the daemon resizes them from its configuration before
+/// [`FLOW_QUALITY`]; the daemon resizes them from its configuration before
 /// loading.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Capacity of [`EGRESS_DEVS`].

@@ -29,7 +29,10 @@ pub enum Outcome {
     /// a mismatch carrying the stream's SSRC: passed to the daemon, which
     /// decides whether to latch.
     SourceToDaemon,
-    /// TTL / hop limit 1 or 0: passed so the stack can answer with ICMP.
+    /// TTL / hop limit 1 or 0: dropped. The relay forwards as a router
+    /// does in both of its paths (the userspace path sends with the
+    /// arriving hop limit − 1 too), so a routing loop between relays dies
+    /// out instead of circling.
     TtlExceeded,
     /// The FIB knows the route but not the neighbour's MAC: passed; the
     /// stack resolves it and the next packets go through XDP.
@@ -42,11 +45,15 @@ pub enum Outcome {
     /// The flow's egress family differs from the packet's (IPv4↔IPv6
     /// bridging): passed to the userspace path.
     FamilyChange,
+    /// IPv4 header checksum wrong (RFC 791 §3.1, verified as RFC 1071 sums
+    /// it): passed untouched; the stack drops and counts it. Rewriting
+    /// would otherwise re-validate a corrupt header incrementally.
+    BadIpChecksum,
 }
 
 impl Outcome {
     /// Number of outcomes, the size of the `OUTCOMES` map.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -65,6 +72,7 @@ impl Outcome {
         Outcome::FibFailed,
         Outcome::EgressNotAllowed,
         Outcome::FamilyChange,
+        Outcome::BadIpChecksum,
     ];
 
     /// Stable snake_case name, used in logs, the CLI and metrics.
@@ -86,6 +94,7 @@ impl Outcome {
             Outcome::FibFailed => "fib_failed",
             Outcome::EgressNotAllowed => "egress_not_allowed",
             Outcome::FamilyChange => "family_change",
+            Outcome::BadIpChecksum => "bad_ip_checksum",
         }
     }
 }

@@ -106,6 +106,7 @@ fn relay_program_table() -> anyhow::Result<()> {
 
     let a = sa(A_V4, 5000);
     let a6 = sa(A_V6, 5000);
+    let c_src = sa(Ipv4Addr::new(198, 18, 1, 60), 6100);
     // The flows of the table.
     let f1 = Flow::new(sa(RB_V4, 30002), sa(B_V4, 40000));
     let f2 = Flow::new(sa(RB_V4, 30012), sa(B_V4, 40010)).with_source(a);
@@ -137,6 +138,10 @@ fn relay_program_table() -> anyhow::Result<()> {
     flows.install(FlowKey::new(sa(RA_V4, 30070)), f9)?;
     flows.install(FlowKey::new(sa(RA_V4, 30080)), f10)?;
     flows.install(FlowKey::new(sa(RA_V4, 30090)), f11)?;
+    let f12 = Flow::new(sa(RB_V4, 30102), sa(B_V4, 40100)).with_source(a);
+    let f13 = Flow::new(sa(RB_V4, 30104), sa(B_V4, 40102)).with_source(c_src);
+    flows.install(FlowKey::shared(sa(RA_V4, 30100), a), f12)?;
+    flows.install(FlowKey::shared(sa(RA_V4, 30100), c_src), f13)?;
     let rtp_pkt = |ssrc: u32, seq: u16| {
         let mut p = vec![0x80, 8];
         p.extend_from_slice(&seq.to_be_bytes());
@@ -194,6 +199,15 @@ fn relay_program_table() -> anyhow::Result<()> {
     ttl0.ttl = 0;
     let mut hop1 = v6.clone();
     hop1.ttl = 1;
+    // IPv4 header checksum broken (its low byte flipped): passed untouched
+    // for the stack to drop, never rewritten into a valid-looking one.
+    let mut bad_ip_csum = basic.bytes();
+    bad_ip_csum[14 + 11] ^= 0x5a;
+    // A shared local port: two remote endpoints, each its own flow and
+    // peer; an unknown third source finds none.
+    let shared_a = v4(a, sa(RA_V4, 30100));
+    let shared_c = v4(c_src, sa(RA_V4, 30100));
+    let shared_other = v4(sa(Ipv4Addr::new(198, 18, 1, 61), 6100), sa(RA_V4, 30100));
     let mut v6_zero = v6.bytes();
     let l = v6_zero.len();
     let _ = l;
@@ -343,25 +357,53 @@ fn relay_program_table() -> anyhow::Result<()> {
             outcome: "source_rejected",
         },
         Case {
-            what: "TTL 1 goes to the stack",
+            what: "TTL 1 is dropped (forwarded as a router: none left)",
             input: ttl1.bytes(),
-            action: XDP_PASS,
+            action: XDP_DROP,
             output: None,
             outcome: "ttl_exceeded",
         },
         Case {
-            what: "TTL 0 goes to the stack",
+            what: "TTL 0 is dropped",
             input: ttl0.bytes(),
-            action: XDP_PASS,
+            action: XDP_DROP,
             output: None,
             outcome: "ttl_exceeded",
         },
         Case {
-            what: "IPv6 hop limit 1 goes to the stack",
+            what: "IPv6 hop limit 1 is dropped",
             input: hop1.bytes(),
-            action: XDP_PASS,
+            action: XDP_DROP,
             output: None,
             outcome: "ttl_exceeded",
+        },
+        Case {
+            what: "IPv4 header checksum wrong: passed untouched",
+            input: bad_ip_csum,
+            action: XDP_PASS,
+            output: None,
+            outcome: "bad_ip_checksum",
+        },
+        Case {
+            what: "shared port: A's packets follow A's flow",
+            input: shared_a.bytes(),
+            action: XDP_REDIRECT,
+            output: Some(relayed(&shared_a, &f12, RB_MAC, B_MAC)),
+            outcome: "redirected",
+        },
+        Case {
+            what: "shared port: C's packets follow C's flow",
+            input: shared_c.bytes(),
+            action: XDP_REDIRECT,
+            output: Some(relayed(&shared_c, &f13, RB_MAC, B_MAC)),
+            outcome: "redirected",
+        },
+        Case {
+            what: "shared port: a third source has no flow",
+            input: shared_other.bytes(),
+            action: XDP_PASS,
+            output: None,
+            outcome: "no_flow",
         },
         Case {
             what: "IPv4 options are passed",
@@ -534,7 +576,10 @@ fn relay_program_table() -> anyhow::Result<()> {
                 c.what, c.outcome
             ));
         }
-        if c.input.len() > 42 && c.input[36..38] == 30000u16.to_be_bytes() && c.action != XDP_PASS {
+        if c.input.len() > 42
+            && c.input[36..38] == 30000u16.to_be_bytes()
+            && matches!(c.action, XDP_REDIRECT | XDP_TX)
+        {
             forwarded_f1.0 += 1;
             forwarded_f1.1 += c.input.len() as u64 - 14;
         }
@@ -680,7 +725,7 @@ fn checksums_match_full_recompute() -> anyhow::Result<()> {
 #[test]
 fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
     use aya::maps::{Array, Map, MapData};
-    use media_ebpf::SeqWindow;
+    use media_ebpf::{SeqWindow, StreamQuality};
     use media_relay_tests::media::rtp;
 
     if !require_root("rtp_loss_is_counted_in_flow_seq") {
@@ -702,8 +747,8 @@ fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
     let mut not_rtp = rtp(SSRC, 5000);
     not_rtp[0] = 0x00; // version 0
 
-    let seq_map = |fx: &Fixture| -> anyhow::Result<Array<MapData, SeqWindow>> {
-        let pin = fx.relay.pin_dir().join(media_ebpf::maps::FLOW_SEQ);
+    let seq_map = |fx: &Fixture| -> anyhow::Result<Array<MapData, StreamQuality>> {
+        let pin = fx.relay.pin_dir().join(media_ebpf::maps::FLOW_QUALITY);
         // Fails unless the pin is a plain (shared) ARRAY.
         Ok(Array::try_from(Map::Array(MapData::from_pin(pin)?))?)
     };
@@ -747,7 +792,7 @@ fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
         assert_eq!(c.seq.ssrc, SSRC);
         let slot = fx.relay.flows().get(&key)?.slot();
         let pinned = seq_map(&fx)?.get(&slot, 0)?;
-        assert_eq!(pinned, c.seq, "{local}: FLOW_SEQ read from its pin");
+        assert_eq!(pinned.seq, c.seq, "{local}: FLOW_QUALITY read from its pin");
 
         // A new SSRC closes the window and opens another: 5 numbers, one
         // missing.
@@ -763,14 +808,23 @@ fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
             c.seq
         );
 
-        // Removal hands back the final window; the slot, handed out again,
-        // starts empty.
+        // Removal hands back the final window. The freed slot rests
+        // (an XDP run may still hold the removed flow): the flow installed
+        // again gets another one, which starts empty.
         let last = fx.relay.flows_mut().remove(&key)?;
         assert_eq!(last.seq, c.seq, "{local}: final window");
         fx.relay.flows_mut().install(key, flow)?;
-        assert_eq!(fx.relay.flows().get(&key)?.slot(), slot, "slot reused");
+        assert_ne!(
+            fx.relay.flows().get(&key)?.slot(),
+            slot,
+            "a freed slot is not handed out again at once"
+        );
         let c = fx.relay.flows().counters(&key)?;
-        assert_eq!(c.seq, SeqWindow::default(), "{local}: reused slot reset");
+        assert_eq!(
+            c.seq,
+            SeqWindow::default(),
+            "{local}: new slot starts empty"
+        );
         fx.relay.flows_mut().remove(&key)?;
     }
 
@@ -794,6 +848,70 @@ fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
         (c.packets, c.seq),
         (5, SeqWindow::default()),
         "non-RTP flow"
+    );
+    Ok(())
+}
+
+/// The flow table's rules the data plane relies on: an expected source of
+/// the other family than the port is refused (it would be compared on its
+/// first bytes); an RTP SSRC of 0 is a real SSRC (recorded, not "none");
+/// a freed slot comes back only after its grace period, empty.
+#[test]
+fn flow_table_rules() -> anyhow::Result<()> {
+    use media_user::dataplane::FlowError;
+    if !require_root("flow_table_rules") {
+        return Ok(());
+    }
+    let mut fx = Fixture::new()?;
+    let v6_source = sa(A_V6, 5000);
+    let err = fx
+        .relay
+        .flows_mut()
+        .install(
+            FlowKey::new(sa(RA_V4, 31000)),
+            Flow::new(sa(RB_V4, 31002), sa(B_V4, 41000)).with_source(v6_source),
+        )
+        .expect_err("an IPv6 source on an IPv4 port");
+    assert!(matches!(err, FlowError::SourceFamily { .. }), "{err}");
+    assert!(fx.relay.flows().is_empty());
+
+    // SSRC 0.
+    let key = FlowKey::new(sa(RA_V4, 31010));
+    fx.relay.flows_mut().install(
+        key,
+        Flow::new(sa(RB_V4, 31012), sa(B_V4, 41010))
+            .with_source(sa(A_V4, 5000))
+            .rtp(),
+    )?;
+    let f = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        sa(A_V4, 5000),
+        sa(RA_V4, 31010),
+        &[0x80, 8, 0, 77, 0, 0, 0, 160, 0, 0, 0, 0, 0xd5, 0xd5],
+    );
+    assert_eq!(fx.run(&f.bytes())?.0, XDP_REDIRECT);
+    let c = fx.relay.flows().counters(&key)?;
+    assert_eq!(c.last_rtp, Some((0, 77)), "SSRC 0 is recorded as an SSRC");
+    let slot = fx.relay.flows().get(&key)?.slot();
+    fx.relay.flows_mut().remove(&key)?;
+
+    // After the grace period the slot is handed out again, zeroed.
+    std::thread::sleep(media_user::dataplane::SLOT_GRACE + std::time::Duration::from_millis(50));
+    let other = FlowKey::new(sa(RA_V4, 31020));
+    fx.relay
+        .flows_mut()
+        .install(other, Flow::new(sa(RB_V4, 31022), sa(B_V4, 41020)).rtp())?;
+    assert_eq!(
+        fx.relay.flows().get(&other)?.slot(),
+        slot,
+        "rested slot reused"
+    );
+    let c = fx.relay.flows().counters(&other)?;
+    assert_eq!(
+        (c.packets, c.last_rtp),
+        (0, None),
+        "reused slot starts empty"
     );
     Ok(())
 }

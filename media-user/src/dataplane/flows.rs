@@ -3,16 +3,33 @@
 //! counters.
 //!
 //! Each flow owns a slot of the per-CPU `FLOW_STATS` array (and the same
-//! slot of the shared `FLOW_SEQ` array), handed out here. A slot is zeroed
-//! before its flow becomes visible, and a flow is
-//! updated in place (same slot, same counters) with one atomic map update,
-//! so forwarding never pauses across a re-offer.
+//! slot of the shared `FLOW_QUALITY` array), handed out here. A slot is
+//! zeroed before its flow becomes visible, and a flow is updated in place
+//! (same slot, same counters) with one atomic map update, so forwarding
+//! never pauses across a re-offer.
+//!
+//! A removed flow's slot is not handed out again at once: an XDP run that
+//! looked the old flow up just before its removal may still be counting
+//! into the slot (a program run holds the map value under RCU for its few
+//! microseconds), and would write into the next flow's freshly zeroed
+//! counters. Freed slots wait [`SLOT_GRACE`] first.
 
-use std::{collections::HashMap as StdHashMap, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use media_ebpf::{Flow, FlowKey, FlowStats, SeqWindow};
+use media_ebpf::{
+    Flow, FlowKey, FlowStats, SeqWindow, StreamQuality,
+    flow::{CHECK_SOURCE_ADDR, STATS_RTP_SEEN},
+};
 use thiserror::Error;
+
+/// How long a freed stats slot rests before it is handed out again: far
+/// longer than any XDP program run (microseconds) that may still hold the
+/// removed flow.
+pub const SLOT_GRACE: Duration = Duration::from_secs(1);
 
 /// `BPF_NOEXIST` / `BPF_EXIST` (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
@@ -37,6 +54,14 @@ pub enum FlowError {
         relay: std::net::SocketAddr,
         peer: std::net::SocketAddr,
     },
+    #[error(
+        "flow for {local}: the expected source {source_addr} is of the other family than the \
+         port (a packet of one family can never come from an address of the other)"
+    )]
+    SourceFamily {
+        local: std::net::SocketAddr,
+        source_addr: std::net::SocketAddr,
+    },
     #[error("flow map operation failed: {0}")]
     Map(#[from] MapError),
 }
@@ -50,7 +75,7 @@ pub struct FlowCounters {
     pub last_seen: Option<Duration>,
     /// RTP flows: SSRC and sequence number of the last forwarded packet.
     pub last_rtp: Option<(u32, u16)>,
-    /// RTP flows: the sequence window (`FLOW_SEQ`), for loss; see
+    /// RTP flows: the sequence window (in `FLOW_QUALITY`), for loss; see
     /// [`expected`](Self::expected) and [`received`](Self::received).
     pub seq: SeqWindow,
 }
@@ -75,7 +100,7 @@ impl FlowCounters {
             // The CPU that forwarded last holds the latest RTP header.
             if v.last_seen_ns > last {
                 last = v.last_seen_ns;
-                c.last_rtp = (v.last_ssrc != [0; 4]).then(|| {
+                c.last_rtp = (v.rtp & STATS_RTP_SEEN != 0).then(|| {
                     (
                         u32::from_be_bytes(v.last_ssrc),
                         u16::from_be_bytes(v.last_seq),
@@ -92,11 +117,14 @@ impl FlowCounters {
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, FlowStats>,
-    seq: Array<MapData, SeqWindow>,
+    quality: Array<MapData, StreamQuality>,
     /// Userspace mirror: key → stats slot of every installed flow.
     slots: StdHashMap<FlowKey, u32>,
     /// Free stats slots, handed out from the end.
     free: Vec<u32>,
+    /// Slots of removed flows and when they were freed, oldest first: they
+    /// join `free` after [`SLOT_GRACE`].
+    resting: VecDeque<(Instant, u32)>,
     capacity: u32,
     ncpus: usize,
 }
@@ -107,7 +135,7 @@ impl FlowTable {
     pub(crate) fn adopt(
         flows: HashMap<MapData, FlowKey, Flow>,
         stats: PerCpuArray<MapData, FlowStats>,
-        seq: Array<MapData, SeqWindow>,
+        quality: Array<MapData, StreamQuality>,
         capacity: u32,
         ncpus: usize,
     ) -> Result<Self, FlowError> {
@@ -121,9 +149,10 @@ impl FlowTable {
         Ok(Self {
             flows,
             stats,
-            seq,
+            quality,
             slots,
             free,
+            resting: VecDeque::new(),
             capacity,
             ncpus,
         })
@@ -161,7 +190,34 @@ impl FlowTable {
                 peer,
             });
         }
+        if flow.flags & CHECK_SOURCE_ADDR != 0
+            && flow.expect_family != key.family
+            && let Some(source_addr) = flow.expected_source()
+        {
+            return Err(FlowError::SourceFamily {
+                local: key.local(),
+                source_addr,
+            });
+        }
         Ok(())
+    }
+
+    /// A free slot: one that rested its grace period, else the oldest
+    /// resting one when the table would otherwise be full (an XDP run
+    /// holding a flow removed that long ago is not realistic; refusing the
+    /// call would be).
+    fn take_slot(&mut self) -> Option<u32> {
+        let now = Instant::now();
+        while let Some(&(at, slot)) = self.resting.front() {
+            if now.duration_since(at) < SLOT_GRACE {
+                break;
+            }
+            self.resting.pop_front();
+            self.free.push(slot);
+        }
+        self.free
+            .pop()
+            .or_else(|| self.resting.pop_front().map(|(_, s)| s))
     }
 
     /// Install a new flow. Its counters start at zero.
@@ -170,7 +226,7 @@ impl FlowTable {
         if self.slots.contains_key(&key) {
             return Err(FlowError::Exists { local: key.local() });
         }
-        let Some(slot) = self.free.pop() else {
+        let Some(slot) = self.take_slot() else {
             return Err(FlowError::Full {
                 capacity: self.capacity,
             });
@@ -181,7 +237,7 @@ impl FlowTable {
         let result = self
             .stats
             .set(slot, zero, 0)
-            .and_then(|()| self.seq.set(slot, SeqWindow::default(), 0))
+            .and_then(|()| self.quality.set(slot, StreamQuality::default(), 0))
             .and_then(|()| self.flows.insert(key, flow, BPF_NOEXIST));
         match result {
             Ok(()) => {
@@ -237,7 +293,7 @@ impl FlowTable {
         self.flows.remove(key)?;
         self.slots.remove(key);
         let last = self.read(slot);
-        self.free.push(slot);
+        self.resting.push_back((Instant::now(), slot));
         last
     }
 
@@ -259,7 +315,7 @@ impl FlowTable {
 
     fn read(&self, slot: u32) -> Result<FlowCounters, FlowError> {
         let stats = self.stats.get(&slot, 0)?;
-        let seq = self.seq.get(&slot, 0)?;
-        Ok(FlowCounters::sum(&stats, seq))
+        let quality = self.quality.get(&slot, 0)?;
+        Ok(FlowCounters::sum(&stats, quality.seq))
     }
 }

@@ -18,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
     programs::{ProgramError, Xdp},
 };
-pub use flows::{FlowCounters, FlowError, FlowTable};
+pub use flows::{FlowCounters, FlowError, FlowTable, SLOT_GRACE};
 use media_ebpf::{Outcome, maps};
 pub use pins::PinError;
 use thiserror::Error;
@@ -130,8 +130,8 @@ impl DataPlane {
         if let Some(stats) = existing.flow_stats {
             capacity = capacity.min(stats);
         }
-        if let Some(seq) = existing.flow_seq {
-            capacity = capacity.min(seq);
+        if let Some(quality) = existing.flow_quality {
+            capacity = capacity.min(quality);
         }
         let adopted = existing.flows.is_some();
 
@@ -139,7 +139,7 @@ impl DataPlane {
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, capacity)
             .map_max_entries(maps::FLOW_STATS, capacity)
-            .map_max_entries(maps::FLOW_SEQ, capacity)
+            .map_max_entries(maps::FLOW_QUALITY, capacity)
             .load(object::RELAY)?;
         {
             let program: &mut Xdp = ebpf
@@ -166,7 +166,7 @@ impl DataPlane {
         let flows = FlowTable::adopt(
             take::<HashMap<MapData, _, _>>(&mut ebpf, maps::FLOWS)?,
             take::<PerCpuArray<MapData, _>>(&mut ebpf, maps::FLOW_STATS)?,
-            take::<Array<MapData, _>>(&mut ebpf, maps::FLOW_SEQ)?,
+            take::<Array<MapData, _>>(&mut ebpf, maps::FLOW_QUALITY)?,
             capacity,
             ncpus,
         )?;
@@ -303,7 +303,7 @@ impl DataPlane {
         for name in [
             maps::FLOWS,
             maps::FLOW_STATS,
-            maps::FLOW_SEQ,
+            maps::FLOW_QUALITY,
             maps::OUTCOMES,
             maps::EGRESS_DEVS,
         ] {

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapInfo, MapType};
-use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, SeqWindow, maps};
+use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, StreamQuality, maps};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -59,10 +59,10 @@ const EXPECTED: [Expected; 5] = [
         value_size: size::<FlowStats>(),
     },
     Expected {
-        name: maps::FLOW_SEQ,
+        name: maps::FLOW_QUALITY,
         map_type: MapType::Array,
         key_size: 4,
-        value_size: size::<SeqWindow>(),
+        value_size: size::<StreamQuality>(),
     },
     Expected {
         name: maps::OUTCOMES,
@@ -84,7 +84,7 @@ const EXPECTED: [Expected; 5] = [
 pub struct Existing {
     pub flows: Option<u32>,
     pub flow_stats: Option<u32>,
-    pub flow_seq: Option<u32>,
+    pub flow_quality: Option<u32>,
     pub outcomes: Option<u32>,
 }
 
@@ -144,7 +144,7 @@ pub fn check(dir: &Path) -> Result<Existing, PinError> {
         match e.name {
             maps::FLOWS => existing.flows = Some(info.max_entries()),
             maps::FLOW_STATS => existing.flow_stats = Some(info.max_entries()),
-            maps::FLOW_SEQ => existing.flow_seq = Some(info.max_entries()),
+            maps::FLOW_QUALITY => existing.flow_quality = Some(info.max_entries()),
             maps::OUTCOMES => existing.outcomes = Some(info.max_entries()),
             _ => {}
         }

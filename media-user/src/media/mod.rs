@@ -85,7 +85,13 @@ fn xdp_flow(local: SocketAddr, r: &Route) -> Option<Flow> {
     if r.rtp {
         f = f.rtp();
     }
+    // A packet arriving at `local` has `local`'s family: an expected source
+    // of the other family can never match, and the data plane must not
+    // compare one (the flow table refuses it). The userspace path decides.
+    let same_family =
+        |a: SocketAddr| a.ip().to_canonical().is_ipv4() == local.ip().to_canonical().is_ipv4();
     match r.source {
+        Source::Learning(Some(a)) | Source::Latched { addr: a, .. } if !same_family(a) => None,
         Source::Any => Some(f),
         Source::Learning(Some(a)) => Some(f.with_source(a).learning(true)),
         // Learning with nothing to prefer: every packet needs a decision.
@@ -340,5 +346,52 @@ impl Backend for MediaPlane {
         // connect() on UDP only picks a route and source address; nothing is sent.
         s.connect(SocketAddr::new(peer, 9)).ok()?;
         s.local_addr().ok().map(|a| a.ip())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn route(source: Source) -> Route {
+        Route {
+            out: sa("198.18.2.1:30002"),
+            dest: sa("198.18.2.2:6000"),
+            source,
+            rtp: true,
+            demux_rtcp: None,
+        }
+    }
+
+    #[test]
+    fn no_xdp_flow_expects_a_source_of_the_other_family() {
+        let local = sa("198.18.1.1:30000");
+        let v6 = sa("[2001:2:0:1::2]:5000");
+        let v4 = sa("198.18.1.2:5000");
+        for source in [
+            Source::Learning(Some(v6)),
+            Source::Latched {
+                addr: v6,
+                relatch_ssrc: None,
+            },
+        ] {
+            assert_eq!(xdp_flow(local, &route(source)), None, "{source:?}");
+        }
+        let f = xdp_flow(
+            local,
+            &route(Source::Latched {
+                addr: v4,
+                relatch_ssrc: Some(7),
+            }),
+        )
+        .expect("same family");
+        assert_eq!(f.expected_source(), Some(v4));
+        // IPv4-mapped is IPv4 on the wire.
+        let mapped = sa("[::ffff:198.18.1.2]:5000");
+        assert!(xdp_flow(local, &route(Source::Learning(Some(mapped)))).is_some());
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use media_ebpf::{
-    Flow, FlowKey, FlowStats, Outcome, SeqWindow,
+    Flow, FlowKey, FlowStats, Outcome, StreamQuality,
     maps::{DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
 };
 
@@ -18,10 +18,11 @@ pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(DEFAULT_MAX_FLOWS, 0)
 #[map(name = "FLOW_STATS")]
 pub static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_FLOWS, 0);
 
-/// RTP sequence windows of RTP flows, indexed like `FLOW_STATS`. Shared by
-/// every CPU (a flow's packets may arrive on any), so not per-CPU.
-#[map(name = "FLOW_SEQ")]
-pub static FLOW_SEQ: Array<SeqWindow> = Array::pinned(DEFAULT_MAX_FLOWS, 0);
+/// Per-stream accounting of RTP flows (sequence windows), indexed like
+/// `FLOW_STATS`. Shared by every CPU (a flow's packets may arrive on any),
+/// so not per-CPU.
+#[map(name = "FLOW_QUALITY")]
+pub static FLOW_QUALITY: Array<StreamQuality> = Array::pinned(DEFAULT_MAX_FLOWS, 0);
 
 /// One per-CPU counter per `Outcome`.
 #[map(name = "OUTCOMES")]

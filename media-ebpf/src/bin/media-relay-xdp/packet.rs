@@ -98,6 +98,24 @@ pub unsafe fn same<const N: usize>(a: *const u8, b: *const u8) -> bool {
     true
 }
 
+/// The 32-bit sum of the `N` raw words at `p` (fold it with
+/// `media_ebpf::csum::fold`).
+///
+/// # Safety
+/// `p` is 2-byte aligned and valid for `2 * N` bytes.
+#[inline(always)]
+pub unsafe fn sum<const N: usize>(p: *const u8) -> u32 {
+    let p = p.cast::<u16>();
+    let mut s = 0u32;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: guaranteed by the caller, i < N.
+        s += u32::from(unsafe { p.add(i).read() });
+        i += 1;
+    }
+    s
+}
+
 /// Zero `slot` in place with explicit 32-bit stores and return it.
 ///
 /// `mem::zeroed()` and zero-filled array literals compile to calls to a

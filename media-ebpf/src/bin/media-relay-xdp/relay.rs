@@ -9,10 +9,10 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use media_ebpf::{
     Flow, FlowKey, Outcome,
-    csum::{Delta, udp_update},
+    csum::{Delta, header_ok, udp_update},
     flow::{
         CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6, RTP, SOURCE_LEARNING,
-        SSRC_RELATCH,
+        SSRC_RELATCH, STATS_RTP_SEEN,
     },
 };
 use network_types::{
@@ -23,8 +23,8 @@ use network_types::{
 
 use crate::{
     fib::{self, FibError, NextHop},
-    maps::{EGRESS_DEVS, FLOW_SEQ, FLOW_STATS, FLOWS, count},
-    packet::{be16, copy, header, replace, same, word, zero},
+    maps::{EGRESS_DEVS, FLOW_QUALITY, FLOW_STATS, FLOWS, count},
+    packet::{be16, copy, header, replace, same, sum, word, zero},
 };
 
 const UDP: u8 = 17;
@@ -58,15 +58,20 @@ fn relay(ctx: &XdpContext) -> (Outcome, u32) {
     }
 }
 
-/// Source check: may a packet from `src` (`N` address words) and raw port
-/// word `sport` use this flow?
+/// Source check: may a packet of `family` from `src` (`N` address words)
+/// and raw port word `sport` use this flow?
 ///
 /// # Safety
 /// `src` is a 2-aligned pointer to `2 * N` readable bytes.
 #[inline(always)]
-unsafe fn source_ok<const N: usize>(flow: &Flow, src: *const u8, sport: u16) -> bool {
+unsafe fn source_ok<const N: usize>(flow: &Flow, family: u8, src: *const u8, sport: u16) -> bool {
     if flow.flags & CHECK_SOURCE_ADDR == 0 {
         return true;
+    }
+    // An expected source of the other family never matches (the flow table
+    // refuses such flows; this keeps a stray one from matching on a prefix).
+    if flow.expect_family != family {
+        return false;
     }
     // SAFETY: `src` per the caller; `expect_addr` is 16 bytes at an 8-aligned
     // offset and N <= 8.
@@ -114,6 +119,7 @@ fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8
                 if let Some((ssrc, seq)) = rtp {
                     (*s).last_ssrc = ssrc;
                     (*s).last_seq = seq;
+                    (*s).rtp = STATS_RTP_SEEN;
                 }
             }
         }
@@ -122,13 +128,16 @@ fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8
         None => error!(ctx, "flow stats slot {} out of range", flow.slot()),
     }
     if let Some((ssrc, seq)) = rtp
-        && let Some(w) = FLOW_SEQ.get_ptr_mut(flow.slot())
+        && let Some(w) = FLOW_QUALITY.get_ptr_mut(flow.slot())
     {
         // SAFETY: an array value stays valid for the program run. It is
         // shared between CPUs and updated without a lock: two CPUs
         // forwarding one flow at the same instant may lose an update,
         // which skews that flow's loss by a packet, never memory safety.
-        unsafe { (*w).update(u32::from_be_bytes(ssrc), u16::from_be_bytes(seq)) };
+        unsafe {
+            (*w).seq
+                .update(u32::from_be_bytes(ssrc), u16::from_be_bytes(seq));
+        };
     }
 }
 
@@ -204,22 +213,41 @@ unsafe fn decide<'a, const N: usize>(
     a: &Arrival,
 ) -> Result<(&'a Flow, NextHop), (Outcome, u32)> {
     let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
-    // SAFETY: FlowKey is bytes only (valid all-zero), 4-aligned, 20 bytes.
+    // SAFETY: FlowKey is bytes only (valid all-zero), 4-aligned, 40 bytes.
     let key = unsafe { zero(&mut slot) };
     // SAFETY: `key.addr` is 16 bytes at offset 0 of the 4-aligned key and
     // N <= 8; `a.dst` per this function's contract.
     unsafe { copy::<N>(key.addr.as_mut_ptr(), a.dst) };
     key.port = a.dport;
     key.family = family;
-    // The key by reference (`&mut FlowKey: Borrow<FlowKey>`): no copy.
-    let Some(flow) = FLOWS.get_ptr(key) else {
-        return Err(pass(Outcome::NoFlow));
+    // A port of its own: one lookup, any source (the key by reference,
+    // `&mut FlowKey: Borrow<FlowKey>`: no copy). A shared port has no
+    // any-source entry: then look up this source's own flow.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by reference: `*key` would copy the 40-byte key onto the 512-byte BPF stack"
+    )]
+    let flow = match FLOWS.get_ptr(&*key) {
+        Some(flow) => flow,
+        None => {
+            // SAFETY: `remote_addr` is 16 bytes at offset 16 of the
+            // 4-aligned key and N <= 8, `remote_port` is at offset 34;
+            // `a.src` per this function's contract.
+            unsafe {
+                copy::<N>(key.remote_addr.as_mut_ptr(), a.src);
+                (&raw mut key.remote_port).cast::<u16>().write(a.sport);
+            }
+            let Some(flow) = FLOWS.get_ptr(key) else {
+                return Err(pass(Outcome::NoFlow));
+            };
+            flow
+        }
     };
     // SAFETY: a value pointer from a hash-map lookup stays valid for this
     // program run (RCU); the control plane replaces values atomically.
     let flow = unsafe { &*flow };
     // SAFETY: per this function's contract.
-    if !unsafe { source_ok::<N>(flow, a.src, a.sport) } {
+    if !unsafe { source_ok::<N>(flow, family, a.src, a.sport) } {
         // Learning: the daemon decides whether this is the peer behind NAT.
         if flow.flags & SOURCE_LEARNING != 0 {
             return Err(pass(Outcome::SourceToDaemon));
@@ -236,8 +264,11 @@ unsafe fn decide<'a, const N: usize>(
     if flow.family != family {
         return Err(pass(Outcome::FamilyChange));
     }
+    // Forwarded as a router forwards, in both paths: the hop limit goes
+    // down by one, and a packet that has none left is dropped (a loop
+    // between relays dies out).
     if a.ttl <= 1 {
-        return Err(pass(Outcome::TtlExceeded));
+        return Err((Outcome::TtlExceeded, XDP_DROP));
     }
     match next_hop(ctx, flow, family == FAMILY_V6, a.ip_len, a.tos, a.flowinfo) {
         Ok(hop) => Ok((flow, hop)),
@@ -276,6 +307,12 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
     }
     if proto != UDP {
         return pass(Outcome::NotUdp);
+    }
+    // The header's own checksum, before anything trusts its fields (an
+    // incremental update of a corrupt header would make it look valid).
+    // SAFETY: `header` checked the 20 bytes at `ip`, at an even offset.
+    if !header_ok(unsafe { sum::<10>(ip.cast::<u8>()) }) {
+        return pass(Outcome::BadIpChecksum);
     }
     let frame_len = ctx.data_end() - ctx.data();
     if usize::from(tot_len) < Ipv4Hdr::LEN + UdpHdr::LEN
