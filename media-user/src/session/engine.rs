@@ -368,9 +368,6 @@ impl<B: Backend> Engine<B> {
         let Some(owner) = self.owners.get(&ev.local).cloned() else {
             return;
         };
-        // What the data plane forwarded on this port without us: the
-        // latch decides against the stream as it is now (issue 16, item 1).
-        let seen = self.backend.counters(ev.local);
         let Some(call) = self.calls.get_mut(&owner.call) else {
             return;
         };
@@ -388,7 +385,12 @@ impl<B: Backend> Engine<B> {
             &mut m.rtcp
         };
         let before = (latch.endpoint(), latch.source());
-        latch.sync(seen.packets, seen.last_rtp, now);
+        // What the data plane forwarded on this port without us: the
+        // latch decides against the stream as it is now (issue 16, item 1).
+        if latch.needs_sync(ev.from, ev.rtp, now) {
+            let seen = self.backend.counters(ev.local);
+            latch.sync(seen.packets, seen.last_rtp, now);
+        }
         let verdict = latch.on_packet(ev.from, ev.rtp, now, answered);
         if verdict == Verdict::Drop {
             self.totals.refused_sources += 1;

@@ -283,6 +283,25 @@ impl Latch {
         }
     }
 
+    /// Whether a packet from `from` needs [`sync`](Self::sync) before its
+    /// decision (reading the data plane's counters costs map lookups, and
+    /// a flood of strangers reaches the daemon one packet at a time): when
+    /// the data plane may have confirmed the advertised address, when the
+    /// window may be over, and for a re-latch candidate of a latched
+    /// stream.
+    pub fn needs_sync(&self, from: SocketAddr, rtp: Option<(u32, u16)>, now: Instant) -> bool {
+        match self.state {
+            State::Learning { since, latched } => {
+                (latched.is_none() && self.advertised.is_some())
+                    || since.is_some_and(|s| now.saturating_duration_since(s) >= self.window)
+            }
+            State::Latched { addr, rtp: last } => {
+                from != addr
+                    && rtp.is_some_and(|(ssrc, _)| last.is_none_or(|(seen, _)| seen == ssrc))
+            }
+        }
+    }
+
     /// Bring the latch up to date with the data plane's record of the
     /// stream's port, which forwards the accepted source's packets without
     /// the daemon seeing them: `forwarded` packets so far (both paths) and
@@ -680,5 +699,29 @@ mod tests {
                 relatch_ssrc: Some(0x77)
             }
         );
+    }
+
+    #[test]
+    fn counters_are_read_only_when_they_can_matter() {
+        let t0 = Instant::now();
+        let a = sa("198.18.1.2:5000");
+        let stranger = sa("198.18.1.66:1");
+        let mut l = Latch::new(Policy::Symmetric, Some(a), W);
+        // The data plane may have forwarded from the SDP address.
+        assert!(l.needs_sync(stranger, None, t0));
+        l.on_packet(a, Some((5, 1)), t0, true);
+        assert!(!l.needs_sync(stranger, None, t0));
+        // The window may be over.
+        assert!(l.needs_sync(stranger, None, t0 + W));
+        l.sync(10, Some((5, 10)), t0 + W);
+        // Latched: only a re-latch candidate (the stream's SSRC, from
+        // elsewhere).
+        assert!(l.needs_sync(stranger, Some((5, 11)), t0 + W));
+        assert!(!l.needs_sync(stranger, Some((6, 11)), t0 + W));
+        assert!(!l.needs_sync(stranger, None, t0 + W));
+        assert!(!l.needs_sync(a, Some((5, 11)), t0 + W));
+        // Nothing is known about an unanswered answerer: nothing to confirm.
+        let unknown = Latch::new(Policy::Symmetric, None, W);
+        assert!(!unknown.needs_sync(stranger, None, t0));
     }
 }
