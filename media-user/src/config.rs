@@ -78,6 +78,12 @@ pub struct FileConfig {
     pub delete_delay: Option<u64>,
     pub learning_window: Option<u64>,
     pub ng_cache_ttl: Option<u64>,
+    /// Bytes the ng reply cache may hold (replies, cookies, digests).
+    pub ng_cache_bytes: Option<u64>,
+    /// m= lines per SDP at most (and twice that per call).
+    pub max_media: Option<u64>,
+    /// Seconds a released port pair rests before reuse.
+    pub port_quarantine: Option<u64>,
     pub max_flows: Option<u32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -140,6 +146,10 @@ pub struct RunConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long ng replies are kept to answer retransmissions.
     pub ng_cache_ttl: Duration,
+    /// How many bytes of replies the ng cache holds at most.
+    pub ng_cache_bytes: usize,
+    /// How long a released port pair rests before reuse.
+    pub port_quarantine: Duration,
     /// The SIP agent, if configured.
     pub sip: Option<signaling::config::SipConfig>,
     /// Seconds between data-plane counter summaries (debug log level).
@@ -149,6 +159,11 @@ pub struct RunConfig {
 pub const DEFAULT_LISTEN_NG: &str = "127.0.0.1:2223";
 pub const DEFAULT_PORT_MIN: u16 = 30_000;
 pub const DEFAULT_PORT_MAX: u16 = 40_000;
+/// 8 MiB: some 300 ng requests a second (100 calls/s) for well over the
+/// seconds a controller retransmits in, at the size of a typical reply.
+pub const DEFAULT_NG_CACHE_BYTES: u64 = 8 << 20;
+/// Below this one largest reply (a 64 KiB datagram) would not fit.
+pub const MIN_NG_CACHE_BYTES: u64 = 64 << 10;
 
 impl RunConfig {
     /// Merge: flags (`flags`, whose `Some`/non-empty values win) over the
@@ -259,7 +274,34 @@ impl RunConfig {
                 3,
                 0,
             )?,
+            max_media: {
+                let v = flags
+                    .max_media
+                    .or(file.max_media)
+                    .unwrap_or(crate::session::DEFAULT_MAX_MEDIA as u64);
+                if !(1..=1024).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        key: "max-media",
+                        value: v.to_string(),
+                        expected: "between 1 and 1024 m= lines".into(),
+                    });
+                }
+                v as usize
+            },
         };
+        let ng_cache_bytes = flags
+            .ng_cache_bytes
+            .or(file.ng_cache_bytes)
+            .unwrap_or(DEFAULT_NG_CACHE_BYTES);
+        if ng_cache_bytes < MIN_NG_CACHE_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "ng-cache-bytes",
+                value: ng_cache_bytes.to_string(),
+                expected: format!(
+                    "at least {MIN_NG_CACHE_BYTES} bytes (one reply of the largest size)"
+                ),
+            });
+        }
         let max_flows = flags
             .max_flows
             .or(file.max_flows)
@@ -293,6 +335,13 @@ impl RunConfig {
                 flags.ng_cache_ttl.or(file.ng_cache_ttl),
                 30,
                 1,
+            )?,
+            ng_cache_bytes: usize::try_from(ng_cache_bytes).unwrap_or(usize::MAX),
+            port_quarantine: secs(
+                "port-quarantine",
+                flags.port_quarantine.or(file.port_quarantine),
+                crate::session::ports::DEFAULT_PORT_QUARANTINE.as_secs(),
+                0,
             )?,
             sip: match (file.sip, flags.sip_listen) {
                 (None, None) => None,
@@ -391,6 +440,26 @@ netdev = "eth1"
         assert_eq!(c.xdp_mode, XdpModeArg::Auto);
         assert_eq!(c.session.timeout, Duration::from_secs(60));
         assert_eq!(c.session.silent_timeout, Duration::from_secs(3600));
+        assert_eq!(c.session.max_media, 16);
+        assert_eq!(c.port_quarantine, Duration::from_secs(32));
+        assert_eq!(c.ng_cache_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn limits_parse() {
+        let file = FileConfig::parse(
+            "max-media = 4\nport-quarantine = 60\nng-cache-bytes = 1048576",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
+        assert_eq!(c.session.max_media, 4);
+        assert_eq!(c.port_quarantine, Duration::from_secs(60));
+        assert_eq!(c.ng_cache_bytes, 1 << 20);
+        // 0 turns the quarantine off.
+        let file = FileConfig::parse("port-quarantine = 0", Path::new("t.toml")).unwrap();
+        let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
+        assert_eq!(c.port_quarantine, Duration::ZERO);
     }
 
     #[test]
@@ -419,6 +488,18 @@ netdev = "eth1"
             (
                 "timeout = 0",
                 "config key `timeout` = 0: at least 1 seconds",
+            ),
+            (
+                "max-media = 0",
+                "config key `max-media` = 0: between 1 and 1024 m= lines",
+            ),
+            (
+                "ng-cache-bytes = 1000",
+                "config key `ng-cache-bytes` = 1000: at least 65536 bytes (one reply of the largest size)",
+            ),
+            (
+                "port-quarantine = -1",
+                "config t.toml, line 1 (`port-quarantine`): invalid value: integer `-1`, expected u64",
             ),
             (
                 "advertise = \"198.18.0.1\"",

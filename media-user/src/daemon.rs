@@ -43,8 +43,6 @@ pub enum XdpModeArg {
     Off,
 }
 
-/// Released port pairs rest this long before reuse.
-const PORT_QUARANTINE: Duration = Duration::from_secs(2);
 /// Packets handed to the engine for latching decisions that may queue.
 const EVENT_QUEUE: usize = 4096;
 
@@ -113,7 +111,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let dataplane = load_dataplane(&cfg, &interfaces)?;
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let media = MediaPlane::new(dataplane, events_tx);
-    let ports = PortAllocator::new(cfg.port_min, cfg.port_max, PORT_QUARANTINE)
+    let ports = PortAllocator::new(cfg.port_min, cfg.port_max, cfg.port_quarantine)
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
     let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
 
@@ -124,7 +122,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         socket,
         req_tx,
         stats.clone(),
-        cfg.ng_cache_ttl,
+        ng_server::CacheLimits {
+            ttl: cfg.ng_cache_ttl,
+            bytes: cfg.ng_cache_bytes,
+        },
     ));
     info!(listen_ng = %cfg.listen_ng, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), "media-relay running; stop with Ctrl-C or SIGTERM");
     if !cfg.listen_ng.ip().is_loopback() {
@@ -222,6 +223,10 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
         command_errors: t.command_errors.iter().map(|(k, v)| (*k, *v)).collect(),
         ng_undecodable: control.undecodable.load(Relaxed),
         ng_retransmissions: control.retransmissions.load(Relaxed),
+        ng_cookie_reused: control.cookie_reused.load(Relaxed),
+        ng_cookie_too_long: control.cookie_too_long.load(Relaxed),
+        ng_cache_evictions: control.cache_evictions.load(Relaxed),
+        ng_cache_bytes: control.cache_bytes.load(Relaxed),
         refused_sources_userspace: t.refused_sources,
         userspace_forwarded: engine.backend().userspace_totals(),
         ..Snapshot::default()

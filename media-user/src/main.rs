@@ -170,6 +170,15 @@ struct RunArgs {
     /// Seconds ng replies are kept to answer retransmitted requests.
     #[arg(long)]
     ng_cache_ttl: Option<u64>,
+    /// Bytes of ng replies kept for retransmissions at most (oldest evicted).
+    #[arg(long)]
+    ng_cache_bytes: Option<u64>,
+    /// m= lines per SDP at most (twice that per call).
+    #[arg(long)]
+    max_media: Option<u64>,
+    /// Seconds a released port pair rests before another call gets it.
+    #[arg(long)]
+    port_quarantine: Option<u64>,
     /// Capacity of the XDP flow table (one flow per direction per stream).
     #[arg(long)]
     max_flows: Option<u32>,
@@ -213,6 +222,9 @@ impl RunArgs {
             delete_delay: self.delete_delay,
             learning_window: self.learning_window,
             ng_cache_ttl: self.ng_cache_ttl,
+            ng_cache_bytes: self.ng_cache_bytes,
+            max_media: self.max_media,
+            port_quarantine: self.port_quarantine,
             max_flows: self.max_flows,
             pin_root: self.pin_root,
             log_format: self.log_format,

@@ -77,6 +77,18 @@ fn describe() {
         "media_relay_ng_retransmissions_total",
         "ng requests answered from the reply cache"
     );
+    describe_counter!(
+        "media_relay_ng_refused_total",
+        "ng requests refused before they were applied, by reason (cookie_reused, cookie_too_long)"
+    );
+    describe_counter!(
+        "media_relay_ng_cache_evictions_total",
+        "Cached ng replies dropped before their TTL to stay within ng-cache-bytes"
+    );
+    describe_gauge!(
+        "media_relay_ng_cache_bytes",
+        "Bytes held by the ng reply cache"
+    );
     describe_histogram!(
         "media_relay_ng_duration_seconds",
         Unit::Seconds,
@@ -144,6 +156,10 @@ pub struct Snapshot {
     pub command_errors: Vec<(&'static str, u64)>,
     pub ng_undecodable: u64,
     pub ng_retransmissions: u64,
+    pub ng_cookie_reused: u64,
+    pub ng_cookie_too_long: u64,
+    pub ng_cache_evictions: u64,
+    pub ng_cache_bytes: u64,
     pub refused_sources_userspace: u64,
     pub xdp_outcomes: Vec<(&'static str, u64)>,
     pub xdp_attached: Vec<(String, String)>,
@@ -175,6 +191,12 @@ impl Snapshot {
         }
         counter!("media_relay_ng_undecodable_total").absolute(self.ng_undecodable);
         counter!("media_relay_ng_retransmissions_total").absolute(self.ng_retransmissions);
+        counter!("media_relay_ng_refused_total", "reason" => "cookie_reused")
+            .absolute(self.ng_cookie_reused);
+        counter!("media_relay_ng_refused_total", "reason" => "cookie_too_long")
+            .absolute(self.ng_cookie_too_long);
+        counter!("media_relay_ng_cache_evictions_total").absolute(self.ng_cache_evictions);
+        gauge!("media_relay_ng_cache_bytes").set(self.ng_cache_bytes as f64);
         counter!("media_relay_rejected_sources_total", "path" => "userspace")
             .absolute(self.refused_sources_userspace);
         for (outcome, n) in &self.xdp_outcomes {

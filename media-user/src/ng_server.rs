@@ -1,9 +1,14 @@
 //! The ng control server: datagrams in, the session engine's replies out.
 //!
-//! Replies are cached by cookie, so a retransmitted request (the SIP
-//! controller's timer fired before our reply arrived) gets the identical
-//! reply and is never applied twice. The protocol has no authentication:
-//! listen on loopback (the default) or a management network.
+//! Replies are cached by source address and cookie, with a digest of the
+//! request, so a retransmitted request (the SIP controller's timer fired
+//! before our reply arrived) gets the identical reply and is never applied
+//! twice, while the same cookie with another request (a controller that
+//! restarted and counts cookies from 1 again, two controllers alike) is
+//! never answered with another request's reply: from another source it is
+//! another request; from the same source it is refused with an error. The
+//! protocol has no authentication: listen on loopback (the default) or a
+//! management network.
 
 use std::{
     net::SocketAddr,
@@ -20,7 +25,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::ng::{self, Command, Reply, ReplyCache};
+use crate::ng::{self, Command, Lookup, Reply, ReplyCache};
 
 /// A command for the engine, with where to put its reply.
 pub struct Request {
@@ -28,26 +33,45 @@ pub struct Request {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// Datagrams the server could not even reply to (no cookie).
+/// What the ng server saw, for metrics.
 #[derive(Debug, Default)]
 pub struct ControlStats {
+    /// Datagrams the server could not even reply to (no cookie).
     pub undecodable: AtomicU64,
     pub retransmissions: AtomicU64,
     pub requests: AtomicU64,
+    /// A cookie reused by its source for another request: refused.
+    pub cookie_reused: AtomicU64,
+    /// A cookie longer than [`ng::MAX_COOKIE_LEN`]: refused.
+    pub cookie_too_long: AtomicU64,
+    /// Cached replies dropped before their TTL to stay within the cache's
+    /// bounds (`ng-cache-bytes`, the entry cap).
+    pub cache_evictions: AtomicU64,
+    /// Bytes the reply cache holds now.
+    pub cache_bytes: AtomicU64,
 }
 
-/// Replies kept at most, whatever the TTL (`ng-cache-ttl`, 30 s by
-/// default: Kamailio's rtpengine module retries for a few seconds).
+/// Replies kept at most, whatever the TTL and the byte budget.
 const CACHE_ENTRIES: usize = 65_536;
+
+/// The reply cache's bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    /// `ng-cache-ttl` (30 s by default: Kamailio's rtpengine module
+    /// retries for a few seconds).
+    pub ttl: Duration,
+    /// `ng-cache-bytes`.
+    pub bytes: usize,
+}
 
 /// Serve ng on `socket` until the engine goes away.
 pub async fn serve(
     socket: UdpSocket,
     engine: mpsc::Sender<Request>,
     stats: Arc<ControlStats>,
-    cache_ttl: Duration,
+    limits: CacheLimits,
 ) {
-    let mut cache = ReplyCache::new(CACHE_ENTRIES, cache_ttl);
+    let mut cache = ReplyCache::new(CACHE_ENTRIES, limits.bytes, limits.ttl);
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -59,7 +83,8 @@ pub async fn serve(
             }
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (cookie, command) = match ng::parse_datagram(&buf[..n]) {
+        let datagram = &buf[..n];
+        let (cookie, command) = match ng::parse_datagram(datagram) {
             Ok(parsed) => parsed,
             Err(e) => {
                 stats.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -68,10 +93,27 @@ pub async fn serve(
             }
         };
         let now = Instant::now();
-        if let Some(cached) = cache.get(&cookie, now) {
-            stats.retransmissions.fetch_add(1, Ordering::Relaxed);
-            let _ = socket.send_to(cached, from).await;
-            continue;
+        let digest = cache.digest(datagram);
+        match cache.lookup(from, &cookie, digest, now) {
+            Lookup::Retransmission(cached) => {
+                stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+                let _ = socket.send_to(cached, from).await;
+                continue;
+            }
+            Lookup::Refused(why) => {
+                let counter = match why {
+                    ng::CacheRefusal::CookieTooLong { .. } => &stats.cookie_too_long,
+                    ng::CacheRefusal::CookieReused => &stats.cookie_reused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                warn!(%from, reason = %why, "ng request refused");
+                let bytes = ng::encode_reply(&cookie, &Reply::Error(why.to_string()));
+                if let Err(e) = socket.send_to(&bytes, from).await {
+                    debug!(%from, error = %e, "ng reply not sent");
+                }
+                continue;
+            }
+            Lookup::Miss => {}
         }
         let reply = match command {
             Err(e) => Reply::Error(e.to_string()),
@@ -95,7 +137,13 @@ pub async fn serve(
         if let Err(e) = socket.send_to(&bytes, from).await {
             debug!(%from, error = %e, "ng reply not sent");
         }
-        cache.insert(cookie, bytes, now);
+        cache.insert(from, cookie, digest, bytes, now);
+        stats
+            .cache_evictions
+            .store(cache.evictions(), Ordering::Relaxed);
+        stats
+            .cache_bytes
+            .store(cache.bytes() as u64, Ordering::Relaxed);
     }
 }
 
@@ -106,4 +154,198 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
             "cannot listen for ng on {addr}: {e}; choose another --listen-ng (is another media-relay or rtpengine running?)"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket as StdUdpSocket;
+
+    use super::*;
+    use crate::ng::Value;
+
+    /// An ng server on loopback in front of an engine that answers `query`
+    /// with the call-id it was asked about (and a `pad` of `pad` bytes),
+    /// counting the commands it applied.
+    async fn server(bytes: usize, pad: usize) -> (SocketAddr, Arc<ControlStats>, Arc<AtomicU64>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel::<Request>(16);
+        let applied = Arc::new(AtomicU64::new(0));
+        let count = applied.clone();
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let reply = match req.command {
+                    Command::Query(q) => Reply::Ok(
+                        [
+                            (b"call-id".to_vec(), Value::Bytes(q.call_id.into_bytes())),
+                            (b"pad".to_vec(), Value::Bytes(vec![b'p'; pad])),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    ),
+                    _ => Reply::Pong,
+                };
+                let _ = req.reply.send(reply);
+            }
+        });
+        let stats = Arc::new(ControlStats::default());
+        tokio::spawn(serve(
+            socket,
+            tx,
+            stats.clone(),
+            CacheLimits {
+                ttl: Duration::from_secs(30),
+                bytes,
+            },
+        ));
+        (addr, stats, applied)
+    }
+
+    fn client() -> StdUdpSocket {
+        let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// Send a `query` for `call` under `cookie`; the reply dictionary.
+    fn ask(s: &StdUdpSocket, server: SocketAddr, cookie: &[u8], call: &str) -> Value {
+        let req = ng::encode_request(
+            cookie,
+            &Value::dict().with("command", "query").with("call-id", call),
+        )
+        .unwrap();
+        s.send_to(&req, server).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        let (got, reply) = ng::parse_reply(&buf[..n]).unwrap();
+        assert_eq!(got, cookie);
+        reply
+    }
+
+    fn call(v: &Value) -> Option<&str> {
+        v.get("call-id").and_then(Value::as_str)
+    }
+
+    fn reason(v: &Value) -> Option<&str> {
+        v.get("error-reason").and_then(Value::as_str)
+    }
+
+    /// Issue 16, item 2: two controllers (or one restarted) using the same
+    /// cookie for different requests each get the reply to their own
+    /// request; a retransmission still gets the cached reply.
+    #[tokio::test]
+    async fn the_same_cookie_from_two_sources_gets_two_replies() {
+        let (server, stats, applied) = server(1 << 20, 0).await;
+        let replies = tokio::task::spawn_blocking(move || {
+            let (one, two) = (client(), client());
+            (
+                ask(&one, server, b"mr-sip-1", "call-one"),
+                ask(&two, server, b"mr-sip-1", "call-two"),
+                ask(&one, server, b"mr-sip-1", "call-one"),
+                ask(&two, server, b"mr-sip-1", "call-two"),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(call(&replies.0), Some("call-one"));
+        assert_eq!(
+            call(&replies.1),
+            Some("call-two"),
+            "the second source got the first one's reply: {:?}",
+            replies.1
+        );
+        assert_eq!(
+            replies.2, replies.0,
+            "a retransmission gets the cached reply"
+        );
+        assert_eq!(replies.3, replies.1);
+        assert_eq!(stats.retransmissions.load(Ordering::Relaxed), 2);
+        assert_eq!(applied.load(Ordering::Relaxed), 2, "each applied once");
+    }
+
+    /// A cookie reused by one source for another request is an error, not
+    /// a replay of the first request's reply, and is not applied.
+    #[tokio::test]
+    async fn a_reused_cookie_is_an_error() {
+        let (server, stats, applied) = server(1 << 20, 0).await;
+        let (first, reused, again) = tokio::task::spawn_blocking(move || {
+            let s = client();
+            (
+                ask(&s, server, b"c1", "call-one"),
+                ask(&s, server, b"c1", "call-three"),
+                ask(&s, server, b"c1", "call-one"),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(call(&first), Some("call-one"));
+        assert_eq!(
+            reused.get("result").and_then(Value::as_str),
+            Some("error"),
+            "{reused:?}"
+        );
+        assert_eq!(
+            reason(&reused),
+            Some(
+                "cookie already used for a different request from this address: use a new cookie for every request"
+            )
+        );
+        assert_eq!(
+            again, first,
+            "the first request's retransmission still works"
+        );
+        assert_eq!(applied.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.cookie_reused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_cookie_is_an_error() {
+        let (server, stats, applied) = server(1 << 20, 0).await;
+        let reply =
+            tokio::task::spawn_blocking(move || ask(&client(), server, &[b'k'; 129], "call-one"))
+                .await
+                .unwrap();
+        assert_eq!(
+            reason(&reply),
+            Some("cookie of 129 bytes is longer than 128: use a shorter cookie")
+        );
+        assert_eq!(applied.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.cookie_too_long.load(Ordering::Relaxed), 1);
+    }
+
+    /// Issue 16, item 8: the cache is bounded by bytes: large replies
+    /// evict the oldest ones (counted), and an evicted request's
+    /// retransmission is applied again rather than answered from nowhere.
+    #[tokio::test]
+    async fn the_byte_budget_evicts_and_counts() {
+        let (server, stats, applied) = server(64 << 10, 10_000).await;
+        let replies = tokio::task::spawn_blocking(move || {
+            let s = client();
+            let mut replies = Vec::new();
+            for i in 0..20 {
+                replies.push(ask(
+                    &s,
+                    server,
+                    format!("c{i}").as_bytes(),
+                    &format!("call-{i}"),
+                ));
+            }
+            // The newest is still cached, the oldest is not.
+            replies.push(ask(&s, server, b"c19", "call-19"));
+            replies.push(ask(&s, server, b"c0", "call-0"));
+            replies
+        })
+        .await
+        .unwrap();
+        for (i, r) in replies.iter().take(20).enumerate() {
+            assert_eq!(call(r), Some(format!("call-{i}").as_str()));
+        }
+        assert_eq!(call(&replies[21]), Some("call-0"));
+        // Six replies of ~10 KB fit in 64 KiB: 14 evicted.
+        assert_eq!(stats.cache_evictions.load(Ordering::Relaxed), 14 + 1);
+        assert!(stats.cache_bytes.load(Ordering::Relaxed) <= 64 << 10);
+        assert_eq!(stats.retransmissions.load(Ordering::Relaxed), 1);
+        assert_eq!(applied.load(Ordering::Relaxed), 21);
+    }
 }

@@ -7,7 +7,8 @@
 //!   [`Command`]; the key, flag and `ICE` rules are documented there.
 //! - `reply.rs`: [`Reply`] and [`encode_reply`].
 //! - `cache.rs`: [`ReplyCache`], so a retransmitted request is answered
-//!   with the same bytes and never applied twice.
+//!   with the same bytes and never applied twice, keyed by source and
+//!   cookie and checked against a digest of the request.
 //! - `bencode.rs`: [`Value`] to and from bencode (with `bendy`), accepting
 //!   dictionary keys in any order as ng peers send them.
 //! - `value.rs`: builders for replies (`Value::dict().with("sdp", sdp)`).
@@ -16,21 +17,25 @@
 //!   requests (the operator CLI, the tests), and [`blocking::Cookies`],
 //!   cookies unique across processes and restarts.
 //!
-//! A server loop reads a datagram and does:
+//! A server loop reads a datagram from `source` and does:
 //!
 //! ```
-//! # use std::time::{Duration, Instant};
-//! # use ng::{parse_datagram, encode_reply, Reply, ReplyCache, Command};
-//! # let mut cache = ReplyCache::new(4096, Duration::from_secs(60));
+//! # use std::{net::SocketAddr, time::{Duration, Instant}};
+//! # use ng::{parse_datagram, encode_reply, Reply, ReplyCache, Lookup, Command};
+//! # let mut cache = ReplyCache::new(4096, 1 << 20, Duration::from_secs(60));
 //! # let datagram = b"5323_1 d7:command4:pinge";
+//! # let source: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 //! # let now = Instant::now();
 //! let Ok((cookie, command)) = parse_datagram(datagram) else {
 //!     return; // no cookie: nothing to answer; count and drop
 //! };
-//! if let Some(reply) = cache.get(&cookie, now) {
+//! let digest = cache.digest(datagram);
+//! match cache.lookup(source, &cookie, digest, now) {
 //!     // a retransmission: send `reply` again, apply nothing
-//! #   let _ = reply;
-//!     return;
+//!     Lookup::Retransmission(_reply) => return,
+//!     // a reused or oversized cookie: an error reply, apply nothing
+//!     Lookup::Refused(_why) => return,
+//!     Lookup::Miss => {}
 //! }
 //! let reply = match command {
 //!     Ok(Command::Ping) => Reply::Pong,
@@ -39,7 +44,7 @@
 //! };
 //! let bytes = encode_reply(&cookie, &reply);
 //! assert_eq!(bytes, b"5323_1 d6:result4:ponge");
-//! cache.insert(cookie, bytes, now);
+//! cache.insert(source, cookie, digest, bytes, now);
 //! ```
 
 use std::net::IpAddr;
@@ -56,7 +61,7 @@ mod tests;
 mod value;
 
 pub use bencode::{DecodeError, DecodeErrorKind, EncodeError, MAX_DEPTH};
-pub use cache::ReplyCache;
+pub use cache::{CacheRefusal, Lookup, MAX_COOKIE_LEN, ReplyCache, RequestDigest};
 pub use client::{encode_request, parse_reply};
 pub use command::parse_datagram;
 pub use error::NgError;

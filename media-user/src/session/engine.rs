@@ -31,7 +31,12 @@ use crate::{
     ng::{Command, Delete, Reply, Value},
 };
 
-/// Session timing, from configuration.
+/// m= lines per SDP by default (`max-media`): far above what calls use
+/// (audio, video, T.38, a few alternatives), far below what fills a port
+/// range.
+pub const DEFAULT_MAX_MEDIA: usize = 16;
+
+/// Session timing and limits, from configuration.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// No media in either direction for this long on a live call: delete.
@@ -44,6 +49,9 @@ pub struct SessionConfig {
     pub delete_delay: Duration,
     /// How long a stream learns its peer's source after its first packet.
     pub learning_window: Duration,
+    /// m= lines per SDP at most; a call holds at most twice as many media
+    /// over all its parties (`max-media`).
+    pub max_media: usize,
 }
 
 impl Default for SessionConfig {
@@ -54,6 +62,7 @@ impl Default for SessionConfig {
             offer_timeout: Duration::from_secs(3600),
             delete_delay: Duration::ZERO,
             learning_window: Duration::from_secs(3),
+            max_media: DEFAULT_MAX_MEDIA,
         }
     }
 }
@@ -362,6 +371,7 @@ impl<B: Backend> Engine<B> {
         let Some(call) = self.calls.get_mut(&owner.call) else {
             return;
         };
+        let answered = call.dialogue_answered(owner.mono);
         let Some(m) = call
             .monos
             .get_mut(owner.mono)
@@ -375,7 +385,13 @@ impl<B: Backend> Engine<B> {
             &mut m.rtcp
         };
         let before = (latch.endpoint(), latch.source());
-        let verdict = latch.on_packet(ev.from, ev.rtp, now);
+        // What the data plane forwarded on this port without us: the
+        // latch decides against the stream as it is now (issue 16, item 1).
+        if latch.needs_sync(ev.from, ev.rtp, now) {
+            let seen = self.backend.counters(ev.local);
+            latch.sync(seen.packets, seen.last_rtp, now);
+        }
+        let verdict = latch.on_packet(ev.from, ev.rtp, now, answered);
         if verdict == Verdict::Drop {
             self.totals.refused_sources += 1;
         }
@@ -386,9 +402,10 @@ impl<B: Backend> Engine<B> {
         }
         if verdict == Verdict::Forward
             && let Some(call) = self.calls.get(&owner.call)
-            && let Some(peer) = call.monos[owner.mono].peer
+            && let Some(mono) = call.monos.get(owner.mono)
+            && let Some(peer) = mono.peer.and_then(|p| call.monos.get(p))
         {
-            let routes = Self::routes(&call.monos[owner.mono], &call.monos[peer], owner.media);
+            let routes = Self::routes(mono, peer, owner.media);
             if let Some((_, Some(route))) = routes.iter().find(|(l, _)| *l == Some(ev.local)) {
                 self.backend
                     .forward(ev.local, route.out, route.dest, &ev.data);

@@ -40,6 +40,21 @@ pub enum CommandError {
     /// RFC 3264 §8: m= lines may be added, never removed.
     #[error("SDP has {sdp} media sections, {negotiated} were negotiated before")]
     MediaSectionsRemoved { sdp: usize, negotiated: usize },
+    /// More m= lines than `max-media` in one SDP.
+    #[error("SDP has {count} media sections, at most {max} are allowed")]
+    TooManyMedia { count: usize, max: usize },
+    /// More media over all of a call's parties than twice `max-media`.
+    #[error("The call would have {total} media sections, at most {max} are allowed")]
+    CallMediaLimit { total: usize, max: usize },
+    /// A party paired with itself would get its own media back.
+    #[error("From-tag and to-tag are the same")]
+    SameTags,
+    /// The to-tag names a party in dialogue with another one.
+    #[error("Tag '{tag}' is in a dialogue with another party")]
+    OtherDialogue { tag: String },
+    /// The SDP's m= lines and the call's media of a party disagree.
+    #[error("SDP has {sdp} media sections, the call has {party} for this party")]
+    MediaCountMismatch { sdp: usize, party: usize },
     /// Every port pair of the range is leased (or held by another process).
     #[error("Ran out of ports")]
     PortsExhausted { local: IpAddr },
@@ -111,6 +126,23 @@ mod tests {
             (
                 CommandError::ReportUnreadable,
                 "the final report of this call is unreadable",
+            ),
+            (
+                CommandError::TooManyMedia { count: 17, max: 16 },
+                "SDP has 17 media sections, at most 16 are allowed",
+            ),
+            (
+                CommandError::CallMediaLimit { total: 34, max: 32 },
+                "The call would have 34 media sections, at most 32 are allowed",
+            ),
+            (CommandError::SameTags, "From-tag and to-tag are the same"),
+            (
+                CommandError::OtherDialogue { tag: "D".into() },
+                "Tag 'D' is in a dialogue with another party",
+            ),
+            (
+                CommandError::MediaCountMismatch { sdp: 3, party: 1 },
+                "SDP has 3 media sections, the call has 1 for this party",
             ),
             (CommandError::CallVanished, "call vanished"),
             (CommandError::NoPeer, "no peer"),

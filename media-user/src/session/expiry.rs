@@ -101,15 +101,15 @@ impl<B: Backend> Engine<B> {
                     last_media = Some(last_media.map_or(t, |l| l.max(t)));
                 }
             }
-            let m = &mut call.monos[mi].media[i];
+            let Some(m) = call.monos.get_mut(mi).and_then(|m| m.media.get_mut(i)) else {
+                continue;
+            };
+            // Learning windows, and what the data plane forwarded without
+            // us: a latched stream keeps the data plane's last RTP (SSRC,
+            // sequence) so that a NAT rebinding is judged against the
+            // stream as it is now (issue 16, item 1).
             for (latch, c) in [(&mut m.rtp, &crtp), (&mut m.rtcp, &crtcp)] {
-                if c.kernel_packets > 0 {
-                    latch.note_forwarded(now);
-                }
-                if latch.tick(now) {
-                    if let Some((ssrc, seq)) = c.last_rtp {
-                        latch.note_rtp(ssrc, seq);
-                    }
+                if latch.sync(c.packets, c.last_rtp, now) {
                     changed.push(mi);
                 }
             }

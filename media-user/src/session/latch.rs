@@ -3,18 +3,24 @@
 //!
 //! A party behind NAT announces a private address in its SDP but sends
 //! from a public one. For a learning window after the stream starts, the
-//! relay accepts the first source it sees, preferring one that matches the
-//! SDP (rtpengine's "heuristic" behaviour); media for the party then goes
-//! to the latched address. After the window the source is strict: anyone
-//! else is dropped — in XDP once the flow is installed. A latched stream
-//! moves only for its own SSRC with sequence continuity (a NAT rebinding
-//! mid-call), so a third party can neither steal nor bleed it.
+//! relay accepts a source for the party, ranking candidates by what
+//! signalling said about it ([`Rank`]): the SDP's exact address and port
+//! first, then the SDP's IP or the SIP message's source IP (ng `received
+//! from`), then anyone. A better candidate displaces a worse one during the
+//! window, never after; media for the party goes to the source it holds.
+//! Before the dialogue is answered only candidates of the SDP's or the SIP
+//! source's IP are accepted at all. After the window the source is strict:
+//! anyone else is dropped — in XDP once the flow is installed. A latched
+//! stream moves only for its own SSRC with sequence continuity (a NAT
+//! rebinding mid-call), checked against what the data plane forwarded
+//! last ([`Latch::sync`]), so a third party can neither steal nor bleed it.
 //!
-//! I/O-free: the caller reports packets and time, and reads back the
-//! endpoint and the source policy to program into the data plane.
+//! I/O-free: the caller reports packets, the data plane's counters and
+//! time, and reads back the endpoint and the source policy to program into
+//! the data plane.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -33,6 +39,19 @@ pub enum Policy {
     /// Never learn: accept only the SDP address from the start (ng
     /// `strict source`).
     StrictSource,
+}
+
+/// How well a source matches what signalling said about the party; the
+/// order is the order of preference while learning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    /// Neither the SDP's nor the SIP source's IP (a NAT's public address,
+    /// or anybody else).
+    Other,
+    /// The SDP's IP with another port, or the SIP message's source IP.
+    SameIp,
+    /// The SDP's address and port.
+    Exact,
 }
 
 /// What the data plane should do with arriving packets' sources.
@@ -56,7 +75,7 @@ enum State {
     /// Window not started (no packet yet) or running since `since`.
     Learning {
         since: Option<Instant>,
-        latched: Option<SocketAddr>,
+        latched: Option<(SocketAddr, Rank)>,
     },
     Latched {
         addr: SocketAddr,
@@ -79,8 +98,15 @@ pub struct Latch {
     /// From the SDP (or the SIP source address): where media for this
     /// party goes until something is learnt.
     advertised: Option<SocketAddr>,
+    /// The address the party's SIP messages came from (ng `received
+    /// from`): a hint for ranking, never an endpoint by itself.
+    sip_source: Option<IpAddr>,
     state: State,
     window: Duration,
+    /// Packets the data plane had forwarded on the stream's port when
+    /// learning (re)started: only packets after these confirm the
+    /// advertised address.
+    forwarded_base: u64,
 }
 
 impl Latch {
@@ -95,9 +121,19 @@ impl Latch {
         Self {
             policy,
             advertised,
+            sip_source: None,
             state,
             window,
+            forwarded_base: 0,
         }
+    }
+
+    /// The same, for a port on which the data plane already forwarded
+    /// `forwarded` packets (a stream whose learning restarts).
+    #[must_use]
+    pub fn based_at(mut self, forwarded: u64) -> Self {
+        self.forwarded_base = forwarded;
+        self
     }
 
     pub fn policy(&self) -> Policy {
@@ -108,25 +144,53 @@ impl Latch {
         self.advertised
     }
 
+    /// The SIP message's source address (ng `received from`), for ranking.
+    pub fn set_sip_source(&mut self, ip: Option<IpAddr>) {
+        self.sip_source = ip;
+    }
+
+    /// How well `from` matches what signalling said about the party.
+    pub fn rank(&self, from: SocketAddr) -> Rank {
+        if Some(from) == self.advertised {
+            Rank::Exact
+        } else if self.advertised.is_some_and(|a| a.ip() == from.ip())
+            || self.sip_source == Some(from.ip())
+        {
+            Rank::SameIp
+        } else {
+            Rank::Other
+        }
+    }
+
     /// The SDP changed (re-offer): a new advertised address restarts
     /// learning, unless the stream is latched on a source the new SDP
     /// agrees with. `port_latching` (ng flag) keeps a latched address.
-    pub fn readvertise(&mut self, advertised: Option<SocketAddr>, port_latching: bool) {
+    /// `forwarded` is the data plane's packet count on the stream's port.
+    /// Returns whether learning restarted.
+    pub fn readvertise(
+        &mut self,
+        advertised: Option<SocketAddr>,
+        port_latching: bool,
+        forwarded: u64,
+    ) -> bool {
         if advertised == self.advertised {
-            return;
+            return false;
         }
         self.advertised = advertised;
         if port_latching && matches!(self.state, State::Latched { .. }) {
-            return;
+            return false;
         }
-        *self = Self::new(self.policy, advertised, self.window);
+        let sip_source = self.sip_source;
+        *self = Self::new(self.policy, advertised, self.window).based_at(forwarded);
+        self.sip_source = sip_source;
+        true
     }
 
     /// Where media for this party goes.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match self.state {
             State::Latched { addr, .. } => Some(addr),
-            State::Learning { latched, .. } => latched.or(self.advertised),
+            State::Learning { latched, .. } => latched.map(|(a, _)| a).or(self.advertised),
         }
     }
 
@@ -149,7 +213,9 @@ impl Latch {
             return Source::Any;
         }
         match self.state {
-            State::Learning { latched, .. } => Source::Learning(latched.or(self.advertised)),
+            State::Learning { latched, .. } => {
+                Source::Learning(latched.map(|(a, _)| a).or(self.advertised))
+            }
             State::Latched { addr, rtp } => Source::Latched {
                 addr,
                 relatch_ssrc: rtp.map(|(ssrc, _)| ssrc),
@@ -158,35 +224,43 @@ impl Latch {
     }
 
     /// A packet from `from` reached userspace (XDP handed it over, or XDP
-    /// is off). `rtp` is its (SSRC, sequence number) if it is RTP. Returns
-    /// whether to forward it; the endpoint or source may have changed.
+    /// is off). `rtp` is its (SSRC, sequence number) if it is RTP;
+    /// `answered` says whether the dialogue is answered (before, only a
+    /// source of [`Rank::SameIp`] or better is accepted). Call
+    /// [`sync`](Self::sync) first. Returns whether to forward it; the
+    /// endpoint or source may have changed.
     pub fn on_packet(
         &mut self,
         from: SocketAddr,
         rtp: Option<(u32, u16)>,
         now: Instant,
+        answered: bool,
     ) -> Verdict {
         if self.policy == Policy::Asymmetric {
             return Verdict::Forward;
         }
         self.tick(now);
+        let rank = self.rank(from);
         match &mut self.state {
-            State::Learning { since, latched } => {
-                since.get_or_insert(now);
-                match *latched {
-                    // The SDP address wins over an earlier guess.
-                    Some(l) if l != from && Some(from) == self.advertised => {
-                        *latched = Some(from);
-                        Verdict::Forward
-                    }
-                    Some(l) if l == from => Verdict::Forward,
-                    Some(_) => Verdict::Drop,
-                    None => {
-                        *latched = Some(from);
-                        Verdict::Forward
-                    }
+            // Strict source never learns: without an address to be strict
+            // about, nothing is accepted.
+            State::Learning { .. } if self.policy == Policy::StrictSource => Verdict::Drop,
+            State::Learning { .. } if !answered && rank < Rank::SameIp => Verdict::Drop,
+            State::Learning { since, latched } => match *latched {
+                Some((l, _)) if l == from => Verdict::Forward,
+                // A better candidate displaces a worse one; equals do not
+                // (the first of them keeps it).
+                Some((_, held)) if rank > held => {
+                    *latched = Some((from, rank));
+                    Verdict::Forward
                 }
-            }
+                Some(_) => Verdict::Drop,
+                None => {
+                    since.get_or_insert(now);
+                    *latched = Some((from, rank));
+                    Verdict::Forward
+                }
+            },
             State::Latched { addr, rtp: last } => {
                 if from == *addr {
                     if rtp.is_some() {
@@ -209,12 +283,45 @@ impl Latch {
         }
     }
 
-    /// RTP seen by the data plane (its per-flow record), so a later
-    /// re-latch can be validated against it.
-    pub fn note_rtp(&mut self, ssrc: u32, seq: u16) {
-        if let State::Latched { rtp, .. } = &mut self.state {
-            *rtp = Some((ssrc, seq));
+    /// Whether a packet from `from` needs [`sync`](Self::sync) before its
+    /// decision (reading the data plane's counters costs map lookups, and
+    /// a flood of strangers reaches the daemon one packet at a time): when
+    /// the data plane may have confirmed the advertised address, when the
+    /// window may be over, and for a re-latch candidate of a latched
+    /// stream.
+    pub fn needs_sync(&self, from: SocketAddr, rtp: Option<(u32, u16)>, now: Instant) -> bool {
+        match self.state {
+            State::Learning { since, latched } => {
+                (latched.is_none() && self.advertised.is_some())
+                    || since.is_some_and(|s| now.saturating_duration_since(s) >= self.window)
+            }
+            State::Latched { addr, rtp: last } => {
+                from != addr
+                    && rtp.is_some_and(|(ssrc, _)| last.is_none_or(|(seen, _)| seen == ssrc))
+            }
         }
+    }
+
+    /// Bring the latch up to date with the data plane's record of the
+    /// stream's port, which forwards the accepted source's packets without
+    /// the daemon seeing them: `forwarded` packets so far (both paths) and
+    /// the last RTP (SSRC, sequence) forwarded. Packets forwarded while
+    /// learning confirm the address the data plane expected (and start the
+    /// window); the window closes when due; a latched stream remembers the
+    /// data plane's last RTP, so a re-latch is judged against the stream as
+    /// it is now, not as it was when the window closed. Returns whether
+    /// the endpoint or source changed (the data plane must be
+    /// reprogrammed).
+    pub fn sync(&mut self, forwarded: u64, last_rtp: Option<(u32, u16)>, now: Instant) -> bool {
+        let before = (self.endpoint(), self.source());
+        if forwarded > self.forwarded_base {
+            self.note_forwarded(now);
+        }
+        self.tick(now);
+        if let (State::Latched { rtp, .. }, Some(seen)) = (&mut self.state, last_rtp) {
+            *rtp = Some(seen);
+        }
+        before != (self.endpoint(), self.source())
     }
 
     /// Close the learning window if it is over. Returns whether the state
@@ -222,7 +329,7 @@ impl Latch {
     pub fn tick(&mut self, now: Instant) -> bool {
         if let State::Learning {
             since: Some(since),
-            latched: Some(addr),
+            latched: Some((addr, _)),
         } = self.state
             && now.duration_since(since) >= self.window
         {
@@ -234,11 +341,17 @@ impl Latch {
 
     /// Packets from the expected source were forwarded by the data plane
     /// without reaching userspace: that starts (and can end) the window.
-    pub fn note_forwarded(&mut self, now: Instant) {
+    /// Without a latched source the data plane expected the advertised
+    /// address.
+    fn note_forwarded(&mut self, now: Instant) {
         if let State::Learning { since, latched } = &mut self.state {
-            since.get_or_insert(now);
-            if latched.is_none() {
-                *latched = self.advertised;
+            if latched.is_none()
+                && let Some(a) = self.advertised
+            {
+                *latched = Some((a, Rank::Exact));
+            }
+            if latched.is_some() {
+                since.get_or_insert(now);
             }
         }
     }
@@ -260,7 +373,7 @@ mod tests {
         let sdp = sa("198.18.1.2:5000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         assert_eq!(l.source(), Source::Learning(Some(sdp)));
-        assert_eq!(l.on_packet(sdp, Some((7, 1)), t0), Verdict::Forward);
+        assert_eq!(l.on_packet(sdp, Some((7, 1)), t0, true), Verdict::Forward);
         assert!(!l.tick(t0 + Duration::from_secs(1)));
         assert!(l.tick(t0 + W));
         assert_eq!(
@@ -279,14 +392,17 @@ mod tests {
         let public = sa("198.18.1.2:40000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         assert_eq!(l.endpoint(), Some(sdp));
-        assert_eq!(l.on_packet(public, None, t0), Verdict::Forward);
+        assert_eq!(l.on_packet(public, None, t0, true), Verdict::Forward);
         assert_eq!(
             l.endpoint(),
             Some(public),
             "media now goes to the NAT's address"
         );
         // A third party during the window is not forwarded.
-        assert_eq!(l.on_packet(sa("198.18.1.9:1"), None, t0), Verdict::Drop);
+        assert_eq!(
+            l.on_packet(sa("198.18.1.9:1"), None, t0, true),
+            Verdict::Drop
+        );
         assert!(l.tick(t0 + W));
         assert_eq!(
             l.source(),
@@ -303,15 +419,18 @@ mod tests {
         let sdp = sa("198.18.1.2:5000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         assert_eq!(
-            l.on_packet(sa("198.18.1.66:6666"), None, t0),
+            l.on_packet(sa("198.18.1.66:6666"), None, t0, true),
             Verdict::Forward
         );
         assert_eq!(
-            l.on_packet(sdp, None, t0 + Duration::from_millis(10)),
+            l.on_packet(sdp, None, t0 + Duration::from_millis(10), true),
             Verdict::Forward
         );
         assert_eq!(l.endpoint(), Some(sdp));
-        assert_eq!(l.on_packet(sa("198.18.1.66:6666"), None, t0), Verdict::Drop);
+        assert_eq!(
+            l.on_packet(sa("198.18.1.66:6666"), None, t0, true),
+            Verdict::Drop
+        );
     }
 
     #[test]
@@ -320,9 +439,9 @@ mod tests {
         let a = sa("198.18.1.2:5000");
         let moved = sa("198.18.1.2:5002");
         let mut l = Latch::new(Policy::Symmetric, Some(a), W);
-        l.on_packet(a, Some((0xabc, 10)), t0);
+        l.on_packet(a, Some((0xabc, 10)), t0, true);
         l.tick(t0 + W);
-        l.note_rtp(0xabc, 20);
+        l.sync(0, Some((0xabc, 20)), t0 + W);
         assert_eq!(
             l.source(),
             Source::Latched {
@@ -332,23 +451,32 @@ mod tests {
         );
         let later = t0 + W + Duration::from_secs(1);
         // Another SSRC, or the same SSRC jumping or going back: refused.
-        assert_eq!(l.on_packet(moved, Some((0xdef, 21)), later), Verdict::Drop);
         assert_eq!(
-            l.on_packet(moved, Some((0xabc, 20 + 500)), later),
+            l.on_packet(moved, Some((0xdef, 21)), later, true),
             Verdict::Drop
         );
-        assert_eq!(l.on_packet(moved, Some((0xabc, 19)), later), Verdict::Drop);
-        assert_eq!(l.on_packet(moved, None, later), Verdict::Drop);
+        assert_eq!(
+            l.on_packet(moved, Some((0xabc, 20 + 500)), later, true),
+            Verdict::Drop
+        );
+        assert_eq!(
+            l.on_packet(moved, Some((0xabc, 19)), later, true),
+            Verdict::Drop
+        );
+        assert_eq!(l.on_packet(moved, None, later, true), Verdict::Drop);
         assert_eq!(l.endpoint(), Some(a));
         // Continuing: the NAT rebound.
         assert_eq!(
-            l.on_packet(moved, Some((0xabc, 21)), later),
+            l.on_packet(moved, Some((0xabc, 21)), later, true),
             Verdict::Forward
         );
         assert_eq!(l.endpoint(), Some(moved));
         // Sequence wrap-around still counts as continuity.
-        l.note_rtp(0xabc, 65530);
-        assert_eq!(l.on_packet(a, Some((0xabc, 3)), later), Verdict::Forward);
+        l.sync(0, Some((0xabc, 65530)), later);
+        assert_eq!(
+            l.on_packet(a, Some((0xabc, 3)), later, true),
+            Verdict::Forward
+        );
         assert_eq!(l.endpoint(), Some(a));
     }
 
@@ -364,10 +492,13 @@ mod tests {
                 relatch_ssrc: None
             }
         );
-        assert_eq!(l.on_packet(sa("198.18.1.3:5000"), None, t0), Verdict::Drop);
-        l.note_rtp(1, 1);
         assert_eq!(
-            l.on_packet(sa("198.18.1.3:5000"), Some((1, 2)), t0),
+            l.on_packet(sa("198.18.1.3:5000"), None, t0, true),
+            Verdict::Drop
+        );
+        l.sync(0, Some((1, 1)), t0);
+        assert_eq!(
+            l.on_packet(sa("198.18.1.3:5000"), Some((1, 2)), t0, true),
             Verdict::Drop
         );
     }
@@ -378,7 +509,10 @@ mod tests {
         let a = sa("198.18.1.2:5000");
         let mut l = Latch::new(Policy::Asymmetric, Some(a), W);
         assert_eq!(l.source(), Source::Any);
-        assert_eq!(l.on_packet(sa("198.18.1.3:1"), None, t0), Verdict::Forward);
+        assert_eq!(
+            l.on_packet(sa("198.18.1.3:1"), None, t0, true),
+            Verdict::Forward
+        );
         assert_eq!(l.endpoint(), Some(a));
     }
 
@@ -388,15 +522,15 @@ mod tests {
         let a = sa("198.18.1.2:5000");
         let b = sa("198.18.1.2:6000");
         let mut l = Latch::new(Policy::Symmetric, Some(a), W);
-        l.on_packet(a, None, t0);
+        l.on_packet(a, None, t0, true);
         l.tick(t0 + W);
         let mut kept = l.clone();
-        l.readvertise(Some(b), false);
+        l.readvertise(Some(b), false, 0);
         assert_eq!(
             (l.endpoint(), l.source()),
             (Some(b), Source::Learning(Some(b)))
         );
-        kept.readvertise(Some(b), true);
+        kept.readvertise(Some(b), true, 0);
         assert_eq!(kept.endpoint(), Some(a));
     }
 
@@ -406,7 +540,7 @@ mod tests {
         let a = sa("198.18.1.2:5000");
         let mut l = Latch::new(Policy::Symmetric, Some(a), W);
         assert!(!l.is_confirmed());
-        l.note_forwarded(t0);
+        l.sync(1, None, t0);
         assert!(l.is_confirmed());
         assert!(l.tick(t0 + W));
         assert_eq!(
@@ -416,5 +550,178 @@ mod tests {
                 relatch_ssrc: None
             }
         );
+    }
+
+    #[test]
+    fn candidates_are_ranked_and_the_better_one_displaces_during_the_window() {
+        let t0 = Instant::now();
+        let sdp = sa("198.18.1.2:5000");
+        let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
+        l.set_sip_source(Some("198.18.7.7".parse().unwrap()));
+        let stranger = sa("198.18.1.66:6666");
+        let sdp_ip = sa("198.18.1.2:5002");
+        let sip_ip = sa("198.18.7.7:4000");
+        assert_eq!(l.rank(stranger), Rank::Other);
+        assert_eq!(l.rank(sdp_ip), Rank::SameIp);
+        assert_eq!(l.rank(sip_ip), Rank::SameIp);
+        assert_eq!(l.rank(sdp), Rank::Exact);
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(l.on_packet(stranger, None, ms(0), true), Verdict::Forward);
+        assert_eq!(l.endpoint(), Some(stranger));
+        // Same IP as the SIP messages: better.
+        assert_eq!(l.on_packet(sip_ip, None, ms(10), true), Verdict::Forward);
+        assert_eq!(l.endpoint(), Some(sip_ip));
+        // An equal (the SDP's IP, another port) does not displace, nor does
+        // a worse one.
+        assert_eq!(l.on_packet(sdp_ip, None, ms(20), true), Verdict::Drop);
+        assert_eq!(l.on_packet(stranger, None, ms(30), true), Verdict::Drop);
+        assert_eq!(l.endpoint(), Some(sip_ip));
+        // The exact SDP address wins, and keeps it.
+        assert_eq!(l.on_packet(sdp, None, ms(40), true), Verdict::Forward);
+        assert_eq!(l.on_packet(sip_ip, None, ms(50), true), Verdict::Drop);
+        assert_eq!(l.endpoint(), Some(sdp));
+        // The window ran from the first packet: it closes on time.
+        assert!(l.tick(t0 + W));
+        assert_eq!(l.endpoint(), Some(sdp));
+    }
+
+    #[test]
+    fn no_displacement_after_the_window() {
+        let t0 = Instant::now();
+        let sdp = sa("10.0.0.5:4000");
+        let nat = sa("198.18.1.2:40000");
+        let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
+        l.set_sip_source(Some("198.18.1.2".parse().unwrap()));
+        l.on_packet(sa("198.18.1.66:1"), None, t0, true);
+        assert!(l.tick(t0 + W));
+        // Even a better candidate is too late now.
+        assert_eq!(l.on_packet(nat, None, t0 + W, true), Verdict::Drop);
+        assert_eq!(l.on_packet(sdp, None, t0 + W, true), Verdict::Drop);
+        assert_eq!(l.endpoint(), Some(sa("198.18.1.66:1")));
+    }
+
+    #[test]
+    fn before_the_answer_only_known_addresses_are_accepted() {
+        let t0 = Instant::now();
+        let sdp = sa("10.0.0.5:4000");
+        let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
+        l.set_sip_source(Some("198.18.1.2".parse().unwrap()));
+        // A stranger is neither forwarded nor latched, and does not start
+        // the window.
+        assert_eq!(
+            l.on_packet(sa("198.18.1.66:1"), None, t0, false),
+            Verdict::Drop
+        );
+        assert!(!l.is_confirmed());
+        assert!(!l.tick(t0 + W));
+        // The SIP source's IP is.
+        let nat = sa("198.18.1.2:40000");
+        assert_eq!(l.on_packet(nat, None, t0 + W, false), Verdict::Forward);
+        assert_eq!(l.endpoint(), Some(nat));
+        // A party nothing is known about (the answerer before its answer)
+        // accepts nobody.
+        let mut unknown = Latch::new(Policy::Symmetric, None, W);
+        assert_eq!(
+            unknown.on_packet(sa("198.18.2.2:6000"), None, t0, false),
+            Verdict::Drop
+        );
+        assert_eq!(unknown.endpoint(), None);
+        // After the answer, the NAT case: a source matching nothing latches.
+        assert_eq!(
+            unknown.on_packet(sa("198.18.2.2:6000"), None, t0, true),
+            Verdict::Forward
+        );
+    }
+
+    #[test]
+    fn strict_source_without_an_address_accepts_nobody() {
+        let t0 = Instant::now();
+        let mut l = Latch::new(Policy::StrictSource, None, W);
+        assert_eq!(
+            l.on_packet(sa("198.18.1.3:5000"), None, t0, true),
+            Verdict::Drop
+        );
+        assert_eq!(l.endpoint(), None);
+    }
+
+    #[test]
+    fn sync_confirms_only_packets_forwarded_since_learning_restarted() {
+        let t0 = Instant::now();
+        let nat = sa("198.18.1.2:40000");
+        let mut l = Latch::new(Policy::Symmetric, Some(sa("10.0.0.5:4000")), W);
+        l.on_packet(nat, Some((5, 1)), t0, true);
+        l.sync(100, Some((5, 100)), t0 + W);
+        assert_eq!(l.endpoint(), Some(nat));
+        // A re-INVITE moves the SDP's port: learning restarts, and the 100
+        // packets the data plane forwarded from the NAT before do not
+        // confirm the new SDP address (the party is still behind its NAT).
+        assert!(l.readvertise(Some(sa("10.0.0.5:4002")), false, 100));
+        assert!(!l.sync(100, Some((5, 100)), t0 + W));
+        assert!(!l.is_confirmed());
+        assert_eq!(
+            l.on_packet(nat, Some((5, 101)), t0 + W, true),
+            Verdict::Forward
+        );
+        assert_eq!(l.endpoint(), Some(nat));
+        // Packets forwarded after the restart do confirm what the data
+        // plane expected.
+        let mut fresh = Latch::new(Policy::Symmetric, Some(sa("198.18.1.2:5000")), W).based_at(7);
+        assert!(!fresh.sync(7, None, t0));
+        assert!(!fresh.is_confirmed());
+        fresh.sync(8, None, t0);
+        assert!(fresh.is_confirmed());
+    }
+
+    #[test]
+    fn sync_follows_the_data_plane_when_latched() {
+        let t0 = Instant::now();
+        let a = sa("198.18.1.2:5000");
+        let mut l = Latch::new(Policy::Symmetric, Some(a), W);
+        l.on_packet(a, Some((9, 1)), t0, true);
+        assert!(l.sync(10, Some((9, 10)), t0 + W), "the window closed");
+        // Thousands of packets later, all forwarded by XDP.
+        assert!(!l.sync(3000, Some((9, 3000)), t0 + W * 20));
+        let moved = sa("198.18.1.2:5002");
+        assert_eq!(
+            l.on_packet(moved, Some((9, 11)), t0 + W * 20, true),
+            Verdict::Drop
+        );
+        assert_eq!(
+            l.on_packet(moved, Some((9, 3001)), t0 + W * 20, true),
+            Verdict::Forward
+        );
+        // A new SSRC seen by the data plane changes what XDP hands over.
+        assert!(l.sync(4000, Some((0x77, 1)), t0 + W * 30));
+        assert_eq!(
+            l.source(),
+            Source::Latched {
+                addr: moved,
+                relatch_ssrc: Some(0x77)
+            }
+        );
+    }
+
+    #[test]
+    fn counters_are_read_only_when_they_can_matter() {
+        let t0 = Instant::now();
+        let a = sa("198.18.1.2:5000");
+        let stranger = sa("198.18.1.66:1");
+        let mut l = Latch::new(Policy::Symmetric, Some(a), W);
+        // The data plane may have forwarded from the SDP address.
+        assert!(l.needs_sync(stranger, None, t0));
+        l.on_packet(a, Some((5, 1)), t0, true);
+        assert!(!l.needs_sync(stranger, None, t0));
+        // The window may be over.
+        assert!(l.needs_sync(stranger, None, t0 + W));
+        l.sync(10, Some((5, 10)), t0 + W);
+        // Latched: only a re-latch candidate (the stream's SSRC, from
+        // elsewhere).
+        assert!(l.needs_sync(stranger, Some((5, 11)), t0 + W));
+        assert!(!l.needs_sync(stranger, Some((6, 11)), t0 + W));
+        assert!(!l.needs_sync(stranger, None, t0 + W));
+        assert!(!l.needs_sync(a, Some((5, 11)), t0 + W));
+        // Nothing is known about an unanswered answerer: nothing to confirm.
+        let unknown = Latch::new(Policy::Symmetric, None, W);
+        assert!(!unknown.needs_sync(stranger, None, t0));
     }
 }

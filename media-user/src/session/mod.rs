@@ -30,7 +30,7 @@ mod routes;
 
 pub use backend::{Backend, Counters, Route};
 pub use clock::Now;
-pub use engine::{EndReason, Ended, Engine, PacketEvent, SessionConfig};
+pub use engine::{DEFAULT_MAX_MEDIA, EndReason, Ended, Engine, PacketEvent, SessionConfig};
 pub use error::CommandError;
 pub use latch::{Latch, Policy, Source};
 pub use ports::PortAllocator;

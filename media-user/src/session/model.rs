@@ -28,6 +28,19 @@ pub struct Call {
 }
 
 impl Call {
+    /// Both parties of party `mono`'s dialogue have given their SDP (an
+    /// offer and its answer): until then only sources that match what
+    /// signalling said about a party are accepted from it.
+    pub fn dialogue_answered(&self, mono: usize) -> bool {
+        let Some(m) = self.monos.get(mono) else {
+            return false;
+        };
+        m.sdp_seen
+            && m.peer
+                .and_then(|p| self.monos.get(p))
+                .is_some_and(|p| p.sdp_seen)
+    }
+
     /// Some stream is still learning its peer's source.
     pub fn learning(&self) -> bool {
         self.monos.iter().any(|m| {
@@ -61,6 +74,9 @@ pub struct Mono {
     /// Last SDP body sent to this party and its o= version.
     pub sent_sdp: Option<(Vec<u8>, u64)>,
     pub flags: PartyFlags,
+    /// This party has given its SDP (an offer or an answer of its own);
+    /// `false` for the answerer's side until its answer.
+    pub sdp_seen: bool,
 }
 
 /// One m= line of a party.

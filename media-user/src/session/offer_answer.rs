@@ -76,6 +76,19 @@ impl<B: Backend> Engine<B> {
         Ok(0)
     }
 
+    /// At most `max-media` m= lines per SDP, refused before anything is
+    /// leased (a 64 KB INVITE would otherwise hold thousands of pairs).
+    fn check_media_count(&self, info: &SdpInfo) -> Result<(), CommandError> {
+        let count = info.media.len();
+        if count > self.cfg.max_media {
+            return Err(CommandError::TooManyMedia {
+                count,
+                max: self.cfg.max_media,
+            });
+        }
+        Ok(())
+    }
+
     /// Local address on interface `iface`, preferring family `v6`.
     fn local_on(&self, iface: usize, v6: bool) -> Result<IpAddr, CommandError> {
         let i = self.interfaces.get(iface);
@@ -90,7 +103,11 @@ impl<B: Backend> Engine<B> {
         if self.interfaces.is_empty() {
             return Err(CommandError::NoInterfaces);
         }
+        if cmd.to_tag.as_ref() == Some(&cmd.from_tag) {
+            return Err(CommandError::SameTags);
+        }
         let info = sdp::inspect(&cmd.sdp).map_err(|source| CommandError::SdpParse { source })?;
+        self.check_media_count(&info)?;
         let (now, wall) = (clock.mono, clock.wall);
         let is_new = !self.calls.contains_key(&cmd.call_id);
         if is_new {
@@ -149,29 +166,44 @@ impl<B: Backend> Engine<B> {
             .get(&cmd.call_id)
             .ok_or(CommandError::CallVanished)?;
         // The offerer: known by its tag, or new.
-        let x = call.monos.iter().position(|m| m.tag == cmd.from_tag);
+        let x = find_tag(call, &cmd.from_tag);
         // The answerer: named by to-tag, else the offerer's peer, else new.
-        let y = cmd
-            .to_tag
-            .as_ref()
-            .and_then(|t| call.monos.iter().position(|m| &m.tag == t))
-            .or_else(|| x.and_then(|x| call.monos[x].peer));
+        let y_named = cmd.to_tag.as_deref().and_then(|t| find_tag(call, t));
+        check_pairing(call, x, y_named, cmd.to_tag.as_deref())?;
+        let y = y_named.or_else(|| x.and_then(|x| call.monos.get(x)?.peer));
+        // Media per call are bounded: the offerer's and the answerer's
+        // side each get one per m= line.
+        let media_of = |i: Option<usize>| {
+            i.and_then(|i| call.monos.get(i))
+                .map_or(0, |m| m.media.len())
+        };
+        let all: usize = call.monos.iter().map(|m| m.media.len()).sum();
+        let wanted = info.media.len();
+        let total =
+            all.saturating_sub(media_of(x) + media_of(y)) + wanted + media_of(y).max(wanted);
+        if total > 2 * self.cfg.max_media {
+            return Err(CommandError::CallMediaLimit {
+                total,
+                max: 2 * self.cfg.max_media,
+            });
+        }
+        let mono = |i: usize| call.monos.get(i).ok_or(CommandError::CallVanished);
         let x_iface = match x {
-            Some(x) => call.monos[x].iface,
+            Some(x) => mono(x)?.iface,
             None => self.choose_iface(from_explicit, toward)?,
         };
         let y_iface = match (y, to_explicit) {
-            (Some(y), None) => call.monos[y].iface,
+            (Some(y), None) => mono(y)?.iface,
             (_, Some(name)) => self.choose_iface(Some(name), None)?,
             (None, None) if self.interfaces.len() == 2 => 1 - x_iface,
             (None, None) => x_iface,
         };
         let x_local = match x {
-            Some(x) => call.monos[x].local,
+            Some(x) => mono(x)?.local,
             None => self.local_on(x_iface, v6)?,
         };
         let y_local = match y {
-            Some(y) => call.monos[y].local,
+            Some(y) => mono(y)?.local,
             None => self.local_on(y_iface, x_local.is_ipv6())?,
         };
         let flags = Self::party_flags(cmd);
@@ -195,6 +227,7 @@ impl<B: Backend> Engine<B> {
                     media: Vec::new(),
                     sent_sdp: None,
                     flags,
+                    sdp_seen: false,
                 });
                 call.monos.len() - 1
             }
@@ -212,15 +245,20 @@ impl<B: Backend> Engine<B> {
                     media: Vec::new(),
                     sent_sdp: None,
                     flags: PartyFlags::default(),
+                    sdp_seen: false,
                 });
                 call.monos.len() - 1
             }
         };
-        call.monos[x].peer = Some(y);
-        call.monos[y].peer = Some(x);
-        call.monos[x].flags = flags;
+        call.monos
+            .get_mut(y)
+            .ok_or(CommandError::CallVanished)?
+            .peer = Some(x);
+        let offerer = call.monos.get_mut(x).ok_or(CommandError::CallVanished)?;
+        offerer.peer = Some(y);
+        offerer.flags = flags;
         if cmd.label.is_some() {
-            call.monos[x].label.clone_from(&cmd.label);
+            offerer.label.clone_from(&cmd.label);
         }
 
         // The offerer's media, as its SDP describes them.
@@ -234,10 +272,18 @@ impl<B: Backend> Engine<B> {
             .calls
             .get_mut(&cmd.call_id)
             .ok_or(CommandError::CallVanished)?;
-        for i in 0..call.monos[x].media.len() {
-            let offered = call.monos[x].media[i].mux_in_sdp;
-            let to_y = (offered && !cmd.rtcp_mux.demux) || cmd.rtcp_mux.offer;
-            call.monos[y].media[i].mux_in_sdp = to_y;
+        let offered: Vec<bool> = call
+            .monos
+            .get(x)
+            .map(|m| m.media.iter().map(|m| m.mux_in_sdp).collect())
+            .unwrap_or_default();
+        let y_media = call
+            .monos
+            .get_mut(y)
+            .map(|m| m.media.as_mut_slice())
+            .unwrap_or_default();
+        for (m, offered) in y_media.iter_mut().zip(offered) {
+            m.mux_in_sdp = (offered && !cmd.rtcp_mux.demux) || cmd.rtcp_mux.offer;
         }
         let sdp = self.render(&cmd.call_id, y, &cmd.sdp, info, cmd, false)?;
         self.program(&cmd.call_id, x, now);
@@ -246,42 +292,51 @@ impl<B: Backend> Engine<B> {
 
     pub(super) fn answer(&mut self, cmd: &OfferAnswer, clock: Now) -> Result<Reply, CommandError> {
         let to_tag = cmd.to_tag.as_ref().ok_or(CommandError::MissingToTag)?;
+        if *to_tag == cmd.from_tag {
+            return Err(CommandError::SameTags);
+        }
         let info = sdp::inspect(&cmd.sdp).map_err(|source| CommandError::SdpParse { source })?;
+        self.check_media_count(&info)?;
         let (now, wall) = (clock.mono, clock.wall);
         let call = self
             .calls
             .get_mut(&cmd.call_id)
             .ok_or(CommandError::UnknownCallId)?;
-        let x = call
-            .monos
-            .iter()
-            .position(|m| m.tag == cmd.from_tag)
-            .ok_or(CommandError::UnknownFromTag)?;
-        let y = call
-            .monos
-            .iter()
-            .position(|m| &m.tag == to_tag)
-            .or(call.monos[x].peer)
+        let x = find_tag(call, &cmd.from_tag).ok_or(CommandError::UnknownFromTag)?;
+        let y_named = find_tag(call, to_tag);
+        check_pairing(call, Some(x), y_named, Some(to_tag))?;
+        let y = y_named
+            .or_else(|| call.monos.get(x)?.peer)
             .ok_or(CommandError::NoOffer)?;
-        if call.monos[y].media.len() != info.media.len() {
-            return Err(CommandError::AnswerMediaCount {
-                answer: info.media.len(),
-                offer: call.monos[y].media.len(),
-            });
+        let (Some(x_mono), Some(y_mono)) = (call.monos.get(x), call.monos.get(y)) else {
+            return Err(CommandError::CallVanished);
+        };
+        // Both sides of the dialogue have one media per offered m= line:
+        // the answer must have as many (RFC 3264 §6).
+        let answer = info.media.len();
+        for offer in [x_mono.media.len(), y_mono.media.len()] {
+            if offer != answer {
+                return Err(CommandError::AnswerMediaCount { answer, offer });
+            }
         }
         // A fork answering (a new to-tag) takes over the answerer's side.
-        if call.monos[y].tag != *to_tag {
-            if !call.monos[y].tag.is_empty() {
-                debug!(call_id = %cmd.call_id, old = %call.monos[y].tag, new = %to_tag, "answer from another branch");
+        let flags = Self::party_flags(cmd);
+        let y_mono = call.monos.get_mut(y).ok_or(CommandError::CallVanished)?;
+        if y_mono.tag != *to_tag {
+            if !y_mono.tag.is_empty() {
+                debug!(call_id = %cmd.call_id, old = %y_mono.tag, new = %to_tag, "answer from another branch");
             }
-            call.monos[y].tag.clone_from(to_tag);
+            y_mono.tag.clone_from(to_tag);
         }
-        call.monos[y].peer = Some(x);
-        call.monos[x].peer = Some(y);
-        call.monos[y].flags = Self::party_flags(cmd);
+        y_mono.peer = Some(x);
+        y_mono.flags = flags;
         if cmd.label.is_some() {
-            call.monos[y].label.clone_from(&cmd.label);
+            y_mono.label.clone_from(&cmd.label);
         }
+        call.monos
+            .get_mut(x)
+            .ok_or(CommandError::CallVanished)?
+            .peer = Some(y);
         call.last_signal = wall;
         call.last_signal_at = now;
         call.answered = true;
@@ -293,12 +348,26 @@ impl<B: Backend> Engine<B> {
             .calls
             .get_mut(&cmd.call_id)
             .ok_or(CommandError::CallVanished)?;
-        for i in 0..call.monos[x].media.len() {
-            let y_mux = call.monos[y].media[i].mux_in_sdp;
-            let x_offered = call.monos[x].media[i].mux_in_sdp;
-            let to_x = x_offered && (y_mux || cmd.rtcp_mux.accept) && !cmd.rtcp_mux.reject;
-            call.monos[x].media[i].mux = to_x;
-            call.monos[y].media[i].mux = y_mux;
+        let y_mux: Vec<bool> = call
+            .monos
+            .get_mut(y)
+            .map(|m| {
+                m.media
+                    .iter_mut()
+                    .map(|m| {
+                        m.mux = m.mux_in_sdp;
+                        m.mux_in_sdp
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let x_media = call
+            .monos
+            .get_mut(x)
+            .map(|m| m.media.as_mut_slice())
+            .unwrap_or_default();
+        for (m, y_mux) in x_media.iter_mut().zip(y_mux) {
+            m.mux = m.mux_in_sdp && (y_mux || cmd.rtcp_mux.accept) && !cmd.rtcp_mux.reject;
         }
         let sdp = self.render(&cmd.call_id, x, &cmd.sdp, &info, cmd, true)?;
         self.program(&cmd.call_id, x, now);
@@ -318,7 +387,7 @@ impl<B: Backend> Engine<B> {
         let window = self.cfg.learning_window;
         let (local, flags, existing) = {
             let call = self.calls.get(call_id).ok_or(CommandError::CallVanished)?;
-            let m = &call.monos[who];
+            let m = call.monos.get(who).ok_or(CommandError::CallVanished)?;
             (m.local, m.flags, m.media.len())
         };
         if existing > info.media.len() {
@@ -346,7 +415,7 @@ impl<B: Backend> Engine<B> {
             let has_port = self
                 .calls
                 .get(call_id)
-                .and_then(|c| c.monos[who].media.get(i))
+                .and_then(|c| c.monos.get(who)?.media.get(i))
                 .and_then(|m| m.port);
             let port = match (need_port, has_port) {
                 (true, Some(p)) => Some(p),
@@ -361,11 +430,18 @@ impl<B: Backend> Engine<B> {
                 }
                 (false, None) => None,
             };
+            // What the data plane already forwarded on the pair: a stream
+            // whose learning restarts counts only packets from now on.
+            let forwarded = port.map_or([0, 0], |p| {
+                [p, p + 1].map(|p| self.backend.counters(SocketAddr::new(local, p)).packets)
+            });
             let call = self
                 .calls
                 .get_mut(call_id)
                 .ok_or(CommandError::CallVanished)?;
-            let media = &mut call.monos[who].media;
+            let party = call.monos.get_mut(who).ok_or(CommandError::CallVanished)?;
+            party.sdp_seen = true;
+            let media = &mut party.media;
             if let Some(m) = media.get_mut(i) {
                 m.kind.clone_from(&mi.kind);
                 m.protocol.clone_from(&mi.protocol);
@@ -374,13 +450,22 @@ impl<B: Backend> Engine<B> {
                 m.direction = mi.direction;
                 m.zero_address = zero;
                 if m.rtp.policy() != flags.policy {
-                    m.rtp = Latch::new(flags.policy, rtp_adv, window);
-                    m.rtcp = Latch::new(flags.policy, rtcp_adv, window);
+                    m.rtp = Latch::new(flags.policy, rtp_adv, window).based_at(forwarded[0]);
+                    m.rtcp = Latch::new(flags.policy, rtcp_adv, window).based_at(forwarded[1]);
                 } else {
-                    m.rtp.readvertise(rtp_adv, flags.port_latching);
-                    m.rtcp.readvertise(rtcp_adv, flags.port_latching);
+                    m.rtp
+                        .readvertise(rtp_adv, flags.port_latching, forwarded[0]);
+                    m.rtcp
+                        .readvertise(rtcp_adv, flags.port_latching, forwarded[1]);
                 }
+                m.rtp.set_sip_source(cmd.received_from);
+                m.rtcp.set_sip_source(cmd.received_from);
             } else {
+                let latch = |adv, forwarded| {
+                    let mut l = Latch::new(flags.policy, adv, window).based_at(forwarded);
+                    l.set_sip_source(cmd.received_from);
+                    l
+                };
                 media.push(Media {
                     kind: mi.kind.clone(),
                     protocol: mi.protocol.clone(),
@@ -389,8 +474,8 @@ impl<B: Backend> Engine<B> {
                     mux_in_sdp: mi.rtcp_mux,
                     direction: mi.direction,
                     zero_address: zero,
-                    rtp: Latch::new(flags.policy, rtp_adv, window),
-                    rtcp: Latch::new(flags.policy, rtcp_adv, window),
+                    rtp: latch(rtp_adv, forwarded[0]),
+                    rtcp: latch(rtcp_adv, forwarded[1]),
                 });
             }
         }
@@ -409,18 +494,21 @@ impl<B: Backend> Engine<B> {
         let window = self.cfg.learning_window;
         let (wanted, y_local) = {
             let call = self.calls.get(call_id).ok_or(CommandError::CallVanished)?;
-            let wanted: Vec<(bool, String, String)> = call.monos[x]
+            let (Some(xm), Some(ym)) = (call.monos.get(x), call.monos.get(y)) else {
+                return Err(CommandError::CallVanished);
+            };
+            let wanted: Vec<(bool, String, String)> = xm
                 .media
                 .iter()
                 .map(|m| (m.rejected(), m.kind.clone(), m.protocol.clone()))
                 .collect();
-            (wanted, call.monos[y].local)
+            (wanted, ym.local)
         };
         for (i, (rejected, kind, protocol)) in wanted.into_iter().enumerate() {
             let has = self
                 .calls
                 .get(call_id)
-                .and_then(|c| c.monos[y].media.get(i))
+                .and_then(|c| c.monos.get(y)?.media.get(i))
                 .map(|m| m.port);
             let port = match (rejected, has.flatten()) {
                 (false, Some(p)) => Some(p),
@@ -439,13 +527,16 @@ impl<B: Backend> Engine<B> {
                 .calls
                 .get_mut(call_id)
                 .ok_or(CommandError::CallVanished)?;
-            let policy = call.monos[y].flags.policy;
-            let media = &mut call.monos[y].media;
+            let party = call.monos.get_mut(y).ok_or(CommandError::CallVanished)?;
+            let policy = party.flags.policy;
+            let media = &mut party.media;
             if let Some(m) = media.get_mut(i) {
                 m.port = port;
                 m.kind = kind;
                 m.protocol = protocol;
             } else {
+                // Nothing is known about the answerer until its answer:
+                // its latches accept nobody before that.
                 media.push(Media {
                     kind,
                     protocol,
@@ -475,14 +566,21 @@ impl<B: Backend> Engine<B> {
         is_answer: bool,
     ) -> Result<Vec<u8>, CommandError> {
         let call = self.calls.get(call_id).ok_or(CommandError::CallVanished)?;
-        let target = &call.monos[to];
-        let from = &call.monos[target.peer.ok_or(CommandError::NoPeer)?];
+        let target = call.monos.get(to).ok_or(CommandError::CallVanished)?;
+        let from = target
+            .peer
+            .and_then(|p| call.monos.get(p))
+            .ok_or(CommandError::NoPeer)?;
         let iface = self.interfaces.get(target.iface);
         let advertised = iface.advertised(target.local);
         let mut media = Vec::with_capacity(info.media.len());
         for (i, mi) in info.media.iter().enumerate() {
-            let m = &target.media[i];
-            let src = &from.media[i];
+            let (Some(m), Some(src)) = (target.media.get(i), from.media.get(i)) else {
+                return Err(CommandError::MediaCountMismatch {
+                    sdp: info.media.len(),
+                    party: target.media.len().min(from.media.len()),
+                });
+            };
             let Some(port) = m.port else {
                 // Rejected: pass the line through as it was.
                 media.push(MediaRewrite {
@@ -554,7 +652,48 @@ impl<B: Backend> Engine<B> {
             .calls
             .get_mut(call_id)
             .ok_or(CommandError::CallVanished)?;
-        call.monos[to].sent_sdp = Some(body.clone());
+        call.monos
+            .get_mut(to)
+            .ok_or(CommandError::CallVanished)?
+            .sent_sdp = Some(body.clone());
         Ok(body.0)
+    }
+}
+
+/// The party known by `tag`. The answerer's side of an unanswered offer
+/// has no tag yet (an empty one): it is found through its peer, never by
+/// a tag.
+fn find_tag(call: &Call, tag: &str) -> Option<usize> {
+    call.monos
+        .iter()
+        .position(|m| !m.tag.is_empty() && m.tag == tag)
+}
+
+/// A command naming both parties (`x` by from-tag, `y_named` by to-tag)
+/// may only name two parties of one dialogue: pairing a party with one in
+/// dialogue with somebody else would leave that other party's routes
+/// pointing at media that now flow elsewhere.
+fn check_pairing(
+    call: &Call,
+    x: Option<usize>,
+    y_named: Option<usize>,
+    to_tag: Option<&str>,
+) -> Result<(), CommandError> {
+    let Some(y) = y_named else {
+        return Ok(());
+    };
+    let y_peer = call.monos.get(y).and_then(|m| m.peer);
+    let x_peer = x.and_then(|x| call.monos.get(x)?.peer);
+    let same_dialogue = match x {
+        Some(x) => x_peer == Some(y) && y_peer == Some(x),
+        // A new party may not take over somebody else's.
+        None => y_peer.is_none(),
+    };
+    if same_dialogue {
+        Ok(())
+    } else {
+        Err(CommandError::OtherDialogue {
+            tag: to_tag.unwrap_or_default().to_owned(),
+        })
     }
 }

@@ -154,8 +154,8 @@ impl<B: Backend> Engine<B> {
             if let Some(l) = &mono.label {
                 d.push(("label", text(l)));
             }
-            if let Some(p) = mono.peer {
-                d.push(("in dialogue with", text(&call.monos[p].tag)));
+            if let Some(peer) = mono.peer.and_then(|p| call.monos.get(p)) {
+                d.push(("in dialogue with", text(&peer.tag)));
             }
             tags.insert(mono.tag.as_bytes().to_vec(), dict(d));
         }

@@ -51,14 +51,17 @@ impl<B: Backend> Engine<B> {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        let Some(y) = call.monos[x].peer else {
+        let Some(xm) = call.monos.get(x) else {
             return;
         };
-        let n = call.monos[x].media.len().max(call.monos[y].media.len());
+        let Some(ym) = xm.peer.and_then(|y| call.monos.get(y)) else {
+            return;
+        };
+        let n = xm.media.len().max(ym.media.len());
         let mut todo = Vec::new();
         for i in 0..n {
-            for (a, b) in [(x, y), (y, x)] {
-                for (local, route) in Self::routes(&call.monos[a], &call.monos[b], i) {
+            for (a, b) in [(xm, ym), (ym, xm)] {
+                for (local, route) in Self::routes(a, b, i) {
                     if let Some(local) = local {
                         todo.push((local, route));
                     }

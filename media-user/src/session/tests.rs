@@ -17,17 +17,20 @@ use crate::{
     sdp,
 };
 
+mod random_sequences;
+mod regressions;
+
 /// Records what the engine asks of the media plane.
 #[derive(Default)]
-struct Fake {
-    open: HashSet<SocketAddr>,
-    routes: HashMap<SocketAddr, Route>,
-    counters: HashMap<SocketAddr, Counters>,
-    sent: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+pub(super) struct Fake {
+    pub(super) open: HashSet<SocketAddr>,
+    pub(super) routes: HashMap<SocketAddr, Route>,
+    pub(super) counters: HashMap<SocketAddr, Counters>,
+    pub(super) sent: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// Ports "held by another process".
-    busy: HashSet<u16>,
+    pub(super) busy: HashSet<u16>,
     /// What the kernel would pick as source towards a peer.
-    route_source: HashMap<IpAddr, IpAddr>,
+    pub(super) route_source: HashMap<IpAddr, IpAddr>,
 }
 
 impl Backend for Fake {
@@ -78,18 +81,18 @@ impl Backend for Fake {
     }
 }
 
-const CARRIER: &str = "198.18.1.1";
-const PBX: &str = "198.18.2.1";
+pub(super) const CARRIER: &str = "198.18.1.1";
+pub(super) const PBX: &str = "198.18.2.1";
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn sa(s: &str) -> SocketAddr {
+pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn engine_with(ifaces: Vec<Interface>, min: u16, max: u16) -> Engine<Fake> {
+pub(super) fn engine_with(ifaces: Vec<Interface>, min: u16, max: u16) -> Engine<Fake> {
     let mut fake = Fake::default();
     fake.route_source.insert(ip("198.18.1.2"), ip(CARRIER));
     fake.route_source.insert(ip("198.18.2.2"), ip(PBX));
@@ -102,7 +105,7 @@ fn engine_with(ifaces: Vec<Interface>, min: u16, max: u16) -> Engine<Fake> {
     )
 }
 
-fn iface(name: &str, v4: &str) -> Interface {
+pub(super) fn iface(name: &str, v4: &str) -> Interface {
     Interface {
         name: name.into(),
         netdev: name.into(),
@@ -114,11 +117,11 @@ fn iface(name: &str, v4: &str) -> Interface {
 }
 
 /// One interface (both legs on it).
-fn engine() -> Engine<Fake> {
+pub(super) fn engine() -> Engine<Fake> {
     engine_with(vec![iface("eth0", CARRIER)], 30000, 30099)
 }
 
-fn offer_sdp(addr: &str, port: u16) -> Vec<u8> {
+pub(super) fn offer_sdp(addr: &str, port: u16) -> Vec<u8> {
     format!(
         "v=0\r\no=- 1000 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
@@ -126,7 +129,7 @@ fn offer_sdp(addr: &str, port: u16) -> Vec<u8> {
     .into_bytes()
 }
 
-fn oa(call: &str, from: &str, to: Option<&str>, sdp: Vec<u8>) -> OfferAnswer {
+pub(super) fn oa(call: &str, from: &str, to: Option<&str>, sdp: Vec<u8>) -> OfferAnswer {
     OfferAnswer {
         call_id: call.into(),
         from_tag: from.into(),
@@ -146,7 +149,7 @@ fn oa(call: &str, from: &str, to: Option<&str>, sdp: Vec<u8>) -> OfferAnswer {
     }
 }
 
-fn sdp_of(reply: &Reply) -> Vec<u8> {
+pub(super) fn sdp_of(reply: &Reply) -> Vec<u8> {
     match reply {
         Reply::Ok(d) => match d.get(b"sdp".as_slice()) {
             Some(Value::Bytes(b)) => b.clone(),
@@ -156,7 +159,7 @@ fn sdp_of(reply: &Reply) -> Vec<u8> {
     }
 }
 
-fn ok_dict(reply: Reply) -> BTreeMap<Vec<u8>, Value> {
+pub(super) fn ok_dict(reply: Reply) -> BTreeMap<Vec<u8>, Value> {
     match reply {
         Reply::Ok(d) => d,
         other => panic!("not ok: {other:?}"),
@@ -164,13 +167,13 @@ fn ok_dict(reply: Reply) -> BTreeMap<Vec<u8>, Value> {
 }
 
 /// (address, port) of the first m= line of an SDP.
-fn media_endpoint(s: &[u8]) -> SocketAddr {
+pub(super) fn media_endpoint(s: &[u8]) -> SocketAddr {
     let info = sdp::inspect(s).unwrap();
     SocketAddr::new(info.media[0].connection.unwrap(), info.media[0].port)
 }
 
 /// Offer from A (198.18.1.2:5000), answer from B (198.18.2.2:6000).
-fn basic_call(e: &mut Engine<Fake>, call: &str) -> (SocketAddr, SocketAddr) {
+pub(super) fn basic_call(e: &mut Engine<Fake>, call: &str) -> (SocketAddr, SocketAddr) {
     let now = Now::read();
     let r = e.handle(
         Command::Offer(oa(call, "a-tag", None, offer_sdp("198.18.1.2", 5000))),
