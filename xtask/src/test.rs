@@ -39,6 +39,8 @@ const ROOT_TIERS: &[Tier] = &[
             "daemon",
             "operator",
             "bench_paths",
+            "learning_window",
+            "ng_cache",
         ],
         threads: 2,
     },
