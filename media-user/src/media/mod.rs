@@ -175,6 +175,11 @@ impl MediaPlane {
                 Ok(last) => {
                     port.retired.packets += last.packets;
                     port.retired.bytes += last.bytes;
+                    if last.last_seen >= port.retired.last_seen && last.last_rtp.is_some() {
+                        // The stream's latest RTP header outlives the flow:
+                        // a later re-latch is judged against it.
+                        port.retired.last_rtp = last.last_rtp;
+                    }
                     port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
                     port.retired.seq.absorb(&last.seq);
                 }
