@@ -6,6 +6,7 @@ mod flows;
 mod log;
 pub mod object;
 mod pins;
+pub mod sessions;
 
 use std::{
     collections::BTreeMap,

@@ -1,0 +1,379 @@
+//! Session records where forwarding state lives: a pinned BPF hash map
+//! (`SESSIONS`, in bpffs: memory, never a disk), so a daemon that crashes,
+//! stops or is upgraded leaves its calls' metadata beside their flows, and
+//! the next one adopts both.
+//!
+//! The XDP program never reads it: the map is created by the daemon, not
+//! by the program's object, without preallocation (it costs what it
+//! holds).
+//!
+//! A record is the engine's opaque bytes for one call, split into 1 KiB
+//! chunks. Replacing a record is crash-safe: the new version's chunks are
+//! written beside the old ones (the other of two chunk ranges), then one
+//! atomic update of the call's head entry switches to them, then the old
+//! chunks are removed. A crash at any point leaves either the old or the
+//! new version whole; chunks no head points at are swept on load.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    hash::{Hash as _, Hasher as _},
+    path::Path,
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use thiserror::Error;
+
+/// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_ANY`.
+const BPF_ANY: u64 = 0;
+/// Payload bytes per chunk.
+pub const CHUNK_DATA: usize = 1012;
+/// The two chunk ranges a record alternates between (chunk 0 is the head).
+const RANGE_A: u32 = 1;
+const RANGE_B: u32 = 1 << 16;
+/// Chunks per record at most (a record of about 64 KiB).
+const MAX_CHUNKS: u32 = 64;
+
+/// The map's name under the pin directory.
+pub const SESSIONS: &str = "SESSIONS";
+
+/// Key: a call (by a hash of its id) and a chunk of its record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub call: u64,
+    pub chunk: u32,
+    pub reserved: u32,
+}
+
+/// A chunk: in the head (chunk 0) the record's length, version and range;
+/// in a data chunk its bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SessionChunk {
+    /// Head: the record's length in bytes. Data: bytes used in `data`.
+    pub len: u32,
+    /// Head: which range holds the record ([`RANGE_A`] or [`RANGE_B`]).
+    pub range: u32,
+    /// A version number, the same in the head and its data chunks.
+    pub generation: u32,
+    pub data: [u8; CHUNK_DATA],
+}
+
+// SAFETY: #[repr(C)], u64/u32 fields only: no padding (16 bytes), every bit
+// pattern valid.
+unsafe impl aya::Pod for SessionKey {}
+// SAFETY: #[repr(C)], three u32s and a byte array: 1024 bytes, no padding,
+// every bit pattern valid.
+unsafe impl aya::Pod for SessionChunk {}
+
+#[derive(Debug, Error)]
+pub enum SessionStoreError {
+    #[error("session map {path}: {source}")]
+    Map {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("pinning the session map at {path}: {source}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("the record of call {call_id} is {len} bytes, more than the {max} a call may keep")]
+    TooLarge {
+        call_id: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("calls {a} and {b} hash alike: {b} is not kept across restarts")]
+    Collision { a: String, b: String },
+    #[error("session map operation failed: {0}")]
+    Op(#[from] MapError),
+}
+
+/// Where a call's record is now.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    range: u32,
+    chunks: u32,
+    generation: u32,
+}
+
+/// The pinned session map and what this process knows it holds.
+pub struct SessionStore {
+    map: HashMap<MapData, SessionKey, SessionChunk>,
+    heads: StdHashMap<u64, (String, Head)>,
+}
+
+fn call_hash(id: &str) -> u64 {
+    // Stable across processes and builds (a pinned key): FNV-1a over the
+    // id, not std's randomly keyed hasher.
+    let mut h = Fnv1a::default();
+    id.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+fn key(call: u64, chunk: u32) -> SessionKey {
+    SessionKey {
+        call,
+        chunk,
+        reserved: 0,
+    }
+}
+
+impl SessionStore {
+    /// Open the map pinned at `dir/SESSIONS`, or create and pin it with
+    /// room for `max_entries` chunks.
+    pub fn open(dir: &Path, max_entries: u32) -> Result<Self, SessionStoreError> {
+        let path = dir.join(SESSIONS);
+        let shown = path.display().to_string();
+        if !path.exists() {
+            // Pinning consumes the new map's handle: it is opened again
+            // from its pin below, like one a previous run left.
+            HashMap::<MapData, SessionKey, SessionChunk>::create(
+                max_entries.max(64),
+                BPF_F_NO_PREALLOC,
+            )
+            .map_err(|source| SessionStoreError::Map {
+                path: shown.clone(),
+                source,
+            })?
+            .pin(&path)
+            .map_err(|source| SessionStoreError::Pin {
+                path: shown.clone(),
+                source,
+            })?;
+        }
+        let data = MapData::from_pin(&path).map_err(|source| SessionStoreError::Map {
+            path: shown.clone(),
+            source,
+        })?;
+        let map = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| {
+            SessionStoreError::Map {
+                path: shown.clone(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            map,
+            heads: StdHashMap::new(),
+        })
+    }
+
+    /// Every record kept, by call id, read once at start-up. Chunks that
+    /// no valid head points at (a write cut short, a torn record) are
+    /// removed, and so are records that do not reassemble.
+    pub fn load(&mut self) -> Result<Vec<(String, Vec<u8>)>, SessionStoreError> {
+        let mut entries: StdHashMap<SessionKey, SessionChunk> = StdHashMap::new();
+        for kv in self.map.iter() {
+            let (k, v) = kv?;
+            entries.insert(k, v);
+        }
+        let mut records = Vec::new();
+        let mut keep: std::collections::HashSet<SessionKey> = std::collections::HashSet::new();
+        for (k, head) in entries.iter().filter(|(k, _)| k.chunk == 0) {
+            let len = head.len as usize;
+            let chunks = len.div_ceil(CHUNK_DATA) as u32;
+            let mut bytes = Vec::with_capacity(len);
+            let mut whole = chunks <= MAX_CHUNKS && matches!(head.range, RANGE_A | RANGE_B);
+            for i in 0..chunks {
+                let ck = key(k.call, head.range + i);
+                match entries.get(&ck) {
+                    Some(c) if c.generation == head.generation && whole => {
+                        let n = (c.len as usize).min(CHUNK_DATA);
+                        bytes.extend_from_slice(&c.data[..n]);
+                        keep.insert(ck);
+                    }
+                    _ => whole = false,
+                }
+            }
+            let parsed = whole
+                .then(|| split_record(&bytes))
+                .flatten()
+                .filter(|_| bytes.len() == len);
+            match parsed {
+                Some((id, record)) if call_hash(&id) == k.call => {
+                    keep.insert(*k);
+                    self.heads.insert(
+                        k.call,
+                        (
+                            id.clone(),
+                            Head {
+                                range: head.range,
+                                chunks,
+                                generation: head.generation,
+                            },
+                        ),
+                    );
+                    records.push((id, record));
+                }
+                _ => tracing::warn!(call = k.call, "a torn session record was dropped"),
+            }
+        }
+        for k in entries.keys().filter(|k| !keep.contains(k)) {
+            let _ = self.map.remove(k);
+        }
+        Ok(records)
+    }
+
+    /// Keep `record` as call `id`'s state, replacing any earlier one.
+    pub fn put(&mut self, id: &str, record: &[u8]) -> Result<(), SessionStoreError> {
+        let call = call_hash(id);
+        let old = match self.heads.get(&call) {
+            Some((other, _)) if other != id => {
+                return Err(SessionStoreError::Collision {
+                    a: other.clone(),
+                    b: id.to_owned(),
+                });
+            }
+            Some((_, head)) => Some(*head),
+            None => None,
+        };
+        let bytes = join_record(id, record);
+        let max = MAX_CHUNKS as usize * CHUNK_DATA;
+        if bytes.len() > max {
+            return Err(SessionStoreError::TooLarge {
+                call_id: id.to_owned(),
+                len: bytes.len(),
+                max,
+            });
+        }
+        let range = match old {
+            Some(h) if h.range == RANGE_A => RANGE_B,
+            _ => RANGE_A,
+        };
+        let generation = old.map_or(1, |h| h.generation.wrapping_add(1));
+        let mut chunks = 0u32;
+        for (i, part) in bytes.chunks(CHUNK_DATA).enumerate() {
+            let mut c = SessionChunk {
+                len: part.len() as u32,
+                range,
+                generation,
+                data: [0; CHUNK_DATA],
+            };
+            c.data[..part.len()].copy_from_slice(part);
+            self.map.insert(key(call, range + i as u32), c, BPF_ANY)?;
+            chunks += 1;
+        }
+        // The commit point: one atomic update of the head.
+        let head = SessionChunk {
+            len: bytes.len() as u32,
+            range,
+            generation,
+            data: [0; CHUNK_DATA],
+        };
+        self.map.insert(key(call, 0), head, BPF_ANY)?;
+        if let Some(h) = old {
+            for i in 0..h.chunks {
+                let _ = self.map.remove(&key(call, h.range + i));
+            }
+        }
+        self.heads.insert(
+            call,
+            (
+                id.to_owned(),
+                Head {
+                    range,
+                    chunks,
+                    generation,
+                },
+            ),
+        );
+        Ok(())
+    }
+
+    /// Forget call `id`'s record.
+    pub fn remove(&mut self, id: &str) -> Result<(), SessionStoreError> {
+        let call = call_hash(id);
+        let Some((_, head)) = self.heads.remove(&call) else {
+            return Ok(());
+        };
+        // Head first: from then on the record is gone, whatever is left.
+        let _ = self.map.remove(&key(call, 0));
+        for i in 0..head.chunks {
+            let _ = self.map.remove(&key(call, head.range + i));
+        }
+        Ok(())
+    }
+
+    /// Records kept.
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+}
+
+/// `[id length: u16 BE][id][record]`.
+fn join_record(id: &str, record: &[u8]) -> Vec<u8> {
+    let id = &id.as_bytes()[..id.len().min(usize::from(u16::MAX))];
+    let mut v = Vec::with_capacity(2 + id.len() + record.len());
+    v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    v.extend_from_slice(id);
+    v.extend_from_slice(record);
+    v
+}
+
+fn split_record(bytes: &[u8]) -> Option<(String, Vec<u8>)> {
+    let n = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
+    let id = std::str::from_utf8(bytes.get(2..2 + n)?).ok()?.to_owned();
+    Some((id, bytes.get(2 + n..)?.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<SessionKey>(), 16);
+        assert_eq!(size_of::<SessionChunk>(), 1024);
+    }
+
+    #[test]
+    fn records_join_and_split() {
+        let b = join_record("call-1@host", b"state");
+        assert_eq!(
+            split_record(&b),
+            Some(("call-1@host".to_owned(), b"state".to_vec()))
+        );
+        assert_eq!(split_record(&b[..5]), None);
+        assert_eq!(split_record(&[]), None);
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        // A pinned key: the same in every process and build.
+        assert_eq!(call_hash("a"), call_hash("a"));
+        assert_ne!(call_hash("a"), call_hash("b"));
+        let mut h = Fnv1a::default();
+        h.write(b"");
+        assert_eq!(h.finish(), 0xcbf2_9ce4_8422_2325);
+    }
+}
