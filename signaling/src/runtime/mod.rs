@@ -18,6 +18,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+mod ng;
+
+use self::ng::{Inflight, NgClient};
 use crate::{
     config::SipConfig,
     message::{self, Frame, Message, MessageError, StreamFramer},
@@ -30,7 +33,6 @@ enum Event {
     Connected(ConnId, SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
     Closed(ConnId),
     ConnectFailed(SocketAddr),
-    Ng(u64, NgOutcome),
 }
 
 /// Parse one frame's message and hand it to the agent.
@@ -148,73 +150,6 @@ async fn tcp_acceptor(
     }
 }
 
-/// The ng client: requests out with a cookie, replies matched back,
-/// retransmitted twice before a timeout is reported.
-struct NgClient {
-    socket: Arc<UdpSocket>,
-    inflight: HashMap<u64, (SocketAddr, Vec<u8>, Instant, u8)>,
-    timeout: Duration,
-}
-
-impl NgClient {
-    fn send(&mut self, id: u64, node: SocketAddr, request: &ng::Value) {
-        let cookie = format!("mr-sip-{id}");
-        match ng::encode_request(cookie.as_bytes(), request) {
-            Ok(bytes) => {
-                let _ = self.socket.try_send_to(&bytes, node);
-                self.inflight
-                    .insert(id, (node, bytes, Instant::now() + self.timeout, 0));
-            }
-            Err(e) => warn!(error = %e, "ng request could not be encoded"),
-        }
-    }
-
-    /// Retransmit or give up on overdue requests.
-    fn tick(&mut self, now: Instant) -> Vec<u64> {
-        let mut timed_out = Vec::new();
-        for (id, (node, bytes, due, tries)) in &mut self.inflight {
-            if *due > now {
-                continue;
-            }
-            if *tries >= 2 {
-                timed_out.push(*id);
-            } else {
-                *tries += 1;
-                *due = now + self.timeout;
-                let _ = self.socket.try_send_to(bytes, *node);
-            }
-        }
-        for id in &timed_out {
-            self.inflight.remove(id);
-        }
-        timed_out
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.inflight.values().map(|(_, _, d, _)| *d).min()
-    }
-}
-
-async fn ng_reader(socket: Arc<UdpSocket>, events: mpsc::UnboundedSender<Event>) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let Ok((n, _)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let Ok((cookie, value)) = ng::parse_reply(&buf[..n]) else {
-            debug!("undecodable ng reply dropped");
-            continue;
-        };
-        let id = std::str::from_utf8(&cookie)
-            .ok()
-            .and_then(|c| c.strip_prefix("mr-sip-"))
-            .and_then(|c| c.parse::<u64>().ok());
-        if let Some(id) = id {
-            let _ = events.send(Event::Ng(id, NgOutcome::Reply(value)));
-        }
-    }
-}
-
 /// A running agent.
 pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -274,11 +209,11 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
             .await
             .context("binding the ng client socket")?,
     );
-    tokio::spawn(ng_reader(ng_socket.clone(), events_tx.clone()));
+    let (replies_tx, replies) = mpsc::unbounded_channel::<ng::Reply>();
+    tokio::spawn(ng::reader(ng_socket.clone(), replies_tx));
     let ngc = NgClient {
         socket: ng_socket,
-        inflight: HashMap::new(),
-        timeout: cfg.ng_timeout,
+        inflight: Inflight::new(cfg.ng_timeout),
     };
     info!(
         trunk_listen = %cfg.trunk_listen,
@@ -291,7 +226,7 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
     );
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(cfg, events_tx, events, udp, ngc, stopped));
+    let task = tokio::spawn(serve(cfg, events_tx, events, replies, udp, ngc, stopped));
     Ok(Running { stop, task })
 }
 
@@ -300,6 +235,7 @@ async fn serve(
     cfg: SipConfig,
     events_tx: mpsc::UnboundedSender<Event>,
     mut events: mpsc::UnboundedReceiver<Event>,
+    mut replies: mpsc::UnboundedReceiver<ng::Reply>,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     mut ngc: NgClient,
     shutdown: tokio::sync::oneshot::Receiver<()>,
@@ -342,11 +278,12 @@ async fn serve(
                             by_remote.remove(&remote);
                         }
                     }
-                    Event::Ng(id, outcome) => {
-                        if ngc.inflight.remove(&id).is_some() {
-                            agent.on_ng(id, outcome, now);
-                        }
-                    }
+                }
+            }
+            reply = replies.recv() => {
+                let Some(reply) = reply else { break };
+                if let Some(id) = ngc.inflight.take_reply(&reply.cookie, reply.from) {
+                    agent.on_ng(id, NgOutcome::Reply(reply.value), Instant::now());
                 }
             }
             _ = metrics_tick.tick() => {
