@@ -158,7 +158,7 @@ pub(super) async fn reader(socket: Arc<UdpSocket>, replies: mpsc::UnboundedSende
         };
         if replies
             .send(Reply {
-                cookie: cookie.to_vec(),
+                cookie,
                 from,
                 value,
             })
