@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::proxy::{MIN_SECRET, RouteKey};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SipConfigError {
     #[error("config key `sip.{key}` = {value}: {expected}")]
@@ -90,6 +92,15 @@ pub struct SipFile {
     pub media_poll: Option<u64>,
     /// Largest SIP message accepted, bytes.
     pub max_message: Option<usize>,
+    /// The secret that signs the agent's Record-Route entries (at least 32
+    /// characters, e.g. `openssl rand -hex 32`). Without it the agent
+    /// keeps a random one in its runtime directory (`$RUNTIME_DIRECTORY`
+    /// or /run/media-relay, memory-backed), or in memory only.
+    pub record_route_secret: Option<String>,
+    /// Refusals (403 to unknown sources, 481/403 to in-dialog requests it
+    /// will not forward) answered per second per source address; beyond
+    /// that they are dropped unanswered (counted).
+    pub refusal_rate: Option<u32>,
 }
 
 /// A source match.
@@ -141,6 +152,9 @@ pub struct SipConfig {
     pub ng_timeout: Duration,
     pub media_poll: Duration,
     pub max_message: usize,
+    /// `record-route-secret`, checked.
+    pub record_route_secret: Option<RouteKey>,
+    pub refusal_rate: u32,
 }
 
 impl SipConfig {
@@ -233,6 +247,26 @@ impl SipConfig {
         if media.is_empty() {
             return Err(invalid("media", "[]", "at least one ng media node"));
         }
+        let record_route_secret = match f.record_route_secret {
+            Some(text) => Some(RouteKey::new(text.as_bytes()).ok_or_else(|| {
+                invalid(
+                    "record-route-secret",
+                    format!("({} characters)", text.len()),
+                    format!(
+                        "at least {MIN_SECRET} characters (e.g. the output of `openssl rand -hex 32`)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let refusal_rate = f.refusal_rate.unwrap_or(20);
+        if refusal_rate == 0 {
+            return Err(invalid(
+                "refusal-rate",
+                0,
+                "at least 1 refusal per second per source",
+            ));
+        }
         Ok(Self {
             trunk_listen,
             pbx_listen,
@@ -249,6 +283,8 @@ impl SipConfig {
             ng_timeout: Duration::from_millis(f.ng_timeout_ms.unwrap_or(500).max(10)),
             media_poll: Duration::from_secs(f.media_poll.unwrap_or(5).max(1)),
             max_message: f.max_message.unwrap_or(crate::message::MAX_MESSAGE),
+            record_route_secret,
+            refusal_rate,
         })
     }
 }
@@ -312,6 +348,10 @@ default = true
             (
                 "max-calls = 0\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
                 "config key `sip.max-calls` = 0: at least 1",
+            ),
+            (
+                "record-route-secret = \"short\"\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.record-route-secret` = (5 characters): at least 32 characters (e.g. the output of `openssl rand -hex 32`)",
             ),
         ] {
             assert_eq!(parse(&format!("{base}{extra}")).unwrap_err(), want);

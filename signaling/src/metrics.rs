@@ -34,6 +34,12 @@ pub fn publish(stats: &Stats, calls: usize) {
     ] {
         counter!("media_relay_sip_rejected_total", "reason" => reason).absolute(n);
     }
+    // In-dialog requests not forwarded (unknown_dialog, bad_signature,
+    // forbidden_target, loop, ended_call).
+    for (reason, n) in &stats.in_dialog_refused {
+        counter!("media_relay_sip_rejected_total", "reason" => reason.clone()).absolute(*n);
+    }
+    counter!("media_relay_sip_refusals_unanswered_total").absolute(stats.refusals_unanswered);
     counter!("media_relay_rejected_sources_total", "path" => "sip")
         .absolute(stats.rejected_sources);
     counter!("media_relay_sip_media_timeouts_total").absolute(stats.media_timeouts);

@@ -24,6 +24,11 @@ pub struct Stats {
     pub media_timeouts: u64,
     pub stray_responses: u64,
     pub calls_total: u64,
+    /// In-dialog requests refused, by reason (`unknown_dialog`,
+    /// `bad_signature`, `forbidden_target`, `loop`, `ended_call`).
+    pub in_dialog_refused: BTreeMap<String, u64>,
+    /// Refusals (of any kind) not answered: over `refusal-rate`.
+    pub refusals_unanswered: u64,
 }
 
 impl Stats {
@@ -56,7 +61,7 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{}}}",
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{}}}",
             self.calls.len(),
             self.transactions(),
             self.pending.len(),
@@ -69,7 +74,9 @@ impl Agent {
             s.no_route,
             s.ng_errors,
             s.media_timeouts,
-            s.stray_responses
+            s.stray_responses,
+            map(&s.in_dialog_refused),
+            s.refusals_unanswered
         )
     }
 }

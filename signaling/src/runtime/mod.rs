@@ -19,6 +19,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 mod ng;
+pub mod secret;
 
 use self::ng::{Inflight, NgClient};
 use crate::{
@@ -225,14 +226,18 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
         "SIP agent running"
     );
 
+    let (key, _) = secret::load(cfg.record_route_secret.clone(), &secret::runtime_dir())
+        .context("creating the Record-Route secret")?;
+    let agent = Agent::new(cfg, key, Instant::now());
+
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(cfg, events_tx, events, replies, udp, ngc, stopped));
+    let task = tokio::spawn(serve(agent, events_tx, events, replies, udp, ngc, stopped));
     Ok(Running { stop, task })
 }
 
 /// The agent's own task.
 async fn serve(
-    cfg: SipConfig,
+    mut agent: Agent,
     events_tx: mpsc::UnboundedSender<Event>,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut replies: mpsc::UnboundedReceiver<ng::Reply>,
@@ -240,8 +245,7 @@ async fn serve(
     mut ngc: NgClient,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let max = cfg.max_message;
-    let mut agent = Agent::new(cfg, Instant::now());
+    let max = agent.config().max_message;
     let mut conns: HashMap<ConnId, (SocketAddr, mpsc::UnboundedSender<Vec<u8>>)> = HashMap::new();
     let mut by_remote: HashMap<SocketAddr, ConnId> = HashMap::new();
     // Bytes waiting for an outgoing TCP connection being set up.
