@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 
 pub use agent::Agent;
 pub use signature::{MIN_SECRET, RouteKey};
-pub use stats::Stats;
+pub use stats::{Stats, TransportStats};
 
 /// A transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

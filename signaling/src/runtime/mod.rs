@@ -1,152 +1,107 @@
-//! The tokio shell around the I/O-free [`Agent`]: UDP and TCP transports,
-//! the ng client, timers. One task owns the agent; socket tasks parse and
-//! hand it messages; it hands back what to send.
+//! The tokio shell around the I/O-free [`Agent`]: UDP (`udp.rs`) and TCP
+//! (`tcp.rs`) transports, the ng client (`ng.rs`), the Record-Route
+//! secret (`secret.rs`), timers. One task owns the agent; socket tasks
+//! frame and parse, and hand it messages through one bounded queue; it
+//! hands back what to send.
 
 use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UdpSocket},
-    sync::mpsc,
+    net::{TcpListener, UdpSocket},
+    sync::mpsc::{self, error::TrySendError},
 };
 use tracing::{debug, info, warn};
 
 mod ng;
 pub mod secret;
+mod tcp;
+mod udp;
 
-use self::ng::{Inflight, NgClient};
+use self::{
+    ng::{Inflight, NgClient},
+    tcp::{Conn, ConnSlot, ConnTable},
+};
 use crate::{
     config::SipConfig,
-    message::{self, Frame, Message, MessageError, StreamFramer},
-    proxy::{Agent, ConnId, NgOutcome, Output, Peer, Transport},
+    message::{Message, MessageError},
+    proxy::{Agent, ConnId, NgOutcome, Output, Peer, Transport, TransportStats},
 };
+
+/// Events waiting for the agent's task at most. Messages and ng replies
+/// beyond are dropped (counted; UDP peers retransmit, RFC 3261 §17);
+/// connection events wait for room instead.
+const EVENT_QUEUE: usize = 4096;
+
+/// At most one warning about dropped events per this many seconds.
+const DROP_WARNING_EVERY: u64 = 10;
 
 enum Event {
     Message(Peer, Message),
     Malformed(Peer, Vec<u8>, MessageError),
-    Connected(ConnId, SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
+    NgReply(ng::Reply),
+    Connected(ConnId, SocketAddr, Conn),
     Closed(ConnId),
     ConnectFailed(SocketAddr),
 }
 
-/// Parse one frame's message and hand it to the agent.
-fn deliver(events: &mpsc::UnboundedSender<Event>, peer: Peer, bytes: Vec<u8>) {
-    let ev = match Message::parse(&bytes) {
-        Ok(m) => Event::Message(peer, m),
-        Err(e) => Event::Malformed(peer, bytes, e),
-    };
-    let _ = events.send(ev);
+/// What the socket tasks share.
+struct Context {
+    cfg: Arc<SipConfig>,
+    stats: Arc<TransportStats>,
+    events: mpsc::Sender<Event>,
+    table: Mutex<ConnTable>,
+    epoch: Instant,
+    /// Seconds since `epoch` (+1) of the last warning about drops.
+    last_drop_warning: AtomicU64,
 }
 
-async fn udp_reader(
-    socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    max: usize,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let Ok((n, remote)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let peer = Peer {
-            transport: Transport::Udp,
-            conn: None,
-            local,
-            remote,
-        };
-        match message::datagram(&buf[..n], max) {
-            Ok(Frame::Message(bytes)) => deliver(&events, peer, bytes),
-            Ok(Frame::Ping) => {
-                // RFC 5626 §3.5.1 (datagram keepalives are CRLFCRLF too).
-                let _ = socket.send_to(b"\r\n", remote).await;
+impl Context {
+    /// Hand an event to the agent without waiting; `false` when the agent
+    /// has stopped. A full queue drops it (counted, warned about).
+    fn submit(&self, ev: Event) -> bool {
+        match self.events.try_send(ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped();
+                true
             }
-            Ok(Frame::Pong) => {}
-            Err(e) => {
-                let _ = events.send(Event::Malformed(peer, buf[..n].to_vec(), e));
-            }
+            Err(TrySendError::Closed(_)) => false,
         }
     }
-}
 
-static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Serve one TCP connection: frames in, writes out.
-fn spawn_conn(
-    stream: TcpStream,
-    local: SocketAddr,
-    remote: SocketAddr,
-    max: usize,
-    events: mpsc::UnboundedSender<Event>,
-) -> ConnId {
-    let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let _ = events.send(Event::Connected(conn, remote, tx.clone()));
-    let (mut reader, mut writer) = stream.into_split();
-    tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut framer = StreamFramer::new(max);
-        let mut buf = vec![0u8; 16_384];
-        let peer = Peer {
-            transport: Transport::Tcp,
-            conn: Some(conn),
-            local,
-            remote,
+    /// Parse one frame's message and hand it to the agent.
+    fn deliver(&self, peer: Peer, bytes: Vec<u8>) -> bool {
+        let ev = match Message::parse(&bytes) {
+            Ok(m) => Event::Message(peer, m),
+            Err(e) => Event::Malformed(peer, bytes, e),
         };
-        'conn: loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            framer.push(&buf[..n]);
-            while let Some(frame) = framer.next_frame() {
-                match frame {
-                    Ok(Frame::Message(bytes)) => deliver(&events, peer, bytes),
-                    Ok(Frame::Ping) => {
-                        let _ = tx.send(b"\r\n".to_vec());
-                    }
-                    Ok(Frame::Pong) => {}
-                    Err(e) => {
-                        let _ = events.send(Event::Malformed(peer, Vec::new(), e));
-                        break 'conn;
-                    }
-                }
-            }
-        }
-        let _ = events.send(Event::Closed(conn));
-    });
-    conn
-}
+        self.submit(ev)
+    }
 
-async fn tcp_acceptor(
-    listener: TcpListener,
-    local: SocketAddr,
-    max: usize,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, remote)) => {
-                let _ = stream.set_nodelay(true);
-                spawn_conn(stream, local, remote, max, events.clone());
-            }
-            Err(e) => {
-                warn!(error = %e, "accepting a SIP TCP connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    fn dropped(&self) {
+        let total = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_secs() + 1;
+        let last = self.last_drop_warning.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + DROP_WARNING_EVERY)
+            && self
+                .last_drop_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                dropped_total = total,
+                "SIP agent overloaded: messages dropped (its input queue is full)"
+            );
         }
     }
 }
@@ -176,28 +131,37 @@ pub async fn run(cfg: SipConfig, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Bind every socket (errors here are the operator's: one line each) and
 /// start the agent's task.
 pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
-    let (events_tx, events) = mpsc::unbounded_channel::<Event>();
+    let (key, _) = secret::load(cfg.record_route_secret.clone(), &secret::runtime_dir())
+        .context("creating the Record-Route secret")?;
+    let agent = Agent::new(cfg.clone(), key, Instant::now());
+    let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let ctx = Arc::new(Context {
+        cfg: Arc::new(cfg),
+        stats: agent.stats().transport.clone(),
+        events: events_tx,
+        table: Mutex::new(ConnTable::default()),
+        epoch: Instant::now(),
+        last_drop_warning: AtomicU64::new(0),
+    });
+    let cfg = &ctx.cfg;
     let mut udp: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut listens = vec![cfg.trunk_listen];
     if cfg.pbx_listen != cfg.trunk_listen {
         listens.push(cfg.pbx_listen);
     }
-    let max = cfg.max_message;
+    let mut tcp = Vec::new();
     for &local in &listens {
         if cfg.udp {
-            let s = Arc::new(
-                UdpSocket::bind(local)
-                    .await
-                    .with_context(|| format!("cannot listen for SIP (UDP) on {local}"))?,
-            );
-            tokio::spawn(udp_reader(s.clone(), local, max, events_tx.clone()));
-            udp.insert(local, s);
+            let s = UdpSocket::bind(local)
+                .await
+                .with_context(|| format!("cannot listen for SIP (UDP) on {local}"))?;
+            udp.insert(local, Arc::new(s));
         }
         if cfg.tcp {
             let l = TcpListener::bind(local)
                 .await
                 .with_context(|| format!("cannot listen for SIP (TCP) on {local}"))?;
-            tokio::spawn(tcp_acceptor(l, local, max, events_tx.clone()));
+            tcp.push((l, local));
         }
     }
     let ng_bind: SocketAddr = if cfg.media.iter().all(SocketAddr::is_ipv4) {
@@ -210,8 +174,14 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
             .await
             .context("binding the ng client socket")?,
     );
-    let (replies_tx, replies) = mpsc::unbounded_channel::<ng::Reply>();
-    tokio::spawn(ng::reader(ng_socket.clone(), replies_tx));
+    // Everything bound: start the tasks.
+    for (&local, s) in &udp {
+        tokio::spawn(udp::reader(s.clone(), local, ctx.clone()));
+    }
+    for (l, local) in tcp {
+        tokio::spawn(tcp::acceptor(l, local, ctx.clone()));
+    }
+    tokio::spawn(ng::reader(ng_socket.clone(), ctx.clone()));
     let ngc = NgClient {
         socket: ng_socket,
         inflight: Inflight::new(cfg.ng_timeout),
@@ -225,31 +195,88 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
         media = ?cfg.media,
         "SIP agent running"
     );
-
-    let (key, _) = secret::load(cfg.record_route_secret.clone(), &secret::runtime_dir())
-        .context("creating the Record-Route secret")?;
-    let agent = Agent::new(cfg, key, Instant::now());
-
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(agent, events_tx, events, replies, udp, ngc, stopped));
+    let task = tokio::spawn(serve(agent, ctx, events, udp, ngc, stopped));
     Ok(Running { stop, task })
+}
+
+/// The agent's TCP connections, as its task sees them.
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ConnId, (SocketAddr, Conn)>,
+    by_remote: HashMap<SocketAddr, ConnId>,
+    /// Bytes waiting for a connection the agent is opening.
+    connecting: HashMap<SocketAddr, (usize, Vec<Vec<u8>>)>,
+}
+
+impl Connections {
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let (remote, conn) = self.by_id.remove(&id)?;
+        if self.by_remote.get(&remote) == Some(&id) {
+            self.by_remote.remove(&remote);
+        }
+        Some(conn)
+    }
+
+    /// Send over TCP: on the request's own connection if it is still
+    /// open, else one to the peer, else a new one.
+    fn send(&mut self, ctx: &Arc<Context>, peer: Peer, bytes: Vec<u8>) {
+        let id = peer
+            .conn
+            .filter(|c| self.by_id.contains_key(c))
+            .or_else(|| self.by_remote.get(&peer.remote).copied());
+        if let Some(id) = id
+            && let Some((_, conn)) = self.by_id.get(&id)
+        {
+            if !conn.send(bytes) {
+                TransportStats::count(&ctx.stats.tcp_write_queue_full);
+                debug!(remote = %peer.remote, "SIP TCP peer not reading: connection dropped");
+                conn.close();
+                self.remove(id);
+            }
+            return;
+        }
+        let cap = ctx.cfg.tcp_limits.write_queue;
+        let (queued, waiting) = self.connecting.entry(peer.remote).or_default();
+        if *queued + bytes.len() > cap {
+            debug!(remote = %peer.remote, "SIP TCP connection still being opened: bytes dropped");
+            return;
+        }
+        *queued += bytes.len();
+        waiting.push(bytes);
+        if waiting.len() > 1 {
+            return;
+        }
+        let Ok(slot) = ConnSlot::take(ctx, None) else {
+            TransportStats::count(&ctx.stats.tcp_refused_max_connections);
+            self.connecting.remove(&peer.remote);
+            return;
+        };
+        let ctx = ctx.clone();
+        let (local, remote) = (peer.local, peer.remote);
+        tokio::spawn(async move {
+            match tcp::connect_from(local, remote).await {
+                Ok(stream) => tcp::spawn(stream, local, remote, slot, &ctx),
+                Err(e) => {
+                    warn!(%remote, error = %e, "SIP TCP connection failed");
+                    drop(slot);
+                    let _ = ctx.events.send(Event::ConnectFailed(remote)).await;
+                }
+            }
+        });
+    }
 }
 
 /// The agent's own task.
 async fn serve(
     mut agent: Agent,
-    events_tx: mpsc::UnboundedSender<Event>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    mut replies: mpsc::UnboundedReceiver<ng::Reply>,
+    ctx: Arc<Context>,
+    mut events: mpsc::Receiver<Event>,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     mut ngc: NgClient,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let max = agent.config().max_message;
-    let mut conns: HashMap<ConnId, (SocketAddr, mpsc::UnboundedSender<Vec<u8>>)> = HashMap::new();
-    let mut by_remote: HashMap<SocketAddr, ConnId> = HashMap::new();
-    // Bytes waiting for an outgoing TCP connection being set up.
-    let mut connecting: HashMap<SocketAddr, Vec<Vec<u8>>> = HashMap::new();
+    let mut conns = Connections::default();
     tokio::pin!(shutdown);
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -265,29 +292,26 @@ async fn serve(
                 match ev {
                     Event::Message(peer, m) => agent.on_message(peer, m, now),
                     Event::Malformed(peer, raw, e) => agent.on_malformed(peer, &raw, &e),
-                    Event::Connected(conn, remote, tx) => {
-                        by_remote.insert(remote, conn);
-                        if let Some(queued) = connecting.remove(&remote) {
-                            for b in queued {
-                                let _ = tx.send(b);
+                    Event::NgReply(reply) => {
+                        if let Some(id) = ngc.inflight.take_reply(&reply.cookie, reply.from) {
+                            agent.on_ng(id, NgOutcome::Reply(reply.value), now);
+                        }
+                    }
+                    Event::Connected(id, remote, conn) => {
+                        conns.by_remote.insert(remote, id);
+                        if let Some((_, waiting)) = conns.connecting.remove(&remote) {
+                            for b in waiting {
+                                let _ = conn.send(b);
                             }
                         }
-                        conns.insert(conn, (remote, tx));
+                        conns.by_id.insert(id, (remote, conn));
                     }
                     Event::ConnectFailed(remote) => {
-                        connecting.remove(&remote);
+                        conns.connecting.remove(&remote);
                     }
-                    Event::Closed(conn) => {
-                        if let Some((remote, _)) = conns.remove(&conn) {
-                            by_remote.remove(&remote);
-                        }
+                    Event::Closed(id) => {
+                        conns.remove(id);
                     }
-                }
-            }
-            reply = replies.recv() => {
-                let Some(reply) = reply else { break };
-                if let Some(id) = ngc.inflight.take_reply(&reply.cookie, reply.from) {
-                    agent.on_ng(id, NgOutcome::Reply(reply.value), Instant::now());
                 }
             }
             _ = metrics_tick.tick() => {
@@ -313,54 +337,17 @@ async fn serve(
                             debug!(remote = %peer.remote, error = %e, "SIP datagram not sent");
                         }
                     }
-                    Transport::Tcp => {
-                        let conn = peer
-                            .conn
-                            .filter(|c| conns.contains_key(c))
-                            .or_else(|| by_remote.get(&peer.remote).copied());
-                        if let Some((_, tx)) = conn.and_then(|c| conns.get(&c)) {
-                            let _ = tx.send(bytes);
-                        } else {
-                            let queue = connecting.entry(peer.remote).or_default();
-                            queue.push(bytes);
-                            if queue.len() == 1 {
-                                let events = events_tx.clone();
-                                let (local, remote) = (peer.local, peer.remote);
-                                tokio::spawn(async move {
-                                    match connect_from(local, remote).await {
-                                        Ok(stream) => {
-                                            spawn_conn(stream, local, remote, max, events);
-                                        }
-                                        Err(e) => {
-                                            warn!(%remote, error = %e, "SIP TCP connection failed");
-                                            let _ = events.send(Event::ConnectFailed(remote));
-                                        }
-                                    }
-                                });
-                            }
-                        }
-                    }
+                    Transport::Tcp => conns.send(&ctx, peer, bytes),
                 },
             }
         }
     }
+    // Close every connection; the socket tasks end as the queue closes.
+    for (_, conn) in conns.by_id.values() {
+        conn.close();
+    }
     info!(calls = agent.calls(), "SIP agent stopped");
 }
 
-/// Connect from our listen address's IP (so the peer sees the side's
-/// address), any port.
-async fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if remote.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    if local.is_ipv4() == remote.is_ipv4() {
-        socket.bind(SocketAddr::new(local.ip(), 0))?;
-    }
-    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(remote))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
+#[cfg(test)]
+mod tests;

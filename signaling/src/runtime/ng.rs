@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 /// One request awaiting its reply.
@@ -146,24 +146,25 @@ pub(super) struct Reply {
 
 /// Read replies off the ng socket and hand them to the agent's task, which
 /// matches them against [`Inflight`].
-pub(super) async fn reader(socket: Arc<UdpSocket>, replies: mpsc::UnboundedSender<Reply>) {
+pub(super) async fn reader(socket: Arc<UdpSocket>, ctx: Arc<super::Context>) {
     let mut buf = vec![0u8; 65_536];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+        let received = tokio::select! {
+            () = ctx.events.closed() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let Ok((n, from)) = received else {
             continue;
         };
         let Ok((cookie, value)) = ng::parse_reply(&buf[..n]) else {
             debug!("undecodable ng reply dropped");
             continue;
         };
-        if replies
-            .send(Reply {
-                cookie,
-                from,
-                value,
-            })
-            .is_err()
-        {
+        if !ctx.submit(super::Event::NgReply(Reply {
+            cookie,
+            from,
+            value,
+        })) {
             return;
         }
     }
