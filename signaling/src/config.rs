@@ -412,7 +412,7 @@ default = true
                 max_per_source: 32,
                 idle_timeout: Duration::from_secs(120),
                 message_timeout: Duration::from_secs(10),
-                write_queue: 262_140,
+                write_queue: 262_144,
             }
         );
         assert_eq!(c.refusal_rate, 20);
