@@ -765,12 +765,12 @@ fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
         let at_uac = RtpCounter::start(&bed.a, A_MEDIA..=A_MEDIA)?;
         let server = Sipp::start(t, &bed.b, &uas)?;
         let client = Sipp::start(t, &bed.a, &uac)?;
-        // Wait for the call to be up (answered: the media daemon has both
-        // tags), then restart the agent during the call's 7.5 s of media.
+        // Wait for the call to be up (the ACK of its 200 passed), then
+        // restart the agent during the call's 7.5 s of media.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let st = agent_stats(&bed.a)?;
-            if st["responses"]["200"].as_u64().unwrap_or(0) >= 2 {
+            if st["requests"]["ACK"] == 1 {
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "the call was not answered: {st}");
@@ -815,9 +815,7 @@ fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
 /// A TCP connection from `from` (an address of the namespace we are in)
 /// to `to`.
 fn tcp_from(from: Ipv4Addr, to: SocketAddr) -> anyhow::Result<TcpStream> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket,
-    };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
@@ -861,15 +859,19 @@ fn tcp_connections_limited_per_source_idle_closed_calls_pass() -> anyhow::Result
             // Idle 10 s: longer than the basic call's 7.5 s of media.
             let s = setup_sip(t, 100, "tcp-max-per-source = 4\ntcp-idle-timeout = 10", &[])?;
             let agent = sa(RA_V4, SIP);
-            let mut conns = s
-                .bed
-                .a
-                .enter(|| (0..6).map(|_| tcp_from(A_V4, agent)).collect::<anyhow::Result<Vec<_>>>())?;
+            let mut conns = s.bed.a.enter(|| {
+                (0..6)
+                    .map(|_| tcp_from(A_V4, agent))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?;
             let mut closed = 0;
             for c in &mut conns {
                 closed += usize::from(closed_within(c, Duration::from_millis(300))?);
             }
-            anyhow::ensure!(closed == 2, "of 6 connections with 4 allowed, {closed} closed");
+            anyhow::ensure!(
+                closed == 2,
+                "of 6 connections with 4 allowed, {closed} closed"
+            );
             let stranger = Ipv4Addr::new(198, 18, 1, 3);
             s.bed
                 .a
@@ -888,10 +890,7 @@ fn tcp_connections_limited_per_source_idle_closed_calls_pass() -> anyhow::Result
                 "an idle connection stays open"
             );
             let after = t0.elapsed();
-            anyhow::ensure!(
-                after >= Duration::from_secs(9),
-                "closed after {after:?}"
-            );
+            anyhow::ensure!(after >= Duration::from_secs(9), "closed after {after:?}");
             let st = agent_stats(&s.bed.a)?;
             let tr = &st["transport"];
             anyhow::ensure!(
