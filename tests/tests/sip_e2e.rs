@@ -882,6 +882,13 @@ fn tcp_connections_limited_per_source_idle_closed_calls_pass() -> anyhow::Result
                 "a stranger's connection stays open"
             );
             drop(conns);
+            // The agent sees them go (its readers end) before a new one
+            // may take their place.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while agent_stats(&s.bed.a)?["transport"]["tcp_connections"] != 0 {
+                anyhow::ensure!(Instant::now() < deadline, "connections not released");
+                std::thread::sleep(Duration::from_millis(50));
+            }
             // Idle: closed after 10 s (bounded: 15 s), not before 9.
             let mut idle = s.bed.a.enter(|| tcp_from(A_V4, agent))?;
             let t0 = Instant::now();
