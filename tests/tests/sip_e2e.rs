@@ -118,12 +118,15 @@ fn setup_sip<'t>(
 fn agent_stats(ns: &Netns) -> anyhow::Result<serde_json::Value> {
     let s = ns.enter(|| Ok(UdpSocket::bind(sa(A_V4, 5999))?))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A new transaction every time: the same branch within 32 s (Timer J)
+    // would be a retransmission, answered with the cached response.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
     let req = format!(
-        "OPTIONS sip:stats@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5999;branch=z9hG4bK-stats-{}\r\n\
+        "OPTIONS sip:stats@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5999;branch=z9hG4bK-stats-{pid}-{n}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:probe@{A_V4}>;tag=probe\r\nTo: <sip:stats@{RA_V4}>\r\n\
-         Call-ID: stats-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        Instant::now().elapsed().as_nanos(),
-        std::process::id()
+         Call-ID: stats-{pid}-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     );
     s.send_to(req.as_bytes(), sa(RA_V4, SIP))?;
     let mut buf = vec![0u8; 65536];
