@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::proxy::{MIN_SECRET, RouteKey};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SipConfigError {
     #[error("config key `sip.{key}` = {value}: {expected}")]
@@ -90,6 +92,28 @@ pub struct SipFile {
     pub media_poll: Option<u64>,
     /// Largest SIP message accepted, bytes.
     pub max_message: Option<usize>,
+    /// The secret that signs the agent's Record-Route entries (at least 32
+    /// characters, e.g. `openssl rand -hex 32`). Without it the agent
+    /// keeps a random one in its runtime directory (`$RUNTIME_DIRECTORY`
+    /// or /run/media-relay, memory-backed), or in memory only.
+    pub record_route_secret: Option<String>,
+    /// Refusals (403 to unknown sources, 481/403 to in-dialog requests it
+    /// will not forward) answered per second per source address; beyond
+    /// that they are dropped unanswered (counted).
+    pub refusal_rate: Option<u32>,
+    /// SIP over TCP: connections at most (accepted and opened), and
+    /// accepted ones per source address; beyond, new ones are closed.
+    pub tcp_max_connections: Option<usize>,
+    pub tcp_max_per_source: Option<usize>,
+    /// Seconds without a byte either way (CRLF keepalives count) before a
+    /// connection is closed.
+    pub tcp_idle_timeout: Option<u64>,
+    /// Seconds a connection may take to deliver one message once it has
+    /// started (slow senders holding partial messages are closed).
+    pub tcp_message_timeout: Option<u64>,
+    /// Bytes queued for one connection at most; a peer that does not read
+    /// its responses is disconnected beyond that.
+    pub tcp_write_queue: Option<usize>,
 }
 
 /// A source match.
@@ -141,9 +165,34 @@ pub struct SipConfig {
     pub ng_timeout: Duration,
     pub media_poll: Duration,
     pub max_message: usize,
+    /// `record-route-secret`, checked.
+    pub record_route_secret: Option<RouteKey>,
+    pub refusal_rate: u32,
+    pub tcp_limits: TcpLimits,
+}
+
+/// Limits on SIP over TCP (RFC 3261 §18 leaves connection management to
+/// the implementation; these keep descriptors and memory bounded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+    pub idle_timeout: Duration,
+    pub message_timeout: Duration,
+    pub write_queue: usize,
 }
 
 impl SipConfig {
+    /// Whether `remote` is a configured trunk or PBX source (anyone else
+    /// is refused, over TCP already at the connection).
+    pub fn knows_source(&self, remote: SocketAddr) -> bool {
+        self.pbx_sources.iter().any(|s| s.matches(remote))
+            || self
+                .trunks
+                .iter()
+                .any(|(_, sources)| sources.iter().any(|s| s.matches(remote)))
+    }
+
     pub fn resolve(f: SipFile) -> Result<Self, SipConfigError> {
         let trunk_listen = f.trunk_listen.ok_or_else(|| {
             invalid(
@@ -233,6 +282,68 @@ impl SipConfig {
         if media.is_empty() {
             return Err(invalid("media", "[]", "at least one ng media node"));
         }
+        let record_route_secret = match f.record_route_secret {
+            Some(text) => Some(RouteKey::new(text.as_bytes()).ok_or_else(|| {
+                invalid(
+                    "record-route-secret",
+                    format!("({} characters)", text.len()),
+                    format!(
+                        "at least {MIN_SECRET} characters (e.g. the output of `openssl rand -hex 32`)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let refusal_rate = f.refusal_rate.unwrap_or(20);
+        if refusal_rate == 0 {
+            return Err(invalid(
+                "refusal-rate",
+                0,
+                "at least 1 refusal per second per source",
+            ));
+        }
+        let max_message = f.max_message.unwrap_or(crate::message::MAX_MESSAGE);
+        let at_least_1 = |key: &str, v: Option<u64>, default: u64, what: &str| match v {
+            Some(0) => Err(invalid(key, 0, format!("at least 1 {what}"))),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let tcp_limits = TcpLimits {
+            max_connections: at_least_1(
+                "tcp-max-connections",
+                f.tcp_max_connections.map(|v| v as u64),
+                1024,
+                "connection",
+            )? as usize,
+            max_per_source: at_least_1(
+                "tcp-max-per-source",
+                f.tcp_max_per_source.map(|v| v as u64),
+                32,
+                "connection",
+            )? as usize,
+            idle_timeout: Duration::from_secs(at_least_1(
+                "tcp-idle-timeout",
+                f.tcp_idle_timeout,
+                120,
+                "second",
+            )?),
+            message_timeout: Duration::from_secs(at_least_1(
+                "tcp-message-timeout",
+                f.tcp_message_timeout,
+                10,
+                "second",
+            )?),
+            write_queue: match f.tcp_write_queue {
+                Some(q) if q < max_message => {
+                    return Err(invalid(
+                        "tcp-write-queue",
+                        q,
+                        format!("at least max-message ({max_message} bytes)"),
+                    ));
+                }
+                Some(q) => q,
+                None => (4 * max_message).max(256 * 1024),
+            },
+        };
         Ok(Self {
             trunk_listen,
             pbx_listen,
@@ -248,7 +359,10 @@ impl SipConfig {
             media_pbx_interface: f.media_pbx_interface,
             ng_timeout: Duration::from_millis(f.ng_timeout_ms.unwrap_or(500).max(10)),
             media_poll: Duration::from_secs(f.media_poll.unwrap_or(5).max(1)),
-            max_message: f.max_message.unwrap_or(crate::message::MAX_MESSAGE),
+            max_message,
+            record_route_secret,
+            refusal_rate,
+            tcp_limits,
         })
     }
 }
@@ -291,6 +405,20 @@ default = true
         assert!(src[1].matches("203.0.113.7:5060".parse().unwrap()));
         assert!(!src[1].matches("203.0.113.7:5061".parse().unwrap()));
         assert!(c.pbx_sources[0].matches("198.18.2.2:9999".parse().unwrap()));
+        assert_eq!(
+            c.tcp_limits,
+            TcpLimits {
+                max_connections: 1024,
+                max_per_source: 32,
+                idle_timeout: Duration::from_secs(120),
+                message_timeout: Duration::from_secs(10),
+                write_queue: 262_144,
+            }
+        );
+        assert_eq!(c.refusal_rate, 20);
+        assert!(c.record_route_secret.is_none());
+        assert!(c.knows_source("198.18.2.2:1".parse().unwrap()));
+        assert!(!c.knows_source("198.18.3.2:5060".parse().unwrap()));
     }
 
     #[test]
@@ -312,6 +440,18 @@ default = true
             (
                 "max-calls = 0\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
                 "config key `sip.max-calls` = 0: at least 1",
+            ),
+            (
+                "tcp-idle-timeout = 0\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.tcp-idle-timeout` = 0: at least 1 second",
+            ),
+            (
+                "tcp-write-queue = 1000\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.tcp-write-queue` = 1000: at least max-message (65535 bytes)",
+            ),
+            (
+                "record-route-secret = \"short\"\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"",
+                "config key `sip.record-route-secret` = (5 characters): at least 32 characters (e.g. the output of `openssl rand -hex 32`)",
             ),
         ] {
             assert_eq!(parse(&format!("{base}{extra}")).unwrap_err(), want);

@@ -34,7 +34,30 @@ pub fn publish(stats: &Stats, calls: usize) {
     ] {
         counter!("media_relay_sip_rejected_total", "reason" => reason).absolute(n);
     }
+    // In-dialog requests not forwarded (unknown_dialog, bad_signature,
+    // forbidden_target, loop, ended_call).
+    for (reason, n) in &stats.in_dialog_refused {
+        counter!("media_relay_sip_rejected_total", "reason" => reason.clone()).absolute(*n);
+    }
+    counter!("media_relay_sip_refusals_unanswered_total").absolute(stats.refusals_unanswered);
     counter!("media_relay_rejected_sources_total", "path" => "sip")
         .absolute(stats.rejected_sources);
     counter!("media_relay_sip_media_timeouts_total").absolute(stats.media_timeouts);
+    for (name, n) in stats.transport.fields() {
+        match name {
+            "tcp_connections" => gauge!("media_relay_sip_tcp_connections").set(n as f64),
+            "events_dropped" => counter!("media_relay_sip_events_dropped_total").absolute(n),
+            refused if refused.starts_with("tcp_refused_") => {
+                let reason = &refused["tcp_refused_".len()..];
+                counter!("media_relay_sip_tcp_refused_total", "reason" => reason).absolute(n);
+            }
+            closed => {
+                // tcp_idle_closed, tcp_slow_closed, tcp_write_queue_full
+                let reason = closed
+                    .trim_start_matches("tcp_")
+                    .trim_end_matches("_closed");
+                counter!("media_relay_sip_tcp_closed_total", "reason" => reason).absolute(n);
+            }
+        }
+    }
 }

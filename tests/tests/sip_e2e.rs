@@ -6,10 +6,19 @@
 //! plane forwarded it, and that nothing is left behind afterwards. One
 //! case swaps our media daemon for Debian's rtpengine (the agent speaks
 //! standard ng), and a load run places 1 000 calls at 100 calls/s.
+//!
+//! Issue 16: in-dialog requests for a dialog nobody set up are refused
+//! (481) and reach neither the PBX nor the media node; a call set up
+//! before an agent restart is ended by its BYE after it (the signed
+//! Record-Route entries survive: the secret is kept in a memory-backed
+//! runtime directory); SIP over TCP is capped per source, idle
+//! connections are closed, strangers at once, and calls still work.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -33,6 +42,10 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
+/// The agent's Record-Route secret in these tests (so that no test
+/// writes the default runtime directory of the host).
+const SECRET: &str = "record-route-secret = \"sip_e2e: a secret of 32 bytes or more\"";
+
 /// A media-relay configuration with the SIP agent: trunk side on `ra`,
 /// PBX side on `rb`.
 fn config(dir: &TestDir, max_calls: u32, media: &str, extra_sip: &str) -> anyhow::Result<PathBuf> {
@@ -40,7 +53,9 @@ fn config(dir: &TestDir, max_calls: u32, media: &str, extra_sip: &str) -> anyhow
         "media-relay.toml",
         bed::agent_config(
             "",
-            &format!("max-calls = {max_calls}\nmedia = [\"{media}\"]\nmedia-poll = 1\n{extra_sip}"),
+            &format!(
+                "max-calls = {max_calls}\nmedia = [\"{media}\"]\nmedia-poll = 1\n{SECRET}\n{extra_sip}"
+            ),
         ),
     )
 }
@@ -63,11 +78,21 @@ fn setup_with<'t>(
     max_calls: u32,
     daemon_args: &[&str],
 ) -> anyhow::Result<Setup<'t>> {
+    setup_sip(dir, max_calls, "", daemon_args)
+}
+
+/// [`setup_with`] with `extra_sip` in the `[sip]` table.
+fn setup_sip<'t>(
+    dir: &'t TestDir,
+    max_calls: u32,
+    extra_sip: &str,
+    daemon_args: &[&str],
+) -> anyhow::Result<Setup<'t>> {
     let bed = Bed::new(BedOptions {
         peer_xdp: true,
         static_neighbours: false,
     })?;
-    let config = config(dir, max_calls, "127.0.0.1:2223", "")?;
+    let config = config(dir, max_calls, "127.0.0.1:2223", extra_sip)?;
     let config_arg = config.to_string_lossy().into_owned();
     let mut args = vec![
         "--config",
@@ -93,12 +118,15 @@ fn setup_with<'t>(
 fn agent_stats(ns: &Netns) -> anyhow::Result<serde_json::Value> {
     let s = ns.enter(|| Ok(UdpSocket::bind(sa(A_V4, 5999))?))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A new transaction every time: the same branch within 32 s (Timer J)
+    // would be a retransmission, answered with the cached response.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
     let req = format!(
-        "OPTIONS sip:stats@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5999;branch=z9hG4bK-stats-{}\r\n\
+        "OPTIONS sip:stats@{RA_V4}:{SIP} SIP/2.0\r\nVia: SIP/2.0/UDP {A_V4}:5999;branch=z9hG4bK-stats-{pid}-{n}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:probe@{A_V4}>;tag=probe\r\nTo: <sip:stats@{RA_V4}>\r\n\
-         Call-ID: stats-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        Instant::now().elapsed().as_nanos(),
-        std::process::id()
+         Call-ID: stats-{pid}-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     );
     s.send_to(req.as_bytes(), sa(RA_V4, SIP))?;
     let mut buf = vec![0u8; 65536];
@@ -583,4 +611,318 @@ fn load_1000_calls_at_100_per_second() -> anyhow::Result<()> {
         anyhow::ensure!(st["calls_total"] == 1000, "{st}");
         nothing_left(&s)
     })
+}
+
+/// Issue 16, item 4: a re-INVITE (with SDP) and a MESSAGE inside a dialog
+/// nobody set up, from the allowed trunk, addressed at the PBX: the agent
+/// answers 481 itself, nothing reaches the PBX's address, no media is
+/// allocated.
+#[test]
+fn unknown_dialog_481_and_nothing_reaches_the_pbx() -> anyhow::Result<()> {
+    root_test("unknown_dialog_481_and_nothing_reaches_the_pbx", |t| {
+        let s = setup(t, 100)?;
+        // Stands where the PBX would: counts whatever reaches it.
+        let pbx = s.bed.b.enter(|| Ok(UdpSocket::bind(sa(B_V4, SIP))?))?;
+        let mut uac = SippOptions::uac(
+            "unknown_dialog_uac.xml",
+            sa(A_V4, SIP),
+            sa(B_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        // To the agent, but with the PBX in the Request-URI.
+        uac.rsa = Some(sa(RA_V4, SIP));
+        let result = Sipp::start(t, &s.bed.a, &uac)?.wait(DEADLINE)?;
+        if result.ensure_all_succeeded().is_err() {
+            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+        }
+        result.ensure_all_succeeded()?;
+        std::thread::sleep(Duration::from_millis(500));
+        pbx.set_nonblocking(true)?;
+        let mut buf = vec![0u8; 65536];
+        let mut reached = Vec::new();
+        while let Ok(n) = pbx.recv(&mut buf) {
+            reached.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        anyhow::ensure!(reached.is_empty(), "reached the PBX: {reached:?}");
+        let st = agent_stats(&s.bed.a)?;
+        anyhow::ensure!(
+            st["in_dialog_refused"]["unknown_dialog"] == 2 && st["responses"]["481"] == 2,
+            "{st}"
+        );
+        nothing_left(&s)
+    })
+}
+
+/// A memory-backed runtime directory for one agent (under /dev/shm),
+/// removed on drop.
+struct RuntimeDir(PathBuf);
+
+impl RuntimeDir {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parent = PathBuf::from(format!("/dev/shm/mr-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir(&parent)?;
+        Ok(Self(parent))
+    }
+
+    /// Where the agent keeps its secret (it creates the directory).
+    fn agent_dir(&self) -> PathBuf {
+        self.0.join("media-relay")
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `media-relay-sip --config sip` in the relay namespace with its runtime
+/// directory at `runtime`; returns once it answers OPTIONS.
+fn start_agent(dir: &TestDir, bed: &Bed, sip: &Path, runtime: &Path) -> anyhow::Result<Guard> {
+    let sip_bin = media_relay_tests::daemon::sip_binary();
+    let log = dir.unique("media-relay-sip.log");
+    let mut agent = Guard(
+        Command::new("ip")
+            .args(["netns", "exec", bed.relay.name()])
+            .arg(&sip_bin)
+            .arg("--config")
+            .arg(sip)
+            .env("RUNTIME_DIRECTORY", runtime)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", sip_bin.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent_stats(&bed.a).is_err() {
+        anyhow::ensure!(
+            agent.0.try_wait()?.is_none(),
+            "media-relay-sip exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        anyhow::ensure!(Instant::now() < deadline, "the agent did not come up");
+    }
+    Ok(agent)
+}
+
+/// A call set up before the agent restarts and ended after it: the BYE
+/// carries the route set the first agent signed; the second one (no
+/// memory of the call, the same secret from its runtime directory) lets it
+/// through to the PBX and deletes the media. RTP flows throughout (the
+/// media daemon is not restarted).
+#[test]
+fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
+    root_test("a_call_outlives_an_agent_restart", |t| {
+        let bed = Bed::new(BedOptions {
+            peer_xdp: true,
+            static_neighbours: false,
+        })?;
+        let media = t.write(
+            "media-relay.toml",
+            "[[interface]]\nnetdev = \"ra\"\n[[interface]]\nnetdev = \"rb\"\n",
+        )?;
+        let media_arg = media.to_string_lossy().into_owned();
+        let daemon = Daemon::start(
+            t,
+            &bed.relay,
+            &[
+                "--config",
+                &media_arg,
+                "--xdp-mode",
+                "native",
+                "--learning-window",
+                "1",
+            ],
+        )?;
+        let ng = NgClient::new(&bed.relay, daemon.ng)?;
+        // No record-route-secret: the agent keeps one in its runtime
+        // directory.
+        let sip = t.write(
+            "sip.toml",
+            bed::agent_config("", "media = [\"127.0.0.1:2223\"]\nmedia-poll = 1"),
+        )?;
+        let runtime = RuntimeDir::new("sip-restart")?;
+        let agent = start_agent(t, &bed, &sip, &runtime.agent_dir())?;
+        let key_file = runtime.agent_dir().join("sip-record-route.key");
+        let secret = std::fs::read(&key_file).context("the agent's secret file")?;
+        let mode = std::fs::metadata(&key_file)?.permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(runtime.agent_dir())?.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            secret.len() == 32 && mode == 0o600 && dir_mode == 0o700,
+            "secret file: {} bytes, mode {mode:o}, directory mode {dir_mode:o}",
+            secret.len()
+        );
+
+        let uas = SippOptions::uas("basic_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+        let uac = SippOptions::uac(
+            "basic_uac.xml",
+            sa(A_V4, SIP),
+            sa(RA_V4, SIP),
+            A_V4.into(),
+            A_MEDIA,
+        );
+        let at_uas = RtpCounter::start(&bed.b, B_MEDIA..=B_MEDIA)?;
+        let at_uac = RtpCounter::start(&bed.a, A_MEDIA..=A_MEDIA)?;
+        let server = Sipp::start(t, &bed.b, &uas)?;
+        let client = Sipp::start(t, &bed.a, &uac)?;
+        // Wait for the call to be up (the ACK of its 200 passed), then
+        // restart the agent during the call's 7.5 s of media.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = agent_stats(&bed.a)?;
+            if st["requests"]["ACK"] == 1 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the call was not answered: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(agent);
+        let again = start_agent(t, &bed, &sip, &runtime.agent_dir())?;
+        let st = agent_stats(&bed.a)?;
+        anyhow::ensure!(st["calls"] == 0, "a new agent remembers nothing: {st}");
+        let uac_r = client.wait(DEADLINE)?;
+        let uas_r = server.wait(DEADLINE)?;
+        let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
+        uac_r.ensure_all_succeeded()?;
+        uas_r.ensure_all_succeeded()?;
+        let per = pcap_packet_count(PCAP)?;
+        check_rtp("at the UAS", &at_uas, per, RB_V4)?;
+        check_rtp("at the UAC", &at_uac, per, RA_V4)?;
+        let st = agent_stats(&bed.a)?;
+        anyhow::ensure!(
+            st["requests"]["BYE"] == 1
+                && st["in_dialog_refused"]
+                    .as_object()
+                    .is_some_and(serde_json::Map::is_empty),
+            "the BYE went through the restarted agent: {st}"
+        );
+        anyhow::ensure!(
+            std::fs::read(&key_file)? == secret,
+            "the secret changed across the restart"
+        );
+        let list = ng.ok(&Value::dict().with("command", "list"))?;
+        anyhow::ensure!(
+            list.get("calls")
+                .and_then(Value::as_list)
+                .is_some_and(<[Value]>::is_empty),
+            "the BYE after the restart did not delete the media: {list:?}"
+        );
+        drop(again);
+        Ok(())
+    })
+}
+
+/// A TCP connection from `from` (an address of the namespace we are in)
+/// to `to`.
+fn tcp_from(from: Ipv4Addr, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )?;
+    let SocketAddr::V4(to) = to else {
+        anyhow::bail!("IPv4 only")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Whether the peer closed `s` within `within` (EOF or reset).
+fn closed_within(s: &mut TcpStream, within: Duration) -> anyhow::Result<bool> {
+    s.set_read_timeout(Some(within))?;
+    let mut b = [0u8; 1024];
+    Ok(match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    })
+}
+
+/// Issue 16, item 7: SIP over TCP is bounded. More connections from one
+/// source than `tcp-max-per-source` are closed at once, so is one from a
+/// stranger, an idle one after `tcp-idle-timeout`; and a normal call over
+/// TCP still passes under these limits.
+#[test]
+fn tcp_connections_limited_per_source_idle_closed_calls_pass() -> anyhow::Result<()> {
+    root_test(
+        "tcp_connections_limited_per_source_idle_closed_calls_pass",
+        |t| {
+            // Idle 10 s: longer than the basic call's 7.5 s of media.
+            let s = setup_sip(t, 100, "tcp-max-per-source = 4\ntcp-idle-timeout = 10", &[])?;
+            let agent = sa(RA_V4, SIP);
+            let mut conns = s.bed.a.enter(|| {
+                (0..6)
+                    .map(|_| tcp_from(A_V4, agent))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?;
+            let mut closed = 0;
+            for c in &mut conns {
+                closed += usize::from(closed_within(c, Duration::from_millis(300))?);
+            }
+            anyhow::ensure!(
+                closed == 2,
+                "of 6 connections with 4 allowed, {closed} closed"
+            );
+            let stranger = Ipv4Addr::new(198, 18, 1, 3);
+            s.bed
+                .a
+                .ip(&["addr", "add", &format!("{stranger}/24"), "dev", "a0"])?;
+            let mut c = s.bed.a.enter(|| tcp_from(stranger, agent))?;
+            anyhow::ensure!(
+                closed_within(&mut c, Duration::from_secs(2))?,
+                "a stranger's connection stays open"
+            );
+            drop(conns);
+            // The agent sees them go (its readers end) before a new one
+            // may take their place.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while agent_stats(&s.bed.a)?["transport"]["tcp_connections"] != 0 {
+                anyhow::ensure!(Instant::now() < deadline, "connections not released");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Idle: closed after 10 s (bounded: 15 s), not before 9.
+            let mut idle = s.bed.a.enter(|| tcp_from(A_V4, agent))?;
+            let t0 = Instant::now();
+            anyhow::ensure!(
+                closed_within(&mut idle, Duration::from_secs(15))?,
+                "an idle connection stays open"
+            );
+            let after = t0.elapsed();
+            anyhow::ensure!(after >= Duration::from_secs(9), "closed after {after:?}");
+            let st = agent_stats(&s.bed.a)?;
+            let tr = &st["transport"];
+            anyhow::ensure!(
+                tr["tcp_refused_per_source"] == 2
+                    && tr["tcp_refused_unknown_source"] == 1
+                    && tr["tcp_idle_closed"] == 1
+                    && tr["tcp_connections"] == 0,
+                "{st}"
+            );
+            let r = call(
+                &s,
+                &Call {
+                    case: "basic",
+                    transport: Transport::Tcp,
+                    from_pbx: false,
+                    streams: (1, 1),
+                },
+            );
+            if r.is_err() {
+                eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
+            }
+            r
+        },
+    )
 }

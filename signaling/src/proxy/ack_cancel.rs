@@ -5,9 +5,12 @@
 
 use std::time::Instant;
 
+use tracing::debug;
+
 use super::{
     Peer,
-    agent::{Agent, Pending, Purpose, ServerKey},
+    agent::{Agent, Pending, Purpose, ServerKey, Side},
+    in_dialog::Forward,
     media::{self, Sdp},
 };
 use crate::message::{Message, Method};
@@ -17,7 +20,7 @@ impl Agent {
     /// (absorbed); for a 2xx it is a request of its own, forwarded
     /// statelessly by its Route headers — with the answer SDP of a late
     /// offer rewritten.
-    pub(super) fn on_ack(&mut self, peer: Peer, msg: Message, now: Instant) {
+    pub(super) fn on_ack(&mut self, peer: Peer, side: Side, msg: Message, now: Instant) {
         let via = msg.top_via();
         let key: ServerKey = (
             via.branch.clone().unwrap_or_default(),
@@ -32,20 +35,25 @@ impl Agent {
         if msg.to_tag().is_none() {
             return;
         }
-        let mut fwd = msg.clone();
-        let local = self.pop_our_routes(&mut fwd, peer.local);
-        let Some(out) = self.in_dialog_dest(&fwd, local, peer.transport) else {
-            self.stats.no_route += 1;
-            return;
+        // The ACK of a 2xx: an in-dialog request like any other
+        // (`in_dialog.rs`), but never answered.
+        let Forward {
+            mut fwd,
+            out,
+            known,
+        } = match self.route_in_dialog(side, peer, &msg) {
+            Ok(f) => f,
+            Err(refusal) => {
+                debug!(remote = %peer.remote, reason = refusal.reason(), "in-dialog ACK dropped");
+                self.count_refused(refusal);
+                return;
+            }
         };
-        if self.is_ours(out.remote) {
-            return;
-        }
         fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
         let branch = self.new_branch();
         fwd.push_via(&self.via(out.local, out.transport, &branch));
         let call_id = msg.call_id().to_owned();
-        let late = self.calls.get(&call_id).is_some_and(|c| c.late_offer);
+        let late = known && self.calls.get(&call_id).is_some_and(|c| c.late_offer);
         if late && !msg.body().is_empty() {
             // The callee offered in its 2xx; the ACK answers: the offerer
             // is the callee (the ACK's To), the answerer the caller.
@@ -88,7 +96,11 @@ impl Agent {
             Method::Invite.as_str().to_owned(),
         );
         if !self.servers.contains_key(&key) {
-            self.respond_stateless(peer, msg, 481, &[]);
+            if self.refusals.admit(peer.remote.ip(), now) {
+                self.respond_stateless(peer, msg, 481, &[]);
+            } else {
+                self.stats.refusals_unanswered += 1;
+            }
             return;
         }
         self.respond_stateless(peer, msg, 200, &[]);
@@ -115,9 +127,13 @@ impl Agent {
             }
             None => {
                 // Still waiting for the media offer: it will not be sent.
-                self.pending.retain(
-                    |_, p| !matches!(p, Pending::Request { server: Some(k), .. } if *k == key),
-                );
+                self.pending.retain(|_, p| match p {
+                    Pending::Request {
+                        server: Some(k), ..
+                    } => *k != key,
+                    Pending::Reoffer(r) => r.server != key,
+                    _ => true,
+                });
                 self.respond(&key, 487, now);
             }
         }

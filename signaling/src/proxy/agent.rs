@@ -7,9 +7,11 @@
 //! Requests from a trunk go to the PBX; requests from the PBX go to the
 //! trunk a rule selects; anyone else gets 403. The agent Record-Routes
 //! twice when a request crosses from one side to the other (one entry per
-//! side, RFC 5658 §4), so in-dialog requests come back through it and
-//! route by their Route headers alone — which is also what lets a
-//! restarted agent carry on with calls it does not remember.
+//! side, RFC 5658 §4), each signed for the call (`signature.rs`), so
+//! in-dialog requests come back through it and are let through by that
+//! signature or by the dialog the agent remembers (`in_dialog.rs`) — the
+//! signature is what lets a restarted agent carry on with calls it does
+//! not remember.
 
 use std::{
     cmp::Reverse,
@@ -20,7 +22,10 @@ use std::{
 
 use tracing::debug;
 
-use super::{NgOutcome, Output, Peer, dialog::Dialog, media, ratelimit::RateLimit, stats::Stats};
+use super::{
+    NgOutcome, Output, Peer, dialog::Dialog, in_dialog::Reoffer, media, ratelimit::RateLimit,
+    signature::RouteKey, stats::Stats,
+};
 use crate::{
     config::SipConfig,
     message::{Message, MessageError, Method},
@@ -100,6 +105,10 @@ pub(super) enum Pending {
     },
     /// An ACK (late-offer answer) to forward statelessly once rewritten.
     Ack { message: Message, peer: Peer },
+    /// A validly signed re-offer for a call this agent does not remember
+    /// (it restarted), waiting for the media node to say whether it still
+    /// has the call.
+    Reoffer(Box<Reoffer>),
     /// A delete: nothing waits for it.
     Delete,
     /// A `list` poll of a media node.
@@ -133,6 +142,10 @@ pub struct Agent {
     next_branch: u64,
     nonce: u64,
     pub(super) rate: RateLimit,
+    /// Refusals answered per source.
+    pub(super) refusals: RateLimit,
+    /// Signs our Record-Route entries.
+    pub(super) key: RouteKey,
     next_poll: Instant,
     next_sweep: Instant,
     pub(super) stats: Stats,
@@ -158,11 +171,14 @@ fn reason(status: u16) -> &'static str {
 }
 
 impl Agent {
-    pub fn new(cfg: SipConfig, now: Instant) -> Self {
+    /// An agent signing its Record-Route entries with `key` (the runtime
+    /// loads it: `record-route-secret`, or the runtime directory).
+    pub fn new(cfg: SipConfig, key: RouteKey, now: Instant) -> Self {
         let nonce = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let rate = RateLimit::new(cfg.invite_rate);
+        let refusals = RateLimit::new(cfg.refusal_rate);
         let next_poll = now + cfg.media_poll;
         Self {
             cfg,
@@ -176,6 +192,8 @@ impl Agent {
             next_branch: 1,
             nonce,
             rate,
+            refusals,
+            key,
             next_poll,
             next_sweep: now + Duration::from_secs(30),
             stats: Stats::default(),
@@ -436,12 +454,16 @@ impl Agent {
             self.stats.rejected_sources += 1;
             debug!(remote = %peer.remote, ?method, "request from an unknown source refused");
             if method != Method::Ack {
-                self.respond_stateless(peer, &msg, 403, &[]);
+                if self.refusals.admit(peer.remote.ip(), now) {
+                    self.respond_stateless(peer, &msg, 403, &[]);
+                } else {
+                    self.stats.refusals_unanswered += 1;
+                }
             }
             return;
         };
         match method {
-            Method::Ack => self.on_ack(peer, msg, now),
+            Method::Ack => self.on_ack(peer, side, msg, now),
             Method::Cancel => self.on_cancel(peer, &msg, now),
             _ => {
                 let via = msg.top_via();
@@ -508,6 +530,7 @@ impl Agent {
                 message,
                 cache,
             } => self.on_answer_reply(server, message, cache, reply, now),
+            Pending::Reoffer(r) => self.on_reoffer_query(*r, reply, now),
             Pending::Ack { message, peer } => self.on_ack_reply(message, peer, reply),
             Pending::Delete => {
                 if reply.is_none() {
@@ -572,6 +595,7 @@ impl Agent {
         if now >= self.next_sweep {
             self.next_sweep = now + Duration::from_secs(30);
             self.rate.sweep(now);
+            self.refusals.sweep(now);
             // A call that never got a dialog and has no transaction left
             // (its INVITE vanished): forget it.
             let live: std::collections::HashSet<String> = self

@@ -118,6 +118,13 @@ pub fn delete(call_id: &str, from_tag: Option<&str>, to_tag: Option<&str>) -> Va
     v
 }
 
+/// Whether the media node has a call (`result: ok`, else an error).
+pub fn query(call_id: &str) -> Value {
+    Value::dict()
+        .with("command", "query")
+        .with("call-id", call_id)
+}
+
 pub fn list() -> Value {
     Value::dict()
         .with("command", "list")

@@ -6,7 +6,12 @@
 //!   and timers.
 //! - `routing.rs`: where a request goes — source classification (trunk,
 //!   PBX or refused), where a new request such as an INVITE is routed,
-//!   Route popping and in-dialog destinations, Via and Record-Route.
+//!   Via and (signed) Record-Route.
+//! - `in_dialog.rs`: requests inside a dialog — who may send one and where
+//!   it may go: a dialog the agent knows or its own signed Route entry,
+//!   and only towards the other side's peers; everything else refused,
+//!   counted and rate-limited.
+//! - `signature.rs`: the HMAC on the agent's Record-Route entries.
 //! - `ack_cancel.rs`: ACK (absorbed or forwarded statelessly) and CANCEL.
 //! - `responses.rs`: responses from downstream, forwarded upstream; the
 //!   dialog of a 2xx.
@@ -16,21 +21,24 @@
 //! - `dialog.rs`: what the agent remembers of an established call, enough
 //!   to end it with a BYE to both sides when its media times out.
 //! - `stats.rs`: the counters operators and tests read.
-//! - `ratelimit.rs`: per-source INVITE rate limiting.
+//! - `ratelimit.rs`: per-source rate limiting (new INVITEs, refusals).
 
 mod ack_cancel;
 mod agent;
 mod dialog;
+mod in_dialog;
 mod media;
 mod ratelimit;
 mod responses;
 mod routing;
+mod signature;
 mod stats;
 
 use std::net::SocketAddr;
 
 pub use agent::Agent;
-pub use stats::Stats;
+pub use signature::{MIN_SECRET, RouteKey};
+pub use stats::{Stats, TransportStats};
 
 /// A transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -112,8 +112,8 @@ impl Agent {
             .iter()
             .flat_map(|t| {
                 [
-                    self.record_route(caller_local, *t),
-                    self.record_route(callee_local, *t),
+                    self.record_route(caller_local, *t, call_id),
+                    self.record_route(callee_local, *t, call_id),
                 ]
             })
             .collect();

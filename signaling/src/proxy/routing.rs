@@ -1,8 +1,7 @@
-//! Where a request goes (RFC 3261 §16.4–§16.6, §16.12): which side its
-//! source is on, where a new request (an INVITE above all) is routed, our
-//! own Route entries popped from an in-dialog request and where it goes
-//! next, the Via and Record-Route entries the agent adds, and OPTIONS
-//! addressed to the agent itself.
+//! Where a request goes (RFC 3261 §16.4–§16.6): which side its source is
+//! on, where a new request (an INVITE above all) is routed, the Via and
+//! (signed) Record-Route entries the agent adds, and OPTIONS addressed to
+//! the agent itself. In-dialog requests: `in_dialog.rs`.
 
 use std::{
     collections::HashMap,
@@ -12,8 +11,8 @@ use std::{
 
 use super::{
     Peer, Transport,
-    agent::{Agent, Call, Party, Pending, Purpose, ServerKey, Side},
-    media,
+    agent::{Agent, Call, Party, Purpose, ServerKey, Side},
+    signature,
 };
 use crate::message::{Message, Method};
 
@@ -73,10 +72,14 @@ impl Agent {
             .map(Side::Trunk)
     }
 
-    pub(super) fn record_route(&self, local: SocketAddr, t: Transport) -> String {
+    /// Our Record-Route entry on the side of `local`, signed for the call
+    /// (`signature.rs`).
+    pub(super) fn record_route(&self, local: SocketAddr, t: Transport, call_id: &str) -> String {
+        let mr = self.key.sign(call_id);
+        let param = signature::PARAM;
         match t {
-            Transport::Udp => format!("<sip:{};lr>", addr_text(local)),
-            Transport::Tcp => format!("<sip:{};transport=tcp;lr>", addr_text(local)),
+            Transport::Udp => format!("<sip:{};lr;{param}={mr}>", addr_text(local)),
+            Transport::Tcp => format!("<sip:{};transport=tcp;lr;{param}={mr}>", addr_text(local)),
         }
     }
 
@@ -181,9 +184,10 @@ impl Agent {
         if method == Method::Invite {
             // Both sides' entries when the request crosses over (the
             // outbound side's on top: it is the one the callee reaches).
-            fwd.prepend_record_route(&self.record_route(peer.local, peer.transport));
+            let call_id = msg.call_id();
+            fwd.prepend_record_route(&self.record_route(peer.local, peer.transport, call_id));
             if out.local != peer.local || out.transport != peer.transport {
-                fwd.prepend_record_route(&self.record_route(out.local, out.transport));
+                fwd.prepend_record_route(&self.record_route(out.local, out.transport, call_id));
             }
         }
         fwd.push_via(&self.via(out.local, out.transport, &branch));
@@ -221,112 +225,5 @@ impl Agent {
             source: peer.remote.ip(),
         };
         self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
-    }
-
-    /// Pop our own Route entries; return the local address the request
-    /// leaves from (the second of ours popped, when it crossed sides).
-    pub(super) fn pop_our_routes(&self, msg: &mut Message, arrived: SocketAddr) -> SocketAddr {
-        let mut out = arrived;
-        let mut popped = 0;
-        while let Some(first) = msg.routes().first().cloned() {
-            let ours = Message::uri_of(&first)
-                .ok()
-                .and_then(|u| host_port(&u))
-                .filter(|a| self.is_ours(*a));
-            let Some(addr) = ours else { break };
-            msg.pop_route();
-            popped += 1;
-            if popped >= 2 || addr != arrived {
-                out = addr;
-            }
-        }
-        out
-    }
-
-    /// Where an in-dialog request goes: the first remaining Route, or
-    /// the Request-URI (loose routing, §16.12).
-    pub(super) fn in_dialog_dest(
-        &self,
-        msg: &Message,
-        local: SocketAddr,
-        transport: Transport,
-    ) -> Option<Peer> {
-        let uri = match msg.routes().first() {
-            Some(r) => Message::uri_of(r).ok()?,
-            None => msg.request_uri()?.clone(),
-        };
-        let remote = host_port(&uri)?;
-        let t = uri_transport(&uri).unwrap_or(transport);
-        Some(Peer {
-            transport: t,
-            conn: None,
-            local,
-            remote,
-        })
-    }
-
-    pub(super) fn in_dialog(&mut self, key: ServerKey, side: Side, msg: Message, now: Instant) {
-        let method = msg.method();
-        let peer = self.servers[&key].peer;
-        let call_id = msg.call_id().to_owned();
-        if let Some(call) = self.calls.get_mut(&call_id)
-            && let Some(d) = call.dialog.as_mut()
-        {
-            d.saw_request(msg.from_tag().as_deref(), msg.cseq().0);
-        }
-        if method == Method::Bye {
-            // Delete media at once; also for calls this agent does not
-            // remember (it restarted): the media node knows them.
-            let node = self
-                .calls
-                .get(&call_id)
-                .map_or_else(|| self.node_for(&call_id), |c| c.node);
-            let req = media::delete(&call_id, msg.from_tag().as_deref(), None);
-            self.ng(node, req, Pending::Delete);
-            if let Some(c) = self.calls.get_mut(&call_id) {
-                c.ended = true;
-            }
-        }
-        let mut fwd = msg.clone();
-        let local = self.pop_our_routes(&mut fwd, peer.local);
-        let Some(out) = self.in_dialog_dest(&fwd, local, peer.transport) else {
-            self.stats.no_route += 1;
-            self.respond(&key, 404, now);
-            return;
-        };
-        if self.is_ours(out.remote) {
-            // Addressed to us with no route onwards: not a dialog we are in
-            // (§12.2.2), and forwarding it would loop.
-            self.respond(&key, 481, now);
-            return;
-        }
-        fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
-        let branch = self.new_branch();
-        fwd.push_via(&self.via(out.local, out.transport, &branch));
-        let has_sdp = !msg.body().is_empty();
-        if matches!(method, Method::Invite | Method::Update) && has_sdp {
-            let from_tag = msg.from_tag().unwrap_or_default();
-            let to_tag = msg.to_tag();
-            let (node, direction) = match self.calls.get(&call_id) {
-                Some(c) => {
-                    // The re-offer comes from either side.
-                    let (a, b) = if side == c.from_side {
-                        (c.from_side, c.to_side)
-                    } else {
-                        (c.to_side, c.from_side)
-                    };
-                    (c.node, self.direction(a, b))
-                }
-                None => (self.node_for(&call_id), None),
-            };
-            let offerer = Party {
-                tag: &from_tag,
-                other: to_tag.as_deref(),
-                source: peer.remote.ip(),
-            };
-            self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
-            return;
-        }
-        self.start_client(branch, fwd, out, Some(key), Purpose::Forward, now);
     }
 }

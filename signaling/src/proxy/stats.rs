@@ -1,7 +1,13 @@
 //! The agent's counters: what operators see (OPTIONS `sip:stats@…`, the
 //! metrics endpoint) and tests read.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use super::agent::Agent;
 use crate::message::Method;
@@ -24,6 +30,64 @@ pub struct Stats {
     pub media_timeouts: u64,
     pub stray_responses: u64,
     pub calls_total: u64,
+    /// In-dialog requests refused, by reason (`unknown_dialog`,
+    /// `bad_signature`, `forbidden_target`, `loop`, `ended_call`).
+    pub in_dialog_refused: BTreeMap<String, u64>,
+    /// Refusals (of any kind) not answered: over `refusal-rate`.
+    pub refusals_unanswered: u64,
+    /// What the transports count (their tasks write, this only reads).
+    pub transport: Arc<TransportStats>,
+}
+
+/// Counters of the transport layer (`runtime`), shared with its tasks.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// TCP connections open now (accepted and opened by the agent).
+    pub tcp_connections: AtomicU64,
+    /// Connections closed at accept: not a trunk or PBX source.
+    pub tcp_refused_unknown_source: AtomicU64,
+    /// Connections refused (accepted and closed, or not opened): over
+    /// `tcp-max-connections`.
+    pub tcp_refused_max_connections: AtomicU64,
+    /// Connections closed at accept: over `tcp-max-per-source`.
+    pub tcp_refused_per_source: AtomicU64,
+    /// Closed after `tcp-idle-timeout` without a byte either way.
+    pub tcp_idle_closed: AtomicU64,
+    /// Closed for holding a partial message longer than
+    /// `tcp-message-timeout`.
+    pub tcp_slow_closed: AtomicU64,
+    /// Closed because `tcp-write-queue` bytes were waiting to be sent.
+    pub tcp_write_queue_full: AtomicU64,
+    /// Messages dropped because the agent's input queue was full.
+    pub events_dropped: AtomicU64,
+}
+
+impl TransportStats {
+    /// Add one to `counter`.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter with its name (JSON and metrics).
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("tcp_connections", get(&self.tcp_connections)),
+            (
+                "tcp_refused_unknown_source",
+                get(&self.tcp_refused_unknown_source),
+            ),
+            (
+                "tcp_refused_max_connections",
+                get(&self.tcp_refused_max_connections),
+            ),
+            ("tcp_refused_per_source", get(&self.tcp_refused_per_source)),
+            ("tcp_idle_closed", get(&self.tcp_idle_closed)),
+            ("tcp_slow_closed", get(&self.tcp_slow_closed)),
+            ("tcp_write_queue_full", get(&self.tcp_write_queue_full)),
+            ("events_dropped", get(&self.events_dropped)),
+        ]
+    }
 }
 
 impl Stats {
@@ -56,7 +120,7 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{}}}",
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"transport\":{{{}}}}}",
             self.calls.len(),
             self.transactions(),
             self.pending.len(),
@@ -69,7 +133,15 @@ impl Agent {
             s.no_route,
             s.ng_errors,
             s.media_timeouts,
-            s.stray_responses
+            s.stray_responses,
+            map(&s.in_dialog_refused),
+            s.refusals_unanswered,
+            s.transport
+                .fields()
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
         )
     }
 }

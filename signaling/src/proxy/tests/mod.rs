@@ -12,16 +12,16 @@ use crate::{
     message::Message,
 };
 
-const TRUNK: &str = "198.18.1.2:5060";
-const PBX: &str = "198.18.2.2:5060";
-const T_LISTEN: &str = "198.18.1.1:5060";
-const P_LISTEN: &str = "198.18.2.1:5060";
+pub(super) const TRUNK: &str = "198.18.1.2:5060";
+pub(super) const PBX: &str = "198.18.2.2:5060";
+pub(super) const T_LISTEN: &str = "198.18.1.1:5060";
+pub(super) const P_LISTEN: &str = "198.18.2.1:5060";
 
-fn sa(s: &str) -> SocketAddr {
+pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn config(max_calls: u32) -> SipConfig {
+pub(super) fn config(max_calls: u32) -> SipConfig {
     let f: SipFile = toml::from_str(&format!(
         r#"
 trunk-listen = "{T_LISTEN}"
@@ -41,7 +41,13 @@ default = true
     SipConfig::resolve(f).unwrap()
 }
 
-fn from_trunk() -> Peer {
+/// The signing key of the agents under test (a restarted agent has the
+/// same).
+pub(super) fn key() -> crate::proxy::RouteKey {
+    crate::proxy::RouteKey::new(b"media-relay test secret, 32 bytes+").unwrap()
+}
+
+pub(super) fn from_trunk() -> Peer {
     Peer {
         transport: Transport::Udp,
         conn: None,
@@ -50,7 +56,7 @@ fn from_trunk() -> Peer {
     }
 }
 
-fn from_pbx() -> Peer {
+pub(super) fn from_pbx() -> Peer {
     Peer {
         transport: Transport::Udp,
         conn: None,
@@ -59,9 +65,9 @@ fn from_pbx() -> Peer {
     }
 }
 
-const SDP: &str = "v=0\r\no=- 1 1 IN IP4 198.18.1.2\r\ns=-\r\nc=IN IP4 198.18.1.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\n";
+pub(super) const SDP: &str = "v=0\r\no=- 1 1 IN IP4 198.18.1.2\r\ns=-\r\nc=IN IP4 198.18.1.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\n";
 
-fn invite(branch: &str, body: &str) -> Message {
+pub(super) fn invite(branch: &str, body: &str) -> Message {
     let text = format!(
         "INVITE sip:100@198.18.1.1:5060 SIP/2.0\r\n\
          Via: SIP/2.0/UDP 198.18.1.2:5060;branch={branch};rport\r\n\
@@ -79,10 +85,10 @@ fn invite(branch: &str, body: &str) -> Message {
 }
 
 /// Messages sent and ng requests made.
-type Sent = (Vec<(Peer, Message)>, Vec<(u64, ng::Value)>);
+pub(super) type Sent = (Vec<(Peer, Message)>, Vec<(u64, ng::Value)>);
 
 /// The agent's outputs, split.
-fn outputs(a: &mut Agent) -> Sent {
+pub(super) fn outputs(a: &mut Agent) -> Sent {
     let mut sends = Vec::new();
     let mut ngs = Vec::new();
     for o in a.drain() {
@@ -94,14 +100,14 @@ fn outputs(a: &mut Agent) -> Sent {
     (sends, ngs)
 }
 
-fn ok_sdp(sdp: &str) -> NgOutcome {
+pub(super) fn ok_sdp(sdp: &str) -> NgOutcome {
     NgOutcome::Reply(ng::Value::dict().with("result", "ok").with("sdp", sdp))
 }
 
-const RELAYED: &str = "v=0\r\no=- 1 2 IN IP4 198.18.2.1\r\ns=-\r\nc=IN IP4 198.18.2.1\r\nt=0 0\r\nm=audio 30002 RTP/AVP 8\r\n";
+pub(super) const RELAYED: &str = "v=0\r\no=- 1 2 IN IP4 198.18.2.1\r\ns=-\r\nc=IN IP4 198.18.2.1\r\nt=0 0\r\nm=audio 30002 RTP/AVP 8\r\n";
 
 /// An INVITE from the trunk, anchored and forwarded to the PBX.
-fn forwarded_invite(a: &mut Agent, now: Instant) -> Message {
+pub(super) fn forwarded_invite(a: &mut Agent, now: Instant) -> Message {
     a.on_message(from_trunk(), invite("z9hG4bK-c1", SDP), now);
     let (sends, ngs) = outputs(a);
     assert_eq!(sends.len(), 1);
@@ -131,7 +137,7 @@ fn forwarded_invite(a: &mut Agent, now: Instant) -> Message {
     m
 }
 
-fn response(to: &Message, status: u16, body: &str) -> Message {
+pub(super) fn response(to: &Message, status: u16, body: &str) -> Message {
     let mut r = to.response(status, "X", Some("callee-tag"));
     r.set_header("Contact", "<sip:100@198.18.2.2:5060>");
     if !body.is_empty() {
@@ -140,10 +146,12 @@ fn response(to: &Message, status: u16, body: &str) -> Message {
     r
 }
 
+mod in_dialog;
+
 #[test]
 fn invite_is_anchored_record_routed_and_forwarded() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let m = forwarded_invite(&mut a, now);
     assert_eq!(
         m.body(),
@@ -153,13 +161,14 @@ fn invite_is_anchored_record_routed_and_forwarded() {
     assert_eq!(m.max_forwards(), 69);
     assert_eq!(m.via_count(), 2);
     assert_eq!(m.top_via().host, "198.18.2.1");
+    let mr = key().sign("call-1@198.18.1.2");
     assert_eq!(
         m.record_routes(),
         vec![
-            "<sip:198.18.2.1:5060;lr>".to_owned(),
-            "<sip:198.18.1.1:5060;lr>".to_owned()
+            format!("<sip:198.18.2.1:5060;lr;mr={mr}>"),
+            format!("<sip:198.18.1.1:5060;lr;mr={mr}>")
         ],
-        "one Record-Route per side, the PBX side on top"
+        "one Record-Route per side, the PBX side on top, signed for the call"
     );
     assert_eq!(a.calls(), 1);
 }
@@ -167,7 +176,7 @@ fn invite_is_anchored_record_routed_and_forwarded() {
 #[test]
 fn answer_is_anchored_and_the_response_goes_back_with_our_via_popped() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let fwd = forwarded_invite(&mut a, now);
     a.on_message(from_pbx(), response(&fwd, 180, ""), now);
     let (sends, _) = outputs(&mut a);
@@ -200,7 +209,7 @@ fn answer_is_anchored_and_the_response_goes_back_with_our_via_popped() {
 #[test]
 fn unknown_sources_and_hop_limits_are_refused() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let stranger = Peer {
         remote: sa("198.18.1.99:5060"),
         ..from_trunk()
@@ -220,7 +229,7 @@ fn unknown_sources_and_hop_limits_are_refused() {
 #[test]
 fn max_calls_gives_503() {
     let now = Instant::now();
-    let mut a = Agent::new(config(1), now);
+    let mut a = Agent::new(config(1), key(), now);
     forwarded_invite(&mut a, now);
     let mut second = invite("z9hG4bK-2", SDP);
     second.set_header("Call-ID", "call-2");
@@ -234,7 +243,7 @@ fn max_calls_gives_503() {
 #[test]
 fn retransmitted_invite_is_absorbed() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     forwarded_invite(&mut a, now);
     a.on_message(from_trunk(), invite("z9hG4bK-c1", SDP), now);
     let (sends, ngs) = outputs(&mut a);
@@ -246,7 +255,7 @@ fn retransmitted_invite_is_absorbed() {
 #[test]
 fn failure_deletes_media_and_acks_downstream() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let fwd = forwarded_invite(&mut a, now);
     a.on_message(from_pbx(), response(&fwd, 486, ""), now);
     let (sends, ngs) = outputs(&mut a);
@@ -269,7 +278,7 @@ fn failure_deletes_media_and_acks_downstream() {
 #[test]
 fn cancel_waits_for_a_provisional_then_goes_downstream() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let fwd = forwarded_invite(&mut a, now);
     let inv = invite("z9hG4bK-c1", SDP);
     let cancel = inv.cancel();
@@ -296,19 +305,22 @@ fn cancel_waits_for_a_provisional_then_goes_downstream() {
 #[test]
 fn in_dialog_requests_route_by_their_route_headers_and_bye_deletes_media() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     // A BYE from the PBX for a call this agent never saw (it restarted):
-    // our two Route entries are popped, it goes to the caller's Contact,
-    // and the media is deleted all the same.
-    let bye = "BYE sip:caller@198.18.1.2:5060 SIP/2.0\r\n\
-               Via: SIP/2.0/UDP 198.18.2.2:5060;branch=z9hG4bK-bye\r\n\
-               Route: <sip:198.18.2.1:5060;lr>, <sip:198.18.1.1:5060;lr>\r\n\
-               Max-Forwards: 70\r\n\
-               From: <sip:100@198.18.1.1>;tag=callee-tag\r\n\
-               To: <sip:caller@198.18.1.2>;tag=caller-tag\r\n\
-               Call-ID: forgotten-call\r\n\
-               CSeq: 2 BYE\r\n\
-               Content-Length: 0\r\n\r\n";
+    // our two Route entries (signed for the call) are popped, it goes to
+    // the caller's Contact, and the media is deleted all the same.
+    let mr = key().sign("forgotten-call");
+    let bye = format!(
+        "BYE sip:caller@198.18.1.2:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 198.18.2.2:5060;branch=z9hG4bK-bye\r\n\
+         Route: <sip:198.18.2.1:5060;lr;mr={mr}>, <sip:198.18.1.1:5060;lr;mr={mr}>\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:100@198.18.1.1>;tag=callee-tag\r\n\
+         To: <sip:caller@198.18.1.2>;tag=caller-tag\r\n\
+         Call-ID: forgotten-call\r\n\
+         CSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
     a.on_message(from_pbx(), Message::parse(bye.as_bytes()).unwrap(), now);
     let (sends, ngs) = outputs(&mut a);
     assert_eq!(
@@ -329,7 +341,7 @@ fn in_dialog_requests_route_by_their_route_headers_and_bye_deletes_media() {
 #[test]
 fn no_answer_downstream_is_a_408_upstream() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     forwarded_invite(&mut a, now);
     let mut t = now;
     let mut got = Vec::new();
@@ -351,7 +363,7 @@ fn no_answer_downstream_is_a_408_upstream() {
 #[test]
 fn media_node_failure_refuses_the_call() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     a.on_message(from_trunk(), invite("z9hG4bK-f", SDP), now);
     let (_, ngs) = outputs(&mut a);
     a.on_ng(ngs[0].0, NgOutcome::Timeout, now);
@@ -363,7 +375,7 @@ fn media_node_failure_refuses_the_call() {
 #[test]
 fn options_to_the_agent_answers_200_with_stats() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let opt = "OPTIONS sip:stats@198.18.1.1:5060 SIP/2.0\r\n\
                Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK-o\r\n\
                Max-Forwards: 70\r\n\
@@ -382,7 +394,7 @@ fn options_to_the_agent_answers_200_with_stats() {
 #[test]
 fn a_media_timeout_ends_the_call_with_a_bye_to_both_sides() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let fwd = forwarded_invite(&mut a, now);
     a.on_message(from_pbx(), response(&fwd, 200, SDP), now);
     let (_, ngs) = outputs(&mut a);
@@ -449,7 +461,7 @@ fn a_media_timeout_ends_the_call_with_a_bye_to_both_sides() {
 #[test]
 fn a_request_looping_back_to_us_gets_481() {
     let now = Instant::now();
-    let mut a = Agent::new(config(10), now);
+    let mut a = Agent::new(config(10), key(), now);
     let bye = "BYE sip:pbx@198.18.1.1:5060 SIP/2.0\r\n\
                Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK-loop\r\n\
                Max-Forwards: 70\r\n\

@@ -1,0 +1,353 @@
+//! The tokio shell around the I/O-free [`Agent`]: UDP (`udp.rs`) and TCP
+//! (`tcp.rs`) transports, the ng client (`ng.rs`), the Record-Route
+//! secret (`secret.rs`), timers. One task owns the agent; socket tasks
+//! frame and parse, and hand it messages through one bounded queue; it
+//! hands back what to send.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::mpsc::{self, error::TrySendError},
+};
+use tracing::{debug, info, warn};
+
+mod ng;
+pub mod secret;
+mod tcp;
+mod udp;
+
+use self::{
+    ng::{Inflight, NgClient},
+    tcp::{Conn, ConnSlot, ConnTable},
+};
+use crate::{
+    config::SipConfig,
+    message::{Message, MessageError},
+    proxy::{Agent, ConnId, NgOutcome, Output, Peer, Transport, TransportStats},
+};
+
+/// Events waiting for the agent's task at most. Messages and ng replies
+/// beyond are dropped (counted; UDP peers retransmit, RFC 3261 §17);
+/// connection events wait for room instead.
+const EVENT_QUEUE: usize = 4096;
+
+/// At most one warning about dropped events per this many seconds.
+const DROP_WARNING_EVERY: u64 = 10;
+
+enum Event {
+    Message(Peer, Message),
+    Malformed(Peer, Vec<u8>, MessageError),
+    NgReply(ng::Reply),
+    Connected(ConnId, SocketAddr, Conn),
+    Closed(ConnId),
+    ConnectFailed(SocketAddr),
+}
+
+/// What the socket tasks share.
+struct Context {
+    cfg: Arc<SipConfig>,
+    stats: Arc<TransportStats>,
+    events: mpsc::Sender<Event>,
+    table: Mutex<ConnTable>,
+    epoch: Instant,
+    /// Seconds since `epoch` (+1) of the last warning about drops.
+    last_drop_warning: AtomicU64,
+}
+
+impl Context {
+    /// Hand an event to the agent without waiting; `false` when the agent
+    /// has stopped. A full queue drops it (counted, warned about).
+    fn submit(&self, ev: Event) -> bool {
+        match self.events.try_send(ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped();
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Parse one frame's message and hand it to the agent.
+    fn deliver(&self, peer: Peer, bytes: Vec<u8>) -> bool {
+        let ev = match Message::parse(&bytes) {
+            Ok(m) => Event::Message(peer, m),
+            Err(e) => Event::Malformed(peer, bytes, e),
+        };
+        self.submit(ev)
+    }
+
+    fn dropped(&self) {
+        let total = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_secs() + 1;
+        let last = self.last_drop_warning.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + DROP_WARNING_EVERY)
+            && self
+                .last_drop_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                dropped_total = total,
+                "SIP agent overloaded: messages dropped (its input queue is full)"
+            );
+        }
+    }
+}
+
+/// A running agent.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop the agent and wait (bounded) for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Run the agent until `shutdown` completes.
+pub async fn run(cfg: SipConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(cfg).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Bind every socket (errors here are the operator's: one line each) and
+/// start the agent's task.
+pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
+    let (key, _) = secret::load(cfg.record_route_secret.clone(), &secret::runtime_dir())
+        .context("creating the Record-Route secret")?;
+    let agent = Agent::new(cfg.clone(), key, Instant::now());
+    let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let ctx = Arc::new(Context {
+        cfg: Arc::new(cfg),
+        stats: agent.stats().transport.clone(),
+        events: events_tx,
+        table: Mutex::new(ConnTable::default()),
+        epoch: Instant::now(),
+        last_drop_warning: AtomicU64::new(0),
+    });
+    let cfg = &ctx.cfg;
+    let mut udp: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut listens = vec![cfg.trunk_listen];
+    if cfg.pbx_listen != cfg.trunk_listen {
+        listens.push(cfg.pbx_listen);
+    }
+    let mut tcp = Vec::new();
+    for &local in &listens {
+        if cfg.udp {
+            let s = UdpSocket::bind(local)
+                .await
+                .with_context(|| format!("cannot listen for SIP (UDP) on {local}"))?;
+            udp.insert(local, Arc::new(s));
+        }
+        if cfg.tcp {
+            let l = TcpListener::bind(local)
+                .await
+                .with_context(|| format!("cannot listen for SIP (TCP) on {local}"))?;
+            tcp.push((l, local));
+        }
+    }
+    let ng_bind: SocketAddr = if cfg.media.iter().all(SocketAddr::is_ipv4) {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let ng_socket = Arc::new(
+        UdpSocket::bind(ng_bind)
+            .await
+            .context("binding the ng client socket")?,
+    );
+    // Everything bound: start the tasks.
+    for (&local, s) in &udp {
+        tokio::spawn(udp::reader(s.clone(), local, ctx.clone()));
+    }
+    for (l, local) in tcp {
+        tokio::spawn(tcp::acceptor(l, local, ctx.clone()));
+    }
+    tokio::spawn(ng::reader(ng_socket.clone(), ctx.clone()));
+    let ngc = NgClient {
+        socket: ng_socket,
+        inflight: Inflight::new(cfg.ng_timeout),
+    };
+    info!(
+        trunk_listen = %cfg.trunk_listen,
+        pbx_listen = %cfg.pbx_listen,
+        pbx = %cfg.pbx,
+        udp = cfg.udp,
+        tcp = cfg.tcp,
+        media = ?cfg.media,
+        "SIP agent running"
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(agent, ctx, events, udp, ngc, stopped));
+    Ok(Running { stop, task })
+}
+
+/// The agent's TCP connections, as its task sees them.
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ConnId, (SocketAddr, Conn)>,
+    by_remote: HashMap<SocketAddr, ConnId>,
+    /// Bytes waiting for a connection the agent is opening.
+    connecting: HashMap<SocketAddr, (usize, Vec<Vec<u8>>)>,
+}
+
+impl Connections {
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let (remote, conn) = self.by_id.remove(&id)?;
+        if self.by_remote.get(&remote) == Some(&id) {
+            self.by_remote.remove(&remote);
+        }
+        Some(conn)
+    }
+
+    /// Send over TCP: on the request's own connection if it is still
+    /// open, else one to the peer, else a new one.
+    fn send(&mut self, ctx: &Arc<Context>, peer: Peer, bytes: Vec<u8>) {
+        let id = peer
+            .conn
+            .filter(|c| self.by_id.contains_key(c))
+            .or_else(|| self.by_remote.get(&peer.remote).copied());
+        if let Some(id) = id
+            && let Some((_, conn)) = self.by_id.get(&id)
+        {
+            if !conn.send(bytes) {
+                TransportStats::count(&ctx.stats.tcp_write_queue_full);
+                debug!(remote = %peer.remote, "SIP TCP peer not reading: connection dropped");
+                conn.close();
+                self.remove(id);
+            }
+            return;
+        }
+        let cap = ctx.cfg.tcp_limits.write_queue;
+        let (queued, waiting) = self.connecting.entry(peer.remote).or_default();
+        if *queued + bytes.len() > cap {
+            debug!(remote = %peer.remote, "SIP TCP connection still being opened: bytes dropped");
+            return;
+        }
+        *queued += bytes.len();
+        waiting.push(bytes);
+        if waiting.len() > 1 {
+            return;
+        }
+        let Ok(slot) = ConnSlot::take(ctx, None) else {
+            TransportStats::count(&ctx.stats.tcp_refused_max_connections);
+            self.connecting.remove(&peer.remote);
+            return;
+        };
+        let ctx = ctx.clone();
+        let (local, remote) = (peer.local, peer.remote);
+        tokio::spawn(async move {
+            match tcp::connect_from(local, remote).await {
+                Ok(stream) => tcp::spawn(stream, local, remote, slot, &ctx),
+                Err(e) => {
+                    warn!(%remote, error = %e, "SIP TCP connection failed");
+                    drop(slot);
+                    let _ = ctx.events.send(Event::ConnectFailed(remote)).await;
+                }
+            }
+        });
+    }
+}
+
+/// The agent's own task.
+async fn serve(
+    mut agent: Agent,
+    ctx: Arc<Context>,
+    mut events: mpsc::Receiver<Event>,
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    mut ngc: NgClient,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut conns = Connections::default();
+    tokio::pin!(shutdown);
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let deadline = ngc
+            .next_due()
+            .map_or(agent.next_deadline(), |d| d.min(agent.next_deadline()));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                let now = Instant::now();
+                match ev {
+                    Event::Message(peer, m) => agent.on_message(peer, m, now),
+                    Event::Malformed(peer, raw, e) => agent.on_malformed(peer, &raw, &e),
+                    Event::NgReply(reply) => {
+                        if let Some(id) = ngc.inflight.take_reply(&reply.cookie, reply.from) {
+                            agent.on_ng(id, NgOutcome::Reply(reply.value), now);
+                        }
+                    }
+                    Event::Connected(id, remote, conn) => {
+                        conns.by_remote.insert(remote, id);
+                        if let Some((_, waiting)) = conns.connecting.remove(&remote) {
+                            for b in waiting {
+                                let _ = conn.send(b);
+                            }
+                        }
+                        conns.by_id.insert(id, (remote, conn));
+                    }
+                    Event::ConnectFailed(remote) => {
+                        conns.connecting.remove(&remote);
+                    }
+                    Event::Closed(id) => {
+                        conns.remove(id);
+                    }
+                }
+            }
+            _ = metrics_tick.tick() => {
+                crate::metrics::publish(agent.stats(), agent.calls());
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                for id in ngc.tick(now) {
+                    agent.on_ng(id, NgOutcome::Timeout, now);
+                }
+                agent.on_timer(now);
+            }
+        }
+        for out in agent.drain() {
+            match out {
+                Output::Ng { id, node, request } => ngc.send(id, node, &request),
+                Output::Send { peer, bytes } => match peer.transport {
+                    Transport::Udp => {
+                        let socket = udp.get(&peer.local).or_else(|| udp.values().next());
+                        if let Some(s) = socket
+                            && let Err(e) = s.try_send_to(&bytes, peer.remote)
+                        {
+                            debug!(remote = %peer.remote, error = %e, "SIP datagram not sent");
+                        }
+                    }
+                    Transport::Tcp => conns.send(&ctx, peer, bytes),
+                },
+            }
+        }
+    }
+    // Close every connection; the socket tasks end as the queue closes.
+    for (_, conn) in conns.by_id.values() {
+        conn.close();
+    }
+    info!(calls = agent.calls(), "SIP agent stopped");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! Where the Record-Route signing secret comes from. It must outlive the
+//! agent's process — calls set up before a restart carry the signature in
+//! their route sets — but not be left lying on a disk:
+//!
+//! 1. `record-route-secret` in the configuration (the operator's choice,
+//!    e.g. the same secret on two agents that stand in for each other);
+//! 2. else `sip-record-route.key` in the runtime directory
+//!    (`$RUNTIME_DIRECTORY`, which systemd sets from `RuntimeDirectory=`,
+//!    else `/run/media-relay`): 32 random bytes, created on the first
+//!    start (directory 0700, file 0600), read on the next ones — only if
+//!    that directory is memory-backed (tmpfs/ramfs), so a reboot, which
+//!    ends every call anyway, also ends the secret;
+//! 3. else a random secret in memory only, with a warning: after a restart
+//!    the in-dialog requests of older calls are refused.
+
+use std::{
+    fs::{self, DirBuilder, OpenOptions},
+    io::{self, Read as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::proxy::RouteKey;
+
+/// The file's name in the runtime directory.
+pub const FILE: &str = "sip-record-route.key";
+
+/// Bytes of a generated secret.
+const SECRET_BYTES: usize = 32;
+
+/// linux/magic.h: the filesystems that live in memory only.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Why the runtime directory cannot hold the secret.
+#[derive(Debug, Error)]
+pub enum SecretError {
+    #[error("{path} is not on a memory-backed filesystem (tmpfs/ramfs)")]
+    NotInMemory { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is writable by others or not owned by this user")]
+    Insecure { path: PathBuf },
+    #[error("{path} holds {len} bytes, not {SECRET_BYTES}")]
+    BadLength { path: PathBuf, len: usize },
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
+    move |source| SecretError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the secret came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    /// Read from this file, or created there (`created`).
+    File {
+        path: PathBuf,
+        created: bool,
+    },
+    /// In memory only.
+    Memory,
+}
+
+/// The runtime directory: `$RUNTIME_DIRECTORY` (its first entry: systemd
+/// joins several with `:`), else `/run/media-relay`.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_string_lossy()
+                .split(':')
+                .next()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/media-relay"))
+}
+
+fn random_secret() -> Result<[u8; SECRET_BYTES], SecretError> {
+    let mut b = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut b).map_err(|e| SecretError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Whether `path` (or, while it does not exist, its parent) is on tmpfs
+/// or ramfs.
+fn memory_backed(path: &Path) -> Result<bool, SecretError> {
+    let probe = if path.exists() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    let fs = nix::sys::statfs::statfs(probe).map_err(|e| SecretError::Io {
+        path: probe.to_owned(),
+        source: e.into(),
+    })?;
+    let kind = fs.filesystem_type().0 as i64;
+    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
+/// Owned by us, not writable by group or others.
+fn check_private(path: &Path, meta: &fs::Metadata, mask: u32) -> Result<(), SecretError> {
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & mask != 0 {
+        return Err(SecretError::Insecure {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+        .map_err(io_error(path))?;
+    let meta = f.metadata().map_err(io_error(path))?;
+    if !meta.is_file() {
+        return Err(SecretError::Insecure {
+            path: path.to_owned(),
+        });
+    }
+    // The file is the secret: nobody else may read it.
+    check_private(path, &meta, 0o077)?;
+    let mut bytes = Vec::with_capacity(SECRET_BYTES);
+    io::Read::by_ref(&mut f)
+        .take(SECRET_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    if bytes.len() != SECRET_BYTES {
+        return Err(SecretError::BadLength {
+            path: path.to_owned(),
+            len: bytes.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+/// The secret kept in `dir`: read, or created on the first start. Two
+/// agents starting at once agree on one: the file appears complete or
+/// not at all (written aside, then hard-linked into place).
+pub fn from_dir(dir: &Path) -> Result<(Vec<u8>, bool), SecretError> {
+    if !memory_backed(dir)? {
+        return Err(SecretError::NotInMemory {
+            path: dir.to_owned(),
+        });
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(dir)(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(io_error(dir))?;
+    if !meta.is_dir() {
+        return Err(SecretError::Insecure {
+            path: dir.to_owned(),
+        });
+    }
+    // systemd creates RuntimeDirectory= 0755 by default: readable is fine
+    // (the file is 0600), writable by others is not (they could swap it).
+    check_private(dir, &meta, 0o022)?;
+    let path = dir.join(FILE);
+    match read_secret(&path) {
+        Ok(bytes) => return Ok((bytes, false)),
+        Err(SecretError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let secret = random_secret()?;
+    let aside = dir.join(format!(".{FILE}.{}", std::process::id()));
+    let _ = fs::remove_file(&aside);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(&aside)
+        .map_err(io_error(&aside))?;
+    f.write_all(&secret).map_err(io_error(&aside))?;
+    drop(f);
+    let linked = fs::hard_link(&aside, &path);
+    let _ = fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok((secret.to_vec(), true)),
+        // Another agent was first: use its secret.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((read_secret(&path)?, false)),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// The agent's key: from the configuration, else from `dir`, else in
+/// memory (logged either way). Fails only without randomness from the OS.
+pub fn load(configured: Option<RouteKey>, dir: &Path) -> Result<(RouteKey, Origin), SecretError> {
+    if let Some(key) = configured {
+        info!("Record-Route secret from the configuration (record-route-secret)");
+        return Ok((key, Origin::Config));
+    }
+    let problem = match from_dir(dir) {
+        Ok((bytes, created)) => {
+            if let Some(key) = RouteKey::new(&bytes) {
+                let path = dir.join(FILE);
+                info!(path = %path.display(), created, "Record-Route secret from the runtime directory");
+                return Ok((key, Origin::File { path, created }));
+            }
+            format!("{} too short", dir.join(FILE).display())
+        }
+        Err(e) => e.to_string(),
+    };
+    warn!(
+        problem = %problem,
+        "Record-Route secret kept in memory only: after a restart, in-dialog requests of calls \
+         older than this process will be refused (set sip.record-route-secret, or give the agent \
+         a memory-backed runtime directory: systemd RuntimeDirectory=, or $RUNTIME_DIRECTORY)"
+    );
+    let bytes = random_secret()?;
+    Ok((
+        RouteKey::new(&bytes).expect("32 bytes is long enough"),
+        Origin::Memory,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A fresh directory on /dev/shm (tmpfs on every Linux), removed on drop.
+    struct ShmDir(PathBuf);
+
+    impl ShmDir {
+        fn new(name: &str) -> Self {
+            let p = PathBuf::from(format!(
+                "/dev/shm/mr-secret-test-{}-{name}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&p);
+            Self(p)
+        }
+    }
+
+    impl Drop for ShmDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sign(k: &RouteKey) -> String {
+        k.sign("call-1")
+    }
+
+    #[test]
+    fn created_on_the_first_start_and_read_on_the_next() {
+        let d = ShmDir::new("reload");
+        let (first, origin) = load(None, &d.0).unwrap();
+        let path = d.0.join(FILE);
+        assert_eq!(
+            origin,
+            Origin::File {
+                path: path.clone(),
+                created: true
+            }
+        );
+        let dir_mode = fs::metadata(&d.0).unwrap().permissions().mode() & 0o777;
+        let file_mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((dir_mode, file_mode), (0o700, 0o600));
+        assert_eq!(fs::read(&path).unwrap().len(), 32);
+        // The restart: the same key, so the same signatures.
+        let (again, origin) = load(None, &d.0).unwrap();
+        assert_eq!(
+            origin,
+            Origin::File {
+                path,
+                created: false
+            }
+        );
+        assert_eq!(sign(&first), sign(&again));
+        // Nothing left aside.
+        assert_eq!(fs::read_dir(&d.0).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_configured_secret_wins() {
+        let d = ShmDir::new("config");
+        let k = RouteKey::new(&[5; 32]).unwrap();
+        let (key, origin) = load(Some(k.clone()), &d.0).unwrap();
+        assert_eq!(origin, Origin::Config);
+        assert_eq!(sign(&key), sign(&k));
+        assert!(!d.0.exists(), "no file written");
+    }
+
+    #[test]
+    fn a_file_others_can_read_or_of_the_wrong_size_is_not_used() {
+        let d = ShmDir::new("insecure");
+        from_dir(&d.0).unwrap();
+        let path = d.0.join(FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(from_dir(&d.0), Err(SecretError::Insecure { .. })));
+        let (_, origin) = load(None, &d.0).unwrap();
+        assert_eq!(origin, Origin::Memory);
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"short").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            from_dir(&d.0),
+            Err(SecretError::BadLength { len: 5, .. })
+        ));
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert!(from_dir(&d.0).is_err(), "a symlink is not followed");
+    }
+
+    /// A directory on a disk is never used, silently or not: the secret
+    /// stays in memory (and a warning says what that means).
+    #[test]
+    fn a_disk_backed_directory_is_not_used() {
+        let disk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target-secret-test");
+        if memory_backed(&disk).unwrap() {
+            eprintln!("{} is memory-backed here; nothing to check", disk.display());
+            return;
+        }
+        assert!(matches!(
+            from_dir(&disk),
+            Err(SecretError::NotInMemory { .. })
+        ));
+        assert!(!disk.exists(), "nothing created on the disk");
+        let (a, origin) = load(None, &disk).unwrap();
+        assert_eq!(origin, Origin::Memory);
+        let (b, _) = load(None, &disk).unwrap();
+        assert_ne!(sign(&a), sign(&b), "random per process");
+    }
+}
