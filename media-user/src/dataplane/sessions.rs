@@ -189,7 +189,7 @@ impl SessionStore {
     /// removed, and so are records that do not reassemble.
     pub fn load(&mut self) -> Result<Vec<(String, Vec<u8>)>, SessionStoreError> {
         let mut entries: StdHashMap<SessionKey, SessionChunk> = StdHashMap::new();
-        for kv in self.map.iter() {
+        for kv in &self.map {
             let (k, v) = kv?;
             entries.insert(k, v);
         }
