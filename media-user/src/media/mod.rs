@@ -54,6 +54,12 @@ pub struct MediaPlane {
     /// Packets and bytes the userspace path forwarded on ports since
     /// closed.
     closed_user: (u64, u64),
+    /// Where call records survive a restart (`None`: they do not).
+    sessions: Option<crate::dataplane::sessions::SessionStore>,
+    /// What an earlier run kept, until the engine takes it.
+    persisted: Vec<(String, Vec<u8>)>,
+    /// Records that could not be kept (logged each time).
+    persist_errors: u64,
 }
 
 fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
@@ -115,7 +121,27 @@ impl MediaPlane {
             events,
             boot,
             closed_user: (0, 0),
+            sessions: None,
+            persisted: Vec::new(),
+            persist_errors: 0,
         }
+    }
+
+    /// Keep call records in `store` (the pinned `SESSIONS` map), and read
+    /// what an earlier run kept there for the engine to adopt.
+    #[must_use]
+    pub fn with_sessions(mut self, mut store: crate::dataplane::sessions::SessionStore) -> Self {
+        match store.load() {
+            Ok(records) => self.persisted = records,
+            Err(e) => warn!(error = %e, "reading the calls an earlier run kept failed; starting without them"),
+        }
+        self.sessions = Some(store);
+        self
+    }
+
+    /// Call records that could not be kept.
+    pub fn persist_errors(&self) -> u64 {
+        self.persist_errors
     }
 
     /// Packets and bytes the daemon forwarded itself (the userspace path),
@@ -339,6 +365,24 @@ impl Backend for MediaPlane {
             }
         }
         out
+    }
+
+    fn persist(&mut self, id: &str, record: Option<&[u8]>) {
+        let Some(store) = self.sessions.as_mut() else {
+            return;
+        };
+        let r = match record {
+            Some(bytes) => store.put(id, bytes),
+            None => store.remove(id),
+        };
+        if let Err(e) = r {
+            self.persist_errors += 1;
+            warn!(call_id = %id, error = %e, "the call's record could not be kept: it will not survive a restart");
+        }
+    }
+
+    fn take_persisted(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.persisted)
     }
 
     fn route_source(&self, peer: IpAddr) -> Option<IpAddr> {

@@ -80,6 +80,15 @@ pub trait Backend {
     fn describe(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+    /// Keep (`Some`) or forget (`None`) the engine's record of call `id`
+    /// where it survives a restart of the daemon (the pinned `SESSIONS`
+    /// map: memory, beside the flows). Failures are the backend's to log
+    /// and count: a call that cannot be kept still works until a restart.
+    fn persist(&mut self, _id: &str, _record: Option<&[u8]>) {}
+    /// The records an earlier run kept, each once (read at start-up).
+    fn take_persisted(&mut self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
