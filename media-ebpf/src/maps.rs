@@ -33,6 +33,38 @@ pub const FLOW_QUALITY: &str = "FLOW_QUALITY";
 pub const OUTCOMES: &str = "OUTCOMES";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the relay may redirect to.
 pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
+/// `ARRAY` of one [`Control`]: what the program knows of the daemon.
+pub const CONTROL: &str = "CONTROL";
+/// bpffs directory (under [`PIN_ROOT`], not versioned) of the pinned XDP
+/// links, one per interface, named `<netdev>@native` or `<netdev>@generic`:
+/// while pinned, the program stays attached whatever happens to the daemon.
+pub const LINKS_DIR: &str = "links";
+
+/// The daemon's word to the program (`CONTROL[0]`), written by the daemon
+/// only.
+///
+/// 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) until which the daemon counts
+    /// as running: it moves this ahead every 250 ms, and sets it to 0 when
+    /// it stops. Past it, packets that would need the daemon are dropped
+    /// ([`crate::Outcome::DaemonAbsent`]).
+    pub daemon_until_ns: u64,
+    /// The daemon's media port range (host order), for packets with no flow.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Always zero.
+    pub reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], a u64, two u16s and a u32: no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::Control {}
+}
 
 /// Compile-time default capacity of [`FLOWS`], [`FLOW_STATS`] and
 /// [`FLOW_QUALITY`]; the daemon resizes them from its configuration before

@@ -49,11 +49,17 @@ pub enum Outcome {
     /// it): passed untouched; the stack drops and counts it. Rewriting
     /// would otherwise re-validate a corrupt header incrementally.
     BadIpChecksum,
+    /// No daemon is running (it crashed, stopped or is being replaced) and
+    /// the packet, to one of the relay's media ports, would have needed it
+    /// (no flow, learning, a hand-over): dropped, not passed to a port that
+    /// has no socket (which would answer the peer with ICMP port
+    /// unreachable). Installed flows keep forwarding meanwhile.
+    DaemonAbsent,
 }
 
 impl Outcome {
     /// Number of outcomes, the size of the `OUTCOMES` map.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -73,6 +79,7 @@ impl Outcome {
         Outcome::EgressNotAllowed,
         Outcome::FamilyChange,
         Outcome::BadIpChecksum,
+        Outcome::DaemonAbsent,
     ];
 
     /// Stable snake_case name, used in logs, the CLI and metrics.
@@ -95,6 +102,7 @@ impl Outcome {
             Outcome::EgressNotAllowed => "egress_not_allowed",
             Outcome::FamilyChange => "family_change",
             Outcome::BadIpChecksum => "bad_ip_checksum",
+            Outcome::DaemonAbsent => "daemon_absent",
         }
     }
 }

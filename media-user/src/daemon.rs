@@ -45,6 +45,25 @@ pub enum XdpModeArg {
 
 /// Packets handed to the engine for latching decisions that may queue.
 const EVENT_QUEUE: usize = 4096;
+/// How long one heartbeat tells the XDP program that a daemon runs
+/// (written every 250 ms tick): a crashed daemon is noticed within this.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Remove XDP links an earlier run pinned, without loading anything: for
+/// `--xdp-mode off` (the program must not keep forwarding beside the
+/// userspace path) and for `media-relay teardown`.
+fn unpin_links(pin_root: &std::path::Path) -> Vec<String> {
+    let dir = pin_root.join(media_ebpf::maps::LINKS_DIR);
+    let mut gone = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if std::fs::remove_file(e.path()).is_ok() {
+                gone.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    gone
+}
 
 fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Option<DataPlane>> {
     let mode = match cfg.xdp_mode {
@@ -52,6 +71,12 @@ fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Op
         XdpModeArg::Native => XdpMode::Native,
         XdpModeArg::Generic => XdpMode::Generic,
         XdpModeArg::Off => {
+            for link in unpin_links(&cfg.pin_root) {
+                warn!(
+                    link,
+                    "XDP off: detached the XDP program an earlier run left attached"
+                );
+            }
             info!("XDP off: every packet takes the userspace path");
             println!("media-relay: XDP off (userspace forwarding)");
             return Ok(None);
@@ -61,31 +86,90 @@ fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Op
         pin_root: cfg.pin_root.clone(),
         max_flows: cfg.max_flows,
     })?;
-    // Sessions do not survive a restart yet: flows left by a previous run
-    // belong to nobody, and their ports may be leased again.
-    let stale: Vec<_> = dp.flows().keys().copied().collect();
-    if !stale.is_empty() {
-        for k in &stale {
-            dp.flows_mut().remove(k)?;
-        }
-        warn!(flows = stale.len(), "removed flows left by a previous run");
-    }
     let mut netdevs: Vec<&str> = interfaces.0.iter().map(|i| i.netdev.as_str()).collect();
     netdevs.dedup();
-    for netdev in netdevs {
+    for netdev in &netdevs {
         let a = dp.attach(netdev, mode)?;
         println!(
             "media-relay: XDP {} on {}{}",
             a.mode,
             a.interface,
-            if a.fell_back {
+            if a.adopted {
+                " (adopted from the previous run: program replaced in place)"
+            } else if a.fell_back {
                 " (native unavailable, fell back)"
             } else {
                 ""
             }
         );
     }
+    for other in dp.pinned_interfaces() {
+        if !netdevs.contains(&other.as_str()) {
+            dp.release_interface(&other)?;
+            warn!(interface = %other, "XDP detached from an interface no longer configured");
+        }
+    }
     Ok(Some(dp))
+}
+
+/// The store of call records beside the flows (the pinned `SESSIONS`
+/// map), if bpffs is there to hold it.
+fn open_sessions(cfg: &RunConfig) -> Option<dataplane::sessions::SessionStore> {
+    let dir = cfg.pin_root.join(media_ebpf::maps::LAYOUT_VERSION);
+    let opened = crate::host::ensure_bpffs(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            std::fs::create_dir_all(&dir)?;
+            Ok(dataplane::sessions::SessionStore::open(
+                &dir,
+                cfg.max_flows.saturating_mul(2),
+            )?)
+        });
+    match opened {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "call records cannot be kept: calls will not survive a restart");
+            None
+        }
+    }
+}
+
+/// `media-relay teardown`: detach the XDP program from every interface an
+/// earlier run attached it to, remove every pinned map (the flows, the
+/// call records), and give the media ports back to the kernel's ephemeral
+/// range. Ends every call a stopped or crashed daemon left forwarding.
+/// Refuses while a daemon runs on these pins (stop it first).
+pub fn teardown(pin_root: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<()> {
+    let dir = pin_root.join(media_ebpf::maps::LAYOUT_VERSION);
+    if let Ok(map) = aya::maps::MapData::from_pin(dir.join(media_ebpf::maps::CONTROL))
+        && let Ok(control) =
+            aya::maps::Array::<_, media_ebpf::maps::Control>::try_from(aya::maps::Map::Array(map))
+        && let Ok(c) = control.get(&0, 0)
+    {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+            (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64
+        });
+        anyhow::ensure!(
+            c.daemon_until_ns < now,
+            "a media-relay daemon is running on {}: stop it first (systemctl stop media-relay, or SIGTERM), then teardown",
+            pin_root.display()
+        );
+    }
+    let links = unpin_links(pin_root);
+    dataplane::remove_pins(pin_root)?;
+    crate::host::release_ports(ports.0, ports.1);
+    println!(
+        "media-relay: torn down: {} (detached from {}), media ports {}-{} released",
+        pin_root.display(),
+        if links.is_empty() {
+            "nothing".to_owned()
+        } else {
+            links.join(", ")
+        },
+        ports.0,
+        ports.1
+    );
+    Ok(())
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
@@ -109,8 +193,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         );
     }
     let dataplane = load_dataplane(&cfg, &interfaces)?;
+    crate::host::reserve_ports(cfg.port_min, cfg.port_max);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
-    let media = MediaPlane::new(dataplane, events_tx);
+    let mut media = MediaPlane::new(dataplane, events_tx);
+    if let Some(store) = open_sessions(&cfg) {
+        media = media.with_sessions(store);
+    }
     let ports = PortAllocator::new(cfg.port_min, cfg.port_max, cfg.port_quarantine)
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
     let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
@@ -158,7 +246,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let _ = req.reply.send(reply);
             }
             Some(ev) = events.recv() => engine.on_packet(ev, Now::read()),
-            _ = tick.tick() => engine.tick(Now::read()),
+            _ = tick.tick() => {
+                engine.tick(Now::read());
+                if let Some(dp) = engine.backend_mut().dataplane_mut() {
+                    dp.heartbeat(HEARTBEAT, (cfg.port_min, cfg.port_max));
+                }
+            }
             _ = metrics_tick.tick() => {
                 let snapshot = snapshot(&engine, &stats);
                 health.beat(describe_dataplane(&snapshot));
@@ -187,12 +280,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if let Some(m) = metrics_server {
         m.abort();
     }
+    let calls = engine.call_count();
     let mut media = engine;
     if let Some(dp) = media.backend_mut().dataplane_mut() {
-        dp.detach_all()?;
+        // The program stays attached (pinned links) and keeps forwarding
+        // the calls; packets that would need a daemon are dropped until the
+        // next one starts and adopts them.
+        dp.absent();
         if let Ok(o) = dp.outcomes() {
             info!(outcomes = ?o, "data plane totals");
         }
+        info!(
+            calls,
+            "stopped; XDP keeps forwarding the calls until the next start adopts them (`media-relay teardown` ends them)"
+        );
     }
     Ok(())
 }

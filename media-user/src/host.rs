@@ -174,3 +174,78 @@ pub fn enable_forwarding(interface: &str) -> Result<(), HostError> {
     }
     Ok(())
 }
+
+/// `net.ipv4.ip_local_reserved_ports` (IPv6 follows it): ports the kernel
+/// never hands out as ephemeral ports (a client's `bind(0)` or
+/// `connect()`), though they may still be bound explicitly.
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// The kernel's list with `lo..=hi` added or removed (comma-separated
+/// ports and `a-b` ranges).
+fn reserved_with(current: &str, lo: u16, hi: u16, add: bool) -> String {
+    let ours = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    };
+    let mut items: Vec<&str> = current
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != ours)
+        .collect();
+    if add {
+        items.push(&ours);
+    }
+    items.join(",")
+}
+
+/// Keep the media port range `lo..=hi` out of the kernel's ephemeral
+/// ports, so that while the daemon is away (a crash, a restart, an
+/// upgrade) and its sockets are closed, no other program is given one of
+/// its calls' ports by chance. Best effort: returns whether it worked.
+pub fn reserve_ports(lo: u16, hi: u16) -> bool {
+    let Ok(current) = fs::read_to_string(RESERVED_PORTS) else {
+        return false;
+    };
+    let new = reserved_with(&current, lo, hi, true);
+    match fs::write(RESERVED_PORTS, &new) {
+        Ok(()) => {
+            info!(ports = %format!("{lo}-{hi}"), "media ports reserved from the kernel's ephemeral ports");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reserve the media ports from ephemeral use (net.ipv4.ip_local_reserved_ports)");
+            false
+        }
+    }
+}
+
+/// Undo [`reserve_ports`] (`media-relay teardown`).
+pub fn release_ports(lo: u16, hi: u16) {
+    if let Ok(current) = fs::read_to_string(RESERVED_PORTS) {
+        let _ = fs::write(RESERVED_PORTS, reserved_with(&current, lo, hi, false));
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::reserved_with;
+
+    #[test]
+    fn the_range_is_added_once_and_removed_alone() {
+        assert_eq!(reserved_with("\n", 30000, 40000, true), "30000-40000");
+        assert_eq!(
+            reserved_with("8080,9000-9010\n", 30000, 40000, true),
+            "8080,9000-9010,30000-40000"
+        );
+        assert_eq!(
+            reserved_with("8080,30000-40000", 30000, 40000, true),
+            "8080,30000-40000"
+        );
+        assert_eq!(
+            reserved_with("8080,30000-40000,9000", 30000, 40000, false),
+            "8080,9000"
+        );
+    }
+}

@@ -46,6 +46,19 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// End everything a stopped or crashed daemon left forwarding: detach
+    /// the XDP program from every interface, remove the pinned maps (flows
+    /// and call records), release the media ports. Refused while a daemon
+    /// runs on these pins. (A plain stop keeps calls up for the next start.)
+    Teardown {
+        /// Read pin-root and the port range from this configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// bpffs directory of the pins (default: the configuration's, else
+        /// /sys/fs/bpf/media-relay).
+        #[arg(long)]
+        pin_root: Option<PathBuf>,
+    },
 }
 
 /// Which daemon the operator commands talk to, and how they print.
@@ -118,6 +131,22 @@ fn operator(command: Command) -> anyhow::Result<()> {
                 print!("{}", cli::stats_table(&s));
                 Ok(())
             }
+        }
+        Command::Teardown { config, pin_root } => {
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let root = pin_root
+                .or(file.pin_root)
+                .unwrap_or_else(|| PathBuf::from(media_ebpf::maps::PIN_ROOT));
+            let ports = (
+                file.port_min
+                    .unwrap_or(media_user::config::DEFAULT_PORT_MIN),
+                file.port_max
+                    .unwrap_or(media_user::config::DEFAULT_PORT_MAX),
+            );
+            daemon::teardown(&root, ports)
         }
         Command::Run(_) | Command::Check(_) => unreachable!("not an operator command"),
     }

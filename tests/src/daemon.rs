@@ -140,9 +140,8 @@ impl Daemon {
         ));
         let log = dir.unique("media-relay.log");
         let ng: SocketAddr = "127.0.0.1:2223".parse()?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(binary())
+        let child = ns
+            .command(binary())
             .arg("run")
             .args(args)
             .arg("--listen-ng")
@@ -208,7 +207,7 @@ impl Daemon {
     /// Stop with SIGTERM and wait (bounded); returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: kill(2) on our own child; `ip netns exec` execs the
+        // SAFETY: kill(2) on our own child; `nsenter` execs the
         // binary, so the pid is media-relay's.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -91,6 +91,20 @@ impl Netns {
             .args(args))
     }
 
+    /// A command to run in this namespace's network only (`nsenter
+    /// --net`): unlike `ip netns exec` it keeps the host's mounts, so what
+    /// a daemon pins in bpffs (`/sys/fs/bpf`) lives in the host's bpffs and
+    /// outlives the process, as on a real host. (`ip netns exec` remounts
+    /// /sys; a bpffs mounted there dies with the process, pins and XDP links
+    /// included.)
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     /// Write a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])?;

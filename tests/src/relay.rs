@@ -63,12 +63,10 @@ impl DerefMut for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let unpinned = dp.unpin();
-            drop(dp);
-            if let Err(e) = unpinned {
-                eprintln!("warning: could not remove test pins: {e}");
-            }
+        if let Some(dp) = self.dp.take()
+            && let Err(e) = dp.teardown()
+        {
+            eprintln!("warning: could not remove test pins: {e}");
         }
     }
 }

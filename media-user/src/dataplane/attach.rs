@@ -1,7 +1,17 @@
 //! Attaching the relay program to an interface, with native → generic
-//! fallback.
+//! fallback, through a bpf_link pinned in bpffs: the program stays
+//! attached whatever happens to the daemon (a crash, a stop, an upgrade),
+//! until the link's pin is removed (`media-relay teardown`). A daemon that
+//! finds its interface's link pinned adopts it and swaps its own program
+//! in with one atomic `bpf_link_update`: no packet misses a program.
 
-use aya::programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId};
+use std::path::{Path, PathBuf};
+
+use aya::programs::{
+    ProgramError, Xdp, XdpMode as AyaMode,
+    links::{FdLink, LinkError, PinnedLink},
+    xdp::{XdpLink, XdpLinkId},
+};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -38,6 +48,26 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
+impl AttachedMode {
+    fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// How an attachment is held.
+#[derive(Debug)]
+enum Held {
+    /// A pinned bpf_link (the normal case): it outlives this process.
+    Pinned { path: PathBuf, link: FdLink },
+    /// Attached without a bpf_link (a kernel without XDP links): owned by
+    /// the program, detached when it goes.
+    Owned(XdpLinkId),
+}
+
 /// The relay program attached to one interface.
 #[derive(Debug)]
 pub struct Attachment {
@@ -46,7 +76,16 @@ pub struct Attachment {
     pub mode: AttachedMode,
     /// Whether `auto` had to fall back from native to generic.
     pub fell_back: bool,
-    link: XdpLinkId,
+    /// Found attached (a pinned link of an earlier run) and taken over.
+    pub adopted: bool,
+    held: Held,
+}
+
+impl Attachment {
+    /// Whether the attachment outlives this process.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.held, Held::Pinned { .. })
+    }
 }
 
 #[derive(Debug, Error)]
@@ -82,6 +121,58 @@ pub enum AttachError {
         #[source]
         source: ProgramError,
     },
+    #[error("pinned XDP link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error(
+        "pinning the XDP link of {interface} at {path} failed: {source}; is {dir} on bpffs?",
+        dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    )]
+    Pin {
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("taking over the XDP link of {interface} ({path}) failed: {source}")]
+    Replace {
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("removing the pinned XDP link {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pin of `interface`'s link in `dir`, and the mode it was made with.
+fn pinned_link(dir: &Path, interface: &str) -> Option<(PathBuf, AttachedMode)> {
+    ["native", "generic"].into_iter().find_map(|m| {
+        let path = dir.join(format!("{interface}@{m}"));
+        path.exists()
+            .then(|| (path, AttachedMode::from_name(m).expect("a known mode")))
+    })
+}
+
+/// Interfaces with a link pinned in `dir`.
+pub(super) fn pinned_interfaces(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let (iface, mode) = name.rsplit_once('@')?;
+            AttachedMode::from_name(mode).map(|_| iface.to_owned())
+        })
+        .collect()
 }
 
 fn errno(e: &ProgramError) -> Option<i32> {
@@ -127,12 +218,129 @@ fn try_attach(
         })
 }
 
+/// Take over `interface`'s pinned link, if there is one: the new
+/// program replaces the old one atomically. `None` when nothing is pinned,
+/// or the pin is stale (its interface went away); a stale pin is removed.
+fn adopt(
+    program: &mut Xdp,
+    dir: &Path,
+    interface: &str,
+    ifindex: u32,
+    wanted: XdpMode,
+) -> Result<Option<Attachment>, AttachError> {
+    let Some((path, mode)) = pinned_link(dir, interface) else {
+        return Ok(None);
+    };
+    let link_err = |source| AttachError::Link {
+        path: path.clone(),
+        source,
+    };
+    let fd: FdLink = PinnedLink::from_pin(&path).map_err(link_err)?.into();
+    let link = XdpLink::try_from(fd).map_err(link_err)?;
+    let id = match program.attach_to_link(link) {
+        Ok(id) => id,
+        Err(e) => {
+            // The interface was deleted (and maybe re-created) since: the
+            // link is defunct. Start afresh.
+            warn!(interface, path = %path.display(), error = %e, "stale pinned XDP link removed");
+            std::fs::remove_file(&path).map_err(|source| AttachError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(None);
+        }
+    };
+    let link = program
+        .take_link(id)
+        .map_err(|source| AttachError::Replace {
+            interface: interface.to_owned(),
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+    let link = FdLink::try_from(link).map_err(link_err)?;
+    let wanted_mode = match wanted {
+        XdpMode::Native => Some(AttachedMode::Native),
+        XdpMode::Generic => Some(AttachedMode::Generic),
+        XdpMode::Auto => None,
+    };
+    if wanted_mode.is_some_and(|w| w != mode) {
+        warn!(
+            interface,
+            attached = %mode,
+            "XDP stays in the mode its calls started in; `media-relay teardown` (which ends them) and a restart change it"
+        );
+    }
+    info!(interface, ifindex, mode = %mode, "XDP link adopted: program replaced in place");
+    Ok(Some(Attachment {
+        interface: interface.to_owned(),
+        ifindex,
+        mode,
+        fell_back: false,
+        adopted: true,
+        held: Held::Pinned { path, link },
+    }))
+}
+
+/// Attach to `interface`, adopting a link an earlier run pinned in `dir`,
+/// else attaching afresh and pinning the new link there.
 pub(super) fn attach(
     program: &mut Xdp,
+    dir: &Path,
     interface: &str,
     ifindex: u32,
     mode: XdpMode,
 ) -> Result<Attachment, AttachError> {
+    if let Some(a) = adopt(program, dir, interface, ifindex, mode)? {
+        return Ok(a);
+    }
+    let (got, fell_back, id) = attach_new(program, interface, ifindex, mode)?;
+    let path = dir.join(format!("{interface}@{got}"));
+    let link = program
+        .take_link(id)
+        .map_err(|source| AttachError::Failed {
+            interface: interface.to_owned(),
+            mode: got.name(),
+            source,
+        })?;
+    let held = match FdLink::try_from(link) {
+        Ok(fd) => {
+            let pinned = fd.pin(&path).map_err(|source| AttachError::Pin {
+                interface: interface.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+            Held::Pinned {
+                path,
+                link: pinned.into(),
+            }
+        }
+        Err(_) => {
+            // No bpf_link for XDP on this kernel: the attachment went with
+            // the link; attach again, owned by the program.
+            warn!(
+                interface,
+                "XDP attached without a bpf_link: calls will not survive a restart of the daemon"
+            );
+            let (_, _, id) = attach_new(program, interface, ifindex, mode)?;
+            Held::Owned(id)
+        }
+    };
+    Ok(Attachment {
+        interface: interface.to_owned(),
+        ifindex,
+        mode: got,
+        fell_back,
+        adopted: false,
+        held,
+    })
+}
+
+fn attach_new(
+    program: &mut Xdp,
+    interface: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<(AttachedMode, bool, XdpLinkId), AttachError> {
     let (link, got, fell_back) = match mode {
         XdpMode::Native => (
             try_attach(program, interface, ifindex, AttachedMode::Native)?,
@@ -162,22 +370,40 @@ pub(super) fn attach(
         },
     };
     info!(interface, ifindex, mode = %got, fell_back, "XDP attached");
-    Ok(Attachment {
-        interface: interface.to_owned(),
-        ifindex,
-        mode: got,
-        fell_back,
-        link,
-    })
+    Ok((got, fell_back, link))
 }
 
+/// Detach for good: remove the link's pin (the kernel detaches once this
+/// process drops its descriptor too).
 pub(super) fn detach(program: &mut Xdp, a: Attachment) -> Result<(), AttachError> {
-    program
-        .detach(a.link)
-        .map_err(|source| AttachError::Detach {
+    match a.held {
+        Held::Pinned { path, link } => {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(AttachError::Unpin { path, source: e });
+                }
+                _ => {}
+            }
+            drop(link);
+        }
+        Held::Owned(id) => program.detach(id).map_err(|source| AttachError::Detach {
             interface: a.interface.clone(),
             source,
-        })?;
+        })?,
+    }
     info!(interface = a.interface, "XDP detached");
+    Ok(())
+}
+
+/// Remove a pinned link found in `dir` for an interface this daemon is
+/// not configured for (the program detaches from it).
+pub(super) fn unpin_other(dir: &Path, interface: &str) -> Result<(), AttachError> {
+    if let Some((path, _)) = pinned_link(dir, interface) {
+        std::fs::remove_file(&path).map_err(|source| AttachError::Unpin { path, source })?;
+        info!(
+            interface,
+            "XDP detached from an interface no longer configured"
+        );
+    }
     Ok(())
 }

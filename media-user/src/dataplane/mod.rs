@@ -1,5 +1,12 @@
 //! The XDP data plane as the daemon owns it: load, pin, attach, flows,
-//! counters, detach.
+//! counters, the daemon's heartbeat, teardown.
+//!
+//! Everything that forwarding needs lives in bpffs and outlives the
+//! process: the maps (under `<pin-root>/<layout version>/`), and the XDP
+//! attachments as pinned bpf_links (`<pin-root>/links/`). Dropping a
+//! `DataPlane` — the daemon exiting, crashing, being replaced — leaves the
+//! program forwarding the installed flows. Only [`DataPlane::teardown`]
+//! (`media-relay teardown`) detaches and removes them.
 
 mod attach;
 mod flows;
@@ -20,6 +27,7 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 pub use flows::{FlowCounters, FlowError, FlowTable, SLOT_GRACE};
+use media_ebpf::maps::Control;
 use media_ebpf::{Outcome, maps};
 pub use pins::PinError;
 use thiserror::Error;
@@ -60,6 +68,24 @@ pub enum DataPlaneError {
     },
     #[error("reading the CPU count: {0}")]
     Cpus(std::io::Error),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{flows} flows of calls in progress are pinned under {dir} by a build with pinned-map layout \
+         {found}; this build uses layout {ours} and cannot adopt them; `media-relay teardown --pin-root \
+         {root}` removes them (it ends those calls) — or run the build that made them"
+    )]
+    OtherLayout {
+        dir: PathBuf,
+        root: PathBuf,
+        found: String,
+        ours: &'static str,
+        flows: usize,
+    },
 }
 
 /// How to load the data plane.
@@ -88,9 +114,99 @@ pub struct DataPlane {
     flows: FlowTable,
     outcomes: PerCpuArray<MapData, u64>,
     egress: DevMapHash<MapData>,
+    control: Array<MapData, Control>,
+    pin_root: PathBuf,
     pin_dir: PathBuf,
     ebpf: Ebpf,
     _log: Option<log::LogPump>,
+}
+
+/// CLOCK_MONOTONIC in ns: `bpf_ktime_get_ns()`'s clock.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
+}
+
+/// Pins of another layout version under `root` that hold flows: state of
+/// calls in progress that this build cannot read. Empty ones are stale
+/// (their daemons left nothing running) and are removed.
+fn other_layouts(root: &Path) -> Result<(), DataPlaneError> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_version = name.len() > 1
+            && name.starts_with('v')
+            && name[1..].chars().all(|c| c.is_ascii_digit());
+        if !is_version || name == maps::LAYOUT_VERSION {
+            continue;
+        }
+        let dir = e.path();
+        let flows = MapData::from_pin(dir.join(maps::FLOWS))
+            .ok()
+            .map_or(0, |m| {
+                // Count keys without knowing the old key type: the raw
+                // map's key iteration needs none.
+                let info = m.info().ok();
+                let key_size = info.map_or(0, |i| i.key_size());
+                raw_key_count(&m, key_size)
+            });
+        if flows > 0 {
+            return Err(DataPlaneError::OtherLayout {
+                dir,
+                root: root.to_owned(),
+                found: name,
+                ours: maps::LAYOUT_VERSION,
+                flows,
+            });
+        }
+        warn!(dir = %dir.display(), "removing stale pins of layout {name} (no flows)");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// Keys of a map of unknown layout (`BPF_MAP_GET_NEXT_KEY` with buffers of
+/// `key_size`).
+fn raw_key_count(m: &MapData, key_size: u32) -> usize {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    if key_size == 0 || key_size > 256 {
+        return 0;
+    }
+    let fd = m.fd().as_fd().as_raw_fd();
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0;
+    let mut first = true;
+    // Bounded: a pinned map holds at most its max_entries.
+    for _ in 0..(1 << 22) {
+        let mut attr = [0u64; 4];
+        attr[0] = fd as u64;
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        // SAFETY: bpf(BPF_MAP_GET_NEXT_KEY) with a zeroed attr holding the
+        // map fd and pointers to two buffers of the map's key size, alive
+        // for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                4, // BPF_MAP_GET_NEXT_KEY
+                attr.as_mut_ptr(),
+                size_of_val(&attr) as u32,
+            )
+        };
+        if rc != 0 {
+            break;
+        }
+        n += 1;
+        std::mem::swap(&mut key, &mut next);
+        first = false;
+    }
+    n
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataPlaneError>
@@ -113,6 +229,7 @@ impl DataPlane {
         host::check_privileges()?;
         let pin_dir = opts.pin_root.join(maps::LAYOUT_VERSION);
         host::ensure_bpffs(&pin_dir)?;
+        other_layouts(&opts.pin_root)?;
         let existing = pins::check(&pin_dir)?;
 
         let mut capacity = opts.max_flows.max(1);
@@ -172,6 +289,7 @@ impl DataPlane {
             ncpus,
         )?;
         let outcomes = take::<PerCpuArray<MapData, u64>>(&mut ebpf, maps::OUTCOMES)?;
+        let control = take::<Array<MapData, Control>>(&mut ebpf, maps::CONTROL)?;
         let mut egress = take::<DevMapHash<MapData>>(&mut ebpf, maps::EGRESS_DEVS)?;
         // Interfaces are re-registered as they are attached.
         let stale: Vec<u32> = egress.keys().filter_map(Result::ok).collect();
@@ -185,15 +303,64 @@ impl DataPlane {
             adopted,
             "XDP data plane loaded"
         );
+        let links = opts.pin_root.join(maps::LINKS_DIR);
+        std::fs::create_dir_all(&links).map_err(|source| DataPlaneError::Dir {
+            path: links.clone(),
+            source,
+        })?;
         Ok(Self {
             attachments: Vec::new(),
             flows,
             outcomes,
             egress,
+            control,
+            pin_root: opts.pin_root.clone(),
             pin_dir,
             ebpf,
             _log: log,
         })
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.pin_root.join(maps::LINKS_DIR)
+    }
+
+    /// Tell the program that a daemon runs (for `valid_for` from now) and
+    /// which port range is its: called every tick. Past the time, packets
+    /// that would need a daemon are dropped instead of reaching ports with
+    /// no socket.
+    pub fn heartbeat(&mut self, valid_for: std::time::Duration, ports: (u16, u16)) {
+        let c = Control {
+            daemon_until_ns: monotonic_ns().saturating_add(valid_for.as_nanos() as u64),
+            port_min: ports.0,
+            port_max: ports.1,
+            reserved: 0,
+        };
+        if let Err(e) = self.control.set(0, c, 0) {
+            warn!(error = %e, "writing the daemon heartbeat failed");
+        }
+    }
+
+    /// Tell the program that no daemon runs (a clean stop): from now on
+    /// packets that would need one are dropped.
+    pub fn absent(&mut self) {
+        if let Ok(mut c) = self.control.get(&0, 0) {
+            c.daemon_until_ns = 0;
+            let _ = self.control.set(0, c, 0);
+        }
+    }
+
+    /// Interfaces an earlier run left the program attached to (pinned
+    /// links).
+    pub fn pinned_interfaces(&self) -> Vec<String> {
+        attach::pinned_interfaces(&self.links_dir())
+    }
+
+    /// Detach from an interface an earlier run attached to and this run is
+    /// not configured for.
+    pub fn release_interface(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+        attach::unpin_other(&self.links_dir(), interface)?;
+        Ok(())
     }
 
     /// Attach to `interface` in `mode` (see [`XdpMode`]) and allow
@@ -211,8 +378,9 @@ impl DataPlane {
             .into());
         }
         host::enable_forwarding(interface)?;
+        let links = self.links_dir();
         let program = self.program_mut();
-        let attachment = attach::attach(program, interface, ifindex, mode)?;
+        let attachment = attach::attach(program, &links, interface, ifindex, mode)?;
         self.egress
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| DataPlaneError::Egress { source })?;
@@ -239,7 +407,7 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Detach from every interface (also done on drop).
+    /// Detach from every interface, for good (pins removed).
     pub fn detach_all(&mut self) -> Result<(), DataPlaneError> {
         while let Some(a) = self.attachments.first() {
             let name = a.interface.clone();
@@ -298,33 +466,32 @@ impl DataPlane {
         Ok(out)
     }
 
-    /// Remove the pinned maps (and with them the installed flows, once this
-    /// data plane is dropped). For tests and an explicit operator reset.
-    pub fn unpin(&self) -> std::io::Result<()> {
-        for name in [
-            maps::FLOWS,
-            maps::FLOW_STATS,
-            maps::FLOW_QUALITY,
-            maps::OUTCOMES,
-            maps::EGRESS_DEVS,
-        ] {
-            match std::fs::remove_file(self.pin_dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+    /// Detach from every interface and remove every pin (the maps, the
+    /// flows in them, the call records, the links): forwarding stops, and
+    /// an earlier run's calls are gone. `media-relay teardown`, and tests.
+    pub fn teardown(mut self) -> Result<(), DataPlaneError> {
+        self.detach_all()?;
+        let links = self.links_dir();
+        for iface in attach::pinned_interfaces(&links) {
+            attach::unpin_other(&links, &iface)?;
         }
-        let _ = std::fs::remove_dir(&self.pin_dir);
-        if let Some(root) = self.pin_dir.parent() {
-            let _ = std::fs::remove_dir(root);
-        }
+        remove_pins(&self.pin_root)?;
         Ok(())
     }
 }
 
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        if let Err(e) = self.detach_all() {
-            warn!(error = %e, "detaching XDP on shutdown failed");
-        }
+/// Remove `root`'s pins (every layout version, the links, the call
+/// records) and the directories. What `media-relay teardown` does after
+/// detaching; also usable when nothing can be loaded.
+pub fn remove_pins(root: &Path) -> Result<(), DataPlaneError> {
+    if !root.exists() {
+        return Ok(());
     }
+    std::fs::remove_dir_all(root).map_err(|source| DataPlaneError::Dir {
+        path: root.to_owned(),
+        source,
+    })
 }
+
+// No Drop: the pinned links keep the program attached after the process
+// is gone (that is the point); the descriptors just close.

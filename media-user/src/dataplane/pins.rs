@@ -45,7 +45,7 @@ const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-const EXPECTED: [Expected; 5] = [
+const EXPECTED: [Expected; 6] = [
     Expected {
         name: maps::FLOWS,
         map_type: MapType::Hash,
@@ -69,6 +69,12 @@ const EXPECTED: [Expected; 5] = [
         map_type: MapType::PerCpuArray,
         key_size: 4,
         value_size: 8,
+    },
+    Expected {
+        name: maps::CONTROL,
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<maps::Control>(),
     },
     Expected {
         name: maps::EGRESS_DEVS,

@@ -154,6 +154,26 @@ impl Bed {
             .is_ok_and(|l| l.contains("prog/xdp"))
     }
 
+    /// After a stop: the program stays attached (calls survive a stop);
+    /// the installed `media-relay teardown` detaches it and removes the
+    /// pins under `pin_root`.
+    pub fn check_stop_keeps_then_teardown(&self, pin_root: &str, when: &str) -> anyhow::Result<()> {
+        check(
+            &format!("XDP stays attached to {RELAY_DEV} after {when} (calls keep forwarding)"),
+            self.xdp_attached(),
+            String::new,
+        )?;
+        let out = self.in_ns(super::BIN, &["teardown", "--pin-root", pin_root]);
+        check("`media-relay teardown` ends it", out.is_ok(), || {
+            format!("{out:?}")
+        })?;
+        check(
+            &format!("XDP detached from {RELAY_DEV} and the pins removed by teardown"),
+            !self.xdp_attached() && !std::path::Path::new(pin_root).exists(),
+            String::new,
+        )
+    }
+
     fn in_ns(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let net = format!("--net=/run/netns/{}", self.ns.name());
         let mut all = vec![net.as_str(), program];

@@ -227,9 +227,5 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
         status.success(),
         || format!("{status}\n{}", log_tail(&log)),
     )?;
-    check(
-        &format!("XDP detached from {RELAY_DEV} on exit"),
-        !bed.xdp_attached(),
-        String::new,
-    )
+    bed.check_stop_keeps_then_teardown(TEST_PIN_DIR, "SIGTERM")
 }

@@ -122,9 +122,5 @@ pub fn run_with_systemd(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
         result.contains("Result=success") && result.contains("ExecMainStatus=0"),
         || format!("{}\n{}", result.trim(), journal(30)),
     )?;
-    check(
-        &format!("XDP detached from {RELAY_DEV} on stop"),
-        !bed.xdp_attached(),
-        String::new,
-    )
+    bed.check_stop_keeps_then_teardown(UNIT_PIN_DIR, "systemctl stop")
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use media_ebpf::{
     Flow, FlowKey, FlowStats, Outcome, StreamQuality,
-    maps::{DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
+    maps::{Control, DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
 };
 
 /// Installed flows, written only by the daemon. Plain hash, never LRU.
@@ -31,6 +31,11 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::pinned(Outcome::COUNT, 0);
 /// Interfaces the program may redirect to (those it is attached to).
 #[map(name = "EGRESS_DEVS")]
 pub static EGRESS_DEVS: DevMapHash = DevMapHash::pinned(MAX_EGRESS_DEVS, 0);
+
+/// The daemon's word: whether it runs, its port range. Written only by the
+/// daemon.
+#[map(name = "CONTROL")]
+pub static CONTROL: Array<Control> = Array::pinned(1, 0);
 
 /// Count one packet under `outcome`.
 #[inline(always)]

@@ -23,7 +23,7 @@ use network_types::{
 
 use crate::{
     fib::{self, FibError, NextHop},
-    maps::{EGRESS_DEVS, FLOW_QUALITY, FLOW_STATS, FLOWS, count},
+    maps::{CONTROL, EGRESS_DEVS, FLOW_QUALITY, FLOW_STATS, FLOWS, count},
     packet::{be16, copy, header, replace, same, sum, word, zero},
 };
 
@@ -39,6 +39,41 @@ pub fn media_relay(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn pass(outcome: Outcome) -> (Outcome, u32) {
     (outcome, XDP_PASS)
+}
+
+/// The daemon's port range when no daemon runs (it crashed, stopped or is
+/// being replaced); `None` while one does.
+#[inline(always)]
+fn daemon_absent() -> Option<(u16, u16)> {
+    let c = CONTROL.get(0)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (c.daemon_until_ns < now).then_some((c.port_min, c.port_max))
+}
+
+/// A packet for one of the relay's calls that needs the daemon: to the
+/// stack (the daemon's socket) while a daemon runs; dropped while none
+/// does, since the port has no socket then and the stack would answer the
+/// peer with ICMP port unreachable.
+#[inline(always)]
+fn to_daemon(outcome: Outcome) -> (Outcome, u32) {
+    if daemon_absent().is_some() {
+        (Outcome::DaemonAbsent, XDP_DROP)
+    } else {
+        pass(outcome)
+    }
+}
+
+/// A packet with no flow: the stack's, unless it is for the relay's media
+/// port range while no daemon runs (see [`to_daemon`]).
+#[inline(always)]
+fn no_flow(dport: [u8; 2]) -> (Outcome, u32) {
+    match daemon_absent() {
+        Some((lo, hi)) if (lo..=hi).contains(&u16::from_be_bytes(dport)) => {
+            (Outcome::DaemonAbsent, XDP_DROP)
+        }
+        _ => pass(Outcome::NoFlow),
+    }
 }
 
 #[inline(always)]
@@ -238,7 +273,7 @@ unsafe fn decide<'a, const N: usize>(
                 (&raw mut key.remote_port).cast::<u16>().write(a.sport);
             }
             let Some(flow) = FLOWS.get_ptr(key) else {
-                return Err(pass(Outcome::NoFlow));
+                return Err(no_flow(a.dport));
             };
             flow
         }
@@ -250,19 +285,19 @@ unsafe fn decide<'a, const N: usize>(
     if !unsafe { source_ok::<N>(flow, family, a.src, a.sport) } {
         // Learning: the daemon decides whether this is the peer behind NAT.
         if flow.flags & SOURCE_LEARNING != 0 {
-            return Err(pass(Outcome::SourceToDaemon));
+            return Err(to_daemon(Outcome::SourceToDaemon));
         }
         // Latched: only the stream's own SSRC may ask for a re-latch.
         if flow.flags & SSRC_RELATCH != 0
             && let Some((ssrc, _)) = rtp_header(ctx, a.payload)
             && ssrc == flow.ssrc
         {
-            return Err(pass(Outcome::SourceToDaemon));
+            return Err(to_daemon(Outcome::SourceToDaemon));
         }
         return Err((Outcome::SourceRejected, XDP_DROP));
     }
     if flow.family != family {
-        return Err(pass(Outcome::FamilyChange));
+        return Err(to_daemon(Outcome::FamilyChange));
     }
     // Forwarded as a router forwards, in both paths: the hop limit goes
     // down by one, and a packet that has none left is dropped (a loop
@@ -272,7 +307,7 @@ unsafe fn decide<'a, const N: usize>(
     }
     match next_hop(ctx, flow, family == FAMILY_V6, a.ip_len, a.tos, a.flowinfo) {
         Ok(hop) => Ok((flow, hop)),
-        Err(outcome) => Err(pass(outcome)),
+        Err(outcome) => Err(to_daemon(outcome)),
     }
 }
 
