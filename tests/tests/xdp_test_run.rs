@@ -915,3 +915,49 @@ fn flow_table_rules() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// While no daemon runs (its heartbeat ran out, or it stopped), what would
+/// need it is dropped instead of reaching a port with no socket: a
+/// learning stream's other source, and packets with no flow inside the
+/// media port range. Installed flows keep forwarding; outside the range
+/// the stack still gets its packets.
+#[test]
+fn an_absent_daemon_draws_no_icmp() -> anyhow::Result<()> {
+    if !require_root("an_absent_daemon_draws_no_icmp") {
+        return Ok(());
+    }
+    let mut fx = Fixture::new()?;
+    let a = sa(A_V4, 5000);
+    let flows = fx.relay.flows_mut();
+    flows.install(
+        FlowKey::new(sa(RA_V4, 32000)),
+        Flow::new(sa(RB_V4, 32002), sa(B_V4, 42000))
+            .with_source(a)
+            .learning(true),
+    )?;
+    let forwarded = v4(a, sa(RA_V4, 32000));
+    let other = v4(sa(Ipv4Addr::new(198, 18, 1, 70), 5000), sa(RA_V4, 32000));
+    let in_range = v4(a, sa(RA_V4, 32010));
+    let out_of_range = v4(a, sa(RA_V4, 9999));
+    let cases = |fx: &Fixture| -> anyhow::Result<Vec<u32>> {
+        [&forwarded, &other, &in_range, &out_of_range]
+            .iter()
+            .map(|f| Ok(fx.run(&f.bytes())?.0))
+            .collect()
+    };
+    // Daemon present.
+    fx.relay
+        .heartbeat(std::time::Duration::from_secs(60), (30000, 40000));
+    assert_eq!(cases(&fx)?, [XDP_REDIRECT, XDP_PASS, XDP_PASS, XDP_PASS]);
+    // Daemon gone.
+    let before = fx.relay.outcomes()?["daemon_absent"];
+    fx.relay.absent();
+    assert_eq!(cases(&fx)?, [XDP_REDIRECT, XDP_DROP, XDP_DROP, XDP_PASS]);
+    assert_eq!(fx.relay.outcomes()?["daemon_absent"] - before, 2);
+    // A heartbeat that ran out counts as gone too.
+    fx.relay
+        .heartbeat(std::time::Duration::from_millis(1), (30000, 40000));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(fx.run(&other.bytes())?.0, XDP_DROP);
+    Ok(())
+}
