@@ -119,12 +119,19 @@ pub fn sip_binary() -> PathBuf {
 }
 
 /// A running daemon, stopped (SIGTERM, then SIGKILL) and its pins removed
-/// on drop.
+/// on drop. It can be killed and started again on the same pins
+/// ([`Daemon::kill`], [`Daemon::restart`]): the next run adopts the calls.
 pub struct Daemon {
     child: Option<Child>,
     pub ng: SocketAddr,
     pin_root: PathBuf,
     log: PathBuf,
+    /// To start it again: its namespace (`/run/netns/<name>`), arguments,
+    /// and where its runs' logs go.
+    netns: String,
+    args: Vec<String>,
+    logs: PathBuf,
+    runs: u32,
 }
 
 impl Daemon {
@@ -138,48 +145,91 @@ impl Daemon {
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
             std::process::id()
         ));
-        let log = dir.unique("media-relay.log");
-        let ng: SocketAddr = "127.0.0.1:2223".parse()?;
-        let child = ns
-            .command(binary())
+        let mut d = Self {
+            child: None,
+            ng: "127.0.0.1:2223".parse()?,
+            pin_root,
+            log: PathBuf::new(),
+            netns: ns.name().to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            logs: dir.create_dir("media-relay")?,
+            runs: 0,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Start the process (again) and wait for it to answer ping.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        self.log = self.logs.join(format!("run-{}.log", self.runs));
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(binary())
             .arg("run")
-            .args(args)
+            .args(&self.args)
             .arg("--listen-ng")
-            .arg(ng.to_string())
+            .arg(self.ng.to_string())
             .arg("--pin-root")
-            .arg(&pin_root)
+            .arg(&self.pin_root)
             .env("RUST_LOG", "info,media_user=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting media-relay")?;
-        let mut d = Self {
-            child: Some(child),
-            ng,
-            pin_root,
-            log,
-        };
-        let client = NgClient::new(ns, ng)?;
+            .stderr(std::fs::File::create(&self.log)?);
+        self.child = Some(cmd.spawn().context("starting media-relay")?);
+        // The client's socket must be in the namespace: enter it on a
+        // thread (the namespace's loopback is where ng listens).
+        let ns_file = std::fs::File::open(format!("/run/netns/{}", self.netns))?;
+        let socket = std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<std::net::UdpSocket> {
+                nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                Ok(std::net::UdpSocket::bind("127.0.0.1:0")?)
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
+        let client = ng::blocking::Client::new(socket, self.ng, "test");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("media-relay exited ({status}):\n{}", d.log_text());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("media-relay exited ({status}):\n{}", self.log_text());
             }
             if client
-                .request_timeout(
+                .request(
                     &Value::dict().with("command", "ping"),
                     Duration::from_millis(200),
                 )
                 .is_ok()
             {
-                return Ok(d);
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("media-relay did not answer ping:\n{}", d.log_text());
+                bail!("media-relay did not answer ping:\n{}", self.log_text());
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
+    /// `kill -9`: the process dies at once, leaving its pins (and the XDP
+    /// program forwarding) behind.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Start it again on the same pins, with the same arguments (after
+    /// [`Daemon::kill`] or [`Daemon::stop`]); returns once it answers ping,
+    /// and how long that took.
+    pub fn restart(&mut self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(self.child.is_none(), "still running: kill or stop it first");
+        let t = Instant::now();
+        self.spawn()?;
+        Ok(t.elapsed())
+    }
+
+    /// The log of the current (or last) run.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
