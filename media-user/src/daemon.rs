@@ -109,6 +109,7 @@ fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Op
             warn!(interface = %other, "XDP detached from an interface no longer configured");
         }
     }
+    dp.forget_other_egress();
     Ok(Some(dp))
 }
 

@@ -191,7 +191,11 @@ impl Daemon {
         let client = ng::blocking::Client::new(socket, self.ng, "test");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("media-relay exited ({status}):\n{}", self.log_text());
             }
             if client

@@ -41,6 +41,7 @@ const ROOT_TIERS: &[Tier] = &[
             "bench_paths",
             "learning_window",
             "ng_cache",
+            "restart",
         ],
         threads: 2,
     },

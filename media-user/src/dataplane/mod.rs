@@ -290,12 +290,10 @@ impl DataPlane {
         )?;
         let outcomes = take::<PerCpuArray<MapData, u64>>(&mut ebpf, maps::OUTCOMES)?;
         let control = take::<Array<MapData, Control>>(&mut ebpf, maps::CONTROL)?;
-        let mut egress = take::<DevMapHash<MapData>>(&mut ebpf, maps::EGRESS_DEVS)?;
-        // Interfaces are re-registered as they are attached.
-        let stale: Vec<u32> = egress.keys().filter_map(Result::ok).collect();
-        for k in stale {
-            let _ = egress.remove(k);
-        }
+        // Kept as the previous run left it while this one attaches (the
+        // adopted program redirects through it meanwhile); entries of
+        // interfaces no longer attached go in `forget_other_egress`.
+        let egress = take::<DevMapHash<MapData>>(&mut ebpf, maps::EGRESS_DEVS)?;
         info!(
             pin_dir = %pin_dir.display(),
             capacity,
@@ -347,6 +345,22 @@ impl DataPlane {
         if let Ok(mut c) = self.control.get(&0, 0) {
             c.daemon_until_ns = 0;
             let _ = self.control.set(0, c, 0);
+        }
+    }
+
+    /// Drop redirect entries of interfaces this data plane is not attached
+    /// to (once every configured interface is attached: an earlier run's
+    /// entries serve the adopted calls until then).
+    pub fn forget_other_egress(&mut self) {
+        let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
+        let stale: Vec<u32> = self
+            .egress
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !attached.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.egress.remove(k);
         }
     }
 

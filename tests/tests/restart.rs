@@ -1,0 +1,439 @@
+//! Calls survive the daemon: `kill -9`, a clean stop and start, an upgrade
+//! (the program swapped in place), and a crash loop, in the middle of 20
+//! calls carrying RTP both ways. The receivers see every packet (sequence
+//! numbers checked); after the restart the calls are adopted — `query`
+//! counters continue, `delete` frees everything — and nothing leaks.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use media_relay_tests::{
+    Bed, BedOptions, Netns, TestDir,
+    bed::{A_V4, B_V4},
+    daemon::{Daemon, NgClient},
+    media::{rtp, udp_socket},
+    paths::offer_answer,
+    root_test,
+};
+use media_user::ng::Value;
+
+const CALLS: u16 = 20;
+/// 50 packets per second per stream, as G.711 at 20 ms.
+const PERIOD: Duration = Duration::from_millis(20);
+
+/// One side's streams: a socket per call at the party's SDP address, where
+/// it sends to (the relay's port) and what it received (stream, seq).
+struct Side {
+    sockets: Vec<(UdpSocket, SocketAddr)>,
+    ssrc_base: u32,
+}
+
+/// What a side sent and received.
+#[derive(Default)]
+struct Tally {
+    sent: Vec<u16>,
+    received: Vec<BTreeSet<u16>>,
+    foreign: u64,
+}
+
+/// Send one packet per stream every 20 ms and read whatever arrived, on
+/// both sides, until `stop`; bounded by `limit`.
+fn traffic(a: &Side, b: &Side, stop: &AtomicBool, limit: Duration) -> (Tally, Tally) {
+    let run = |me: &Side, peer_ssrc: u32| -> Tally {
+        let n = me.sockets.len();
+        let mut t = Tally {
+            sent: vec![0; n],
+            received: vec![BTreeSet::new(); n],
+            foreign: 0,
+        };
+        let started = Instant::now();
+        let mut next = started;
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+            for (i, (s, to)) in me.sockets.iter().enumerate() {
+                let seq = t.sent[i];
+                if s.send_to(&rtp(me.ssrc_base + i as u32, seq), to).is_ok() {
+                    t.sent[i] += 1;
+                }
+            }
+            next += PERIOD;
+            // Read until the next tick.
+            while Instant::now() < next {
+                let mut any = false;
+                for (i, (s, _)) in me.sockets.iter().enumerate() {
+                    while let Ok((len, _)) = s.recv_from(&mut buf) {
+                        any = true;
+                        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                        if len >= 12 && ssrc == peer_ssrc + i as u32 {
+                            t.received[i].insert(u16::from_be_bytes([buf[2], buf[3]]));
+                        } else {
+                            t.foreign += 1;
+                        }
+                    }
+                }
+                if !any {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        // The last packets in flight.
+        let end = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < end {
+            for (i, (s, _)) in me.sockets.iter().enumerate() {
+                while let Ok((_, _)) = s.recv_from(&mut buf) {
+                    let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                    if ssrc == peer_ssrc + i as u32 {
+                        t.received[i].insert(u16::from_be_bytes([buf[2], buf[3]]));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t
+    };
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| run(a, b.ssrc_base));
+        let hb = s.spawn(|| run(b, a.ssrc_base));
+        (ha.join().expect("side a"), hb.join().expect("side b"))
+    })
+}
+
+/// Every packet one side sent arrived at the other: `sent[i]` sequence
+/// numbers 0.. on stream i.
+fn check_all_arrived(what: &str, sent: &Tally, got: &Tally) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for (i, (&n, r)) in sent.sent.iter().zip(&got.received).enumerate() {
+        let missing: Vec<u16> = (0..n).filter(|s| !r.contains(s)).collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{what}: stream {i}: {} of {n} packets lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        total += u64::from(n);
+    }
+    anyhow::ensure!(got.foreign == 0, "{what}: {} foreign packets", got.foreign);
+    Ok(total)
+}
+
+fn side(
+    ns: &Netns,
+    ip: IpAddr,
+    port0: u16,
+    dests: &[SocketAddr],
+    ssrc_base: u32,
+) -> anyhow::Result<Side> {
+    let sockets = dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let s = udp_socket(
+                ns,
+                SocketAddr::new(ip, port0 + 2 * i as u16),
+                Duration::from_millis(1),
+            )?;
+            s.set_nonblocking(true)?;
+            Ok((s, *d))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Side { sockets, ssrc_base })
+}
+
+fn stat(ng: &NgClient, key: &str) -> anyhow::Result<i64> {
+    let s = ng.ok(&Value::dict().with("command", "statistics"))?;
+    Ok(s.get("statistics")
+        .and_then(|s| s.get("media plane"))
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_int)
+        .unwrap_or(0))
+}
+
+/// Packets of the stream arriving on `local port` of a `query` reply.
+fn stream_packets(query: &Value) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let tags = query.get("tags").and_then(Value::as_dict);
+    for tag in tags.into_iter().flat_map(|t| t.values()) {
+        for m in tag
+            .get("medias")
+            .and_then(Value::as_list)
+            .into_iter()
+            .flatten()
+        {
+            for s in m
+                .get("streams")
+                .and_then(Value::as_list)
+                .into_iter()
+                .flatten()
+            {
+                let port = s.get("local port").and_then(Value::as_int).unwrap_or(0);
+                let packets = s
+                    .get("stats")
+                    .and_then(|s| s.get("packets"))
+                    .and_then(Value::as_int)
+                    .unwrap_or(0);
+                out.push((port, packets));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// What happens to the daemon in the middle of the calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Disruption {
+    /// `kill -9`, then a start.
+    Kill,
+    /// SIGTERM, then a start.
+    Stop,
+    /// `kill -9` and a start, `n` times in a row.
+    CrashLoop(u32),
+}
+
+fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
+    let bed = Bed::new(BedOptions {
+        peer_xdp: mode == "native",
+        static_neighbours: false,
+    })?;
+    let mut daemon = Daemon::start(
+        t,
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            mode,
+            "--port-min",
+            "30000",
+            "--port-max",
+            "30999",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let mut a_to = Vec::new();
+    let mut b_to = Vec::new();
+    for i in 0..CALLS {
+        let (ato, bto) = offer_answer(
+            &ng,
+            &format!("restart-{i}"),
+            SocketAddr::new(A_V4.into(), 10000 + 2 * i),
+            SocketAddr::new(B_V4.into(), 20000 + 2 * i),
+            &[],
+        )?;
+        a_to.push(ato);
+        b_to.push(bto);
+    }
+    let a = side(&bed.a, A_V4.into(), 10000, &a_to, 0xa000)?;
+    let b = side(&bed.b, B_V4.into(), 20000, &b_to, 0xb000)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = std::thread::scope(|s| -> anyhow::Result<_> {
+        let traffic = s.spawn(|| traffic(&a, &b, &stop, Duration::from_secs(30)));
+        let result = (|| -> anyhow::Result<Vec<Vec<(i64, i64)>>> {
+            // Past the learning window: every stream latched, in XDP.
+            std::thread::sleep(Duration::from_millis(2500));
+            let before: Vec<_> = (0..CALLS)
+                .map(|i| {
+                    ng.ok(&Value::dict()
+                        .with("command", "query")
+                        .with("call-id", format!("restart-{i}").as_str()))
+                        .map(|q| stream_packets(&q))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let rounds = match how {
+                Disruption::CrashLoop(n) => n,
+                _ => 1,
+            };
+            for round in 0..rounds {
+                match how {
+                    Disruption::Stop => {
+                        daemon.stop()?;
+                    }
+                    _ => daemon.kill()?,
+                }
+                // The daemon is away: XDP keeps forwarding.
+                std::thread::sleep(Duration::from_millis(if rounds > 1 { 200 } else { 1000 }));
+                let took = daemon.restart()?;
+                eprintln!("round {round}: the daemon answered ping {took:?} after its start");
+            }
+            std::thread::sleep(Duration::from_millis(2000));
+            Ok(before)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let (ta, tb) = traffic.join().expect("traffic");
+        let before = result?;
+        let sent_a = check_all_arrived("A → B", &ta, &tb)?;
+        let sent_b = check_all_arrived("B → A", &tb, &ta)?;
+        eprintln!("{sent_a} + {sent_b} packets sent, every one arrived");
+        Ok((before, ta, tb))
+    });
+    let (before, ta, tb) = match before {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("--- media-relay log ---\n{}", daemon.log_text());
+            return Err(e);
+        }
+    };
+    // Adopted: every call answers query, with counters that went on.
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let list = ng.ok(&Value::dict().with("command", "list"))?;
+    let calls = list
+        .get("calls")
+        .and_then(Value::as_list)
+        .map_or(0, <[Value]>::len);
+    anyhow::ensure!(
+        calls == usize::from(CALLS),
+        "{calls} of {CALLS} calls adopted:\n{}",
+        daemon.log_text()
+    );
+    for i in 0..CALLS {
+        let q = ng.ok(&Value::dict()
+            .with("command", "query")
+            .with("call-id", format!("restart-{i}").as_str()))?;
+        let after = stream_packets(&q);
+        let i = usize::from(i);
+        for ((port, was), (port2, now)) in before[i].iter().zip(&after) {
+            anyhow::ensure!(
+                port == port2,
+                "call {i}: streams changed: {before:?} {after:?}"
+            );
+            anyhow::ensure!(
+                now >= was,
+                "call {i}: port {port}: counter went back {was} → {now}"
+            );
+        }
+        // RTP streams: every packet the party sent was counted.
+        let rtp_counts: Vec<i64> = after.iter().step_by(2).map(|(_, p)| *p).collect();
+        let want = [i64::from(ta.sent[i]), i64::from(tb.sent[i])];
+        anyhow::ensure!(
+            rtp_counts.iter().all(|c| want.contains(c)),
+            "call {i}: query counts {rtp_counts:?}, sent {want:?} (counters reset or lost?)"
+        );
+    }
+    anyhow::ensure!(
+        stat(&ng, "xdp flows")? == 4 * i64::from(CALLS) || mode == "off",
+        "flows after adoption: {}",
+        stat(&ng, "xdp flows")?
+    );
+    anyhow::ensure!(
+        stat(&ng, "bound ports")? == 4 * i64::from(CALLS),
+        "sockets after adoption: {}",
+        stat(&ng, "bound ports")?
+    );
+    // Delete frees everything, adopted calls as new ones.
+    for i in 0..CALLS {
+        ng.ok(&Value::dict()
+            .with("command", "delete")
+            .with("call-id", format!("restart-{i}").as_str()))?;
+    }
+    anyhow::ensure!(stat(&ng, "xdp flows")? == 0, "flows left after delete");
+    anyhow::ensure!(stat(&ng, "bound ports")? == 0, "sockets left after delete");
+    let records = std::fs::read_dir(daemon.pin_dir())?
+        .flatten()
+        .filter(|e| e.file_name() == "SESSIONS")
+        .count();
+    anyhow::ensure!(records == 1, "the SESSIONS map is pinned");
+    let _ = &how;
+    Ok(())
+}
+
+#[test]
+fn kill_9_xdp_native() -> anyhow::Result<()> {
+    root_test("kill_9_xdp_native", |t| {
+        survive(t, "native", Disruption::Kill)
+    })
+}
+
+#[test]
+fn kill_9_xdp_generic() -> anyhow::Result<()> {
+    root_test("kill_9_xdp_generic", |t| {
+        survive(t, "generic", Disruption::Kill)
+    })
+}
+
+#[test]
+fn stop_and_start_xdp_native() -> anyhow::Result<()> {
+    root_test("stop_and_start_xdp_native", |t| {
+        survive(t, "native", Disruption::Stop)
+    })
+}
+
+#[test]
+fn crash_loop_leaks_nothing() -> anyhow::Result<()> {
+    root_test("crash_loop_leaks_nothing", |t| {
+        survive(t, "native", Disruption::CrashLoop(20))
+    })
+}
+
+/// Pins of another layout that hold flows: the daemon refuses to start,
+/// naming the command that would end those calls; empty ones are removed.
+#[test]
+fn another_layout_with_calls_is_refused_by_name() -> anyhow::Result<()> {
+    root_test("another_layout_with_calls_is_refused_by_name", |t| {
+        let bed = Bed::new(BedOptions::default())?;
+        let root = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/media-relay-test-layout-{}",
+            std::process::id()
+        ));
+        let old = root.join("v2");
+        std::fs::create_dir_all(&old)?;
+        let cleanup = scopeguard(&root);
+        // A v2 FLOWS map (20-byte keys) with one flow in it.
+        media_relay_tests::netns::run(
+            std::process::Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(old.join("FLOWS"))
+                .args([
+                    "type", "hash", "key", "20", "value", "64", "entries", "16", "name", "FLOWS",
+                ]),
+        )?;
+        media_relay_tests::netns::run(
+            std::process::Command::new("bpftool")
+                .args(["map", "update", "pinned"])
+                .arg(old.join("FLOWS"))
+                .args(["key", "hex"])
+                .args(std::iter::repeat_n("01", 20))
+                .args(["value", "hex"])
+                .args(std::iter::repeat_n("00", 64)),
+        )?;
+        let out = bed
+            .relay
+            .command(media_relay_tests::daemon::binary())
+            .args(["run", "-i", "ra", "--xdp-mode", "generic", "--pin-root"])
+            .arg(&root)
+            .output()
+            .context("running media-relay")?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(!out.status.success(), "started over another layout's calls");
+        let last = err.lines().last().unwrap_or_default();
+        anyhow::ensure!(
+            last.contains("layout v2") && last.contains("media-relay teardown"),
+            "{last}"
+        );
+        let _ = t;
+        drop(cleanup);
+        Ok(())
+    })
+}
+
+/// Removes a pin directory when dropped.
+fn scopeguard(path: &std::path::Path) -> impl Drop + '_ {
+    struct Guard<'a>(&'a std::path::Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    Guard(path)
+}
