@@ -85,7 +85,7 @@ enum Command {
         /// A short run for CI smoke use.
         #[arg(long)]
         quick: bool,
-        /// Only these parts (xdp, sessions, sip, capacity, latency, scale;
+        /// Only these parts (xdp, sessions, sip, capacity, latency, scale, restart;
         /// repeatable); the report always runs.
         #[arg(long)]
         only: Vec<String>,

@@ -14,6 +14,8 @@
 //!   (socket generator and sink, `media_relay_tests::socket_load`).
 //! - `scale`: rate and per-packet cost with 1 to 100 000 calls installed;
 //!   time and memory to install and remove 100 000 calls.
+//! - `restart`: packets lost when the daemon is killed, restarted or
+//!   upgraded during calls; the time to adopt them.
 //! - the report: `report.json`, `report.md` and PNG plots over whatever
 //!   parts have results.
 //!
@@ -29,6 +31,7 @@ mod figure;
 mod host;
 mod latency;
 mod report;
+mod restart;
 mod scale;
 mod sessions;
 mod sip;
@@ -200,6 +203,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wants("scale") {
         scale::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("restart") {
+        restart::run(args.quick, &machine, &args.out)?;
     }
     // Always: the report over whatever parts have results in `out`.
     report::run(args.quick, &machine, &args.out)?;

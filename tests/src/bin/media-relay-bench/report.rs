@@ -20,7 +20,9 @@ use plotters::{
 use serde_json::{Value, json};
 
 /// The parts, in report order.
-const PARTS: &[&str] = &["xdp", "sessions", "sip", "capacity", "latency", "scale"];
+const PARTS: &[&str] = &[
+    "xdp", "sessions", "sip", "capacity", "latency", "scale", "restart",
+];
 
 /// The font the plots' text is drawn with (Debian: fonts-dejavu-core).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -435,6 +437,7 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "capacity" => "Capacity per path",
             "latency" => "Latency and jitter under load",
             "scale" => "Scale: installed calls",
+            "restart" => "Reliability: restarts during calls",
             other => other,
         };
         let _ = writeln!(md, "## {title}\n");

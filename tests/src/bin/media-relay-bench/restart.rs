@@ -1,0 +1,315 @@
+//! Reliability: what a daemon crash, a restart and an upgrade cost the
+//! calls in progress.
+//!
+//! Per run: a fresh bed, media-relay in XDP native mode, `CALLS` calls set
+//! up over ng, RTP A → B on every call at 50 packets/s (G.711 at 20 ms)
+//! from the socket generator, counted per stream by the socket sink. A
+//! while into the run the daemon is disrupted — `kill -9`, or SIGTERM
+//! (what `systemctl restart` and a package upgrade do) — and started
+//! again on the same pins; the run goes on until every stream has carried
+//! seconds of media after the adoption. Lost = sent − distinct received.
+//! Adoption = from the new process's start until it answers ng (the calls
+//! are adopted before the ng socket opens). [`MIN_RUNS`] runs per kind of
+//! disruption; then the same for the most calls one port range holds, for
+//! the adoption time at scale.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use media_relay_tests::{
+    Bed, BedOptions,
+    bed::{A_V4, B_V4},
+    cpu,
+    daemon::{Daemon, NgClient},
+    paths::offer_answer,
+    socket_load::{Flow, GenConfig, Generator, Sink, SinkConfig},
+};
+use serde_json::json;
+
+use crate::figure::{Figure, MIN_RUNS, Verdict, group, target};
+
+/// Calls carrying media through the disruption.
+const CALLS: u16 = 1000;
+/// Packets per second per stream.
+const PPS: f64 = 50.0;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Disruption {
+    Kill,
+    Restart,
+}
+
+impl Disruption {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Kill => "kill -9, then start",
+            Self::Restart => {
+                "SIGTERM, then start (restart; upgrade: the program is swapped in place)"
+            }
+        }
+    }
+}
+
+struct Run {
+    sent: u64,
+    lost: u64,
+    adoption: Duration,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+}
+
+/// The daemon on a fresh bed with `calls` calls; where A sends for each.
+fn setup(calls: u16) -> anyhow::Result<(Bed, Daemon, Vec<SocketAddr>)> {
+    let bed = Bed::new(BedOptions {
+        peer_xdp: true,
+        static_neighbours: false,
+    })?;
+    let daemon = Daemon::start(
+        crate::files(),
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            "native",
+            "--port-min",
+            "2000",
+            "--port-max",
+            "65000",
+            "--max-flows",
+            "262144",
+            "--learning-window",
+            "1",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let mut a_to = Vec::with_capacity(usize::from(calls));
+    for i in 0..calls {
+        let (ato, _) = offer_answer(
+            &ng,
+            &format!("restart-{i}"),
+            SocketAddr::new(A_V4.into(), 10_000 + i),
+            SocketAddr::new(B_V4.into(), 20_000 + i),
+            &[],
+        )?;
+        a_to.push(ato);
+    }
+    Ok((bed, daemon, a_to))
+}
+
+fn one_run(how: Disruption, secs: f64) -> anyhow::Result<Run> {
+    let (bed, mut daemon, a_to) = setup(CALLS)?;
+    let flows: Vec<Flow> = a_to
+        .iter()
+        .enumerate()
+        .map(|(i, to)| Flow {
+            src: SocketAddr::new(A_V4.into(), 10_000 + i as u16),
+            dst: *to,
+            ssrc: 0x7e57_0000 + i as u32,
+        })
+        .collect();
+    let sink_flows: Vec<Flow> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Flow {
+            dst: SocketAddr::new(B_V4.into(), 20_000 + i as u16),
+            ..*f
+        })
+        .collect();
+    let mut generator = Generator::bind(Some(&bed.a), &flows)?;
+    let sink = Sink::bind(Some(&bed.b), &sink_flows)?;
+    // Latch every stream and let the learning window close.
+    generator.run(&GenConfig {
+        rate: Some(20_000.0),
+        count: 3 * u64::from(CALLS),
+        duration: Duration::from_secs(2),
+        ..GenConfig::default()
+    })?;
+    std::thread::sleep(Duration::from_millis(1500));
+    sink.drain();
+    let rate = PPS * f64::from(CALLS);
+    let count = (rate * secs) as u64;
+    let done = AtomicBool::new(false);
+    let rss_before_kib = daemon.rss_kib();
+    let (g, r, adoption) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let h = s.spawn(|| {
+            sink.run(
+                &SinkConfig {
+                    expected: Some(count),
+                    max_duration: Duration::from_secs_f64(secs * 1.5 + 5.0),
+                    idle: Duration::from_millis(500),
+                    grace: Duration::from_secs(2),
+                    realtime: true,
+                    cpu: Some(cpu::SINK),
+                    ..SinkConfig::default()
+                },
+                &done,
+            )
+        });
+        let g = s.spawn(|| {
+            let g = generator.run(&GenConfig {
+                rate: Some(rate),
+                count,
+                duration: Duration::from_secs_f64(secs * 1.5),
+                realtime: true,
+                cpu: Some(cpu::GENERATOR),
+                ..GenConfig::default()
+            });
+            done.store(true, Ordering::Release);
+            g
+        });
+        // A third of the way in: the disruption; a second later, the start.
+        std::thread::sleep(Duration::from_secs_f64(secs / 3.0));
+        match how {
+            Disruption::Kill => daemon.kill()?,
+            Disruption::Restart => {
+                daemon.stop()?;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let adoption = daemon.restart()?;
+        let g = g.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        Ok((g, r, adoption))
+    })?;
+    let rss_after_kib = daemon.rss_kib();
+    drop((daemon, bed));
+    Ok(Run {
+        sent: g.sent,
+        lost: g.sent.saturating_sub(r.unique()),
+        adoption,
+        rss_before_kib,
+        rss_after_kib,
+    })
+}
+
+/// The most calls one port range holds (two pairs each, 2000–65000):
+/// set up, `kill -9`, start again: the adoption time.
+fn adoption_at_scale(calls: u16) -> anyhow::Result<(Duration, u64)> {
+    let (bed, mut daemon, _) = setup(calls)?;
+    daemon.kill()?;
+    let took = daemon.restart()?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let list = ng.ok(&media_user::ng::Value::dict().with("command", "list"))?;
+    let adopted = list
+        .get("calls")
+        .and_then(media_user::ng::Value::as_list)
+        .map_or(0, <[_]>::len) as u64;
+    Ok((took, adopted))
+}
+
+pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let secs = if quick { 4.0 } else { 8.0 };
+    let mut md = format!(
+        "{CALLS} calls, XDP native, RTP A → B at {PPS:.0} packets/s per call from the socket generator, {secs} s \
+         per run; the daemon is disrupted a third of the way in and started again a second later on the same \
+         pins. Median (min–max) of {MIN_RUNS} runs.\n\n\
+         | disruption | packets sent | lost | adoption (start → answering ng) | daemon RSS before → after |\n\
+         |---|---:|---:|---:|---:|\n"
+    );
+    let mut parts = Vec::new();
+    let mut all_lost = 0;
+    for how in [Disruption::Kill, Disruption::Restart] {
+        let mut runs = Vec::new();
+        for n in 0..MIN_RUNS {
+            eprintln!("==> restart: {} (run {} of {MIN_RUNS})", how.label(), n + 1);
+            let r = one_run(how, secs)?;
+            eprintln!(
+                "    {} sent, {} lost, adopted in {:?}",
+                r.sent, r.lost, r.adoption
+            );
+            runs.push(r);
+        }
+        let sent = Figure::new(runs.iter().map(|r| r.sent as f64));
+        let lost = Figure::new(runs.iter().map(|r| r.lost as f64));
+        let adoption = Figure::new(runs.iter().map(|r| r.adoption.as_secs_f64() * 1000.0));
+        all_lost += runs.iter().map(|r| r.lost).sum::<u64>();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} ms | {} → {} KiB |",
+            how.label(),
+            sent.show_int(),
+            lost.show_int(),
+            adoption.show(0),
+            Figure::new(runs.iter().map(|r| r.rss_before_kib as f64)).show_int(),
+            Figure::new(runs.iter().map(|r| r.rss_after_kib as f64)).show_int(),
+        );
+        parts.push(json!({
+            "disruption": how.label(),
+            "sent": sent.json(),
+            "lost": lost.json(),
+            "adoption_ms": adoption.json(),
+        }));
+    }
+    // The most calls a port range holds.
+    let scale_calls: u16 = if quick { 2000 } else { 15_000 };
+    eprintln!("==> restart: adoption of {scale_calls} calls");
+    let mut scale = Figure::default();
+    let mut adopted = 0;
+    for _ in 0..MIN_RUNS {
+        let (took, n) = adoption_at_scale(scale_calls)?;
+        adopted = n;
+        scale.push(took.as_secs_f64());
+    }
+    let per_call_us = scale.median() * 1e6 / f64::from(scale_calls);
+    let _ = writeln!(
+        md,
+        "\nAdoption of {} calls (about the most one port range holds: two port pairs a call): {} s for {} calls \
+         adopted, {per_call_us:.0} µs a call; at that rate 100 000 calls (which need several addresses or shared \
+         ports) would take {:.1} s.",
+        group(f64::from(scale_calls)),
+        scale.show(2),
+        group(adopted as f64),
+        per_call_us * 100_000.0 / 1e6,
+    );
+    let lost_verdict = Verdict::of(all_lost == 0);
+    let adoption_verdict = if quick {
+        Verdict::NotJudged(format!(
+            "--quick adopts {} calls only",
+            group(f64::from(scale_calls))
+        ))
+    } else {
+        Verdict::of(per_call_us * 100_000.0 / 1e6 < 2.0)
+    };
+    let targets = vec![
+        target(
+            "packets lost on kill -9 / restart / upgrade during calls",
+            Some(all_lost as f64),
+            "0",
+            &lost_verdict,
+        ),
+        target(
+            "adoption of 100 000 calls, s (extrapolated from the most one port range holds)",
+            Some(per_call_us * 100_000.0 / 1e6),
+            "< 2",
+            &adoption_verdict,
+        ),
+    ];
+    print!("## Reliability: restarts during calls\n\n{md}\n");
+    let json = json!({
+        "machine": machine,
+        "calls": CALLS,
+        "pps_per_call": PPS,
+        "secs_per_run": secs,
+        "disruptions": parts,
+        "scale": { "calls": scale_calls, "adopted": adopted, "adoption_s": scale.json(), "per_call_us": per_call_us },
+        "targets": targets,
+        "markdown": md,
+    });
+    let path = out.join("restart.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!(
+        "report: {} ({:.0} s)\n",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
