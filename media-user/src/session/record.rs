@@ -56,6 +56,11 @@ pub const FORMAT: u8 = 1;
 /// refuses call-ids that start with it.
 pub const ENGINE_ID: &str = "\0engine";
 
+/// How far ahead of the clock a record's write time may be and still be of
+/// this boot: never, between processes (the clock is the system's), but an
+/// engine may be handed a `Now` read a moment before the last write.
+const REBOOT_SLACK: u64 = 1_000_000_000;
+
 /// How many of the calls ended by a timeout the engine's record keeps: as
 /// many as `list` reports (the SIP agent ends those calls with BYEs).
 const ENDED_RECORDED: usize = super::engine::ENDED_LISTED;
@@ -64,7 +69,7 @@ const ENDED_RECORDED: usize = super::engine::ENDED_LISTED;
 const FINISHED_RECORDED_BYTES: usize = 32 * 1024;
 
 /// Why a record cannot be adopted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("the record is empty")]
     Empty,
@@ -306,13 +311,13 @@ struct Times {
 
 impl Times {
     /// A record written at `h`. CLOCK_MONOTONIC restarts at a reboot: a
-    /// record whose write time is ahead of the clock comes from an earlier
-    /// boot (bpffs does not survive one, so this takes a record kept
-    /// elsewhere or a corrupted one), and its times are moved so that its
-    /// age is what the wall clock says (at least zero). Returns whether
-    /// they were.
+    /// record whose write time is ahead of the clock (by more than
+    /// [`REBOOT_SLACK`]) comes from an earlier boot (bpffs does not survive
+    /// one, so this takes a record kept elsewhere or a corrupted one), and
+    /// its times are moved so that its age is what the wall clock says (at
+    /// least zero). Returns whether they were.
     fn of(h: &Header, now: Now) -> (Self, bool) {
-        if h.mono_ns <= now.mono_ns {
+        if h.mono_ns <= now.mono_ns.saturating_add(REBOOT_SLACK) {
             return (Self { now, shift_ns: 0 }, false);
         }
         let age_ms = (i128::from(unix_ms(now.wall)) - i128::from(h.wall_ms)).max(0);
@@ -534,7 +539,9 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             local: m.local,
             peer,
             media: m.media.into_iter().map(media).collect::<Result<_, _>>()?,
-            sent_sdp: m.sent_sdp.map(|(digest, version)| SentSdp { digest, version }),
+            sent_sdp: m
+                .sent_sdp
+                .map(|(digest, version)| SentSdp { digest, version }),
             flags: PartyFlags {
                 policy: policy_of(m.policy)?,
                 port_latching: m.port_latching,
