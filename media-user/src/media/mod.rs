@@ -133,9 +133,7 @@ impl MediaPlane {
     pub fn with_sessions(mut self, mut store: crate::dataplane::sessions::SessionStore) -> Self {
         match store.load() {
             Ok(records) => self.persisted = records,
-            Err(e) => {
-                warn!(error = %e, "reading the calls an earlier run kept failed; starting without them")
-            }
+            Err(e) => warn!(error = %e, "reading the calls an earlier run kept failed; starting without them"),
         }
         self.sessions = Some(store);
         self

@@ -566,8 +566,10 @@ fn no_prefix_and_no_corruption_of_a_record_panics() {
                 bad[i] ^ (1 << rng.random_range(0..8))
             };
         }
-        let mut fake = Fake::default();
-        fake.persisted = Some(vec![("c".into(), bad)]);
+        let fake = Fake {
+            persisted: Some(vec![("c".into(), bad)]),
+            ..Fake::default()
+        };
         let mut b = Engine::new(e.cfg.clone(), fake, e.interfaces.clone(), ports(), t);
         let r = b.restore(t);
         adopted += r.adopted;
@@ -708,8 +710,10 @@ fn a_record_from_an_earlier_boot_keeps_its_ages() {
         "{left:?}"
     );
     // Through the engine: adopted, counted.
-    let mut fake = Fake::default();
-    fake.persisted = Some(vec![("c".into(), bytes)]);
+    let fake = Fake {
+        persisted: Some(vec![("c".into(), bytes)]),
+        ..Fake::default()
+    };
     let mut b = Engine::new(e.cfg.clone(), fake, e.interfaces.clone(), ports(), now);
     let r = b.restore(now);
     assert_eq!((r.adopted, r.rebased), (1, 1));
