@@ -199,12 +199,14 @@ impl<B: Backend> Engine<B> {
                 "records written before a reboot: their times follow the wall clock"
             );
         }
-        info!(
-            adopted = out.adopted,
-            skipped = out.skipped.len(),
-            took_ms = out.took.as_millis() as u64,
-            "calls of the earlier run adopted"
-        );
+        if total > 0 {
+            info!(
+                adopted = out.adopted,
+                skipped = out.skipped.len(),
+                took_ms = out.took.as_millis() as u64,
+                "calls of the earlier run adopted"
+            );
+        }
         out
     }
 
