@@ -7,10 +7,12 @@
 //! It reads no clock: every entry point takes the [`Now`] its caller read,
 //! so tests can run time ahead. This file has the engine's state, its entry
 //! points and what ends a call; the work is in the sibling files:
-//! `offer_answer.rs`, `routes.rs`, `expiry.rs` and `reports.rs`.
+//! `offer_answer.rs`, `routes.rs`, `expiry.rs`, `reports.rs`, and
+//! `persist.rs` (keeping every call's record where it survives a restart,
+//! and adopting them in the next run).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant, SystemTime},
 };
@@ -164,6 +166,12 @@ pub struct Engine<B: Backend> {
     /// For rates: packets/bytes/errors over all live streams at the last tick.
     pub(super) last_sample: (Instant, u64, u64, u64),
     pub(super) rates: (f64, f64, f64),
+    /// Calls changed by the event being handled: their records are
+    /// rewritten once, when it is done (`persist.rs`).
+    pub(super) dirty: BTreeSet<String>,
+    /// When the engine's own record was last looked at, and the digest of
+    /// the one kept.
+    pub(super) own_record: (Option<Instant>, Option<u64>),
 }
 
 impl<B: Backend> Engine<B> {
@@ -188,6 +196,8 @@ impl<B: Backend> Engine<B> {
             started: now,
             last_sample: (now, 0, 0, 0),
             rates: (0.0, 0.0, 0.0),
+            dirty: BTreeSet::new(),
+            own_record: (None, None),
         }
     }
 
@@ -233,9 +243,9 @@ impl<B: Backend> Engine<B> {
         *self.totals.commands.entry(name).or_default() += 1;
         let result = match cmd {
             Command::Ping => return Reply::Pong,
-            Command::Offer(o) => self.offer(&o, now),
-            Command::Answer(a) => self.answer(&a, now),
-            Command::Delete(d) => self.delete(&d, now),
+            Command::Offer(o) => self.changing(&o.call_id, now, |e| e.offer(&o, now)),
+            Command::Answer(a) => self.changing(&a.call_id, now, |e| e.answer(&a, now)),
+            Command::Delete(d) => self.changing(&d.call_id, now, |e| e.delete(&d, now)),
             Command::Query(q) => self.query(&q),
             Command::List(l) => Ok(self.list(&l)),
             Command::Statistics => Ok(self.statistics(now.mono)),
@@ -342,6 +352,7 @@ impl<B: Backend> Engine<B> {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        self.forget(&call);
         for mono in &call.monos {
             for m in &mono.media {
                 if let Some(p) = m.port {
@@ -385,6 +396,7 @@ impl<B: Backend> Engine<B> {
             &mut m.rtcp
         };
         let before = (latch.endpoint(), latch.source());
+        let was = latch.clone();
         // What the data plane forwarded on this port without us: the
         // latch decides against the stream as it is now (issue 16, item 1).
         if latch.needs_sync(ev.from, ev.rtp, now) {
@@ -396,6 +408,9 @@ impl<B: Backend> Engine<B> {
             self.totals.refused_sources += 1;
         }
         let after = (latch.endpoint(), latch.source());
+        if !latch.same_but_sequence(&was) {
+            self.dirty.insert(owner.call.clone());
+        }
         if before != after {
             debug!(call_id = %owner.call, local = %ev.local, from = %ev.from, "latched");
             self.program(&owner.call, owner.mono, now);
@@ -411,5 +426,6 @@ impl<B: Backend> Engine<B> {
                     .forward(ev.local, route.out, route.dest, &ev.data);
             }
         }
+        self.flush(clock);
     }
 }

@@ -58,6 +58,10 @@ pub enum CommandError {
     /// Every port pair of the range is leased (or held by another process).
     #[error("Ran out of ports")]
     PortsExhausted { local: IpAddr },
+    /// A call-id starting with NUL: no SIP Call-ID does, and the engine's
+    /// own records are kept under such ids.
+    #[error("Invalid call-id")]
+    ReservedCallId,
     /// The final report of an ended call no longer decodes.
     #[error("the final report of this call is unreadable")]
     ReportUnreadable,
@@ -144,6 +148,7 @@ mod tests {
                 CommandError::MediaCountMismatch { sdp: 3, party: 1 },
                 "SDP has 3 media sections, the call has 1 for this party",
             ),
+            (CommandError::ReservedCallId, "Invalid call-id"),
             (CommandError::CallVanished, "call vanished"),
             (CommandError::NoPeer, "no peer"),
         ];

@@ -46,6 +46,8 @@ impl<B: Backend> Engine<B> {
             }
         }
         self.sample_rates(now);
+        self.flush(clock);
+        self.keep_engine_record(clock);
     }
 
     /// Returns `Some(None)` for a due delayed delete, `Some(Some(reason))`
@@ -95,6 +97,7 @@ impl<B: Backend> Engine<B> {
             }
         }
         let call = self.calls.get_mut(id)?;
+        let mut touched = false;
         for (mi, i, [crtp, crtcp]) in counters {
             for c in [&crtp, &crtcp] {
                 if let Some(t) = c.last_packet {
@@ -109,10 +112,15 @@ impl<B: Backend> Engine<B> {
             // sequence) so that a NAT rebinding is judged against the
             // stream as it is now (issue 16, item 1).
             for (latch, c) in [(&mut m.rtp, &crtp), (&mut m.rtcp, &crtcp)] {
+                let was = latch.clone();
                 if latch.sync(c.packets, c.last_rtp, now) {
                     changed.push(mi);
                 }
+                touched |= !latch.same_but_sequence(&was);
             }
+        }
+        if touched {
+            self.dirty.insert(id.to_owned());
         }
         changed.sort_unstable();
         changed.dedup();

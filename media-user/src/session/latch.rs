@@ -71,7 +71,7 @@ pub enum Source {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Window not started (no packet yet) or running since `since`.
     Learning {
         since: Option<Instant>,
@@ -82,6 +82,17 @@ enum State {
         /// Last RTP SSRC and sequence number seen from `addr`.
         rtp: Option<(u32, u16)>,
     },
+}
+
+/// Everything a [`Latch`] holds ([`Latch::parts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Parts {
+    pub(super) policy: Policy,
+    pub(super) advertised: Option<SocketAddr>,
+    pub(super) sip_source: Option<IpAddr>,
+    pub(super) state: State,
+    pub(super) window: Duration,
+    pub(super) forwarded_base: u64,
 }
 
 /// A packet's fate in userspace.
@@ -322,6 +333,63 @@ impl Latch {
             *rtp = Some(seen);
         }
         before != (self.endpoint(), self.source())
+    }
+
+    /// Everything the latch holds, for its record (`record.rs`).
+    pub(super) fn parts(&self) -> Parts {
+        let Self {
+            policy,
+            advertised,
+            sip_source,
+            state,
+            window,
+            forwarded_base,
+        } = self;
+        Parts {
+            policy: *policy,
+            advertised: *advertised,
+            sip_source: *sip_source,
+            state: *state,
+            window: *window,
+            forwarded_base: *forwarded_base,
+        }
+    }
+
+    /// The latch a record describes.
+    pub(super) fn from_parts(p: Parts) -> Self {
+        let Parts {
+            policy,
+            advertised,
+            sip_source,
+            state,
+            window,
+            forwarded_base,
+        } = p;
+        Self {
+            policy,
+            advertised,
+            sip_source,
+            state,
+            window,
+            forwarded_base,
+        }
+    }
+
+    /// The same state but for the sequence number of the last RTP packet,
+    /// which moves with every packet: a record is rewritten for what
+    /// changes decisions, not for that (after a restart the data plane's
+    /// own record of the last RTP brings it up to date, see [`sync`]).
+    ///
+    /// [`sync`]: Self::sync
+    pub(super) fn same_but_sequence(&self, other: &Self) -> bool {
+        let strip = |l: &Self| {
+            let mut p = l.parts();
+            if let State::Latched { rtp: Some(r), .. } = &mut p.state {
+                r.1 = 0;
+            }
+            p
+        };
+        strip(self) == strip(other)
     }
 
     /// Close the learning window if it is over. Returns whether the state

@@ -8,9 +8,13 @@
 //!   SDP, rtcp-mux, the rewritten SDP.
 //! - `routes.rs`: the data-plane routes of a call and their programming.
 //! - `expiry.rs`: the tick — delayed deletes, learning, timeouts, rates.
+//! - `persist.rs`: every call's record kept where it survives a restart,
+//!   and adopted by the next run ([`Engine::restore`]).
+//! - `record.rs`: what a record holds, in a versioned binary form.
 //! - `reports.rs`: `query`, `list`, `statistics`.
 //! - `error.rs`: why a command failed: the ng `error-reason` text.
-//! - `clock.rs`: [`Now`], both clocks read once at the edge.
+//! - `clock.rs`: [`Now`], both clocks read once at the edge (and the
+//!   monotonic one as CLOCK_MONOTONIC nanoseconds, for records).
 //! - `model.rs`: calls, parties (monologues), media, port owners.
 //! - `latch.rs`: learning and checking a peer's source address.
 //! - `ports.rs`: the port-pair allocator.
@@ -24,7 +28,9 @@ mod expiry;
 pub mod latch;
 pub mod model;
 mod offer_answer;
+mod persist;
 pub mod ports;
+pub mod record;
 mod reports;
 mod routes;
 
@@ -33,7 +39,9 @@ pub use clock::Now;
 pub use engine::{DEFAULT_MAX_MEDIA, EndReason, Ended, Engine, PacketEvent, SessionConfig};
 pub use error::CommandError;
 pub use latch::{Latch, Policy, Source};
-pub use ports::PortAllocator;
+pub use persist::{Restored, SkipReason, Skipped};
+pub use ports::{ClaimError, PortAllocator};
+pub use record::RecordError;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,9 @@ pub struct Call {
     pub delete_at: Option<Instant>,
     /// When the periodic tick next reads this call's counters.
     pub next_check: Instant,
+    /// The digest of the record last kept for this call where it survives
+    /// a restart (`persist.rs`); `None` while nothing is kept.
+    pub persisted: Option<u64>,
 }
 
 impl Call {
@@ -71,12 +74,36 @@ pub struct Mono {
     /// The other party of the dialogue.
     pub peer: Option<usize>,
     pub media: Vec<Media>,
-    /// Last SDP body sent to this party and its o= version.
-    pub sent_sdp: Option<(Vec<u8>, u64)>,
+    /// The last SDP body sent to this party, as a digest, and its o=
+    /// version.
+    pub sent_sdp: Option<SentSdp>,
     pub flags: PartyFlags,
     /// This party has given its SDP (an offer or an answer of its own);
     /// `false` for the answerer's side until its answer.
     pub sdp_seen: bool,
+}
+
+/// What is kept of an SDP body sent to a party: enough to tell whether the
+/// next one differs (the o= version moves only then, RFC 3264 §8). A
+/// digest, not the body: a call's bodies take kilobytes, in memory and in
+/// its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentSdp {
+    /// [`digest`] of the body.
+    pub digest: u64,
+    pub version: u64,
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (it is kept in
+/// call records, read by the next binary). Not collision-resistant: a
+/// party that crafts a colliding re-offer only keeps its own change from
+/// moving the o= version.
+pub fn digest(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// One m= line of a party.

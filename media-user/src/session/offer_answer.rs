@@ -17,7 +17,7 @@ use super::{
     engine::Engine,
     error::CommandError,
     latch::{Latch, Policy},
-    model::{Call, Media, Mono, PartyFlags},
+    model::{Call, Media, Mono, PartyFlags, SentSdp, digest},
     reports::ok,
 };
 use crate::{
@@ -106,6 +106,11 @@ impl<B: Backend> Engine<B> {
         if cmd.to_tag.as_ref() == Some(&cmd.from_tag) {
             return Err(CommandError::SameTags);
         }
+        // No SIP Call-ID starts with NUL (RFC 3261 §25.1): such ids name
+        // the engine's own records in the store.
+        if cmd.call_id.starts_with('\0') {
+            return Err(CommandError::ReservedCallId);
+        }
         let info = sdp::inspect(&cmd.sdp).map_err(|source| CommandError::SdpParse { source })?;
         self.check_media_count(&info)?;
         let (now, wall) = (clock.mono, clock.wall);
@@ -123,6 +128,7 @@ impl<B: Backend> Engine<B> {
                     answered: false,
                     delete_at: None,
                     next_check: now,
+                    persisted: None,
                 },
             );
         }
@@ -628,23 +634,24 @@ impl<B: Backend> Engine<B> {
             origin_version: None,
             strip_ice: cmd.ice == crate::ng::Ice::Remove,
         };
-        let body = match &target.sent_sdp {
+        let (body, version) = match target.sent_sdp {
             None => {
                 let body = sdp::rewrite(original, &rw)
                     .map_err(|source| CommandError::SdpRewrite { source })?;
                 (body, info.origin_version)
             }
-            Some((last, v)) => {
-                rw.origin_version = Some(*v);
+            Some(last) => {
+                rw.origin_version = Some(last.version);
                 let same = sdp::rewrite(original, &rw)
                     .map_err(|source| CommandError::SdpRewrite { source })?;
-                if &same == last {
-                    (same, *v)
+                if digest(&same) == last.digest {
+                    (same, last.version)
                 } else {
-                    rw.origin_version = Some(v.wrapping_add(1));
+                    let v = last.version.wrapping_add(1);
+                    rw.origin_version = Some(v);
                     let bumped = sdp::rewrite(original, &rw)
                         .map_err(|source| CommandError::SdpRewrite { source })?;
-                    (bumped, v.wrapping_add(1))
+                    (bumped, v)
                 }
             }
         };
@@ -655,8 +662,11 @@ impl<B: Backend> Engine<B> {
         call.monos
             .get_mut(to)
             .ok_or(CommandError::CallVanished)?
-            .sent_sdp = Some(body.clone());
-        Ok(body.0)
+            .sent_sdp = Some(SentSdp {
+            digest: digest(&body),
+            version,
+        });
+        Ok(body)
     }
 }
 

@@ -8,7 +8,8 @@
 //! call's (an attacker probing with a call of its own cannot aim at the
 //! ports of the call after it). Released pairs rest in quarantine for a
 //! while before reuse, so late packets of an ended call never reach a new
-//! one.
+//! one. A pair an earlier run of the daemon leased to a call that is
+//! being adopted is [claimed](PortAllocator::claim) back by its number.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -36,6 +37,18 @@ pub enum PortRangeError {
     Privileged { min: u16 },
 }
 
+/// Why a pair cannot be claimed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimError {
+    #[error("port {port} is not the RTP port of a pair of the range {first}-{last}")]
+    OutOfRange { port: u16, first: u16, last: u16 },
+    #[error("port {port} is leased already")]
+    Leased { port: u16 },
+}
+
+/// `PortAllocator::slot` of a pair that is not free.
+const NOT_FREE: u32 = u32::MAX;
+
 #[derive(Debug)]
 pub struct PortAllocator {
     /// First and last RTP (even) port of the range.
@@ -45,6 +58,9 @@ pub struct PortAllocator {
     /// Pairs neither leased nor quarantined, in no particular order (a
     /// uniform choice is one index).
     free: Vec<u16>,
+    /// Where each pair (by index in the range) is in `free`, or
+    /// [`NOT_FREE`]: a claim takes a given pair out in O(1).
+    slot: Vec<u32>,
     quarantined: HashSet<u16>,
     quarantine: VecDeque<(Instant, u16)>,
     quarantine_for: Duration,
@@ -85,11 +101,13 @@ impl PortAllocator {
         if last < first {
             return Err(PortRangeError::Empty { min, max });
         }
+        let free: Vec<u16> = (first..=last).step_by(2).collect();
         Ok(Self {
             first,
             last,
             in_use: HashSet::new(),
-            free: (first..=last).step_by(2).collect(),
+            slot: (0..free.len() as u32).collect(),
+            free,
             quarantined: HashSet::new(),
             quarantine: VecDeque::new(),
             quarantine_for,
@@ -129,7 +147,49 @@ impl PortAllocator {
             }
             self.quarantine.pop_front();
             if self.quarantined.remove(&port) {
-                self.free.push(port);
+                self.push_free(port);
+            }
+        }
+    }
+
+    /// Index of the pair whose RTP port is `port`, if it is one of the
+    /// range.
+    fn index(&self, port: u16) -> Option<usize> {
+        (self.first..=self.last)
+            .contains(&port)
+            .then(|| port - self.first)
+            .filter(|d| d % 2 == 0)
+            .map(|d| usize::from(d / 2))
+    }
+
+    fn set_slot(&mut self, port: u16, at: u32) {
+        if let Some(i) = self.index(port)
+            && let Some(s) = self.slot.get_mut(i)
+        {
+            *s = at;
+        }
+    }
+
+    fn push_free(&mut self, port: u16) {
+        self.set_slot(port, self.free.len() as u32);
+        self.free.push(port);
+    }
+
+    /// Take `free[i]` out.
+    fn take_free(&mut self, i: usize) -> u16 {
+        let port = self.free.swap_remove(i);
+        self.set_slot(port, NOT_FREE);
+        if let Some(&moved) = self.free.get(i) {
+            self.set_slot(moved, i as u32);
+        }
+        port
+    }
+
+    fn swap_free(&mut self, i: usize, j: usize) {
+        self.free.swap(i, j);
+        for k in [i, j] {
+            if let Some(&p) = self.free.get(k) {
+                self.set_slot(p, k as u32);
             }
         }
     }
@@ -146,12 +206,12 @@ impl PortAllocator {
             let i = self.rng.random_range(0..untried);
             let candidate = self.free[i];
             if try_bind(candidate) {
-                self.free.swap_remove(i);
+                self.take_free(i);
                 self.in_use.insert(candidate);
                 return Some(candidate);
             }
             untried -= 1;
-            self.free.swap(i, untried);
+            self.swap_free(i, untried);
         }
         None
     }
@@ -162,6 +222,34 @@ impl PortAllocator {
             self.quarantined.insert(port);
             self.quarantine.push_back((now, port));
         }
+    }
+
+    /// Lease the pair whose RTP port is `port`, by its number: a call an
+    /// earlier run of the daemon leased it to is being adopted. A free or
+    /// quarantined pair can be claimed; binding it is the caller's
+    /// business, as for [`allocate`](Self::allocate).
+    pub fn claim(&mut self, port: u16) -> Result<(), ClaimError> {
+        let Some(i) = self.index(port) else {
+            return Err(ClaimError::OutOfRange {
+                port,
+                first: self.first,
+                last: self.last,
+            });
+        };
+        if self.in_use.contains(&port) {
+            return Err(ClaimError::Leased { port });
+        }
+        if self.quarantined.remove(&port) {
+            // Rare (a claim is for adoption, into a new allocator): its
+            // entry must not end a later quarantine of the pair early.
+            self.quarantine.retain(|&(_, p)| p != port);
+        } else if let Some(&at) = self.slot.get(i)
+            && at != NOT_FREE
+        {
+            self.take_free(at as usize);
+        }
+        self.in_use.insert(port);
+        Ok(())
     }
 
     /// Whether `port` (the RTP port of a pair) is leased.
@@ -299,6 +387,72 @@ mod tests {
         let one = picks(PortAllocator::new(20000, 29999, Q).unwrap());
         let two = picks(PortAllocator::new(20000, 29999, Q).unwrap());
         assert_ne!(one, two, "two daemons choose alike");
+    }
+
+    #[test]
+    fn claims_take_given_pairs_and_allocation_avoids_them() {
+        let t0 = Instant::now();
+        let mut a = seeded(30000, 30009, Q);
+        assert_eq!(a.claim(30004), Ok(()));
+        assert_eq!(a.claim(30004), Err(ClaimError::Leased { port: 30004 }));
+        for port in [30005, 29998, 30010, 1] {
+            assert_eq!(
+                a.claim(port),
+                Err(ClaimError::OutOfRange {
+                    port,
+                    first: 30000,
+                    last: 30008
+                })
+            );
+        }
+        assert_eq!((a.in_use(), a.free()), (1, 4));
+        let got: HashSet<u16> = (0..4).map(|_| a.allocate(t0, |_| true).unwrap()).collect();
+        assert_eq!(got, HashSet::from([30000, 30002, 30006, 30008]));
+        assert_eq!(a.allocate(t0, |_| true), None);
+        // A quarantined pair can be claimed, and its quarantine entry does
+        // not cut a later quarantine short.
+        a.release(30002, t0);
+        assert_eq!(a.claim(30002), Ok(()));
+        a.release(30002, t0 + Duration::from_secs(1));
+        assert_eq!(a.allocate(t0 + Q, |_| true), None, "still resting");
+        assert_eq!(
+            a.allocate(t0 + Q + Duration::from_secs(1), |_| true),
+            Some(30002)
+        );
+    }
+
+    /// The free list and its index agree through any mix of allocations,
+    /// failed binds, claims, releases and quarantine expiry.
+    #[test]
+    fn the_free_index_stays_consistent() {
+        let t0 = Instant::now();
+        let mut a = seeded(20000, 20199, Duration::from_secs(1));
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut t = t0;
+        for step in 0..20_000 {
+            match rng.random_range(0..4) {
+                0 => {
+                    let busy = rng.random_range(20000..20200u16);
+                    a.allocate(t, |p| p != busy);
+                }
+                1 => {
+                    let _ = a.claim(rng.random_range(20000..20200u16));
+                }
+                2 => a.release(rng.random_range(20000..20200u16) & !1, t),
+                _ => t += Duration::from_millis(rng.random_range(0..600)),
+            }
+            for (i, &p) in a.free.iter().enumerate() {
+                assert_eq!(a.slot[a.index(p).unwrap()], i as u32, "step {step}");
+                assert!(!a.in_use.contains(&p) && !a.quarantined.contains(&p));
+            }
+            let listed = a.slot.iter().filter(|&&s| s != NOT_FREE).count();
+            assert_eq!(listed, a.free.len(), "step {step}");
+            assert_eq!(
+                a.free.len() + a.in_use.len() + a.quarantined.len(),
+                a.capacity(),
+                "step {step}"
+            );
+        }
     }
 
     #[test]

@@ -14,15 +14,19 @@ use super::{
 
 impl<B: Backend> Engine<B> {
     /// The routes of one direction: packets `a` sends to the relay go to
-    /// `b`. `None` entries remove a route.
+    /// `b`. `None` entries remove a route: where `b` has no port pair for
+    /// the media (rejected, or not there yet), `a`'s pair forwards nothing
+    /// (a route left from before would send from a pair released to the
+    /// allocator, maybe leased to another call by now).
     pub(super) fn routes(a: &Mono, b: &Mono, i: usize) -> [(Option<SocketAddr>, Option<Route>); 2] {
-        let (Some(ma), Some(mb)) = (a.media.get(i), b.media.get(i)) else {
+        let Some((a_rtp, a_rtcp)) = a.media.get(i).and_then(|ma| ma.locals(a.local)) else {
             return [(None, None), (None, None)];
         };
-        let (Some((a_rtp, a_rtcp)), Some((b_rtp, b_rtcp))) =
-            (ma.locals(a.local), mb.locals(b.local))
-        else {
-            return [(None, None), (None, None)];
+        let (Some(ma), Some(mb)) = (a.media.get(i), b.media.get(i)) else {
+            return [(Some(a_rtp), None), (Some(a_rtcp), None)];
+        };
+        let Some((b_rtp, b_rtcp)) = mb.locals(b.local) else {
+            return [(Some(a_rtp), None), (Some(a_rtcp), None)];
         };
         let b_out_rtcp = if mb.mux { b_rtp } else { b_rtcp };
         let dest_rtp = mb.rtp.endpoint();

@@ -9,7 +9,8 @@ use std::{
 };
 
 use super::{
-    Backend, Counters, Engine, Now, PacketEvent, PortAllocator, Route, SessionConfig, Source,
+    Backend, Counters, Engine, Now, PacketEvent, PortAllocator, Restored, Route, SessionConfig,
+    Source, latch::Latch, model::Call, record::ENGINE_ID,
 };
 use crate::{
     interfaces::{Interface, Interfaces},
@@ -19,6 +20,7 @@ use crate::{
 
 mod random_sequences;
 mod regressions;
+mod restart;
 
 /// Records what the engine asks of the media plane.
 #[derive(Default)]
@@ -31,6 +33,45 @@ pub(super) struct Fake {
     pub(super) busy: HashSet<u16>,
     /// What the kernel would pick as source towards a peer.
     pub(super) route_source: HashMap<IpAddr, IpAddr>,
+    /// Call records kept (`persist`), as the pinned store keeps them.
+    pub(super) store: BTreeMap<String, Vec<u8>>,
+    /// What `take_persisted` hands over, once (see [`Fake::restarted`]).
+    pub(super) persisted: Option<Vec<(String, Vec<u8>)>>,
+    /// Records written and forgotten.
+    pub(super) writes: usize,
+    pub(super) forgets: usize,
+}
+
+impl Fake {
+    /// The media plane of a daemon started again: what the kernel keeps
+    /// (the records, the data plane's counters, the host's routes and the
+    /// ports other processes hold) is there, the sockets and what the
+    /// process knew are gone. Routes live with the sockets here, so the new
+    /// engine must program every one of them again.
+    pub(super) fn restarted(&self) -> Self {
+        Self {
+            counters: self.counters.clone(),
+            busy: self.busy.clone(),
+            route_source: self.route_source.clone(),
+            store: self.store.clone(),
+            persisted: Some(
+                self.store
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            ..Self::default()
+        }
+    }
+
+    /// The ids of the calls whose records are kept.
+    pub(super) fn kept_calls(&self) -> Vec<&str> {
+        self.store
+            .keys()
+            .filter(|k| *k != ENGINE_ID)
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 impl Backend for Fake {
@@ -79,6 +120,142 @@ impl Backend for Fake {
     fn route_source(&self, peer: IpAddr) -> Option<IpAddr> {
         self.route_source.get(&peer).copied()
     }
+
+    fn persist(&mut self, id: &str, record: Option<&[u8]>) {
+        match record {
+            Some(r) => {
+                self.writes += 1;
+                self.store.insert(id.to_owned(), r.to_vec());
+            }
+            None => {
+                self.forgets += 1;
+                self.store.remove(id);
+            }
+        }
+    }
+
+    fn take_persisted(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.persisted.take().unwrap_or_default()
+    }
+}
+
+/// The daemon of `e` restarted at `now` with the allocator `ports`: a new
+/// engine with the same configuration over [`Fake::restarted`], after
+/// [`Engine::restore`]. `e` lives on, so both can be driven alike.
+pub(super) fn restart(
+    e: &Engine<Fake>,
+    ports: PortAllocator,
+    now: Now,
+) -> (Engine<Fake>, Restored) {
+    let mut new = Engine::new(
+        e.cfg.clone(),
+        e.backend().restarted(),
+        e.interfaces.clone(),
+        ports,
+        now,
+    );
+    let restored = new.restore(now);
+    (new, restored)
+}
+
+/// Wall-clock times are kept to the millisecond.
+fn ms(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+fn assert_same_latch(a: &Latch, b: &Latch, what: &str) {
+    assert!(a.same_but_sequence(b), "{what}: {a:?} vs {b:?}");
+}
+
+/// The call as `b` holds it is the call as `a` does: every field but the
+/// tick's schedule, wall-clock times to the millisecond, latches but for
+/// the last RTP sequence number (which records do not follow).
+pub(super) fn assert_same_call(a: &Call, b: &Call) {
+    let id = &a.id;
+    assert_eq!(a.id, b.id);
+    assert_eq!(ms(a.created), ms(b.created), "{id}");
+    assert_eq!(ms(a.last_signal), ms(b.last_signal), "{id}");
+    assert_eq!(
+        (a.created_at, a.last_signal_at, a.answered, a.delete_at),
+        (b.created_at, b.last_signal_at, b.answered, b.delete_at),
+        "{id}"
+    );
+    assert_eq!(a.monos.len(), b.monos.len(), "{id}");
+    for (x, (ma, mb)) in a.monos.iter().zip(&b.monos).enumerate() {
+        let what = format!("{id} party {x}");
+        assert_eq!(
+            (
+                &ma.tag,
+                &ma.label,
+                ms(ma.created),
+                ma.iface,
+                ma.local,
+                ma.peer,
+                ma.sent_sdp,
+                ma.flags,
+                ma.sdp_seen
+            ),
+            (
+                &mb.tag,
+                &mb.label,
+                ms(mb.created),
+                mb.iface,
+                mb.local,
+                mb.peer,
+                mb.sent_sdp,
+                mb.flags,
+                mb.sdp_seen
+            ),
+            "{what}"
+        );
+        assert_eq!(ma.media.len(), mb.media.len(), "{what}");
+        for (i, (da, db)) in ma.media.iter().zip(&mb.media).enumerate() {
+            let what = format!("{what} media {i}");
+            assert_eq!(
+                (
+                    &da.kind,
+                    &da.protocol,
+                    da.port,
+                    da.mux,
+                    da.mux_in_sdp,
+                    da.direction,
+                    da.zero_address
+                ),
+                (
+                    &db.kind,
+                    &db.protocol,
+                    db.port,
+                    db.mux,
+                    db.mux_in_sdp,
+                    db.direction,
+                    db.zero_address
+                ),
+                "{what}"
+            );
+            assert_same_latch(&da.rtp, &db.rtp, &what);
+            assert_same_latch(&da.rtcp, &db.rtcp, &what);
+        }
+    }
+}
+
+/// `b` (restarted from `a`) holds `a`'s calls, ports and routes, and
+/// reports them alike.
+pub(super) fn assert_same_engine(a: &Engine<Fake>, b: &Engine<Fake>) {
+    assert_eq!(
+        a.calls.keys().collect::<Vec<_>>(),
+        b.calls.keys().collect::<Vec<_>>()
+    );
+    for (id, call) in &a.calls {
+        assert_same_call(call, &b.calls[id]);
+        assert_eq!(a.report(id, None), b.report(id, None), "{id}");
+    }
+    assert_eq!(a.owners, b.owners);
+    assert_eq!(a.ports().in_use(), b.ports().in_use());
+    assert_eq!(a.backend().open, b.backend().open);
+    assert_eq!(a.backend().routes, b.backend().routes);
+    assert_eq!(b.backend().kept_calls(), a.backend().kept_calls());
 }
 
 pub(super) const CARRIER: &str = "198.18.1.1";

@@ -1,0 +1,382 @@
+//! Calls that survive the daemon: every call's record kept where
+//! forwarding state lives (through [`Backend::persist`]), and the calls an
+//! earlier run kept adopted by the next one ([`Engine::restore`]).
+//!
+//! Keeping: an event (an ng command, a packet, a tick) marks the calls it
+//! changes; when it is done each is written once, and only if its record
+//! changed (the digest of the body, see `record.rs`): a retransmitted
+//! offer, a query, a packet that only moves a sequence number write
+//! nothing. A call that ends is forgotten. The engine's own record (totals
+//! and the calls that ended lately) is written from the tick, at most once
+//! a second.
+//!
+//! Adopting: each record is decoded, checked against this run's
+//! configuration (its local addresses must still be on an interface, its
+//! port pairs inside the range and not taken twice), its pairs claimed
+//! from the allocator and bound again (the sockets died with the earlier
+//! process; the ports are the same), and its routes programmed through the
+//! usual path: the flows of a call are still in the pinned flow table and
+//! are updated in place, so no packet is lost. A record that fails any of
+//! this is skipped, logged, counted and forgotten; it never stops the
+//! others. The data plane's counters live in pinned maps and simply
+//! continue.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use super::{
+    backend::Backend,
+    clock::Now,
+    engine::{ENDED_KEPT, Engine, TIMEOUT_CHECK, Totals},
+    model::Call,
+    ports::ClaimError,
+    record::{self, Decoded, ENGINE_ID, EngineState, RecordError},
+};
+
+/// How often the engine's own record is written at most.
+const ENGINE_RECORD_EVERY: Duration = Duration::from_secs(1);
+/// Skipped records logged one by one; the rest are only counted.
+const SKIPS_LOGGED: usize = 20;
+
+/// What [`Engine::restore`] did.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Calls adopted.
+    pub adopted: usize,
+    /// Records that were not, and why (each is forgotten: its call is
+    /// lost).
+    pub skipped: Vec<Skipped>,
+    /// Records written before a reboot: their times were moved by the
+    /// wall clock (see `record.rs`).
+    pub rebased: usize,
+    /// The engine's own record: `None` if there was none, else whether it
+    /// was read (totals and recently ended calls continue).
+    pub engine_record: Option<Result<(), RecordError>>,
+    /// How long adoption took (measured for the report only: nothing in
+    /// the engine depends on it).
+    pub took: Duration,
+}
+
+/// A record that was not adopted.
+#[derive(Debug)]
+pub struct Skipped {
+    pub call_id: String,
+    pub reason: SkipReason,
+}
+
+/// Why a record was not adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum SkipReason {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("a call by that id exists already")]
+    Duplicate,
+    #[error("the id is reserved for the engine's own record, and unknown to this build")]
+    Reserved,
+    #[error("its local address {local} is on none of the configured interfaces")]
+    NoInterface { local: IpAddr },
+    #[error("its port pair {port} cannot be claimed: {source}")]
+    Port {
+        port: u16,
+        #[source]
+        source: ClaimError,
+    },
+    #[error("binding its port pair {local} {port} failed: {source}")]
+    Bind {
+        local: IpAddr,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl<B: Backend> Engine<B> {
+    // ---- keeping ---------------------------------------------------------
+
+    /// Run `f`, which may change call `id`, and keep the call's record.
+    pub(super) fn changing<T>(&mut self, id: &str, now: Now, f: impl FnOnce(&mut Self) -> T) -> T {
+        let out = f(self);
+        self.dirty.insert(id.to_owned());
+        self.flush(now);
+        out
+    }
+
+    /// Write the record of every call the event changed (once each).
+    pub(super) fn flush(&mut self, now: Now) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(call) = self.calls.get_mut(&id) else {
+                // Ended (and forgotten then) or never created.
+                continue;
+            };
+            let Some((bytes, digest)) = record::encode_call(call, now) else {
+                warn!(call_id = %id, "the call's record could not be encoded: it will not survive a restart");
+                continue;
+            };
+            if call.persisted == Some(digest) {
+                continue;
+            }
+            self.backend.persist(&id, Some(&bytes));
+            call.persisted = Some(digest);
+        }
+    }
+
+    /// Forget the record of a call that ended.
+    pub(super) fn forget(&mut self, call: &Call) {
+        self.dirty.remove(&call.id);
+        if call.persisted.is_some() {
+            self.backend.persist(&call.id, None);
+        }
+    }
+
+    /// Write the engine's own record, at most once a second, if it changed.
+    pub(super) fn keep_engine_record(&mut self, now: Now) {
+        let (last, kept) = self.own_record;
+        if last.is_some_and(|t| now.mono.saturating_duration_since(t) < ENGINE_RECORD_EVERY) {
+            return;
+        }
+        self.own_record.0 = Some(now.mono);
+        let Some((bytes, digest)) =
+            record::encode_engine(&self.totals, &self.ended, &self.finished, now)
+        else {
+            return;
+        };
+        if kept != Some(digest) {
+            self.backend.persist(ENGINE_ID, Some(&bytes));
+            self.own_record.1 = Some(digest);
+        }
+    }
+
+    // ---- adopting --------------------------------------------------------
+
+    /// Adopt the calls an earlier run kept (the daemon calls this once,
+    /// after [`Engine::new`]). Each becomes a call like any other:
+    /// `query`, `list`, `delete`, re-offers and timeouts work on it as on
+    /// a new one, with the same ports.
+    pub fn restore(&mut self, now: Now) -> Restored {
+        // The one clock the engine reads, for the report only.
+        let started = Instant::now();
+        let records = self.backend.take_persisted();
+        let total = records.len();
+        let mut out = Restored::default();
+        for (i, (id, bytes)) in records.into_iter().enumerate() {
+            if id == ENGINE_ID {
+                let result = record::decode_engine(&bytes).map(|s| self.adopt_engine(s));
+                if let Err(e) = &result {
+                    warn!(reason = %e, "the engine's record from the earlier run is unreadable: totals start again");
+                    self.backend.persist(ENGINE_ID, None);
+                }
+                out.engine_record = Some(result);
+                continue;
+            }
+            match self.adopt(&id, &bytes, now) {
+                Ok(rebased) => {
+                    out.adopted += 1;
+                    out.rebased += usize::from(rebased);
+                    self.spread_first_check(&id, i, total, now.mono);
+                }
+                Err(reason) => {
+                    if out.skipped.len() < SKIPS_LOGGED {
+                        warn!(call_id = %id.escape_debug(), %reason, "a call of the earlier run is not adopted: it is lost");
+                    }
+                    self.backend.persist(&id, None);
+                    out.skipped.push(Skipped {
+                        call_id: id,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.flush(now);
+        out.took = started.elapsed();
+        if out.rebased > 0 {
+            warn!(
+                records = out.rebased,
+                "records written before a reboot: their times follow the wall clock"
+            );
+        }
+        if total > 0 {
+            info!(
+                adopted = out.adopted,
+                skipped = out.skipped.len(),
+                took_ms = out.took.as_millis() as u64,
+                "calls of the earlier run adopted"
+            );
+        }
+        out
+    }
+
+    /// Adopt one call. Returns whether its times were rebased.
+    fn adopt(&mut self, id: &str, bytes: &[u8], now: Now) -> Result<bool, SkipReason> {
+        if id.starts_with('\0') {
+            return Err(SkipReason::Reserved);
+        }
+        if self.calls.contains_key(id) {
+            return Err(SkipReason::Duplicate);
+        }
+        let Decoded { mut call, rebased } = record::decode_call(id, bytes, now)?;
+        // Interfaces are this run's configuration: a party's local address
+        // must still be on one (it may have moved in the list).
+        let mut moved = rebased;
+        for m in &mut call.monos {
+            let fits = m.iface < self.interfaces.len() && self.interfaces.get(m.iface).has(m.local);
+            if !fits {
+                m.iface = self
+                    .interfaces
+                    .by_local(m.local)
+                    .ok_or(SkipReason::NoInterface { local: m.local })?;
+                moved = true;
+            }
+        }
+        let pairs: Vec<(usize, usize, IpAddr, u16)> = call
+            .monos
+            .iter()
+            .enumerate()
+            .flat_map(|(x, mono)| {
+                mono.media
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, m)| m.port.map(|p| (x, i, mono.local, p)))
+            })
+            .collect();
+        let mut claimed = Vec::with_capacity(pairs.len());
+        let mut opened = Vec::with_capacity(pairs.len());
+        let failed = pairs.iter().find_map(|&(_, _, local, port)| {
+            if let Err(source) = self.ports.claim(port) {
+                return Some(SkipReason::Port { port, source });
+            }
+            claimed.push(port);
+            if let Err(source) = self.backend.open_pair(local, port) {
+                return Some(SkipReason::Bind {
+                    local,
+                    port,
+                    source,
+                });
+            }
+            opened.push((local, port));
+            None
+        });
+        if let Some(reason) = failed {
+            for (local, port) in opened {
+                self.backend.close_pair(local, port);
+            }
+            for port in claimed {
+                self.ports.release(port, now.mono);
+            }
+            return Err(reason);
+        }
+        for (x, i, local, port) in pairs {
+            self.own(id, x, i, local, port);
+        }
+        let dialogues: Vec<usize> = call
+            .monos
+            .iter()
+            .enumerate()
+            .filter(|(x, m)| {
+                m.peer
+                    .is_some_and(|y| y > *x || call.monos.get(y).and_then(|p| p.peer) != Some(*x))
+            })
+            .map(|(x, _)| x)
+            .collect();
+        self.calls.insert(id.to_owned(), call);
+        for x in dialogues {
+            self.program(id, x, now.mono);
+        }
+        if moved {
+            self.dirty.insert(id.to_owned());
+        }
+        Ok(rebased)
+    }
+
+    /// Adopted calls would all be looked at by the same tick, and every
+    /// few seconds together after that: spread them over the check
+    /// interval (a call still learning is looked at at once).
+    fn spread_first_check(&mut self, id: &str, i: usize, n: usize, now: Instant) {
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if !call.learning() && n > 0 {
+            let offset = TIMEOUT_CHECK.as_nanos() * i as u128 / n as u128;
+            call.next_check = now + Duration::from_nanos(offset as u64);
+        }
+    }
+
+    fn adopt_engine(&mut self, s: EngineState) {
+        let EngineState {
+            totals,
+            ended,
+            finished,
+        } = s;
+        merge(&mut self.totals, totals);
+        for e in ended.into_iter().rev() {
+            if self.ended.len() == ENDED_KEPT {
+                break;
+            }
+            self.ended.push_front(e);
+        }
+        for f in finished.into_iter().rev() {
+            if self.finished.len() == ENDED_KEPT {
+                break;
+            }
+            self.finished.push_front(f);
+        }
+    }
+
+    /// Whether a local address is owned by a call's stream (a flow left in
+    /// the data plane on a port nobody owns after [`restore`] belongs to a
+    /// call that was not adopted).
+    ///
+    /// [`restore`]: Self::restore
+    pub fn owns(&self, local: SocketAddr) -> bool {
+        self.owners.contains_key(&local)
+    }
+}
+
+/// Add an earlier run's totals to these.
+fn merge(to: &mut Totals, from: Totals) {
+    let Totals {
+        managed_sessions,
+        regular_terminated,
+        timeouts,
+        silent_timeouts,
+        offer_timeouts,
+        rejected_sessions,
+        port_exhaustions,
+        commands,
+        errors,
+        command_errors,
+        refused_sources,
+        ended_packets,
+        ended_bytes,
+        ended_errors,
+    } = from;
+    for (to, from) in [
+        (&mut to.managed_sessions, managed_sessions),
+        (&mut to.regular_terminated, regular_terminated),
+        (&mut to.timeouts, timeouts),
+        (&mut to.silent_timeouts, silent_timeouts),
+        (&mut to.offer_timeouts, offer_timeouts),
+        (&mut to.rejected_sessions, rejected_sessions),
+        (&mut to.port_exhaustions, port_exhaustions),
+        (&mut to.errors, errors),
+        (&mut to.refused_sources, refused_sources),
+        (&mut to.ended_packets, ended_packets),
+        (&mut to.ended_bytes, ended_bytes),
+        (&mut to.ended_errors, ended_errors),
+    ] {
+        *to = to.saturating_add(from);
+    }
+    for (map, from) in [
+        (&mut to.commands, commands),
+        (&mut to.command_errors, command_errors),
+    ] {
+        for (k, v) in from {
+            let n = map.entry(k).or_default();
+            *n = n.saturating_add(v);
+        }
+    }
+}
