@@ -113,18 +113,25 @@ fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Op
     Ok(Some(dp))
 }
 
-/// The store of call records beside the flows (the pinned `SESSIONS`
-/// map), if bpffs is there to hold it.
-fn open_sessions(cfg: &RunConfig) -> Option<dataplane::sessions::SessionStore> {
+/// The stores beside the flows, if bpffs is there to hold them: the call
+/// records (the pinned `SESSIONS` map) and the counters of what this
+/// daemon forwarded itself (`PORT_COUNTERS`).
+fn open_stores(
+    cfg: &RunConfig,
+) -> Option<(
+    dataplane::sessions::SessionStore,
+    dataplane::port_counters::PortCounterStore,
+)> {
     let dir = cfg.pin_root.join(media_ebpf::maps::LAYOUT_VERSION);
     let opened = crate::host::ensure_bpffs(&dir)
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             std::fs::create_dir_all(&dir)?;
-            Ok(dataplane::sessions::SessionStore::open(
-                &dir,
-                cfg.max_flows.saturating_mul(2),
-            )?)
+            let sessions =
+                dataplane::sessions::SessionStore::open(&dir, cfg.max_flows.saturating_mul(2))?;
+            let counters =
+                dataplane::port_counters::PortCounterStore::open(&dir, cfg.max_flows)?;
+            Ok((sessions, counters))
         });
     match opened {
         Ok(s) => Some(s),
@@ -197,12 +204,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     crate::host::reserve_ports(cfg.port_min, cfg.port_max);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let mut media = MediaPlane::new(dataplane, events_tx);
-    if let Some(store) = open_sessions(&cfg) {
-        media = media.with_sessions(store);
+    if let Some((sessions, counters)) = open_stores(&cfg) {
+        media = media.with_sessions(sessions).with_port_counters(counters);
     }
     let ports = PortAllocator::new(cfg.port_min, cfg.port_max, cfg.port_quarantine)
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
     let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
+    // Calls an earlier run left: adopted before anything is served, so the
+    // first ng request already sees them.
+    let restored = engine.restore(Now::read());
+    if restored.adopted > 0 || !restored.skipped.is_empty() {
+        println!(
+            "media-relay: adopted {} call(s) of the previous run in {} ms{}",
+            restored.adopted,
+            restored.took.as_millis(),
+            if restored.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} could not be: see the log)", restored.skipped.len())
+            }
+        );
+    }
+    sweep_orphan_flows(&mut engine);
 
     let socket = ng_server::bind(cfg.listen_ng).await?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
@@ -237,6 +260,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_flush = std::time::Instant::now();
     let mut summary = tokio::time::interval(Duration::from_secs(cfg.stats_interval.max(1)));
     loop {
         tokio::select! {
@@ -249,6 +273,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             Some(ev) = events.recv() => engine.on_packet(ev, Now::read()),
             _ = tick.tick() => {
                 engine.tick(Now::read());
+                if last_flush.elapsed() >= Duration::from_secs(1) {
+                    engine.backend_mut().flush_counters();
+                    last_flush = std::time::Instant::now();
+                }
                 if let Some(dp) = engine.backend_mut().dataplane_mut() {
                     dp.heartbeat(HEARTBEAT, (cfg.port_min, cfg.port_max));
                 }
@@ -283,6 +311,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     let calls = engine.call_count();
     let mut media = engine;
+    media.backend_mut().flush_counters();
     if let Some(dp) = media.backend_mut().dataplane_mut() {
         // The program stays attached (pinned links) and keeps forwarding
         // the calls; packets that would need a daemon are dropped until the
@@ -297,6 +326,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Flows no adopted call owns (its record was skipped, or the previous run
+/// crashed between programming a call and keeping its record): nobody
+/// would ever remove them, and their ports may be leased again.
+fn sweep_orphan_flows(engine: &mut Engine<MediaPlane>) {
+    let orphans: Vec<media_ebpf::FlowKey> = engine.backend().dataplane().map_or_else(Vec::new, |dp| {
+        dp.flows()
+            .keys()
+            .filter(|k| !engine.owns(k.local()))
+            .copied()
+            .collect()
+    });
+    if orphans.is_empty() {
+        return;
+    }
+    if let Some(dp) = engine.backend_mut().dataplane_mut() {
+        for k in &orphans {
+            let _ = dp.flows_mut().remove(k);
+        }
+    }
+    warn!(flows = orphans.len(), "removed flows no adopted call owns");
 }
 
 /// The engine's, the ng server's and the data plane's figures for

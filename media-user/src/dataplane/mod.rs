@@ -13,6 +13,7 @@ mod flows;
 mod log;
 pub mod object;
 mod pins;
+pub mod port_counters;
 pub mod sessions;
 
 use std::{

@@ -93,6 +93,20 @@ impl PortState {
         }
     }
 
+    /// Start from what an earlier run of the daemon counted on this port
+    /// (its record in the pinned `PORT_COUNTERS` map).
+    pub(super) fn seed(&self, packets: u64, bytes: u64, errors: u64, last_ns: u64, last_rtp: u64, seq: SeqWindow) {
+        self.packets.store(packets, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.errors.store(errors, Ordering::Relaxed);
+        self.last_ns.store(last_ns, Ordering::Relaxed);
+        self.last_rtp.store(last_rtp, Ordering::Relaxed);
+        *self
+            .seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seq;
+    }
+
     pub(super) fn counters(&self) -> UserCounters {
         let ns = self.last_ns.load(Ordering::Relaxed);
         let rtp = self.last_rtp.load(Ordering::Relaxed);

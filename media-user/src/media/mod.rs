@@ -60,6 +60,12 @@ pub struct MediaPlane {
     persisted: Vec<(String, Vec<u8>)>,
     /// Records that could not be kept (logged each time).
     persist_errors: u64,
+    /// Where each port's own counters outlive the process, what an earlier
+    /// run left there (taken as its ports open again), and what was last
+    /// written.
+    port_store: Option<crate::dataplane::port_counters::PortCounterStore>,
+    port_seeds: HashMap<SocketAddr, crate::dataplane::port_counters::PortRecord>,
+    port_flushed: HashMap<SocketAddr, crate::dataplane::port_counters::PortRecord>,
 }
 
 fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
@@ -124,6 +130,59 @@ impl MediaPlane {
             sessions: None,
             persisted: Vec::new(),
             persist_errors: 0,
+            port_store: None,
+            port_seeds: HashMap::new(),
+            port_flushed: HashMap::new(),
+        }
+    }
+
+    /// Keep every port's own counters in `store` (the pinned
+    /// `PORT_COUNTERS` map), starting from what an earlier run left there.
+    #[must_use]
+    pub fn with_port_counters(
+        mut self,
+        store: crate::dataplane::port_counters::PortCounterStore,
+    ) -> Self {
+        self.port_seeds = store.load();
+        self.port_store = Some(store);
+        self
+    }
+
+    /// Write the counters of ports that changed since the last time (the
+    /// daemon's tick, once a second): a crash loses at most that second of
+    /// what the daemon forwarded itself.
+    pub fn flush_counters(&mut self) {
+        let Some(store) = self.port_store.as_mut() else {
+            return;
+        };
+        for (local, port) in &self.ports {
+            let u = port.state.counters();
+            let rtp_word = |r: Option<(u32, u16)>| {
+                r.map_or(0, |(ssrc, seq)| 1 << 48 | u64::from(ssrc) << 16 | u64::from(seq))
+            };
+            let rec = crate::dataplane::port_counters::PortRecord {
+                packets: u.packets,
+                bytes: u.bytes,
+                errors: u.errors,
+                last_ns: u.last_packet.map_or(0, |t| {
+                    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64)
+                }),
+                last_rtp: rtp_word(u.last_rtp),
+                retired_packets: port.retired.packets,
+                retired_bytes: port.retired.bytes,
+                retired_last_seen_ns: port.retired.last_seen.map_or(0, |d| d.as_nanos() as u64),
+                retired_last_rtp: rtp_word(port.retired.last_rtp),
+                seq: u.seq,
+                retired_seq: port.retired.seq,
+            };
+            if self.port_flushed.get(local) != Some(&rec) {
+                if let Err(e) = store.put(*local, &rec) {
+                    warn!(%local, error = %e, "keeping the port's counters failed");
+                    continue;
+                }
+                self.port_flushed.insert(*local, rec);
+            }
         }
     }
 
@@ -171,6 +230,21 @@ impl MediaPlane {
     fn open(&mut self, local: SocketAddr) -> io::Result<()> {
         let socket = bind(local)?;
         let state = Arc::new(PortState::default());
+        let mut retired = FlowCounters::default();
+        if let Some(r) = self.port_seeds.remove(&local) {
+            // What an earlier run counted on this port: counters continue.
+            state.seed(r.packets, r.bytes, r.errors, r.last_ns, r.last_rtp, r.seq);
+            let rtp = |w: u64| (w >> 48 == 1).then_some(((w >> 16) as u32, w as u16));
+            retired = FlowCounters {
+                packets: r.retired_packets,
+                bytes: r.retired_bytes,
+                last_seen: (r.retired_last_seen_ns != 0)
+                    .then(|| std::time::Duration::from_nanos(r.retired_last_seen_ns)),
+                last_rtp: rtp(r.retired_last_rtp),
+                seq: r.retired_seq,
+            };
+            self.port_flushed.insert(local, r);
+        }
         let task = tokio::spawn(forwarder::serve(
             local,
             socket.clone(),
@@ -184,7 +258,7 @@ impl MediaPlane {
                 state,
                 task,
                 flow: false,
-                retired: FlowCounters::default(),
+                retired,
             },
         );
         Ok(())
@@ -248,6 +322,10 @@ impl Backend for MediaPlane {
                 let c = p.state.counters();
                 self.closed_user.0 += c.packets;
                 self.closed_user.1 += c.bytes;
+            }
+            self.port_flushed.remove(&local);
+            if let Some(store) = self.port_store.as_mut() {
+                store.remove(local);
             }
         }
     }
