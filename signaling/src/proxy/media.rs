@@ -190,7 +190,7 @@ impl Agent {
     /// Free a call: delete its media (unless `to_tag` names one losing
     /// branch only) and forget it.
     pub(super) fn end_call(&mut self, call_id: &str, reason_log: Option<&str>) {
-        if let Some(call) = self.calls.remove(call_id) {
+        if let Some(call) = self.forget(call_id) {
             if !call.ended {
                 let req = delete(call_id, Some(&call.caller_tag), None);
                 self.ng(call.node, req, Pending::Delete);
@@ -324,7 +324,7 @@ impl Agent {
     /// The media node ended a call for lack of media: end it on both
     /// sides with a BYE.
     pub(super) fn media_timeout(&mut self, call_id: &str, now: Instant) {
-        let Some(call) = self.calls.remove(call_id) else {
+        let Some(call) = self.forget(call_id) else {
             return;
         };
         let Some(d) = call.dialog else {

@@ -1,0 +1,353 @@
+//! Where the records of established calls (`proxy/record.rs`) outlive the
+//! agent's process: `sip-dialogs` in the runtime directory (`rundir.rs`:
+//! memory-backed only, never a disk). Without one, a warning says what is
+//! lost and the records stay in memory only (a restarted agent then knows
+//! only the signatures of older calls, as before records existed).
+//!
+//! The agent's task hands each record over ([`DialogStore::apply`]: a map
+//! insert under a lock, never I/O); a writer thread owns the file. It
+//! writes the whole set at most once per [`WRITE_EVERY`] (at once after a
+//! quiet spell): encoded into one buffer, written aside and renamed over
+//! the file, so a reader — the next agent — finds the previous set or the
+//! new one, whole, whenever the agent dies. One file for all calls because
+//! writing it is cheap next to the calls it holds (10 000 calls: about
+//! 3 MB, a few milliseconds on tmpfs, once a second at most; see the
+//! README's "Reliability") and reading it back is one read, where a file
+//! per call would cost a create, a write and a rename per change and a
+//! directory walk at start.
+//!
+//! One agent at a time owns the file (an exclusive `flock` on
+//! `sip-dialogs.lock`, released by the kernel however the process ends);
+//! a second agent on the same directory keeps its records in memory.
+//!
+//! File layout (little endian): `mr-sipdg`, the format (u32, [`FORMAT`]),
+//! the number of records (u32), then each record as its length (u32) and
+//! its bytes. The records themselves are versioned by the agent.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, PoisonError, atomic::Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::rundir::{self, RunDirError};
+use crate::proxy::DialogStoreStats;
+
+/// The file's name in the runtime directory.
+pub const FILE: &str = "sip-dialogs";
+
+/// Held (flock) by the agent that owns [`FILE`].
+pub const LOCK: &str = "sip-dialogs.lock";
+
+/// The file's first bytes.
+const MAGIC: &[u8; 8] = b"mr-sipdg";
+
+/// The file layout; bump it when the layout (not a record) changes.
+pub const FORMAT: u32 = 1;
+
+/// At most one write per this interval.
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// A file larger than this is not ours (100 000 calls take ~35 MB).
+const MAX_FILE: u64 = 1 << 30;
+
+/// Why the records cannot be kept in the runtime directory.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Dir(#[from] RunDirError),
+    #[error("{path} is held by another SIP agent")]
+    Busy { path: PathBuf },
+    #[error("cannot start the dialog writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why a file's records could not all be read.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum FileError {
+    #[error("not a dialog file (no `mr-sipdg` header)")]
+    NotOurs,
+    #[error("dialog file format {0}, this agent reads {FORMAT}")]
+    Format(u32),
+    #[error("truncated after {kept} of {count} records")]
+    Truncated { kept: usize, count: usize },
+}
+
+/// `records` as a file's bytes, into `buf` (cleared first).
+pub fn encode_file<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&FORMAT.to_le_bytes());
+    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        buf.extend_from_slice(r);
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// A file's records; on a problem, those read before it (none for a
+/// header that is not ours).
+pub fn decode_file(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<FileError>) {
+    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        return (Vec::new(), Some(FileError::NotOurs));
+    }
+    let Some(format) = u32_at(bytes, 8) else {
+        return (Vec::new(), Some(FileError::NotOurs));
+    };
+    if format != FORMAT {
+        return (Vec::new(), Some(FileError::Format(format)));
+    }
+    let count = u32_at(bytes, 12).unwrap_or(0) as usize;
+    let mut at = 16;
+    // Never trust a count for an allocation.
+    let mut records = Vec::with_capacity(count.min(bytes.len() / 4));
+    for _ in 0..count {
+        let Some(len) = u32_at(bytes, at) else { break };
+        let Some(r) = bytes.get(at + 4..at + 4 + len as usize) else {
+            break;
+        };
+        records.push(r.to_vec());
+        at += 4 + len as usize;
+    }
+    let problem = (records.len() != count).then_some(FileError::Truncated {
+        kept: records.len(),
+        count,
+    });
+    (records, problem)
+}
+
+/// Changes the agent handed over since the writer last looked.
+#[derive(Default)]
+struct Changes {
+    records: HashMap<String, Option<Vec<u8>>>,
+    stop: bool,
+}
+
+struct Shared {
+    changes: Mutex<Changes>,
+    wake: Condvar,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
+}
+
+/// The records of established calls, kept in the runtime directory (or in
+/// memory only).
+pub struct DialogStore {
+    writer: Option<Writer>,
+}
+
+impl DialogStore {
+    /// Records kept nowhere but in the agent.
+    pub fn memory_only() -> Self {
+        Self { writer: None }
+    }
+
+    /// The store in `dir`, with the records an earlier agent left there.
+    /// Any problem is logged and leaves a memory-only store.
+    pub fn open(dir: &Path, stats: Arc<DialogStoreStats>) -> (Self, Vec<Vec<u8>>) {
+        match Self::try_open(dir, stats) {
+            Ok(opened) => opened,
+            Err(problem) => {
+                warn!(
+                    %problem,
+                    "dialogs of established calls kept in memory only: after a restart, calls \
+                     older than this process get no BYE when their media times out (give the \
+                     agent a memory-backed runtime directory: systemd RuntimeDirectory=, or \
+                     $RUNTIME_DIRECTORY)"
+                );
+                (Self::memory_only(), Vec::new())
+            }
+        }
+    }
+
+    fn try_open(
+        dir: &Path,
+        stats: Arc<DialogStoreStats>,
+    ) -> Result<(Self, Vec<Vec<u8>>), StoreError> {
+        rundir::prepare(dir)?;
+        let lock_path = dir.join(LOCK);
+        let lock_file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&lock_path)
+            .map_err(rundir::io_error(&lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Busy { path: lock_path })?;
+        let path = dir.join(FILE);
+        let records = match rundir::open_private(&path, 0o077) {
+            Ok(f) => {
+                let mut bytes = Vec::new();
+                f.take(MAX_FILE)
+                    .read_to_end(&mut bytes)
+                    .map_err(rundir::io_error(&path))?;
+                let (records, problem) = decode_file(&bytes);
+                if let Some(problem) = problem {
+                    stats.unreadable_files.fetch_add(1, Ordering::Relaxed);
+                    warn!(path = %path.display(), %problem, kept = records.len(), "dialog file damaged");
+                }
+                records
+            }
+            Err(e) if e.not_found() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let shared = Arc::new(Shared {
+            changes: Mutex::new(Changes::default()),
+            wake: Condvar::new(),
+        });
+        stats.kept.store(1, Ordering::Relaxed);
+        let thread = {
+            let (shared, dir) = (shared.clone(), dir.to_owned());
+            std::thread::Builder::new()
+                .name("sip-dialogs".into())
+                .spawn(move || write_loop(&dir, &shared, &stats, lock))
+                .map_err(StoreError::Thread)?
+        };
+        info!(path = %path.display(), records = records.len(), "dialogs of established calls kept in the runtime directory");
+        Ok((
+            Self {
+                writer: Some(Writer { shared, thread }),
+            },
+            records,
+        ))
+    }
+
+    /// The record of `call_id` is now `record` (`None`: forget it).
+    pub fn apply(&self, call_id: String, record: Option<Vec<u8>>) {
+        let Some(w) = &self.writer else { return };
+        let mut c = w
+            .shared
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.records.insert(call_id, record);
+        drop(c);
+        w.shared.wake.notify_one();
+    }
+
+    /// Write what is left and stop the writer (blocks for that write).
+    pub fn close(self) {
+        let Some(w) = self.writer else { return };
+        w.shared
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
+        w.shared.wake.notify_one();
+        let _ = w.thread.join();
+    }
+}
+
+/// The writer thread: apply the agent's changes, write the whole set when
+/// it changed (and at once at start, so records the agent did not restore
+/// are dropped), at most once per [`WRITE_EVERY`].
+fn write_loop(dir: &Path, shared: &Shared, stats: &DialogStoreStats, _lock: Flock<File>) {
+    let mut records: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut dirty = true;
+    let mut last: Option<Instant> = None;
+    let mut failing = false;
+    loop {
+        let mut c = shared
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if c.stop {
+                break;
+            }
+            let pending = dirty || !c.records.is_empty();
+            let now = Instant::now();
+            let due = last.map_or(now, |t| t + WRITE_EVERY);
+            if pending && now >= due {
+                break;
+            }
+            c = if pending {
+                shared
+                    .wake
+                    .wait_timeout(c, due - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            } else {
+                shared.wake.wait(c).unwrap_or_else(PoisonError::into_inner)
+            };
+        }
+        let stop = c.stop;
+        let changes = std::mem::take(&mut c.records);
+        drop(c);
+        for (id, r) in changes {
+            dirty = true;
+            match r {
+                Some(bytes) => records.insert(id, bytes),
+                None => records.remove(&id),
+            };
+        }
+        if dirty {
+            let started = Instant::now();
+            last = Some(started);
+            match write(dir, &records, &mut buf) {
+                Ok(()) => {
+                    dirty = false;
+                    stats.writes.fetch_add(1, Ordering::Relaxed);
+                    stats.records.store(records.len() as u64, Ordering::Relaxed);
+                    stats.bytes.store(buf.len() as u64, Ordering::Relaxed);
+                    stats.last_write_us.store(
+                        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
+                    if failing {
+                        failing = false;
+                        info!("dialog records written again");
+                    }
+                }
+                Err(problem) => {
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        warn!(%problem, "dialog records not written (retried on the next change, at most once a second)");
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// The whole set, written aside and renamed over [`FILE`].
+fn write(
+    dir: &Path,
+    records: &HashMap<String, Vec<u8>>,
+    buf: &mut Vec<u8>,
+) -> Result<(), RunDirError> {
+    encode_file(records.values().map(Vec::as_slice), buf);
+    let aside = dir.join(format!(".{FILE}.{}", std::process::id()));
+    let mut f = rundir::create_private(&aside)?;
+    f.write_all(buf).map_err(rundir::io_error(&aside))?;
+    drop(f);
+    let path = dir.join(FILE);
+    fs::rename(&aside, &path).map_err(|e| {
+        let _ = fs::remove_file(&aside);
+        rundir::io_error(&path)(e)
+    })
+}
