@@ -157,6 +157,7 @@ pub(super) fn response(to: &Message, status: u16, body: &str) -> Message {
 }
 
 mod in_dialog;
+mod restart;
 
 #[test]
 fn invite_is_anchored_record_routed_and_forwarded() {
