@@ -40,6 +40,8 @@ mod stats;
 use std::net::SocketAddr;
 
 pub use agent::{Agent, Restored};
+#[cfg(test)]
+pub(crate) use record::sample_records;
 pub use signature::{MIN_SECRET, RouteKey};
 pub use stats::{DialogStoreStats, Stats, TransportStats};
 

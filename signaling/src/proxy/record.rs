@@ -204,3 +204,56 @@ pub(super) fn decode(
         ended: false,
     })
 }
+
+/// `n` distinct records of a typical carrier call (E.164 numbers, a
+/// display name, one proxy on each side): what the store's tests and
+/// measurements hold.
+#[cfg(test)]
+pub(crate) fn sample_records(cfg: &SipConfig, n: usize, saved: u64) -> Vec<Vec<u8>> {
+    let party = |target: &str, route: &str, own: &str, other: &str, cseq| Party {
+        target: target.to_owned(),
+        routes: vec![route.to_owned()],
+        own: own.to_owned(),
+        other: other.to_owned(),
+        cseq,
+    };
+    (0..n)
+        .map(|i| {
+            let from = format!(
+                "\"+49 30 1234567\" <sip:+49301234567@198.18.1.2;user=phone>;tag=as{i:08x}-1f2e3d"
+            );
+            let to = format!("<sip:+4940987654@198.18.1.1;user=phone>;tag=pbx-{i:08x}-9a8b");
+            let call = Call {
+                caller_tag: format!("as{i:08x}-1f2e3d"),
+                from_side: Side::Trunk(0),
+                to_side: Side::Pbx,
+                node: "127.0.0.1:2223".parse().unwrap(),
+                late_offer: false,
+                dialog: Some(Dialog {
+                    call_id: format!("{i:08x}-4f1c2b7e9d@198.18.1.2"),
+                    caller: party(
+                        "sip:+49301234567@198.18.1.2:5060;transport=udp",
+                        "<sip:198.18.1.3;lr>",
+                        &from,
+                        &to,
+                        1,
+                    ),
+                    callee: party(
+                        "sip:4940987654@198.18.2.2:5060",
+                        "<sip:198.18.2.3;lr>",
+                        &to,
+                        &from,
+                        0,
+                    ),
+                    caller_side_local: "198.18.1.1:5060".parse().unwrap(),
+                    callee_side_local: "198.18.2.1:5060".parse().unwrap(),
+                }),
+                answered_tags: Vec::new(),
+                sdp_cache: std::collections::HashMap::new(),
+                created: Instant::now(),
+                ended: false,
+            };
+            encode(cfg, &call, saved).unwrap()
+        })
+        .collect()
+}
