@@ -308,7 +308,9 @@ impl Agent {
         let (at, wall) = self.epoch;
         let wall = match now.checked_duration_since(at) {
             Some(d) => wall + d,
-            None => wall - at.duration_since(now),
+            None => wall
+                .checked_sub(at.duration_since(now))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
         };
         wall.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
