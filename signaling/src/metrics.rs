@@ -44,6 +44,7 @@ pub fn publish(stats: &Stats, calls: usize) {
         .absolute(stats.rejected_sources);
     counter!("media_relay_sip_media_timeouts_total").absolute(stats.media_timeouts);
     counter!("media_relay_sip_dialogs_restored_total").absolute(stats.dialogs_restored);
+    counter!("media_relay_sip_restored_without_media_total").absolute(stats.restored_without_media);
     for (reason, n) in &stats.dialogs_skipped {
         counter!("media_relay_sip_dialogs_skipped_total", "reason" => reason.clone()).absolute(*n);
     }

@@ -942,6 +942,7 @@ fn a_media_timeout_after_an_agent_crash_ends_the_call_on_both_sides() -> anyhow:
                 if st["calls"] == 0 && st["pending_ng"] == 0 && st["dialog_store"]["records"] == 0 {
                     anyhow::ensure!(
                         st["media_timeouts"] == 1
+                            && st["restored_without_media"] == 0
                             && st["in_dialog_refused"]
                                 .as_object()
                                 .is_some_and(serde_json::Map::is_empty),

@@ -88,6 +88,9 @@ pub(super) struct Call {
     pub(super) sdp_cache: HashMap<(u32, String, u16), Vec<u8>>,
     pub(super) created: Instant,
     pub(super) ended: bool,
+    /// Restored from an earlier agent's record and not yet seen in its
+    /// media node's `list` (`Agent::check_restored`).
+    pub(super) restored: bool,
 }
 
 pub(super) enum Pending {
@@ -113,7 +116,7 @@ pub(super) enum Pending {
     /// A delete: nothing waits for it.
     Delete,
     /// A `list` poll of a media node.
-    Poll,
+    Poll { node: SocketAddr },
 }
 
 /// The party whose SDP an offer carries.
@@ -642,11 +645,12 @@ impl Agent {
                     self.stats.ng_errors += 1;
                 }
             }
-            Pending::Poll => {
+            Pending::Poll { node } => {
                 if let Some(v) = reply {
                     for call_id in media::timed_out(v) {
                         self.media_timeout(&call_id, now);
                     }
+                    self.check_restored(node, v, now);
                 }
             }
         }
@@ -694,7 +698,7 @@ impl Agent {
             self.next_poll = now + self.cfg.media_poll;
             let nodes = self.cfg.media.clone();
             for node in nodes {
-                self.ng(node, media::list(), Pending::Poll);
+                self.ng(node, media::list(), Pending::Poll { node });
             }
         }
         if now >= self.next_sweep {

@@ -202,6 +202,7 @@ pub(super) fn decode(
         sdp_cache: std::collections::HashMap::new(),
         created: now,
         ended: false,
+        restored: true,
     })
 }
 
@@ -252,6 +253,7 @@ pub(crate) fn sample_records(cfg: &SipConfig, n: usize, saved: u64) -> Vec<Vec<u
                 sdp_cache: std::collections::HashMap::new(),
                 created: Instant::now(),
                 ended: false,
+                restored: false,
             };
             encode(cfg, &call, saved).unwrap()
         })

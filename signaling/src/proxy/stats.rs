@@ -41,6 +41,9 @@ pub struct Stats {
     /// Records not restored, by reason (`unreadable`, `version`, `stale`,
     /// `unknown_trunk`).
     pub dialogs_skipped: BTreeMap<String, u64>,
+    /// Restored calls their media node did not have: ended with BYEs
+    /// (`Agent::check_restored`).
+    pub restored_without_media: u64,
     /// What the transports count (their tasks write, this only reads).
     pub transport: Arc<TransportStats>,
     /// What the runtime's store of records counts (it writes, this only
@@ -172,7 +175,7 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"dialogs_restored\":{},\"dialogs_skipped\":{{{}}},\"dialog_store\":{{{}}},\"transport\":{{{}}}}}",
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"dialogs_restored\":{},\"dialogs_skipped\":{{{}}},\"restored_without_media\":{},\"dialog_store\":{{{}}},\"transport\":{{{}}}}}",
             self.calls.len(),
             self.transactions(),
             self.pending.len(),
@@ -190,6 +193,7 @@ impl Agent {
             s.refusals_unanswered,
             s.dialogs_restored,
             map(&s.dialogs_skipped),
+            s.restored_without_media,
             fields(&s.dialog_store.fields()),
             fields(&s.transport.fields()),
         )

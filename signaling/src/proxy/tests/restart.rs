@@ -126,13 +126,17 @@ fn in_dialog(method: Method, from_caller: bool, cseq: u32, ours: &[String]) -> M
     Message::parse(text.as_bytes()).unwrap()
 }
 
-/// Run `a`'s timers until it polls its media node; answer that the call
-/// timed out; what it sent then.
-fn media_times_out(a: &mut Agent, now: Instant) -> (Vec<(Peer, Message)>, Records) {
-    let mut t = now;
+/// Run `a`'s timers from `*t` until it polls its media node; answer
+/// `reply`; what it sent then.
+fn poll_answered(
+    a: &mut Agent,
+    t: &mut Instant,
+    reply: ng::Value,
+) -> (Vec<(Peer, Message)>, Records) {
+    let start = *t;
     let id = loop {
-        t = a.next_deadline().max(t);
-        a.on_timer(t);
+        *t = a.next_deadline().max(*t);
+        a.on_timer(*t);
         let (_, ngs) = outputs(a);
         if let Some((id, _)) = ngs
             .iter()
@@ -140,9 +144,17 @@ fn media_times_out(a: &mut Agent, now: Instant) -> (Vec<(Peer, Message)>, Record
         {
             break *id;
         }
-        assert!(t < now + Duration::from_secs(60), "no poll");
-        t += Duration::from_millis(1);
+        assert!(*t < start + Duration::from_secs(60), "no poll");
+        *t += Duration::from_millis(1);
     };
+    a.on_ng(id, NgOutcome::Reply(reply), *t);
+    let ((sends, _), records) = outputs_and_records(a);
+    (sends, records)
+}
+
+/// Run `a`'s timers until it polls its media node; answer that the call
+/// timed out; what it sent then.
+fn media_times_out(a: &mut Agent, now: Instant) -> (Vec<(Peer, Message)>, Records) {
     let reply = ng::Value::dict().with("result", "ok").with(
         "timed out",
         ng::Value::List(vec![
@@ -151,9 +163,15 @@ fn media_times_out(a: &mut Agent, now: Instant) -> (Vec<(Peer, Message)>, Record
                 .with("reason", "timeout"),
         ]),
     );
-    a.on_ng(id, NgOutcome::Reply(reply), t);
-    let ((sends, _), records) = outputs_and_records(a);
-    (sends, records)
+    poll_answered(a, &mut now.clone(), reply)
+}
+
+/// A `list` reply naming `calls` (none timed out).
+fn listing(calls: &[String]) -> ng::Value {
+    ng::Value::dict().with("result", "ok").with(
+        "calls",
+        ng::Value::List(calls.iter().map(|c| ng::Value::from(c.as_str())).collect()),
+    )
 }
 
 /// A BYE the agent sent, as the test compares it.
@@ -394,4 +412,51 @@ fn a_record_is_compact() {
     let len = store.0[CALL].len();
     eprintln!("one record: {len} bytes");
     assert!((150..400).contains(&len), "{len} bytes");
+}
+
+#[test]
+fn a_restored_call_its_media_node_no_longer_has_is_ended_with_a_bye_to_both_sides() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), key(), now);
+    let mut store = Store::default();
+    established(&mut a, &mut store, now);
+    // While no agent ran, the call's media timed out and the report
+    // scrolled out of `list` (it names the last 100), or its BYE found no
+    // agent: the node names all its calls, not this one.
+    let mut b = restarted(&store, now);
+    outputs(&mut b);
+    let mut t = now;
+    let (sends, records) = poll_answered(&mut b, &mut t, listing(&[]));
+    let (sent, _) = byes(&sends);
+    assert_eq!(
+        sent.iter().map(|b| b.remote).collect::<Vec<_>>(),
+        vec![sa("198.18.1.3:5060"), sa("198.18.2.3:5060")]
+    );
+    assert_eq!(records, vec![(CALL.to_owned(), None)]);
+    assert_eq!(b.calls(), 0);
+    assert_eq!(
+        (b.stats().restored_without_media, b.stats().media_timeouts),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_restored_call_is_checked_once_against_a_complete_list() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), key(), now);
+    let mut store = Store::default();
+    established(&mut a, &mut store, now);
+    let mut b = restarted(&store, now);
+    outputs(&mut b);
+    let mut t = now;
+    // 1 000 names: maybe not all of them; nothing is concluded.
+    let many: Vec<String> = (0..1000).map(|i| format!("other-{i}")).collect();
+    let (sends, records) = poll_answered(&mut b, &mut t, listing(&many));
+    assert!(sends.is_empty() && records.is_empty());
+    // Seen: from now on a call like any other.
+    let (sends, _) = poll_answered(&mut b, &mut t, listing(&[CALL.to_owned()]));
+    assert!(sends.is_empty());
+    let (sends, records) = poll_answered(&mut b, &mut t, listing(&[]));
+    assert!(sends.is_empty() && records.is_empty(), "{sends:?}");
+    assert_eq!((b.calls(), b.stats().restored_without_media), (1, 0));
 }
