@@ -9,7 +9,9 @@
 //! writes the whole set at most once per [`WRITE_EVERY`] (at once after a
 //! quiet spell): encoded into one buffer, written aside and renamed over
 //! the file, so a reader — the next agent — finds the previous set or the
-//! new one, whole, whenever the agent dies. One file for all calls because
+//! new one, whole, whenever the agent dies. Nothing is written before the
+//! calls restored at start have all been handed back
+//! ([`DialogStore::ready`]): a crash then never leaves a partial set. One file for all calls because
 //! writing it is cheap next to the calls it holds (10 000 calls: about
 //! 3 MB, a few milliseconds on tmpfs, once a second at most; see the
 //! README's "Reliability") and reading it back is one read, where a file
@@ -134,6 +136,8 @@ pub fn decode_file(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<FileError>) {
 #[derive(Default)]
 struct Changes {
     records: HashMap<String, Option<Vec<u8>>>,
+    /// The restored calls have all been handed over: writing may begin.
+    ready: bool,
     stop: bool,
 }
 
@@ -244,6 +248,19 @@ impl DialogStore {
         w.shared.wake.notify_one();
     }
 
+    /// Every call restored at start has been handed over (the agent
+    /// emits them again, `Agent::restore`): the writer may replace the
+    /// file. Until then it leaves the file as the last agent left it.
+    pub fn ready(&self) {
+        let Some(w) = &self.writer else { return };
+        w.shared
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready = true;
+        w.shared.wake.notify_one();
+    }
+
     /// Write what is left and stop the writer (blocks for that write).
     pub fn close(self) {
         let Some(w) = self.writer else { return };
@@ -257,9 +274,9 @@ impl DialogStore {
     }
 }
 
-/// The writer thread: apply the agent's changes, write the whole set when
-/// it changed (and at once at start, so records the agent did not restore
-/// are dropped), at most once per [`WRITE_EVERY`].
+/// The writer thread: once the store is ready, apply the agent's changes
+/// and write the whole set when it changed (and at once, so records the
+/// agent did not restore are dropped), at most once per [`WRITE_EVERY`].
 fn write_loop(dir: &Path, shared: &Shared, stats: &DialogStoreStats, _lock: Flock<File>) {
     let mut records: HashMap<String, Vec<u8>> = HashMap::new();
     let mut buf = Vec::new();
@@ -275,7 +292,7 @@ fn write_loop(dir: &Path, shared: &Shared, stats: &DialogStoreStats, _lock: Floc
             if c.stop {
                 break;
             }
-            let pending = dirty || !c.records.is_empty();
+            let pending = c.ready && (dirty || !c.records.is_empty());
             let now = Instant::now();
             let due = last.map_or(now, |t| t + WRITE_EVERY);
             if pending && now >= due {
@@ -291,9 +308,14 @@ fn write_loop(dir: &Path, shared: &Shared, stats: &DialogStoreStats, _lock: Floc
                 shared.wake.wait(c).unwrap_or_else(PoisonError::into_inner)
             };
         }
-        let stop = c.stop;
+        let (stop, ready) = (c.stop, c.ready);
         let changes = std::mem::take(&mut c.records);
         drop(c);
+        if !ready {
+            // Stopped before the restored calls were all handed over: the
+            // file stays as the last agent left it.
+            return;
+        }
         for (id, r) in changes {
             dirty = true;
             match r {
@@ -422,6 +444,7 @@ default = true
         let (store, found) = DialogStore::open(&d.0, stats.clone());
         assert!(found.is_empty());
         assert_eq!(stats.kept.load(Ordering::Relaxed), 1);
+        store.ready();
         store.apply("a".into(), Some(b"record a".to_vec()));
         store.apply("b".into(), Some(b"record b, first".to_vec()));
         store.apply("b".into(), Some(b"record b".to_vec()));
@@ -443,9 +466,31 @@ default = true
         found.sort();
         assert_eq!(found, vec![b"record a".to_vec(), b"record b".to_vec()]);
         // Nothing handed over again: the first write leaves an empty set.
+        again.ready();
         again.close();
         let (_, found) = DialogStore::open(&d.0, Arc::new(DialogStoreStats::default()));
         assert!(found.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_written_before_the_restored_calls_are_all_back() {
+        let d = ShmDir::new("ready");
+        let (store, _) = DialogStore::open(&d.0, Arc::new(DialogStoreStats::default()));
+        store.ready();
+        store.apply("a".into(), Some(b"record a".to_vec()));
+        store.apply("b".into(), Some(b"record b".to_vec()));
+        store.close();
+        let before = fs::read(d.0.join(FILE)).unwrap();
+        // A new agent hands back one of the two, then dies: the file is as
+        // the last agent left it, both records in it.
+        let stats = Arc::new(DialogStoreStats::default());
+        let (store, found) = DialogStore::open(&d.0, stats.clone());
+        assert_eq!(found.len(), 2);
+        store.apply("a".into(), Some(b"record a".to_vec()));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(stats.writes.load(Ordering::Relaxed), 0);
+        store.close();
+        assert_eq!(fs::read(d.0.join(FILE)).unwrap(), before);
     }
 
     #[test]
@@ -453,6 +498,7 @@ default = true
         let d = ShmDir::new("rate");
         let stats = Arc::new(DialogStoreStats::default());
         let (store, _) = DialogStore::open(&d.0, stats.clone());
+        store.ready();
         written(&stats, 1); // at start, at once
         let first = Instant::now();
         for i in 0..50 {
@@ -490,6 +536,7 @@ default = true
         let stats = Arc::new(DialogStoreStats::default());
         let (second, _) = DialogStore::open(&d.0, stats.clone());
         assert_eq!(stats.kept.load(Ordering::Relaxed), 0);
+        second.ready();
         second.apply("x".into(), Some(b"not written".to_vec()));
         second.close();
         first.close();
@@ -521,6 +568,7 @@ default = true
             let (store, found) = DialogStore::open(&d.0, stats.clone());
             assert_eq!(found.len(), kept, "{bytes:?}");
             assert_eq!(stats.unreadable_files.load(Ordering::Relaxed), 1);
+            store.ready();
             written(&stats, 1);
             store.close();
             let (records, problem) = decode_file(&fs::read(&file).unwrap());
@@ -566,6 +614,7 @@ default = true
         let per_call = records.iter().map(Vec::len).sum::<usize>() / CALLS;
         let stats = Arc::new(DialogStoreStats::default());
         let (store, _) = DialogStore::open(&d.0, stats.clone());
+        store.ready();
         written(&stats, 1);
         for (i, r) in records.iter().enumerate() {
             store.apply(format!("call-{i}"), Some(r.clone()));

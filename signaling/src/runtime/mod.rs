@@ -190,12 +190,20 @@ pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Runn
     if !records.is_empty() {
         let started = Instant::now();
         let restored = agent.restore(&records, Instant::now(), SystemTime::now());
-        info!(
-            calls = restored.calls,
-            skipped = ?restored.skipped,
-            took_ms = started.elapsed().as_millis() as u64,
-            "calls of an earlier SIP agent restored"
-        );
+        let took_ms = started.elapsed().as_millis() as u64;
+        if restored.skipped.is_empty() {
+            info!(
+                calls = restored.calls,
+                took_ms, "calls of an earlier SIP agent restored"
+            );
+        } else {
+            warn!(
+                calls = restored.calls,
+                skipped = ?restored.skipped,
+                took_ms,
+                "calls of an earlier SIP agent restored; records skipped (counted: dialogs_skipped)"
+            );
+        }
     }
     drop(records);
     for (&local, s) in &udp {
@@ -342,8 +350,10 @@ async fn serve(
     tokio::pin!(shutdown);
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // What restoring asked for (the restored calls' records, re-emitted).
+    // What restoring asked for (the restored calls' records, re-emitted):
+    // then the store has them all and may write.
     io.carry_out(&mut agent);
+    io.store.ready();
     loop {
         let deadline = io
             .ngc
