@@ -9,7 +9,8 @@
 //! - [`proxy`]: the proxy core — routing, Record-Route, CANCEL, dialogs,
 //!   limits and media anchoring over ng. I/O-free.
 //! - [`runtime`]: the tokio shell: UDP/TCP transports, the ng client,
-//!   timers.
+//!   timers, and the memory-backed runtime directory that outlives the
+//!   process (the Record-Route secret, established calls' dialogs).
 //! - [`config`]: the `[sip]` configuration.
 
 pub mod config;

@@ -44,9 +44,20 @@ fn main() -> ExitCode {
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(signaling::runtime::run(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            }))
+            .block_on(async {
+                // SIGTERM (systemctl stop/restart) and SIGINT stop the agent
+                // cleanly: its last dialog records are written for the next.
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("handling SIGTERM")?;
+                signaling::runtime::run(cfg, async move {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                })
+                .await
+            })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,6 +43,25 @@ pub fn publish(stats: &Stats, calls: usize) {
     counter!("media_relay_rejected_sources_total", "path" => "sip")
         .absolute(stats.rejected_sources);
     counter!("media_relay_sip_media_timeouts_total").absolute(stats.media_timeouts);
+    counter!("media_relay_sip_dialogs_restored_total").absolute(stats.dialogs_restored);
+    counter!("media_relay_sip_restored_without_media_total").absolute(stats.restored_without_media);
+    for (reason, n) in &stats.dialogs_skipped {
+        counter!("media_relay_sip_dialogs_skipped_total", "reason" => reason.clone()).absolute(*n);
+    }
+    for (name, n) in stats.dialog_store.fields() {
+        match name {
+            "kept" => gauge!("media_relay_sip_dialog_store_kept").set(n as f64),
+            "records" => gauge!("media_relay_sip_dialog_store_records").set(n as f64),
+            "bytes" => gauge!("media_relay_sip_dialog_store_bytes").set(n as f64),
+            "last_write_us" => {
+                gauge!("media_relay_sip_dialog_store_last_write_seconds").set(n as f64 / 1e6);
+            }
+            counted => {
+                // writes, write_errors, unreadable_files
+                counter!(format!("media_relay_sip_dialog_store_{counted}_total")).absolute(n);
+            }
+        }
+    }
     for (name, n) in stats.transport.fields() {
         match name {
             "tcp_connections" => gauge!("media_relay_sip_tcp_connections").set(n as f64),

@@ -13,6 +13,10 @@
 //! Record-Route entries survive: the secret is kept in a memory-backed
 //! runtime directory); SIP over TCP is capped per source, idle
 //! connections are closed, strangers at once, and calls still work.
+//!
+//! Issue 11: the agent keeps its established calls' dialogs in that
+//! runtime directory too, so after a crash (SIGKILL) a media timeout still
+//! ends a call set up before it with a BYE to both sides.
 
 use std::{
     io::Read as _,
@@ -564,9 +568,25 @@ fn basic_call_with_rtpengine_as_media_node() -> anyhow::Result<()> {
 /// A child process stopped (SIGTERM, then SIGKILL) on drop.
 struct Guard(Child);
 
+impl Guard {
+    /// SIGKILL (a crash), and wait for it.
+    fn kill(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child, not yet waited for (its pid
+        // cannot have been reused).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child (`ip netns exec` execs it).
+        if self.0.try_wait().ok().flatten().is_some() {
+            // Gone and waited for: its pid may belong to another process.
+            return;
+        }
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs it), not
+        // yet waited for.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -708,11 +728,12 @@ fn start_agent(dir: &TestDir, bed: &Bed, sip: &Path, runtime: &Path) -> anyhow::
     Ok(agent)
 }
 
-/// A call set up before the agent restarts and ended after it: the BYE
-/// carries the route set the first agent signed; the second one (no
-/// memory of the call, the same secret from its runtime directory) lets it
-/// through to the PBX and deletes the media. RTP flows throughout (the
-/// media daemon is not restarted).
+/// A call set up before the agent restarts (SIGTERM: `systemctl restart`)
+/// and ended after it: the BYE carries the route set the first agent
+/// signed; the second one (the same secret from its runtime directory, and
+/// the call's dialog, written there as the first one stopped) knows the
+/// call, lets the BYE through to the PBX and deletes the media. RTP flows
+/// throughout (the media daemon is not restarted).
 #[test]
 fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
     root_test("a_call_outlives_an_agent_restart", |t| {
@@ -782,7 +803,10 @@ fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
         drop(agent);
         let again = start_agent(t, &bed, &sip, &runtime.agent_dir())?;
         let st = agent_stats(&bed.a)?;
-        anyhow::ensure!(st["calls"] == 0, "a new agent remembers nothing: {st}");
+        anyhow::ensure!(
+            st["calls"] == 1 && st["dialogs_restored"] == 1,
+            "the restarted agent knows the call again: {st}"
+        );
         let uac_r = client.wait(DEADLINE)?;
         let uas_r = server.wait(DEADLINE)?;
         let (at_uas, at_uac) = (at_uas.stop()?, at_uac.stop()?);
@@ -813,6 +837,126 @@ fn a_call_outlives_an_agent_restart() -> anyhow::Result<()> {
         drop(again);
         Ok(())
     })
+}
+
+/// Issue 11: a call set up before the agent crashes (SIGKILL) and whose
+/// media then times out is still ended with a BYE to both sides: the
+/// agent kept the call's dialog in its memory-backed runtime directory,
+/// and the new agent restores it before it serves traffic. Nothing is left
+/// at the agent (its record forgotten) or at the media daemon.
+#[test]
+fn a_media_timeout_after_an_agent_crash_ends_the_call_on_both_sides() -> anyhow::Result<()> {
+    root_test(
+        "a_media_timeout_after_an_agent_crash_ends_the_call_on_both_sides",
+        |t| {
+            let bed = Bed::new(BedOptions {
+                peer_xdp: true,
+                static_neighbours: false,
+            })?;
+            let media = t.write(
+                "media-relay.toml",
+                "[[interface]]\nnetdev = \"ra\"\n[[interface]]\nnetdev = \"rb\"\n",
+            )?;
+            let media_arg = media.to_string_lossy().into_owned();
+            // Time enough to restart the agent before the call's media times
+            // out (no RTP at all: the scenarios are silent).
+            let daemon = Daemon::start(
+                t,
+                &bed.relay,
+                &[
+                    "--config",
+                    &media_arg,
+                    "--xdp-mode",
+                    "native",
+                    "--learning-window",
+                    "1",
+                    "--timeout",
+                    "8",
+                ],
+            )?;
+            let ng = NgClient::new(&bed.relay, daemon.ng)?;
+            let sip = t.write(
+                "sip.toml",
+                bed::agent_config("", "media = [\"127.0.0.1:2223\"]\nmedia-poll = 1"),
+            )?;
+            let runtime = RuntimeDir::new("sip-crash")?;
+            let agent = start_agent(t, &bed, &sip, &runtime.agent_dir())?;
+
+            let uas =
+                SippOptions::uas("media_timeout_uas.xml", sa(B_V4, SIP), B_V4.into(), B_MEDIA);
+            let uac = SippOptions::uac(
+                "media_timeout_uac.xml",
+                sa(A_V4, SIP),
+                sa(RA_V4, SIP),
+                A_V4.into(),
+                A_MEDIA,
+            );
+            let server = Sipp::start(t, &bed.b, &uas)?;
+            let client = Sipp::start(t, &bed.a, &uac)?;
+            let started = Instant::now();
+            // The call is up (its ACK passed) and its record written.
+            let deadline = started + Duration::from_secs(5);
+            loop {
+                let st = agent_stats(&bed.a)?;
+                if st["requests"]["ACK"] == 1 && st["dialog_store"]["records"] == 1 {
+                    anyhow::ensure!(st["dialog_store"]["kept"] == 1, "{st}");
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the call was not set up: {st}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            agent.kill()?;
+            let again = start_agent(t, &bed, &sip, &runtime.agent_dir())?;
+            let st = agent_stats(&bed.a)?;
+            anyhow::ensure!(
+                st["calls"] == 1 && st["dialogs_restored"] == 1 && st["media_timeouts"] == 0,
+                "the restarted agent knows the call again: {st}"
+            );
+            let list = ng.ok(&Value::dict().with("command", "list"))?;
+            anyhow::ensure!(
+                list.get("calls")
+                    .and_then(Value::as_list)
+                    .is_some_and(|c| c.len() == 1),
+                "restarted before the media timed out: {list:?} ({:?} after the INVITE)",
+                started.elapsed()
+            );
+            let uac_r = client.wait(DEADLINE)?;
+            let uas_r = server.wait(DEADLINE)?;
+            let r = uac_r
+                .ensure_all_succeeded()
+                .and_then(|()| uas_r.ensure_all_succeeded());
+            if r.is_err() {
+                eprintln!("--- media-relay log ---\n{}", daemon.log_text());
+            }
+            r?;
+            let list = ng.ok(&Value::dict().with("command", "list"))?;
+            anyhow::ensure!(
+                list.get("calls")
+                    .and_then(Value::as_list)
+                    .is_some_and(<[Value]>::is_empty),
+                "calls left at the media daemon: {list:?}"
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let st = agent_stats(&bed.a)?;
+                if st["calls"] == 0 && st["pending_ng"] == 0 && st["dialog_store"]["records"] == 0 {
+                    anyhow::ensure!(
+                        st["media_timeouts"] == 1
+                            && st["restored_without_media"] == 0
+                            && st["in_dialog_refused"]
+                                .as_object()
+                                .is_some_and(serde_json::Map::is_empty),
+                        "{st}"
+                    );
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "left at the agent: {st}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            drop(again);
+            Ok(())
+        },
+    )
 }
 
 /// A TCP connection from `from` (an address of the namespace we are in)

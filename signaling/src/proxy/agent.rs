@@ -11,20 +11,21 @@
 //! in-dialog requests come back through it and are let through by that
 //! signature or by the dialog the agent remembers (`in_dialog.rs`) — the
 //! signature is what lets a restarted agent carry on with calls it does
-//! not remember.
+//! not remember. It remembers its established calls all the same when the
+//! runtime kept their records (`record.rs`, [`Agent::restore`]).
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant, SystemTime},
 };
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     NgOutcome, Output, Peer, dialog::Dialog, in_dialog::Reoffer, media, ratelimit::RateLimit,
-    signature::RouteKey, stats::Stats,
+    record, signature::RouteKey, stats::Stats,
 };
 use crate::{
     config::SipConfig,
@@ -87,6 +88,9 @@ pub(super) struct Call {
     pub(super) sdp_cache: HashMap<(u32, String, u16), Vec<u8>>,
     pub(super) created: Instant,
     pub(super) ended: bool,
+    /// Restored from an earlier agent's record and not yet seen in its
+    /// media node's `list` (`Agent::check_restored`).
+    pub(super) restored: bool,
 }
 
 pub(super) enum Pending {
@@ -112,7 +116,7 @@ pub(super) enum Pending {
     /// A delete: nothing waits for it.
     Delete,
     /// A `list` poll of a media node.
-    Poll,
+    Poll { node: SocketAddr },
 }
 
 /// The party whose SDP an offer carries.
@@ -148,8 +152,19 @@ pub struct Agent {
     pub(super) key: RouteKey,
     next_poll: Instant,
     next_sweep: Instant,
+    /// The wall clock at an instant (records carry unix times).
+    epoch: (Instant, SystemTime),
     pub(super) stats: Stats,
     out: Vec<Output>,
+}
+
+/// What [`Agent::restore`] made of the records it was given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Calls known again.
+    pub calls: usize,
+    /// Records skipped, by reason (`record::Skip::reason`).
+    pub skipped: BTreeMap<&'static str, u64>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -174,7 +189,8 @@ impl Agent {
     /// An agent signing its Record-Route entries with `key` (the runtime
     /// loads it: `record-route-secret`, or the runtime directory).
     pub fn new(cfg: SipConfig, key: RouteKey, now: Instant) -> Self {
-        let nonce = SystemTime::now()
+        let wall = SystemTime::now();
+        let nonce = wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let rate = RateLimit::new(cfg.invite_rate);
@@ -196,6 +212,7 @@ impl Agent {
             key,
             next_poll,
             next_sweep: now + Duration::from_secs(30),
+            epoch: (now, wall),
             stats: Stats::default(),
             out: Vec::new(),
         }
@@ -224,6 +241,54 @@ impl Agent {
         self.pending.len()
     }
 
+    /// Calls established before a restart, from the records an earlier
+    /// agent emitted ([`Output::Dialog`]) and the runtime kept; `wall` is
+    /// the wall clock at `now`. Call it before any traffic. Each call
+    /// restored is emitted again (with its CSeqs raised, `record.rs`), so
+    /// the store ends up holding exactly the calls restored; an unusable
+    /// record is skipped and counted, and a later one for the same call
+    /// replaces an earlier one.
+    pub fn restore<R: AsRef<[u8]>>(
+        &mut self,
+        records: impl IntoIterator<Item = R>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Restored {
+        self.epoch = (now, wall);
+        let now_unix = self.unix_time(now);
+        let mut restored = Restored::default();
+        let mut ids = Vec::new();
+        for bytes in records {
+            match record::decode(&self.cfg, bytes.as_ref(), now_unix, now) {
+                Ok(call) => {
+                    let Some(id) = call.dialog.as_ref().map(|d| d.call_id.clone()) else {
+                        continue;
+                    };
+                    if self.calls.insert(id.clone(), call).is_none() {
+                        ids.push(id);
+                    }
+                }
+                Err(skip) => {
+                    debug!(reason = skip.reason(), error = %skip, "dialog record skipped");
+                    *restored.skipped.entry(skip.reason()).or_default() += 1;
+                }
+            }
+        }
+        for id in &ids {
+            self.save(id, now);
+        }
+        restored.calls = ids.len();
+        self.stats.dialogs_restored += ids.len() as u64;
+        for (reason, n) in &restored.skipped {
+            *self
+                .stats
+                .dialogs_skipped
+                .entry((*reason).to_owned())
+                .or_default() += n;
+        }
+        restored
+    }
+
     /// What the I/O layer must do now.
     pub fn drain(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.out)
@@ -240,6 +305,49 @@ impl Agent {
     }
 
     // ---- plumbing ----------------------------------------------------------
+
+    /// Unix seconds at `now`.
+    fn unix_time(&self, now: Instant) -> u64 {
+        let (at, wall) = self.epoch;
+        let wall = match now.checked_duration_since(at) {
+            Some(d) => wall + d,
+            None => wall
+                .checked_sub(at.duration_since(now))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        };
+        wall.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Emit the record of `call_id` (established calls only).
+    pub(super) fn save(&mut self, call_id: &str, now: Instant) {
+        let saved = self.unix_time(now);
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if call.dialog.is_none() {
+            return;
+        }
+        match record::encode(&self.cfg, call, saved) {
+            Some(bytes) => self.out.push(Output::Dialog {
+                call_id: call_id.to_owned(),
+                record: Some(bytes),
+            }),
+            None => warn!(%call_id, "dialog record not encoded"),
+        }
+    }
+
+    /// Forget a call, and its record if it had one.
+    pub(super) fn forget(&mut self, call_id: &str) -> Option<Call> {
+        let call = self.calls.remove(call_id)?;
+        if call.dialog.is_some() {
+            self.out.push(Output::Dialog {
+                call_id: call_id.to_owned(),
+                record: None,
+            });
+        }
+        Some(call)
+    }
 
     pub(super) fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
         self.out.push(Output::Send { peer, bytes });
@@ -396,7 +504,7 @@ impl Agent {
             self.end_call(&call_id, None);
         }
         if method == Method::Bye {
-            self.calls.remove(&call_id);
+            self.forget(&call_id);
         }
     }
 
@@ -537,11 +645,12 @@ impl Agent {
                     self.stats.ng_errors += 1;
                 }
             }
-            Pending::Poll => {
+            Pending::Poll { node } => {
                 if let Some(v) = reply {
                     for call_id in media::timed_out(v) {
                         self.media_timeout(&call_id, now);
                     }
+                    self.check_restored(node, v, now);
                 }
             }
         }
@@ -589,7 +698,7 @@ impl Agent {
             self.next_poll = now + self.cfg.media_poll;
             let nodes = self.cfg.media.clone();
             for node in nodes {
-                self.ng(node, media::list(), Pending::Poll);
+                self.ng(node, media::list(), Pending::Poll { node });
             }
         }
         if now >= self.next_sweep {

@@ -1,7 +1,8 @@
 //! What the agent keeps of an established call: enough to route nothing
 //! (in-dialog requests route by their Route headers, so a restarted agent
 //! still works), but enough to end the call itself — a BYE to each side —
-//! when the media node reports that its media timed out.
+//! when the media node reports that its media timed out. It outlives the
+//! agent's process as a record (`record.rs`).
 
 use crate::message::{Message, Method};
 
@@ -75,15 +76,18 @@ impl Dialog {
         })
     }
 
-    /// Note a request `party` sent (its CSeq).
-    pub fn saw_request(&mut self, from_tag: Option<&str>, cseq: u32) {
+    /// Note a request a party sent (its CSeq); whether its highest CSeq
+    /// rose.
+    pub fn saw_request(&mut self, from_tag: Option<&str>, cseq: u32) -> bool {
         let caller_tag = tag_of(&self.caller.own);
         let p = if from_tag.is_some() && from_tag == caller_tag.as_deref() {
             &mut self.caller
         } else {
             &mut self.callee
         };
+        let rose = cseq > p.cseq;
         p.cseq = p.cseq.max(cseq);
+        rose
     }
 
     /// Where requests to that party go first: its first route, else its
@@ -105,7 +109,12 @@ impl Dialog {
         } else {
             (&self.callee, &self.caller)
         };
-        let cseq = format!("{} BYE", from.cseq.saturating_add(1).max(1));
+        let cseq = format!(
+            "{} BYE",
+            from.cseq
+                .saturating_add(1)
+                .clamp(1, super::record::MAX_CSEQ)
+        );
         let mut headers: Vec<(&str, &str)> = vec![("Via", via)];
         for r in &to.routes {
             headers.push(("Route", r));

@@ -330,8 +330,10 @@ impl Agent {
         if known
             && let Some(call) = self.calls.get_mut(&call_id)
             && let Some(d) = call.dialog.as_mut()
+            && d.saw_request(msg.from_tag().as_deref(), msg.cseq().0)
         {
-            d.saw_request(msg.from_tag().as_deref(), msg.cseq().0);
+            // The CSeq the agent's own BYE must exceed (`record.rs`).
+            self.save(&call_id, now);
         }
         if method == Method::Bye {
             // Delete media at once; also for a call this agent does not

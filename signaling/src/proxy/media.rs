@@ -125,10 +125,26 @@ pub fn query(call_id: &str) -> Value {
         .with("call-id", call_id)
 }
 
+/// The most calls a `list` reply names.
+pub const LIST_LIMIT: usize = 1000;
+
 pub fn list() -> Value {
     Value::dict()
         .with("command", "list")
-        .with("limit", 1000_i64)
+        .with("limit", LIST_LIMIT as i64)
+}
+
+/// The Call-IDs a media node has, when its `list` reply names them all
+/// (fewer than [`LIST_LIMIT`]; ng's `calls`, rtpengine's too).
+pub fn listed(reply: &Value) -> Option<std::collections::HashSet<&str>> {
+    if reply.get("result").and_then(Value::as_str) != Some("ok") {
+        return None;
+    }
+    let calls = reply.get("calls")?.as_list()?;
+    if calls.len() >= LIST_LIMIT {
+        return None;
+    }
+    calls.iter().map(Value::as_str).collect()
 }
 
 /// The rewritten SDP of an ok reply, or why there is none.
@@ -190,7 +206,7 @@ impl Agent {
     /// Free a call: delete its media (unless `to_tag` names one losing
     /// branch only) and forget it.
     pub(super) fn end_call(&mut self, call_id: &str, reason_log: Option<&str>) {
-        if let Some(call) = self.calls.remove(call_id) {
+        if let Some(call) = self.forget(call_id) {
             if !call.ended {
                 let req = delete(call_id, Some(&call.caller_tag), None);
                 self.ng(call.node, req, Pending::Delete);
@@ -324,14 +340,48 @@ impl Agent {
     /// The media node ended a call for lack of media: end it on both
     /// sides with a BYE.
     pub(super) fn media_timeout(&mut self, call_id: &str, now: Instant) {
-        let Some(call) = self.calls.remove(call_id) else {
+        if self.bye_both_sides(call_id, "media timed out", now) {
+            self.stats.media_timeouts += 1;
+        }
+    }
+
+    /// Calls restored from an earlier agent's records are checked once,
+    /// against the first `list` of their media node that names all its
+    /// calls: one it does not have lost its media while no agent ran (it
+    /// timed out and the report has scrolled out of `list`, or its BYE
+    /// found no agent, or the node lost it). It is ended like a media
+    /// timeout — for a call already over, the parties answer 481.
+    pub(super) fn check_restored(&mut self, node: SocketAddr, reply: &Value, now: Instant) {
+        let Some(listed) = listed(reply) else {
             return;
+        };
+        let mut gone = Vec::new();
+        for (id, c) in &mut self.calls {
+            if c.restored && c.node == node {
+                if listed.contains(id.as_str()) {
+                    c.restored = false;
+                } else {
+                    gone.push(id.clone());
+                }
+            }
+        }
+        for id in gone {
+            if self.bye_both_sides(&id, "restored call unknown to its media node", now) {
+                self.stats.restored_without_media += 1;
+            }
+        }
+    }
+
+    /// Forget a call and end it with a BYE to each side (as the other);
+    /// whether it had a dialog to do so.
+    fn bye_both_sides(&mut self, call_id: &str, why: &str, now: Instant) -> bool {
+        let Some(call) = self.forget(call_id) else {
+            return false;
         };
         let Some(d) = call.dialog else {
-            return;
+            return false;
         };
-        self.stats.media_timeouts += 1;
-        info!(%call_id, "media timed out: sending BYE to both sides");
+        info!(%call_id, why, "sending BYE to both sides");
         for (to_caller, local) in [(true, d.caller_side_local), (false, d.callee_side_local)] {
             let Some(uri) = Message::uri_of(d.next_hop(to_caller)).ok() else {
                 continue;
@@ -353,6 +403,7 @@ impl Agent {
                 None => warn!(%call_id, "could not build the BYE"),
             }
         }
+        true
     }
 
     /// The node's reply to the offer of a request waiting in

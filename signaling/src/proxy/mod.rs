@@ -20,6 +20,8 @@
 //!   and ACK, deletes on CANCEL, failure and BYE, media timeouts.
 //! - `dialog.rs`: what the agent remembers of an established call, enough
 //!   to end it with a BYE to both sides when its media times out.
+//! - `record.rs`: an established call in the form that outlives the
+//!   agent's process (the runtime keeps it), and back (`Agent::restore`).
 //! - `stats.rs`: the counters operators and tests read.
 //! - `ratelimit.rs`: per-source rate limiting (new INVITEs, refusals).
 
@@ -29,6 +31,7 @@ mod dialog;
 mod in_dialog;
 mod media;
 mod ratelimit;
+mod record;
 mod responses;
 mod routing;
 mod signature;
@@ -36,9 +39,11 @@ mod stats;
 
 use std::net::SocketAddr;
 
-pub use agent::Agent;
+pub use agent::{Agent, Restored};
+#[cfg(test)]
+pub(crate) use record::sample_records;
 pub use signature::{MIN_SECRET, RouteKey};
-pub use stats::{Stats, TransportStats};
+pub use stats::{DialogStoreStats, Stats, TransportStats};
 
 /// A transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +92,15 @@ pub enum Output {
         id: u64,
         node: SocketAddr,
         request: ng::Value,
+    },
+    /// An established call's record (`record.rs`) is now `Some(bytes)`,
+    /// replacing the one before, or the call ended (`None`). The runtime
+    /// keeps the latest of each call where a restarted agent finds them
+    /// (`Agent::restore`); it may write them late (at most a second), never
+    /// out of order.
+    Dialog {
+        call_id: String,
+        record: Option<Vec<u8>>,
     },
 }
 

@@ -69,7 +69,7 @@ impl Agent {
             return;
         }
         if method == Method::Bye && status >= 200 {
-            self.calls.remove(&call_id);
+            self.forget(&call_id);
         }
         if method == Method::Invite && status >= 300 {
             let established = self.calls.get(&call_id).is_some_and(|c| c.dialog.is_some());
@@ -82,7 +82,7 @@ impl Agent {
             return;
         }
         if method == Method::Invite && (200..300).contains(&status) {
-            self.establish(&call_id, &request, &msg, &server);
+            self.establish(&call_id, &request, &msg, &server, now);
         }
         let has_sdp = !msg.body().is_empty();
         let media_method = matches!(method, Method::Invite | Method::Update);
@@ -95,7 +95,14 @@ impl Agent {
 
     /// Remember the dialog of the first 2xx to an initial INVITE, and drop
     /// the media of branches that lost (forking).
-    fn establish(&mut self, call_id: &str, forwarded: &Message, ok: &Message, server: &ServerKey) {
+    fn establish(
+        &mut self,
+        call_id: &str,
+        forwarded: &Message,
+        ok: &Message,
+        server: &ServerKey,
+        now: Instant,
+    ) {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
@@ -134,5 +141,7 @@ impl Agent {
             let req = media::delete(call_id, Some(&caller), Some(&t));
             self.ng(node, req, Pending::Delete);
         }
+        // What a restarted agent needs to know of the call (`record.rs`).
+        self.save(call_id, now);
     }
 }

@@ -212,6 +212,7 @@ impl Agent {
                 sdp_cache: HashMap::new(),
                 created: now,
                 ended: false,
+                restored: false,
             },
         );
         if msg.body().is_empty() {

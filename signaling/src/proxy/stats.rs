@@ -35,8 +35,57 @@ pub struct Stats {
     pub in_dialog_refused: BTreeMap<String, u64>,
     /// Refusals (of any kind) not answered: over `refusal-rate`.
     pub refusals_unanswered: u64,
+    /// Calls known again from the records of an earlier agent
+    /// ([`Agent::restore`]).
+    pub dialogs_restored: u64,
+    /// Records not restored, by reason (`unreadable`, `version`, `stale`,
+    /// `unknown_trunk`).
+    pub dialogs_skipped: BTreeMap<String, u64>,
+    /// Restored calls their media node did not have: ended with BYEs
+    /// (`Agent::check_restored`).
+    pub restored_without_media: u64,
     /// What the transports count (their tasks write, this only reads).
     pub transport: Arc<TransportStats>,
+    /// What the runtime's store of records counts (it writes, this only
+    /// reads).
+    pub dialog_store: Arc<DialogStoreStats>,
+}
+
+/// Counters of the runtime's store of dialog records
+/// (`runtime/dialog_store.rs`), shared with its writer.
+#[derive(Debug, Default)]
+pub struct DialogStoreStats {
+    /// 1 when records are kept in the runtime directory, 0 when in memory
+    /// only (no memory-backed runtime directory).
+    pub kept: AtomicU64,
+    /// Records in the last file written.
+    pub records: AtomicU64,
+    /// Bytes of the last file written.
+    pub bytes: AtomicU64,
+    /// Files written.
+    pub writes: AtomicU64,
+    /// Microseconds the last write took (encode, write aside, rename).
+    pub last_write_us: AtomicU64,
+    /// Writes that failed (the next change tries again).
+    pub write_errors: AtomicU64,
+    /// Files found unreadable at start (not ours, another format).
+    pub unreadable_files: AtomicU64,
+}
+
+impl DialogStoreStats {
+    /// Every counter with its name (JSON and metrics).
+    pub fn fields(&self) -> [(&'static str, u64); 7] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("kept", get(&self.kept)),
+            ("records", get(&self.records)),
+            ("bytes", get(&self.bytes)),
+            ("writes", get(&self.writes)),
+            ("last_write_us", get(&self.last_write_us)),
+            ("write_errors", get(&self.write_errors)),
+            ("unreadable_files", get(&self.unreadable_files)),
+        ]
+    }
 }
 
 /// Counters of the transport layer (`runtime`), shared with its tasks.
@@ -113,6 +162,12 @@ impl Agent {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let fields = |f: &[(&str, u64)]| {
+            f.iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let codes = s
             .responses
             .iter()
@@ -120,7 +175,7 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"transport\":{{{}}}}}",
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"dialogs_restored\":{},\"dialogs_skipped\":{{{}}},\"restored_without_media\":{},\"dialog_store\":{{{}}},\"transport\":{{{}}}}}",
             self.calls.len(),
             self.transactions(),
             self.pending.len(),
@@ -136,12 +191,11 @@ impl Agent {
             s.stray_responses,
             map(&s.in_dialog_refused),
             s.refusals_unanswered,
-            s.transport
-                .fields()
-                .iter()
-                .map(|(k, v)| format!("\"{k}\":{v}"))
-                .collect::<Vec<_>>()
-                .join(",")
+            s.dialogs_restored,
+            map(&s.dialogs_skipped),
+            s.restored_without_media,
+            fields(&s.dialog_store.fields()),
+            fields(&s.transport.fields()),
         )
     }
 }

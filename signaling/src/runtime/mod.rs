@@ -1,18 +1,20 @@
 //! The tokio shell around the I/O-free [`Agent`]: UDP (`udp.rs`) and TCP
-//! (`tcp.rs`) transports, the ng client (`ng.rs`), the Record-Route
-//! secret (`secret.rs`), timers. One task owns the agent; socket tasks
-//! frame and parse, and hand it messages through one bounded queue; it
-//! hands back what to send.
+//! (`tcp.rs`) transports, the ng client (`ng.rs`), the runtime directory
+//! (`rundir.rs`) with the Record-Route secret (`secret.rs`) and the
+//! records of established calls (`dialog_store.rs`), timers. One task owns
+//! the agent; socket tasks frame and parse, and hand it messages through
+//! one bounded queue; it hands back what to send and what to keep.
 
 use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -22,12 +24,15 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+pub mod dialog_store;
 mod ng;
+pub mod rundir;
 pub mod secret;
 mod tcp;
 mod udp;
 
 use self::{
+    dialog_store::DialogStore,
     ng::{Inflight, NgClient},
     tcp::{Conn, ConnSlot, ConnTable},
 };
@@ -128,12 +133,18 @@ pub async fn run(cfg: SipConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// Bind every socket (errors here are the operator's: one line each) and
-/// start the agent's task.
+/// [`start_in`] the runtime directory ([`rundir::path`]).
 pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
-    let (key, _) = secret::load(cfg.record_route_secret.clone(), &secret::runtime_dir())
+    start_in(cfg, &rundir::path()).await
+}
+
+/// Bind every socket (errors here are the operator's: one line each),
+/// restore the calls an earlier agent left in `runtime_dir`, and start the
+/// agent's task.
+pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Running> {
+    let (key, _) = secret::load(cfg.record_route_secret.clone(), runtime_dir)
         .context("creating the Record-Route secret")?;
-    let agent = Agent::new(cfg.clone(), key, Instant::now());
+    let mut agent = Agent::new(cfg.clone(), key, Instant::now());
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let ctx = Arc::new(Context {
         cfg: Arc::new(cfg),
@@ -174,7 +185,27 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
             .await
             .context("binding the ng client socket")?,
     );
-    // Everything bound: start the tasks.
+    // Everything bound: the calls of an earlier agent, then the tasks.
+    let (store, records) = DialogStore::open(runtime_dir, agent.stats().dialog_store.clone());
+    if !records.is_empty() {
+        let started = Instant::now();
+        let restored = agent.restore(&records, Instant::now(), SystemTime::now());
+        let took_ms = started.elapsed().as_millis() as u64;
+        if restored.skipped.is_empty() {
+            info!(
+                calls = restored.calls,
+                took_ms, "calls of an earlier SIP agent restored"
+            );
+        } else {
+            warn!(
+                calls = restored.calls,
+                skipped = ?restored.skipped,
+                took_ms,
+                "calls of an earlier SIP agent restored; records skipped (counted: dialogs_skipped)"
+            );
+        }
+    }
+    drop(records);
     for (&local, s) in &udp {
         tokio::spawn(udp::reader(s.clone(), local, ctx.clone()));
     }
@@ -196,7 +227,14 @@ pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
         "SIP agent running"
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(agent, ctx, events, udp, ngc, stopped));
+    let io = Io {
+        ctx,
+        udp,
+        ngc,
+        conns: Connections::default(),
+        store,
+    };
+    let task = tokio::spawn(serve(agent, io, events, stopped));
     Ok(Running { stop, task })
 }
 
@@ -267,21 +305,58 @@ impl Connections {
     }
 }
 
+/// What the agent's task does the agent's bidding with.
+struct Io {
+    ctx: Arc<Context>,
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    ngc: NgClient,
+    conns: Connections,
+    store: DialogStore,
+}
+
+impl Io {
+    /// Carry out what the agent asked for.
+    fn carry_out(&mut self, agent: &mut Agent) {
+        for out in agent.drain() {
+            match out {
+                Output::Ng { id, node, request } => self.ngc.send(id, node, &request),
+                Output::Send { peer, bytes } => match peer.transport {
+                    Transport::Udp => {
+                        let socket = self
+                            .udp
+                            .get(&peer.local)
+                            .or_else(|| self.udp.values().next());
+                        if let Some(s) = socket
+                            && let Err(e) = s.try_send_to(&bytes, peer.remote)
+                        {
+                            debug!(remote = %peer.remote, error = %e, "SIP datagram not sent");
+                        }
+                    }
+                    Transport::Tcp => self.conns.send(&self.ctx, peer, bytes),
+                },
+                Output::Dialog { call_id, record } => self.store.apply(call_id, record),
+            }
+        }
+    }
+}
+
 /// The agent's own task.
 async fn serve(
     mut agent: Agent,
-    ctx: Arc<Context>,
+    mut io: Io,
     mut events: mpsc::Receiver<Event>,
-    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
-    mut ngc: NgClient,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut conns = Connections::default();
     tokio::pin!(shutdown);
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // What restoring asked for (the restored calls' records, re-emitted):
+    // then the store has them all and may write.
+    io.carry_out(&mut agent);
+    io.store.ready();
     loop {
-        let deadline = ngc
+        let deadline = io
+            .ngc
             .next_due()
             .map_or(agent.next_deadline(), |d| d.min(agent.next_deadline()));
         tokio::select! {
@@ -289,11 +364,12 @@ async fn serve(
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let now = Instant::now();
+                let conns = &mut io.conns;
                 match ev {
                     Event::Message(peer, m) => agent.on_message(peer, m, now),
                     Event::Malformed(peer, raw, e) => agent.on_malformed(peer, &raw, &e),
                     Event::NgReply(reply) => {
-                        if let Some(id) = ngc.inflight.take_reply(&reply.cookie, reply.from) {
+                        if let Some(id) = io.ngc.inflight.take_reply(&reply.cookie, reply.from) {
                             agent.on_ng(id, NgOutcome::Reply(reply.value), now);
                         }
                     }
@@ -319,33 +395,21 @@ async fn serve(
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
-                for id in ngc.tick(now) {
+                for id in io.ngc.tick(now) {
                     agent.on_ng(id, NgOutcome::Timeout, now);
                 }
                 agent.on_timer(now);
             }
         }
-        for out in agent.drain() {
-            match out {
-                Output::Ng { id, node, request } => ngc.send(id, node, &request),
-                Output::Send { peer, bytes } => match peer.transport {
-                    Transport::Udp => {
-                        let socket = udp.get(&peer.local).or_else(|| udp.values().next());
-                        if let Some(s) = socket
-                            && let Err(e) = s.try_send_to(&bytes, peer.remote)
-                        {
-                            debug!(remote = %peer.remote, error = %e, "SIP datagram not sent");
-                        }
-                    }
-                    Transport::Tcp => conns.send(&ctx, peer, bytes),
-                },
-            }
-        }
+        io.carry_out(&mut agent);
     }
     // Close every connection; the socket tasks end as the queue closes.
-    for (_, conn) in conns.by_id.values() {
+    for (_, conn) in io.conns.by_id.values() {
         conn.close();
     }
+    // The calls go on without us: their records stay for the next agent.
+    let store = io.store;
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     info!(calls = agent.calls(), "SIP agent stopped");
 }
 

@@ -4,8 +4,8 @@
 //!
 //! 1. `record-route-secret` in the configuration (the operator's choice,
 //!    e.g. the same secret on two agents that stand in for each other);
-//! 2. else `sip-record-route.key` in the runtime directory
-//!    (`$RUNTIME_DIRECTORY`, which systemd sets from `RuntimeDirectory=`,
+//! 2. else `sip-record-route.key` in the runtime directory (`rundir.rs`:
+//!    `$RUNTIME_DIRECTORY`, which systemd sets from `RuntimeDirectory=`,
 //!    else `/run/media-relay`): 32 random bytes, created on the first
 //!    start (directory 0700, file 0600), read on the next ones — only if
 //!    that directory is memory-backed (tmpfs/ramfs), so a reboot, which
@@ -14,15 +14,14 @@
 //!    the in-dialog requests of older calls are refused.
 
 use std::{
-    fs::{self, DirBuilder, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::rundir::{self, RunDirError};
 use crate::proxy::RouteKey;
 
 /// The file's name in the runtime directory.
@@ -31,34 +30,15 @@ pub const FILE: &str = "sip-record-route.key";
 /// Bytes of a generated secret.
 const SECRET_BYTES: usize = 32;
 
-/// linux/magic.h: the filesystems that live in memory only.
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
-
 /// Why the runtime directory cannot hold the secret.
 #[derive(Debug, Error)]
 pub enum SecretError {
-    #[error("{path} is not on a memory-backed filesystem (tmpfs/ramfs)")]
-    NotInMemory { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} is writable by others or not owned by this user")]
-    Insecure { path: PathBuf },
+    #[error(transparent)]
+    Dir(#[from] RunDirError),
     #[error("{path} holds {len} bytes, not {SECRET_BYTES}")]
     BadLength { path: PathBuf, len: usize },
     #[error("no randomness from the operating system: {0}")]
     Random(String),
-}
-
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
-    move |source| SecretError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Where the secret came from.
@@ -74,71 +54,20 @@ pub enum Origin {
     Memory,
 }
 
-/// The runtime directory: `$RUNTIME_DIRECTORY` (its first entry: systemd
-/// joins several with `:`), else `/run/media-relay`.
-pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("RUNTIME_DIRECTORY")
-        .and_then(|v| {
-            v.to_string_lossy()
-                .split(':')
-                .next()
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from("/run/media-relay"))
-}
-
 fn random_secret() -> Result<[u8; SECRET_BYTES], SecretError> {
     let mut b = [0u8; SECRET_BYTES];
     getrandom::fill(&mut b).map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(b)
 }
 
-/// Whether `path` (or, while it does not exist, its parent) is on tmpfs
-/// or ramfs.
-fn memory_backed(path: &Path) -> Result<bool, SecretError> {
-    let probe = if path.exists() {
-        path
-    } else {
-        path.parent().unwrap_or(path)
-    };
-    let fs = nix::sys::statfs::statfs(probe).map_err(|e| SecretError::Io {
-        path: probe.to_owned(),
-        source: e.into(),
-    })?;
-    let kind = fs.filesystem_type().0 as i64;
-    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
-}
-
-/// Owned by us, not writable by group or others.
-fn check_private(path: &Path, meta: &fs::Metadata, mask: u32) -> Result<(), SecretError> {
-    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & mask != 0 {
-        return Err(SecretError::Insecure {
-            path: path.to_owned(),
-        });
-    }
-    Ok(())
-}
-
 fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(path)
-        .map_err(io_error(path))?;
-    let meta = f.metadata().map_err(io_error(path))?;
-    if !meta.is_file() {
-        return Err(SecretError::Insecure {
-            path: path.to_owned(),
-        });
-    }
     // The file is the secret: nobody else may read it.
-    check_private(path, &meta, 0o077)?;
+    let mut f = rundir::open_private(path, 0o077)?;
     let mut bytes = Vec::with_capacity(SECRET_BYTES);
     io::Read::by_ref(&mut f)
         .take(SECRET_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(io_error(path))?;
+        .map_err(rundir::io_error(path))?;
     if bytes.len() != SECRET_BYTES {
         return Err(SecretError::BadLength {
             path: path.to_owned(),
@@ -148,58 +77,29 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
     Ok(bytes)
 }
 
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
-}
-
 /// The secret kept in `dir`: read, or created on the first start. Two
 /// agents starting at once agree on one: the file appears complete or
 /// not at all (written aside, then hard-linked into place).
 pub fn from_dir(dir: &Path) -> Result<(Vec<u8>, bool), SecretError> {
-    if !memory_backed(dir)? {
-        return Err(SecretError::NotInMemory {
-            path: dir.to_owned(),
-        });
-    }
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_error(dir)(e)),
-    }
-    let meta = fs::symlink_metadata(dir).map_err(io_error(dir))?;
-    if !meta.is_dir() {
-        return Err(SecretError::Insecure {
-            path: dir.to_owned(),
-        });
-    }
-    // systemd creates RuntimeDirectory= 0755 by default: readable is fine
-    // (the file is 0600), writable by others is not (they could swap it).
-    check_private(dir, &meta, 0o022)?;
+    rundir::prepare(dir)?;
     let path = dir.join(FILE);
     match read_secret(&path) {
         Ok(bytes) => return Ok((bytes, false)),
-        Err(SecretError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(SecretError::Dir(e)) if e.not_found() => {}
         Err(e) => return Err(e),
     }
     let secret = random_secret()?;
     let aside = dir.join(format!(".{FILE}.{}", std::process::id()));
-    let _ = fs::remove_file(&aside);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc_o_nofollow())
-        .open(&aside)
-        .map_err(io_error(&aside))?;
-    f.write_all(&secret).map_err(io_error(&aside))?;
+    let mut f = rundir::create_private(&aside)?;
+    f.write_all(&secret).map_err(rundir::io_error(&aside))?;
     drop(f);
-    let linked = fs::hard_link(&aside, &path);
-    let _ = fs::remove_file(&aside);
+    let linked = std::fs::hard_link(&aside, &path);
+    let _ = std::fs::remove_file(&aside);
     match linked {
         Ok(()) => Ok((secret.to_vec(), true)),
         // Another agent was first: use its secret.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((read_secret(&path)?, false)),
-        Err(e) => Err(io_error(&path)(e)),
+        Err(e) => Err(rundir::io_error(&path)(e).into()),
     }
 }
 
@@ -236,7 +136,7 @@ pub fn load(configured: Option<RouteKey>, dir: &Path) -> Result<(RouteKey, Origi
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
 
@@ -310,7 +210,10 @@ mod tests {
         from_dir(&d.0).unwrap();
         let path = d.0.join(FILE);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(from_dir(&d.0), Err(SecretError::Insecure { .. })));
+        assert!(matches!(
+            from_dir(&d.0),
+            Err(SecretError::Dir(RunDirError::Insecure { .. }))
+        ));
         let (_, origin) = load(None, &d.0).unwrap();
         assert_eq!(origin, Origin::Memory);
         fs::remove_file(&path).unwrap();
@@ -330,13 +233,13 @@ mod tests {
     #[test]
     fn a_disk_backed_directory_is_not_used() {
         let disk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target-secret-test");
-        if memory_backed(&disk).unwrap() {
+        if rundir::memory_backed(&disk).unwrap() {
             eprintln!("{} is memory-backed here; nothing to check", disk.display());
             return;
         }
         assert!(matches!(
             from_dir(&disk),
-            Err(SecretError::NotInMemory { .. })
+            Err(SecretError::Dir(RunDirError::NotInMemory { .. }))
         ));
         assert!(!disk.exists(), "nothing created on the disk");
         let (a, origin) = load(None, &disk).unwrap();

@@ -87,17 +87,27 @@ pub(super) fn invite(branch: &str, body: &str) -> Message {
 /// Messages sent and ng requests made.
 pub(super) type Sent = (Vec<(Peer, Message)>, Vec<(u64, ng::Value)>);
 
-/// The agent's outputs, split.
-pub(super) fn outputs(a: &mut Agent) -> Sent {
+/// Dialog records emitted: (Call-ID, the record or `None`: forgotten).
+pub(super) type Records = Vec<(String, Option<Vec<u8>>)>;
+
+/// The agent's outputs, split, with the dialog records.
+pub(super) fn outputs_and_records(a: &mut Agent) -> (Sent, Records) {
     let mut sends = Vec::new();
     let mut ngs = Vec::new();
+    let mut records = Vec::new();
     for o in a.drain() {
         match o {
             Output::Send { peer, bytes } => sends.push((peer, Message::parse(&bytes).unwrap())),
             Output::Ng { id, request, .. } => ngs.push((id, request)),
+            Output::Dialog { call_id, record } => records.push((call_id, record)),
         }
     }
-    (sends, ngs)
+    ((sends, ngs), records)
+}
+
+/// The agent's outputs, split (dialog records dropped).
+pub(super) fn outputs(a: &mut Agent) -> Sent {
+    outputs_and_records(a).0
 }
 
 pub(super) fn ok_sdp(sdp: &str) -> NgOutcome {
@@ -147,6 +157,7 @@ pub(super) fn response(to: &Message, status: u16, body: &str) -> Message {
 }
 
 mod in_dialog;
+mod restart;
 
 #[test]
 fn invite_is_anchored_record_routed_and_forwarded() {
