@@ -129,8 +129,7 @@ fn open_stores(
             std::fs::create_dir_all(&dir)?;
             let sessions =
                 dataplane::sessions::SessionStore::open(&dir, cfg.max_flows.saturating_mul(2))?;
-            let counters =
-                dataplane::port_counters::PortCounterStore::open(&dir, cfg.max_flows)?;
+            let counters = dataplane::port_counters::PortCounterStore::open(&dir, cfg.max_flows)?;
             Ok((sessions, counters))
         });
     match opened {
@@ -332,13 +331,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 /// crashed between programming a call and keeping its record): nobody
 /// would ever remove them, and their ports may be leased again.
 fn sweep_orphan_flows(engine: &mut Engine<MediaPlane>) {
-    let orphans: Vec<media_ebpf::FlowKey> = engine.backend().dataplane().map_or_else(Vec::new, |dp| {
-        dp.flows()
-            .keys()
-            .filter(|k| !engine.owns(k.local()))
-            .copied()
-            .collect()
-    });
+    let orphans: Vec<media_ebpf::FlowKey> =
+        engine.backend().dataplane().map_or_else(Vec::new, |dp| {
+            dp.flows()
+                .keys()
+                .filter(|k| !engine.owns(k.local()))
+                .copied()
+                .collect()
+        });
     if orphans.is_empty() {
         return;
     }

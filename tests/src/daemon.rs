@@ -125,6 +125,9 @@ pub struct Daemon {
     child: Option<Child>,
     pub ng: SocketAddr,
     pin_root: PathBuf,
+    /// Its own memory-backed runtime directory (`RUNTIME_DIRECTORY`: the
+    /// SIP agent's secret and dialogs), kept across its restarts.
+    runtime_dir: PathBuf,
     log: PathBuf,
     /// To start it again: its namespace (`/run/netns/<name>`), arguments,
     /// and where its runs' logs go.
@@ -145,10 +148,20 @@ impl Daemon {
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
             std::process::id()
         ));
+        let runtime_dir = PathBuf::from(format!(
+            "/dev/shm/media-relay-test-d{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&runtime_dir)?;
+        std::fs::set_permissions(
+            &runtime_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         let mut d = Self {
             child: None,
             ng: "127.0.0.1:2223".parse()?,
             pin_root,
+            runtime_dir,
             log: PathBuf::new(),
             netns: ns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -174,6 +187,7 @@ impl Daemon {
             .arg("--pin-root")
             .arg(&self.pin_root)
             .env("RUST_LOG", "info,media_user=debug")
+            .env("RUNTIME_DIRECTORY", &self.runtime_dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log)?);
         self.child = Some(cmd.spawn().context("starting media-relay")?);
@@ -285,6 +299,7 @@ impl Drop for Daemon {
         }
         // The log stays with the test's directory (kept if it fails).
         let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 

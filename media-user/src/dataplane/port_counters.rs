@@ -70,8 +70,12 @@ impl PortCounterStore {
             path: shown.clone(),
             source,
         })?;
-        let map = HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|source| SessionStoreError::Map { path: shown, source })?;
+        let map = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| {
+            SessionStoreError::Map {
+                path: shown,
+                source,
+            }
+        })?;
         Ok(Self { map })
     }
 

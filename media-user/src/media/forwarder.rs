@@ -95,7 +95,15 @@ impl PortState {
 
     /// Start from what an earlier run of the daemon counted on this port
     /// (its record in the pinned `PORT_COUNTERS` map).
-    pub(super) fn seed(&self, packets: u64, bytes: u64, errors: u64, last_ns: u64, last_rtp: u64, seq: SeqWindow) {
+    pub(super) fn seed(
+        &self,
+        packets: u64,
+        bytes: u64,
+        errors: u64,
+        last_ns: u64,
+        last_rtp: u64,
+        seq: SeqWindow,
+    ) {
         self.packets.store(packets, Ordering::Relaxed);
         self.bytes.store(bytes, Ordering::Relaxed);
         self.errors.store(errors, Ordering::Relaxed);

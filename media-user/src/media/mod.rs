@@ -158,7 +158,9 @@ impl MediaPlane {
         for (local, port) in &self.ports {
             let u = port.state.counters();
             let rtp_word = |r: Option<(u32, u16)>| {
-                r.map_or(0, |(ssrc, seq)| 1 << 48 | u64::from(ssrc) << 16 | u64::from(seq))
+                r.map_or(0, |(ssrc, seq)| {
+                    1 << 48 | u64::from(ssrc) << 16 | u64::from(seq)
+                })
             };
             let rec = crate::dataplane::port_counters::PortRecord {
                 packets: u.packets,
