@@ -133,6 +133,8 @@ pub struct Daemon {
     /// and where its runs' logs go.
     netns: String,
     args: Vec<String>,
+    /// Extra environment of the next runs ([`Daemon::restart_with_env`]).
+    env: Vec<(String, String)>,
     logs: PathBuf,
     runs: u32,
 }
@@ -165,6 +167,7 @@ impl Daemon {
             log: PathBuf::new(),
             netns: ns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: Vec::new(),
             logs: dir.create_dir("media-relay")?,
             runs: 0,
         };
@@ -188,6 +191,7 @@ impl Daemon {
             .arg(&self.pin_root)
             .env("RUST_LOG", "info,media_user=debug")
             .env("RUNTIME_DIRECTORY", &self.runtime_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log)?);
         self.child = Some(cmd.spawn().context("starting media-relay")?);
@@ -247,6 +251,14 @@ impl Daemon {
         Ok(t.elapsed())
     }
 
+    /// [`Daemon::restart`] with `key=value` added to the environment of
+    /// this run and the next ones (an upgrade: another program stamp).
+    pub fn restart_with_env(&mut self, key: &str, value: &str) -> anyhow::Result<Duration> {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+        self.restart()
+    }
+
     /// The log of the current (or last) run.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -266,6 +278,12 @@ impl Daemon {
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// Where its pins live (`--pin-root`): the maps' versioned directory
+    /// and the links.
+    pub fn pin_root(&self) -> &std::path::Path {
+        &self.pin_root
     }
 
     pub fn pin_dir(&self) -> PathBuf {

@@ -194,6 +194,9 @@ enum Disruption {
     Kill,
     /// SIGTERM, then a start.
     Stop,
+    /// SIGTERM, then a start of a program that differs (another stamp):
+    /// the pinned links are updated in place.
+    Upgrade,
     /// `kill -9` and a start, `n` times in a row.
     CrashLoop(u32),
 }
@@ -256,15 +259,23 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
                 _ => 1,
             };
             for round in 0..rounds {
+                let links_before = links(daemon.pin_root())?;
                 match how {
-                    Disruption::Stop => {
+                    Disruption::Stop | Disruption::Upgrade => {
                         daemon.stop()?;
                     }
                     _ => daemon.kill()?,
                 }
                 // The daemon is away: XDP keeps forwarding.
                 std::thread::sleep(Duration::from_millis(if rounds > 1 { 200 } else { 1000 }));
-                let took = daemon.restart()?;
+                let took = if matches!(how, Disruption::Upgrade) {
+                    daemon.restart_with_env(STAMP_ENV, &UPGRADE_STAMP.to_string())?
+                } else {
+                    daemon.restart()?
+                };
+                if matches!(how, Disruption::Upgrade) {
+                    check_upgraded(&links_before, &links(daemon.pin_root())?)?;
+                }
                 eprintln!("round {round}: the daemon answered ping {took:?} after its start");
             }
             std::thread::sleep(Duration::from_millis(2000));
@@ -370,6 +381,13 @@ fn stop_and_start_xdp_native() -> anyhow::Result<()> {
 }
 
 #[test]
+fn upgrade_xdp_native() -> anyhow::Result<()> {
+    root_test("upgrade_xdp_native", |t| {
+        survive(t, "native", Disruption::Upgrade)
+    })
+}
+
+#[test]
 fn crash_loop_leaks_nothing() -> anyhow::Result<()> {
     root_test("crash_loop_leaks_nothing", |t| {
         survive(t, "native", Disruption::CrashLoop(20))
@@ -425,6 +443,103 @@ fn another_layout_with_calls_is_refused_by_name() -> anyhow::Result<()> {
         drop(cleanup);
         Ok(())
     })
+}
+
+/// The program stamp the upgrade's binary stands for (`MEDIA_RELAY_PROGRAM_STAMP`).
+const STAMP_ENV: &str = "MEDIA_RELAY_PROGRAM_STAMP";
+const UPGRADE_STAMP: u64 = 0x5eed_0000_0000_0002;
+
+/// A pinned link: its file, its id and the id of the program it runs.
+#[derive(Debug, PartialEq)]
+struct Link {
+    pin: String,
+    id: u64,
+    prog_id: u64,
+}
+
+fn bpftool_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The daemon's pinned XDP links, by pin name.
+fn links(pin_root: &std::path::Path) -> anyhow::Result<Vec<Link>> {
+    let dir = pin_root.join(media_ebpf::maps::LINKS_DIR);
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+        let path = entry?.path();
+        let j = bpftool_json(&["link", "show", "pinned", &path.to_string_lossy()])?;
+        links.push(Link {
+            pin: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            id: j["id"].as_u64().context("link id")?,
+            prog_id: j["prog_id"].as_u64().context("prog_id")?,
+        });
+    }
+    links.sort_by(|a, b| a.pin.cmp(&b.pin));
+    anyhow::ensure!(!links.is_empty(), "no pinned link in {}", dir.display());
+    Ok(links)
+}
+
+/// Whether program `prog_id`'s `.rodata` holds `stamp` (the
+/// `PROGRAM_STAMP` global the loader wrote).
+fn carries_stamp(prog_id: u64, stamp: u64) -> anyhow::Result<bool> {
+    let prog = bpftool_json(&["prog", "show", "id", &prog_id.to_string()])?;
+    let want = stamp.to_le_bytes();
+    for map in prog["map_ids"].as_array().context("map_ids")? {
+        let id = map.as_u64().context("map id")?.to_string();
+        let info = bpftool_json(&["map", "show", "id", &id])?;
+        if info["name"].as_str() != Some(".rodata") {
+            continue;
+        }
+        let value = bpftool_json(&["map", "lookup", "id", &id, "key", "0", "0", "0", "0"])?;
+        let bytes: Vec<u8> = value["value"]
+            .as_array()
+            .context("value")?
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        return Ok(bytes.windows(8).any(|w| w == want));
+    }
+    Ok(false)
+}
+
+/// The same links (same files, same link ids: never detached), each now
+/// running a new program that carries the upgrade's stamp.
+fn check_upgraded(before: &[Link], after: &[Link]) -> anyhow::Result<()> {
+    anyhow::ensure!(before.len() == after.len(), "links {before:?} → {after:?}");
+    for (b, a) in before.iter().zip(after) {
+        anyhow::ensure!(
+            b.pin == a.pin && b.id == a.id,
+            "link replaced instead of updated: {b:?} → {a:?}"
+        );
+        anyhow::ensure!(
+            b.prog_id != a.prog_id,
+            "program not replaced: {b:?} → {a:?}"
+        );
+        anyhow::ensure!(
+            carries_stamp(a.prog_id, UPGRADE_STAMP)?,
+            "the program now attached ({a:?}) is not the upgrade's"
+        );
+        anyhow::ensure!(
+            !carries_stamp(b.prog_id, UPGRADE_STAMP).unwrap_or(false),
+            "the old program already carried the upgrade's stamp"
+        );
+    }
+    eprintln!("upgraded in place: {after:?}");
+    Ok(())
 }
 
 /// Removes a pin directory when dropped.

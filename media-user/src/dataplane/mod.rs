@@ -254,7 +254,9 @@ impl DataPlane {
         }
         let adopted = existing.flows.is_some();
 
+        let stamp = object::stamp();
         let mut ebpf = EbpfLoader::new()
+            .override_global(object::STAMP_SYMBOL, &stamp, true)
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, capacity)
             .map_max_entries(maps::FLOW_STATS, capacity)
@@ -300,6 +302,7 @@ impl DataPlane {
             capacity,
             adopted_flows = flows.len(),
             adopted,
+            program_stamp = format!("{stamp:016x}"),
             "XDP data plane loaded"
         );
         let links = opts.pin_root.join(maps::LINKS_DIR);

@@ -35,3 +35,11 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Which build of the program is attached: written by the loader (the
+/// daemon's version, or a test's stamp standing for an upgrade), read by
+/// nothing on the packet path. `bpftool map dump` of the program's
+/// `.rodata` shows it.
+#[cfg(target_arch = "bpf")]
+#[unsafe(no_mangle)]
+static PROGRAM_STAMP: u64 = 0;
