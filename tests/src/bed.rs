@@ -173,7 +173,7 @@ impl Bed {
 
 /// Load the test-bed object and attach `xdp_pass` (native) to `dev` in the
 /// current namespace.
-fn attach_pass(dev: &str) -> anyhow::Result<Ebpf> {
+pub fn attach_pass(dev: &str) -> anyhow::Result<Ebpf> {
     let mut ebpf = Ebpf::load(object::TESTBED).context("loading the test-bed XDP object")?;
     let p: &mut Xdp = ebpf
         .program_mut("xdp_pass")

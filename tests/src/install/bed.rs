@@ -1,7 +1,7 @@
-//! The install test's bed: one veth pair inside a network namespace of its
-//! own (a [`Netns`] of the shared test bed), a configuration with the SIP
-//! agent on 5060 of the relay's end, an ng client, and the checks on a
-//! daemon running there.
+//! The install test's bed: a veth pair between a network namespace of its
+//! own for the relay (a [`Netns`] of the shared test bed) and one for the
+//! peers of a call, a configuration with the SIP agent on 5060 of the
+//! relay's end, an ng client, and the checks on a daemon running there.
 
 use std::{
     fs,
@@ -27,12 +27,16 @@ fn status_field(status: &str, key: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// The test bed: one veth pair in a namespace of its own, a configuration
-/// with a SIP agent on 5060 of the namespace, an ng client. Removed on
-/// drop (the namespace by [`Netns`]), after the daemon is stopped: see
-/// where `super::run` declares it.
+/// The test bed: a veth pair from the relay's namespace to the peers', a
+/// configuration with a SIP agent on 5060 of the relay's namespace, an ng
+/// client. Removed on drop (the namespaces by [`Netns`]), after the daemon
+/// is stopped: see where `super::run` declares it.
 pub struct Bed {
+    /// Dropped before the namespaces: the peer end's `xdp_pass`.
+    _peer_program: aya::Ebpf,
     pub ns: Netns,
+    /// Where a call's parties are (`PEER_DEV`, `PEER_ADDR`).
+    pub peer: Netns,
     pub ng: SocketAddr,
     client: UdpSocket,
     /// Readable by any user (the unit may name one), outside /tmp (the
@@ -50,18 +54,26 @@ impl Drop for Bed {
 
 impl Bed {
     pub fn new() -> anyhow::Result<Self> {
-        step("test bed: a veth pair in a network namespace of its own");
+        step("test bed: a veth pair from the relay's network namespace to the peers'");
         let ns = Netns::new("pkg")?;
+        let peer = Netns::new("pkgpeer")?;
         ns.ip(&[
             "link", "add", RELAY_DEV, "type", "veth", "peer", "name", PEER_DEV,
         ])?;
-        for (dev, addr) in [(RELAY_DEV, RELAY_ADDR), (PEER_DEV, PEER_ADDR)] {
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ns.ip(&["link", "set", dev, "up"])?;
+        ns.ip(&["link", "set", PEER_DEV, "netns", peer.name()])?;
+        for (n, dev, addr) in [(&ns, RELAY_DEV, RELAY_ADDR), (&peer, PEER_DEV, PEER_ADDR)] {
+            n.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            n.ip(&["link", "set", dev, "up"])?;
         }
+        // The peers' packets leave with full checksums (the relay checks
+        // them), and native XDP_TX frames reach the peer end only if a
+        // program runs there (TOOLCHAIN.md).
+        peer.exec("ethtool", &["-K", PEER_DEV, "tx", "off"])?;
+        let peer_program = peer.enter(|| crate::bed::attach_pass(PEER_DEV))?;
         eprintln!(
-            "    namespace {}: {RELAY_DEV} {RELAY_ADDR}/24 <-veth-> {PEER_DEV} {PEER_ADDR}/24",
-            ns.name()
+            "    namespace {}: {RELAY_DEV} {RELAY_ADDR}/24 <-veth-> namespace {}: {PEER_DEV} {PEER_ADDR}/24",
+            ns.name(),
+            peer.name()
         );
         let socket = || {
             ns.enter(|| {
@@ -79,7 +91,9 @@ impl Bed {
         fs::create_dir_all(&dir)?;
         // From here on, dropping the bed removes the directory.
         let mut bed = Self {
+            _peer_program: peer_program,
             ns,
+            peer,
             ng,
             client,
             dir,

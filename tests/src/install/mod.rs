@@ -8,8 +8,9 @@
 //! `Environment=`, `LimitMEMLOCK=` and `ExecStartPre=` are read from the
 //! unit file and applied with setpriv, on a veth pair in a network
 //! namespace of its own, until XDP is attached, the SIP agent listens and ng
-//! answers `ping`; the kernel's view of the process is checked, then
-//! SIGTERM and a clean exit. Where systemd is PID 1 it also starts the unit
+//! answers `ping`; the kernel's view of the process is checked; a call's
+//! media flows through a SIGTERM and a start again (0 lost), then SIGTERM
+//! and a clean exit leave XDP attached until `media-relay teardown`. Where systemd is PID 1 it also starts the unit
 //! itself (sandbox included) in that namespace, through a runtime drop-in.
 //! Everything is undone on success and on failure (processes, drop-in,
 //! namespace, pinned maps, files).
@@ -18,10 +19,12 @@
 //! - `unit.rs`: the parts of the unit the test reproduces.
 //! - `bed.rs`: the namespace, the configuration, the checks on a running
 //!   daemon.
+//! - `call.rs`: a call whose media must flow across a restart.
 //! - `setpriv.rs`: the daemon started by hand with the unit's settings.
 //! - `systemd.rs`: the unit started by systemd.
 
 mod bed;
+mod call;
 mod files;
 mod setpriv;
 mod systemd;
@@ -51,7 +54,7 @@ const UNIT: &str = "media-relay.service";
 /// The unit's pin directory, replaced in `ExecStartPre=` by the test's own.
 const UNIT_PIN_DIR: &str = "/sys/fs/bpf/media-relay";
 const TEST_PIN_DIR: &str = "/sys/fs/bpf/media-relay-pkg-test";
-/// The test bed: one veth pair inside one namespace.
+/// The test bed: one veth pair from the relay's namespace to the peers'.
 const RELAY_DEV: &str = "mrp0";
 const PEER_DEV: &str = "mrp1";
 const RELAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);

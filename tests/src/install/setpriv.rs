@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use super::{
     Cleanup, RELAY_DEV, STOP_TIMEOUT, TEST_PIN_DIR, UNIT_PIN_DIR,
     bed::Bed,
+    call::Call,
     check, output, sh,
     unit::{Unit, split_words, user_ids},
 };
@@ -127,13 +128,60 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
     args.push(unit.exec_start[0].clone());
     args.extend(bed.daemon_args(Some(TEST_PIN_DIR)));
     eprintln!("    nsenter {}", args.join(" "));
+    let attached = format!(" on {RELAY_DEV}");
+    let first = start(&args, unit, bed, cleanup, "media-relay.log", &[&attached])?;
+    check(
+        &format!("ng ping on {} answers pong", bed.ng),
+        true,
+        String::new,
+    )?;
+    bed.check_running(unit, first.pid, &pin_dir.join(""))?;
+
+    // A call across a restart, as `systemctl restart` does it: SIGTERM,
+    // then a start, both under the unit's user and capabilities.
+    let call = Call::start(bed, "pkg-setpriv", 46000)?;
+    std::thread::sleep(Duration::from_secs(3));
+    stop(cleanup, &first.log)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let adopted = "media-relay: adopted 1 call";
+    let second = start(&args, unit, bed, cleanup, "media-relay-2.log", &[adopted])?;
+    check(
+        "the restarted daemon adopted the call",
+        second.lines.iter().any(|l| l.starts_with(adopted)),
+        || format!("its output: {:?}\n{}", second.lines, log_tail(&second.log)),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    call.finish("a SIGTERM and a start under the unit's user and capabilities")?;
+    stop(cleanup, &second.log)?;
+    bed.check_stop_keeps_then_teardown(TEST_PIN_DIR, "SIGTERM")
+}
+
+/// A daemon started by [`start`]: its pid, what it printed, its log.
+struct Started {
+    pid: u32,
+    lines: Vec<String>,
+    log: PathBuf,
+}
+
+/// Start `nsenter <args>` (the daemon under setpriv) with the unit's
+/// environment, its stderr in `bed.dir/log_name`; wait until it answers
+/// ping with XDP attached and has printed a line containing each of
+/// `expect` (2 s grace for those).
+fn start(
+    args: &[String],
+    unit: &Unit,
+    bed: &Bed,
+    cleanup: &mut Cleanup,
+    log_name: &str,
+    expect: &[&str],
+) -> anyhow::Result<Started> {
     // nsenter enters only the network namespace: the host's bpffs stays
     // visible, as it does to the service (`ip netns exec` would remount
     // /sys and hide it). nsenter, setpriv and media-relay each exec the
     // next: the child's pid is the daemon's.
-    let log = bed.dir.join("media-relay.log");
+    let log = bed.dir.join(log_name);
     let mut child = Command::new("nsenter")
-        .args(&args)
+        .args(args)
         .env_clear()
         .env(
             "PATH",
@@ -148,7 +196,7 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
     let pid = child.id();
     let stdout = child.stdout.take().context("stdout")?;
     cleanup.child = Some(child);
-    let (tx, lines) = mpsc::channel::<String>();
+    let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -156,13 +204,11 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
             }
         }
     });
-    let mut attached_line = None;
-    let drain = |attached: &mut Option<String>| {
-        while let Ok(line) = lines.try_recv() {
+    let mut lines = Vec::new();
+    let drain = |lines: &mut Vec<String>| {
+        while let Ok(line) = rx.try_recv() {
             eprintln!("    | {line}");
-            if line.starts_with("media-relay: XDP ") && line.contains(&format!(" on {RELAY_DEV}")) {
-                *attached = Some(line);
-            }
+            lines.push(line);
         }
     };
     let child_cell = std::cell::RefCell::new(cleanup.child.take());
@@ -174,31 +220,33 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
                 .and_then(|c| c.try_wait().ok().flatten())
                 .map(|s| s.to_string())
         },
-        || drain(&mut attached_line),
+        || drain(&mut lines),
         || log_tail(&log),
     );
     cleanup.child = child_cell.into_inner();
     let up = up?;
-    // The line may trail the ping by a moment.
+    // The lines may trail the ping by a moment.
+    let seen = |lines: &[String], e: &str| lines.iter().any(|l| l.contains(e));
     let deadline = Instant::now() + Duration::from_secs(2);
-    while attached_line.is_none() && Instant::now() < deadline {
+    while !expect.iter().all(|e| seen(&lines, e)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        drain(&mut attached_line);
+        drain(&mut lines);
     }
     eprintln!("    up in {:.1} s", up.as_secs_f64());
-    check(
-        &format!("it printed that XDP is attached to {RELAY_DEV}"),
-        attached_line.is_some(),
-        || log_tail(&log),
-    )?;
-    check(
-        &format!("ng ping on {} answers pong", bed.ng),
-        true,
-        String::new,
-    )?;
-    bed.check_running(unit, pid, &pin_dir.join(""))?;
+    for e in expect {
+        check(
+            &format!("it printed a line with {:?}", e.trim()),
+            seen(&lines, e),
+            || log_tail(&log),
+        )?;
+    }
+    Ok(Started { pid, lines, log })
+}
 
-    // Stop it as systemd would.
+/// Stop the daemon as systemd would (SIGTERM) and check it exits 0 in
+/// time.
+fn stop(cleanup: &mut Cleanup, log: &Path) -> anyhow::Result<()> {
+    let pid = cleanup.child.as_ref().context("no daemon running")?.id();
     // SAFETY: kill(2) on our own child, the daemon (nsenter and setpriv
     // exec'd it).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -212,20 +260,18 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
             bail!(
                 "install test check failed: media-relay ignored SIGTERM for {} s\n{}",
                 STOP_TIMEOUT.as_secs(),
-                log_tail(&log)
+                log_tail(log)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     cleanup.child = None;
-    drain(&mut attached_line);
     check(
         &format!(
             "SIGTERM: it exited 0 in {:.1} s",
             stopping.elapsed().as_secs_f64()
         ),
         status.success(),
-        || format!("{status}\n{}", log_tail(&log)),
-    )?;
-    bed.check_stop_keeps_then_teardown(TEST_PIN_DIR, "SIGTERM")
+        || format!("{status}\n{}", log_tail(log)),
+    )
 }

@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Cleanup, RELAY_DEV, UNIT, UNIT_PIN_DIR, bed::Bed, capture, check, output, sh, unit::Unit,
+    Cleanup, RELAY_DEV, UNIT, UNIT_PIN_DIR, bed::Bed, call::Call, capture, check, output, sh,
+    unit::Unit,
 };
 
 /// Whether systemd is this machine's init (`sd_booted()`).
@@ -107,6 +108,32 @@ pub fn run_with_systemd(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
         || journal(30),
     )?;
     bed.check_running(unit, pid, &pin_dir)?;
+
+    // A call across `systemctl restart`: its media never stops.
+    let call = Call::start(bed, "pkg-systemd", 46100)?;
+    std::thread::sleep(Duration::from_secs(3));
+    sh("systemctl", &["restart", UNIT])?;
+    bed.wait_up(
+        || {
+            let state = output("systemctl", &["is-active", UNIT]).unwrap_or_default();
+            let state = state.trim();
+            (state != "active" && state != "activating").then(|| state.to_owned())
+        },
+        || {},
+        || journal(30),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !journal(200).contains("media-relay: adopted 1 call") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check(
+        "after `systemctl restart` the daemon adopted the call",
+        journal(200).contains("media-relay: adopted 1 call"),
+        || journal(30),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    call.finish("`systemctl restart`")?;
+
     let stopping = Instant::now();
     sh("systemctl", &["stop", UNIT])?;
     let result = output(
