@@ -329,7 +329,9 @@ impl Bed {
             .flatten()
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| p.is_dir())
+            .find(|p| {
+                p.is_dir() && p.file_name() == Some(media_ebpf::maps::LAYOUT_VERSION.as_ref())
+            })
             .with_context(|| {
                 format!(
                     "install test check failed: no pinned maps under {}",
