@@ -200,11 +200,77 @@ fn reserved_with(current: &str, lo: u16, hi: u16, add: bool) -> String {
     items.join(",")
 }
 
+/// `net.ipv4.ip_local_port_range`: where the kernel picks ephemeral ports
+/// (IPv6 too).
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// Other programs (the SIP agent's TCP connections, resolvers, anything
+/// that connects out) keep at least this many ephemeral ports: a media
+/// range covering more of them is not reserved.
+const MIN_EPHEMERAL_LEFT: u32 = 4096;
+
+/// What reserving the media range would do to the ephemeral ports.
+#[derive(Debug, PartialEq, Eq)]
+enum Reservation {
+    /// The ranges do not overlap: no ephemeral bind can pick a media port.
+    NotNeeded,
+    Reserve,
+    /// It would leave other programs only `left` of the `of` ephemeral
+    /// ports.
+    TooMuch {
+        left: u32,
+        of: u32,
+    },
+}
+
+fn reservation(media: (u16, u16), ephemeral: (u16, u16)) -> Reservation {
+    let (lo, hi) = (u32::from(media.0), u32::from(media.1));
+    let (elo, ehi) = (u32::from(ephemeral.0), u32::from(ephemeral.1));
+    let of = ehi.saturating_sub(elo) + 1;
+    let covered = (hi.min(ehi) + 1).saturating_sub(lo.max(elo));
+    if covered == 0 {
+        Reservation::NotNeeded
+    } else if of - covered < MIN_EPHEMERAL_LEFT {
+        Reservation::TooMuch {
+            left: of - covered,
+            of,
+        }
+    } else {
+        Reservation::Reserve
+    }
+}
+
 /// Keep the media port range `lo..=hi` out of the kernel's ephemeral
 /// ports, so that while the daemon is away (a crash, a restart, an
 /// upgrade) and its sockets are closed, no other program is given one of
-/// its calls' ports by chance. Best effort: returns whether it worked.
+/// its calls' ports by chance. Not done (with a warning) where it would
+/// starve other programs of ephemeral ports. Best effort: returns whether
+/// the media ports are safe from ephemeral binds.
 pub fn reserve_ports(lo: u16, hi: u16) -> bool {
+    let ephemeral = fs::read_to_string(PORT_RANGE).ok().and_then(|s| {
+        let mut it = s.split_whitespace().map(str::parse::<u16>);
+        Some((it.next()?.ok()?, it.next()?.ok()?))
+    });
+    let Some(ephemeral) = ephemeral else {
+        return false;
+    };
+    match reservation((lo, hi), ephemeral) {
+        Reservation::NotNeeded => {
+            info!(ports = %format!("{lo}-{hi}"), ephemeral = %format!("{}-{}", ephemeral.0, ephemeral.1), "media ports are outside the kernel's ephemeral ports: nothing to reserve");
+            return true;
+        }
+        Reservation::TooMuch { left, of } => {
+            tracing::warn!(
+                ports = %format!("{lo}-{hi}"),
+                ephemeral = %format!("{}-{}", ephemeral.0, ephemeral.1),
+                left,
+                of,
+                "media ports not reserved: they cover the kernel's ephemeral ports, reserving them would leave other programs {left} of {of}; while the daemon restarts another program may be given a call's port. Move port-min/port-max out of the ephemeral range (net.ipv4.ip_local_port_range) or narrow them"
+            );
+            return false;
+        }
+        Reservation::Reserve => {}
+    }
     let Ok(current) = fs::read_to_string(RESERVED_PORTS) else {
         return false;
     };
@@ -230,7 +296,28 @@ pub fn release_ports(lo: u16, hi: u16) {
 
 #[cfg(test)]
 mod reserved_tests {
-    use super::reserved_with;
+    use super::{Reservation, reservation, reserved_with};
+
+    #[test]
+    fn a_range_is_reserved_only_where_it_matters_and_never_all_of_them() {
+        let eph = (32768, 60999);
+        assert_eq!(reservation((10000, 30000), eph), Reservation::NotNeeded);
+        assert_eq!(reservation((61000, 65000), eph), Reservation::NotNeeded);
+        assert_eq!(reservation((30000, 40000), eph), Reservation::Reserve);
+        assert_eq!(reservation((30000, 32768), eph), Reservation::Reserve);
+        assert_eq!(
+            reservation((2000, 65000), eph),
+            Reservation::TooMuch { left: 0, of: 28232 }
+        );
+        assert_eq!(
+            reservation((32768, 57000), eph),
+            Reservation::TooMuch {
+                left: 3999,
+                of: 28232
+            }
+        );
+        assert_eq!(reservation((32768, 56903), eph), Reservation::Reserve);
+    }
 
     #[test]
     fn the_range_is_added_once_and_removed_alone() {

@@ -350,11 +350,17 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
     }
     anyhow::ensure!(stat(&ng, "xdp flows")? == 0, "flows left after delete");
     anyhow::ensure!(stat(&ng, "bound ports")? == 0, "sockets left after delete");
-    let records = std::fs::read_dir(daemon.pin_dir())?
-        .flatten()
-        .filter(|e| e.file_name() == "SESSIONS")
-        .count();
-    anyhow::ensure!(records == 1, "the SESSIONS map is pinned");
+    // And no record or counter entry is left behind in the pinned maps.
+    for map in ["SESSIONS", "PORT_COUNTERS", "FLOWS"] {
+        let path = daemon.pin_dir().join(map);
+        let dump = bpftool_json(&["map", "dump", "pinned", &path.to_string_lossy()])?;
+        let left = dump.as_array().map_or(usize::MAX, Vec::len);
+        anyhow::ensure!(
+            left == 0,
+            "{left} entries left in {} after delete",
+            path.display()
+        );
+    }
     let _ = &how;
     Ok(())
 }
