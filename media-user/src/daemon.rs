@@ -201,6 +201,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     let dataplane = load_dataplane(&cfg, &interfaces)?;
     crate::host::reserve_ports(cfg.port_min, cfg.port_max);
+    crate::host::raise_nofile(u64::from(cfg.port_max - cfg.port_min) + 1);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let mut media = MediaPlane::new(dataplane, events_tx);
     if let Some((sessions, counters)) = open_stores(&cfg) {

@@ -336,3 +336,48 @@ mod reserved_tests {
         );
     }
 }
+
+/// Descriptors beyond one per media port: the SIP agent's TCP connections,
+/// the ng and metrics sockets, BPF maps and links, the log.
+const NOFILE_HEADROOM: u64 = 4096;
+
+/// Raise the descriptor limit (`RLIMIT_NOFILE`) to what the media port
+/// range needs: one socket per port, plus headroom. The soft limit goes up
+/// to the hard one freely; the hard one only with `CAP_SYS_RESOURCE` (the
+/// unit sets `LimitNOFILE=` instead). Returns the limit in force; below
+/// the need, a warning says how many calls fit.
+pub fn raise_nofile(ports: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = ports + NOFILE_HEADROOM;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft >= need {
+        return soft;
+    }
+    let raised = if hard >= need {
+        setrlimit(Resource::RLIMIT_NOFILE, need, hard).map(|()| need)
+    } else {
+        // Raising the hard limit needs CAP_SYS_RESOURCE; else the most
+        // the hard limit allows.
+        setrlimit(Resource::RLIMIT_NOFILE, need, need)
+            .map(|()| need)
+            .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard))
+    };
+    let now = raised.unwrap_or(soft);
+    if now < need {
+        let calls = now.saturating_sub(NOFILE_HEADROOM) / 4;
+        tracing::warn!(
+            limit = now,
+            need,
+            calls,
+            "the file descriptor limit (RLIMIT_NOFILE) holds sockets for about {calls} two-party calls, not the whole port range: raise LimitNOFILE= (or ulimit -n) to {need}"
+        );
+    } else {
+        info!(
+            limit = now,
+            "file descriptor limit raised for the media port range"
+        );
+    }
+    now
+}

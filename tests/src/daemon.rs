@@ -259,6 +259,19 @@ impl Daemon {
         self.restart()
     }
 
+    /// How long the current run took to adopt the calls of the previous
+    /// one, by its own account (the `took_us` of its "calls of the earlier
+    /// run adopted" line); `None` when it adopted none.
+    pub fn adoption_time(&self) -> Option<Duration> {
+        let log = strip_ansi(&self.log_text());
+        let line = log
+            .lines()
+            .find(|l| l.contains("calls of the earlier run adopted"))?;
+        let rest = &line[line.find("took_us=")? + "took_us=".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok().map(Duration::from_micros)
+    }
+
     /// The log of the current (or last) run.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -387,4 +400,34 @@ pub fn new_sdp(output: &str) -> anyhow::Result<String> {
     let open = body.find("8<-----\n").context("no SDP start marker")? + "8<-----\n".len();
     let close = body[open..].find("----->8").context("no SDP end marker")?;
     Ok(format!("{}\r\n", body[open..open + close].trim_end()))
+}
+
+/// `text` without ANSI escape sequences (the daemon's log is coloured).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(
+            super::strip_ansi("\x1b[2mtook_us\x1b[0m\x1b[2m=\x1b[0m1234 x"),
+            "took_us=1234 x"
+        );
+    }
 }

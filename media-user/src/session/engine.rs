@@ -269,10 +269,22 @@ impl<B: Backend> Engine<B> {
         let backend = &mut self.backend;
         match self
             .ports
-            .allocate(now, |p| backend.open_pair(local, p).is_ok())
+            .allocate_binding(now, |p| backend.open_pair(local, p))
         {
-            Some(p) => Ok(p),
-            None => {
+            Ok(Some(p)) => Ok(p),
+            Err(e) => {
+                self.totals.port_exhaustions += 1;
+                let hint = if e.raw_os_error() == Some(libc::EMFILE) {
+                    "the daemon's file descriptor limit (RLIMIT_NOFILE) is below two per media port: raise LimitNOFILE"
+                } else {
+                    "every port would fail alike"
+                };
+                warn!(%local, in_use = self.ports.in_use(), error = %e, hint, "cannot open media ports");
+                Err(CommandError::PortsUnavailable {
+                    reason: e.to_string(),
+                })
+            }
+            Ok(None) => {
                 self.totals.port_exhaustions += 1;
                 warn!(%local, in_use = self.ports.in_use(), "port range exhausted");
                 Err(CommandError::PortsExhausted { local })

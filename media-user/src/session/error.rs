@@ -58,6 +58,10 @@ pub enum CommandError {
     /// Every port pair of the range is leased (or held by another process).
     #[error("Ran out of ports")]
     PortsExhausted { local: IpAddr },
+    /// Binding failed for a reason that is not the port's: out of file
+    /// descriptors, of memory.
+    #[error("Cannot open media ports: {reason}")]
+    PortsUnavailable { reason: String },
     /// A call-id starting with NUL: no SIP Call-ID does, and the engine's
     /// own records are kept under such ids.
     #[error("Invalid call-id")]
@@ -126,6 +130,12 @@ mod tests {
                     local: "198.18.1.1".parse().unwrap(),
                 },
                 "Ran out of ports",
+            ),
+            (
+                CommandError::PortsUnavailable {
+                    reason: "Too many open files (os error 24)".into(),
+                },
+                "Cannot open media ports: Too many open files (os error 24)",
             ),
             (
                 CommandError::ReportUnreadable,

@@ -203,7 +203,7 @@ impl<B: Backend> Engine<B> {
             info!(
                 adopted = out.adopted,
                 skipped = out.skipped.len(),
-                took_ms = out.took.as_millis() as u64,
+                took_us = out.took.as_micros() as u64,
                 "calls of the earlier run adopted"
             );
         }

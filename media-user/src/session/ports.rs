@@ -13,6 +13,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
+    io,
     time::{Duration, Instant},
 };
 
@@ -198,6 +199,26 @@ impl PortAllocator {
     /// that `try_bind` manages to bind. `None` when the range is
     /// exhausted.
     pub fn allocate(&mut self, now: Instant, mut try_bind: impl FnMut(u16) -> bool) -> Option<u16> {
+        self.allocate_binding(now, |p| {
+            if try_bind(p) {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::AddrInUse.into())
+            }
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// [`allocate`](Self::allocate) with the reason a bind failed: a pair
+    /// another process holds (`EADDRINUSE`, `EACCES`) is passed over; any
+    /// other error (out of file descriptors, of memory, an address that is
+    /// not local) would fail for every pair, so it ends the search.
+    pub fn allocate_binding(
+        &mut self,
+        now: Instant,
+        mut try_bind: impl FnMut(u16) -> io::Result<()>,
+    ) -> io::Result<Option<u16>> {
         self.expire(now);
         // Candidates are `free[..untried]`; one that fails to bind (held by
         // another process) moves behind them and stays free for later.
@@ -205,15 +226,23 @@ impl PortAllocator {
         while untried > 0 {
             let i = self.rng.random_range(0..untried);
             let candidate = self.free[i];
-            if try_bind(candidate) {
-                self.take_free(i);
-                self.in_use.insert(candidate);
-                return Some(candidate);
+            match try_bind(candidate) {
+                Ok(()) => {
+                    self.take_free(i);
+                    self.in_use.insert(candidate);
+                    return Ok(Some(candidate));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                    ) => {}
+                Err(e) => return Err(e),
             }
             untried -= 1;
             self.swap_free(i, untried);
         }
-        None
+        Ok(None)
     }
 
     /// Return a pair; it becomes available again after the quarantine.

@@ -100,6 +100,21 @@ pub fn run_with_setpriv(unit: &Unit, bed: &Bed, cleanup: &mut Cleanup) -> anyhow
         }
     }
 
+    // LimitNOFILE=, likewise.
+    if let Some(n) = unit.nofile {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: setrlimit(2) with a valid struct, as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+            eprintln!(
+                "    note: cannot apply LimitNOFILE={n} here ({}): the daemon runs with the current limit",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
     let set = |caps: &[&str]| {
         std::iter::once("-all".to_owned())
             .chain(caps.iter().map(|c| format!("+{c}")))

@@ -83,6 +83,8 @@ pub struct Unit {
     pub no_new_privileges: bool,
     pub environment: Vec<(String, String)>,
     pub memlock_infinity: bool,
+    /// `LimitNOFILE=` (a number), applied as systemd would.
+    pub nofile: Option<u64>,
     pub exec_start_pre: Vec<String>,
     pub exec_start: Vec<String>,
 }
@@ -190,6 +192,7 @@ impl Unit {
             no_new_privileges: yes("NoNewPrivileges"),
             environment,
             memlock_infinity: last("LimitMEMLOCK").as_deref() == Some("infinity"),
+            nofile: last("LimitNOFILE").and_then(|v| v.parse().ok()),
             exec_start_pre: values.get("ExecStartPre").cloned().unwrap_or_default(),
             exec_start: split_words(&last("ExecStart").context("the unit has no ExecStart=")?)?,
         };

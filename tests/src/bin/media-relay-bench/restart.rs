@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions,
     bed::{A_V4, B_V4},
@@ -42,15 +43,17 @@ const PPS: f64 = 50.0;
 enum Disruption {
     Kill,
     Restart,
+    /// SIGTERM, then a start of a program that differs (another
+    /// `PROGRAM_STAMP`): swapped into the pinned links in place.
+    Upgrade,
 }
 
 impl Disruption {
     fn label(self) -> &'static str {
         match self {
             Self::Kill => "kill -9, then start",
-            Self::Restart => {
-                "SIGTERM, then start (restart; upgrade: the program is swapped in place)"
-            }
+            Self::Restart => "SIGTERM, then start (restart)",
+            Self::Upgrade => "SIGTERM, then start of another program (upgrade)",
         }
     }
 }
@@ -58,7 +61,10 @@ impl Disruption {
 struct Run {
     sent: u64,
     lost: u64,
+    /// From the start to answering ng.
     adoption: Duration,
+    /// The daemon's own figure for adopting the calls.
+    adopt_only: Duration,
     rss_before_kib: u64,
     rss_after_kib: u64,
 }
@@ -169,22 +175,30 @@ fn one_run(how: Disruption, secs: f64) -> anyhow::Result<Run> {
         std::thread::sleep(Duration::from_secs_f64(secs / 3.0));
         match how {
             Disruption::Kill => daemon.kill()?,
-            Disruption::Restart => {
+            Disruption::Restart | Disruption::Upgrade => {
                 daemon.stop()?;
             }
         }
         std::thread::sleep(Duration::from_secs(1));
-        let adoption = daemon.restart()?;
+        let adoption = if matches!(how, Disruption::Upgrade) {
+            daemon.restart_with_env("MEDIA_RELAY_PROGRAM_STAMP", "6833942297869058050")?
+        } else {
+            daemon.restart()?
+        };
         let g = g.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         Ok((g, r, adoption))
     })?;
     let rss_after_kib = daemon.rss_kib();
+    let adopt_only = daemon
+        .adoption_time()
+        .context("the restarted daemon logged no adoption")?;
     drop((daemon, bed));
     Ok(Run {
         sent: g.sent,
         lost: g.sent.saturating_sub(r.unique()),
         adoption,
+        adopt_only,
         rss_before_kib,
         rss_after_kib,
     })
@@ -192,17 +206,20 @@ fn one_run(how: Disruption, secs: f64) -> anyhow::Result<Run> {
 
 /// The most calls one port range holds (two pairs each, 2000–65000):
 /// set up, `kill -9`, start again: the adoption time.
-fn adoption_at_scale(calls: u16) -> anyhow::Result<(Duration, u64)> {
+fn adoption_at_scale(calls: u16) -> anyhow::Result<(Duration, u64, u64)> {
     let (bed, mut daemon, _) = setup(calls)?;
     daemon.kill()?;
-    let took = daemon.restart()?;
+    daemon.restart()?;
+    let took = daemon
+        .adoption_time()
+        .context("the restarted daemon logged no adoption")?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let list = ng.ok(&media_user::ng::Value::dict().with("command", "list"))?;
     let adopted = list
         .get("calls")
         .and_then(media_user::ng::Value::as_list)
         .map_or(0, <[_]>::len) as u64;
-    Ok((took, adopted))
+    Ok((took, adopted, daemon.rss_kib()))
 }
 
 pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
@@ -212,33 +229,35 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         "{CALLS} calls, XDP native, RTP A → B at {PPS:.0} packets/s per call from the socket generator, {secs} s \
          per run; the daemon is disrupted a third of the way in and started again a second later on the same \
          pins. Median (min–max) of {MIN_RUNS} runs.\n\n\
-         | disruption | packets sent | lost | adoption (start → answering ng) | daemon RSS before → after |\n\
-         |---|---:|---:|---:|---:|\n"
+         | disruption | packets sent | lost | start → answering ng | of which adopting the calls | daemon RSS before → after |\n\
+         |---|---:|---:|---:|---:|---:|\n"
     );
     let mut parts = Vec::new();
     let mut all_lost = 0;
-    for how in [Disruption::Kill, Disruption::Restart] {
+    for how in [Disruption::Kill, Disruption::Restart, Disruption::Upgrade] {
         let mut runs = Vec::new();
         for n in 0..MIN_RUNS {
             eprintln!("==> restart: {} (run {} of {MIN_RUNS})", how.label(), n + 1);
             let r = one_run(how, secs)?;
             eprintln!(
-                "    {} sent, {} lost, adopted in {:?}",
-                r.sent, r.lost, r.adoption
+                "    {} sent, {} lost, answering ng {:?} after the start, calls adopted in {:?}",
+                r.sent, r.lost, r.adoption, r.adopt_only
             );
             runs.push(r);
         }
         let sent = Figure::new(runs.iter().map(|r| r.sent as f64));
         let lost = Figure::new(runs.iter().map(|r| r.lost as f64));
         let adoption = Figure::new(runs.iter().map(|r| r.adoption.as_secs_f64() * 1000.0));
+        let adopt_only = Figure::new(runs.iter().map(|r| r.adopt_only.as_secs_f64() * 1000.0));
         all_lost += runs.iter().map(|r| r.lost).sum::<u64>();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} ms | {} → {} KiB |",
+            "| {} | {} | {} | {} ms | {} ms | {} → {} KiB |",
             how.label(),
             sent.show_int(),
             lost.show_int(),
             adoption.show(0),
+            adopt_only.show(1),
             Figure::new(runs.iter().map(|r| r.rss_before_kib as f64)).show_int(),
             Figure::new(runs.iter().map(|r| r.rss_after_kib as f64)).show_int(),
         );
@@ -246,7 +265,8 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "disruption": how.label(),
             "sent": sent.json(),
             "lost": lost.json(),
-            "adoption_ms": adoption.json(),
+            "answering_ng_ms": adoption.json(),
+            "adoption_ms": adopt_only.json(),
         }));
     }
     // The most calls a port range holds.
@@ -254,21 +274,25 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     eprintln!("==> restart: adoption of {scale_calls} calls");
     let mut scale = Figure::default();
     let mut adopted = 0;
+    let mut rss = Figure::default();
     for _ in 0..MIN_RUNS {
-        let (took, n) = adoption_at_scale(scale_calls)?;
+        let (took, n, kib) = adoption_at_scale(scale_calls)?;
+        eprintln!("    {n} calls adopted in {took:?}, daemon RSS {kib} KiB");
         adopted = n;
         scale.push(took.as_secs_f64());
+        rss.push(kib as f64);
     }
     let per_call_us = scale.median() * 1e6 / f64::from(scale_calls);
     let _ = writeln!(
         md,
         "\nAdoption of {} calls (about the most one port range holds: two port pairs a call): {} s for {} calls \
          adopted, {per_call_us:.0} µs a call; at that rate 100 000 calls (which need several addresses or shared \
-         ports) would take {:.1} s.",
+         ports) would take {:.1} s. The daemon's RSS with them adopted: {} KiB.",
         group(f64::from(scale_calls)),
-        scale.show(2),
+        scale.show(3),
         group(adopted as f64),
         per_call_us * 100_000.0 / 1e6,
+        rss.show_int(),
     );
     let lost_verdict = Verdict::of(all_lost == 0);
     let adoption_verdict = if quick {
