@@ -12,8 +12,6 @@ use media_ebpf::{FlowKey, SeqWindow};
 
 use super::sessions::SessionStoreError;
 
-/// `BPF_F_NO_PREALLOC`.
-const BPF_F_NO_PREALLOC: u32 = 1;
 /// The map's name under the pin directory.
 pub const PORT_COUNTERS: &str = "PORT_COUNTERS";
 
@@ -52,31 +50,9 @@ pub struct PortCounterStore {
 impl PortCounterStore {
     /// Open the map pinned at `dir/PORT_COUNTERS`, or create and pin it.
     pub fn open(dir: &Path, max_entries: u32) -> Result<Self, SessionStoreError> {
-        let path = dir.join(PORT_COUNTERS);
-        let shown = path.display().to_string();
-        if !path.exists() {
-            HashMap::<MapData, FlowKey, PortRecord>::create(max_entries.max(64), BPF_F_NO_PREALLOC)
-                .map_err(|source| SessionStoreError::Map {
-                    path: shown.clone(),
-                    source,
-                })?
-                .pin(&path)
-                .map_err(|source| SessionStoreError::Pin {
-                    path: shown.clone(),
-                    source,
-                })?;
-        }
-        let data = MapData::from_pin(&path).map_err(|source| SessionStoreError::Map {
-            path: shown.clone(),
-            source,
-        })?;
-        let map = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| {
-            SessionStoreError::Map {
-                path: shown,
-                source,
-            }
-        })?;
-        Ok(Self { map })
+        Ok(Self {
+            map: super::sessions::open_pinned_hash(&dir.join(PORT_COUNTERS), max_entries)?,
+        })
     }
 
     /// Every port's record.

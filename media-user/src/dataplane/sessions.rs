@@ -145,39 +145,38 @@ fn key(call: u64, chunk: u32) -> SessionKey {
     }
 }
 
-impl SessionStore {
-    /// Open the map pinned at `dir/SESSIONS`, or create and pin it with
-    /// room for `max_entries` chunks.
-    pub fn open(dir: &Path, max_entries: u32) -> Result<Self, SessionStoreError> {
-        let path = dir.join(SESSIONS);
-        let shown = path.display().to_string();
-        if !path.exists() {
-            // Pinning consumes the new map's handle: it is opened again
-            // from its pin below, like one a previous run left.
-            HashMap::<MapData, SessionKey, SessionChunk>::create(
-                max_entries.max(64),
-                BPF_F_NO_PREALLOC,
-            )
-            .map_err(|source| SessionStoreError::Map {
-                path: shown.clone(),
-                source,
-            })?
-            .pin(&path)
+/// The daemon's own hash map pinned at `path` (the XDP program's object
+/// does not define it): opened, or created without preallocation (it
+/// costs what it holds) with room for `max_entries` and pinned.
+pub(super) fn open_pinned_hash<K: aya::Pod, V: aya::Pod>(
+    path: &Path,
+    max_entries: u32,
+) -> Result<HashMap<MapData, K, V>, SessionStoreError> {
+    let shown = path.display().to_string();
+    let map_err = |source| SessionStoreError::Map {
+        path: shown.clone(),
+        source,
+    };
+    if !path.exists() {
+        // Pinning consumes the new map's handle: it is opened again from
+        // its pin below, like one a previous run left.
+        HashMap::<MapData, K, V>::create(max_entries.max(64), BPF_F_NO_PREALLOC)
+            .map_err(map_err)?
+            .pin(path)
             .map_err(|source| SessionStoreError::Pin {
                 path: shown.clone(),
                 source,
             })?;
-        }
-        let data = MapData::from_pin(&path).map_err(|source| SessionStoreError::Map {
-            path: shown.clone(),
-            source,
-        })?;
-        let map = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| {
-            SessionStoreError::Map {
-                path: shown.clone(),
-                source,
-            }
-        })?;
+    }
+    let data = MapData::from_pin(path).map_err(map_err)?;
+    HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err)
+}
+
+impl SessionStore {
+    /// Open the map pinned at `dir/SESSIONS`, or create and pin it with
+    /// room for `max_entries` chunks.
+    pub fn open(dir: &Path, max_entries: u32) -> Result<Self, SessionStoreError> {
+        let map = open_pinned_hash(&dir.join(SESSIONS), max_entries)?;
         Ok(Self {
             map,
             heads: StdHashMap::new(),
