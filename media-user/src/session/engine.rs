@@ -275,7 +275,7 @@ impl<B: Backend> Engine<B> {
             Err(e) => {
                 self.totals.port_exhaustions += 1;
                 let hint = if e.raw_os_error() == Some(libc::EMFILE) {
-                    "the daemon's file descriptor limit (RLIMIT_NOFILE) is below two per media port: raise LimitNOFILE"
+                    "the daemon's file descriptor limit (RLIMIT_NOFILE) is below one per media port: raise LimitNOFILE"
                 } else {
                     "every port would fail alike"
                 };

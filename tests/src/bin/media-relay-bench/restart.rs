@@ -269,8 +269,22 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "adoption_ms": adopt_only.json(),
         }));
     }
-    // The most calls a port range holds.
-    let scale_calls: u16 = if quick { 2000 } else { 15_000 };
+    // The most calls a port range holds, or the descriptor limit allows
+    // (a socket per port, four a call; the daemon raises its soft limit
+    // up to the hard one, and beyond only where it may).
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(_, hard)| hard);
+    let fd_calls = u16::try_from(hard.saturating_sub(8192) / 4).unwrap_or(u16::MAX);
+    let scale_calls: u16 = if quick { 2000 } else { 15_000 }.min(fd_calls);
+    if scale_calls < 15_000 && !quick {
+        eprintln!(
+            "    note: RLIMIT_NOFILE's hard limit here is {hard}: {scale_calls} calls at the most, not 15 000"
+        );
+        let _ = writeln!(
+            md,
+            "\nThis host's hard descriptor limit ({hard}, not raisable here) holds the sockets of {scale_calls} calls, not the 15 000 a port range holds."
+        );
+    }
     eprintln!("==> restart: adoption of {scale_calls} calls");
     let mut scale = Figure::default();
     let mut adopted = 0;
