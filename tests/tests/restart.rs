@@ -351,12 +351,14 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
     anyhow::ensure!(stat(&ng, "xdp flows")? == 0, "flows left after delete");
     anyhow::ensure!(stat(&ng, "bound ports")? == 0, "sockets left after delete");
     // And no record or counter entry is left behind in the pinned maps.
-    for map in ["SESSIONS", "PORT_COUNTERS", "FLOWS"] {
+    // SESSIONS keeps the engine's own record (its totals: a head and one
+    // chunk); a call's record would be at least as many again.
+    for (map, allowed) in [("SESSIONS", 2), ("PORT_COUNTERS", 0), ("FLOWS", 0)] {
         let path = daemon.pin_dir().join(map);
         let dump = bpftool_json(&["map", "dump", "pinned", &path.to_string_lossy()])?;
         let left = dump.as_array().map_or(usize::MAX, Vec::len);
         anyhow::ensure!(
-            left == 0,
+            left <= allowed,
             "{left} entries left in {} after delete",
             path.display()
         );
