@@ -294,49 +294,6 @@ pub fn release_ports(lo: u16, hi: u16) {
     }
 }
 
-#[cfg(test)]
-mod reserved_tests {
-    use super::{Reservation, reservation, reserved_with};
-
-    #[test]
-    fn a_range_is_reserved_only_where_it_matters_and_never_all_of_them() {
-        let eph = (32768, 60999);
-        assert_eq!(reservation((10000, 30000), eph), Reservation::NotNeeded);
-        assert_eq!(reservation((61000, 65000), eph), Reservation::NotNeeded);
-        assert_eq!(reservation((30000, 40000), eph), Reservation::Reserve);
-        assert_eq!(reservation((30000, 32768), eph), Reservation::Reserve);
-        assert_eq!(
-            reservation((2000, 65000), eph),
-            Reservation::TooMuch { left: 0, of: 28232 }
-        );
-        assert_eq!(
-            reservation((32768, 57000), eph),
-            Reservation::TooMuch {
-                left: 3999,
-                of: 28232
-            }
-        );
-        assert_eq!(reservation((32768, 56903), eph), Reservation::Reserve);
-    }
-
-    #[test]
-    fn the_range_is_added_once_and_removed_alone() {
-        assert_eq!(reserved_with("\n", 30000, 40000, true), "30000-40000");
-        assert_eq!(
-            reserved_with("8080,9000-9010\n", 30000, 40000, true),
-            "8080,9000-9010,30000-40000"
-        );
-        assert_eq!(
-            reserved_with("8080,30000-40000", 30000, 40000, true),
-            "8080,30000-40000"
-        );
-        assert_eq!(
-            reserved_with("8080,30000-40000,9000", 30000, 40000, false),
-            "8080,9000"
-        );
-    }
-}
-
 /// Descriptors beyond one per media port: the SIP agent's TCP connections,
 /// the ng and metrics sockets, BPF maps and links, the log.
 const NOFILE_HEADROOM: u64 = 4096;
@@ -380,4 +337,47 @@ pub fn raise_nofile(ports: u64) -> u64 {
         );
     }
     now
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::{Reservation, reservation, reserved_with};
+
+    #[test]
+    fn a_range_is_reserved_only_where_it_matters_and_never_all_of_them() {
+        let eph = (32768, 60999);
+        assert_eq!(reservation((10000, 30000), eph), Reservation::NotNeeded);
+        assert_eq!(reservation((61000, 65000), eph), Reservation::NotNeeded);
+        assert_eq!(reservation((30000, 40000), eph), Reservation::Reserve);
+        assert_eq!(reservation((30000, 32768), eph), Reservation::Reserve);
+        assert_eq!(
+            reservation((2000, 65000), eph),
+            Reservation::TooMuch { left: 0, of: 28232 }
+        );
+        assert_eq!(
+            reservation((32768, 57000), eph),
+            Reservation::TooMuch {
+                left: 3999,
+                of: 28232
+            }
+        );
+        assert_eq!(reservation((32768, 56903), eph), Reservation::Reserve);
+    }
+
+    #[test]
+    fn the_range_is_added_once_and_removed_alone() {
+        assert_eq!(reserved_with("\n", 30000, 40000, true), "30000-40000");
+        assert_eq!(
+            reserved_with("8080,9000-9010\n", 30000, 40000, true),
+            "8080,9000-9010,30000-40000"
+        );
+        assert_eq!(
+            reserved_with("8080,30000-40000", 30000, 40000, true),
+            "8080,30000-40000"
+        );
+        assert_eq!(
+            reserved_with("8080,30000-40000,9000", 30000, 40000, false),
+            "8080,9000"
+        );
+    }
 }
