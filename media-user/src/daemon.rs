@@ -20,7 +20,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::RunConfig,
-    dataplane::{self, DataPlane, XdpMode},
+    dataplane::{
+        self, DataPlane, XdpMode,
+        lock::{PinLock, PinLockError},
+    },
     interfaces::Interfaces,
     media::MediaPlane,
     metrics::{self, Health, Snapshot},
@@ -141,27 +144,39 @@ fn open_stores(
     }
 }
 
+/// One daemon per pin root ([`PinLock`]). Another daemon or a teardown
+/// holding it is an error; a pin root that cannot be made (no bpffs: the
+/// data plane says so in its own words when it loads) is not.
+fn lock_pins(pin_root: &std::path::Path) -> anyhow::Result<Option<PinLock>> {
+    let made = crate::host::ensure_bpffs(pin_root)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(std::fs::create_dir_all(pin_root)?));
+    if let Err(e) = made {
+        debug!(error = %e, pin_root = %pin_root.display(), "pin root not lockable");
+        return Ok(None);
+    }
+    match PinLock::acquire(pin_root) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e @ PinLockError::Held { .. }) => Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "running without the pin root's lock");
+            Ok(None)
+        }
+    }
+}
+
 /// `media-relay teardown`: detach the XDP program from every interface an
 /// earlier run attached it to, remove every pinned map (the flows, the
 /// call records), and give the media ports back to the kernel's ephemeral
 /// range. Ends every call a stopped or crashed daemon left forwarding.
 /// Refuses while a daemon runs on these pins (stop it first).
 pub fn teardown(pin_root: &std::path::Path, ports: (u16, u16)) -> anyhow::Result<()> {
-    let dir = pin_root.join(media_ebpf::maps::LAYOUT_VERSION);
-    if let Ok(map) = aya::maps::MapData::from_pin(dir.join(media_ebpf::maps::CONTROL))
-        && let Ok(control) =
-            aya::maps::Array::<_, media_ebpf::maps::Control>::try_from(aya::maps::Map::Array(map))
-        && let Ok(c) = control.get(&0, 0)
-    {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-            (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64
-        });
-        anyhow::ensure!(
-            c.daemon_until_ns < now,
-            "a media-relay daemon is running on {}: stop it first (systemctl stop media-relay, or SIGTERM), then teardown",
-            pin_root.display()
-        );
-    }
+    // Held while tearing down, so no daemon starts on half-removed pins.
+    let _lock = if pin_root.exists() {
+        Some(PinLock::acquire(pin_root)?)
+    } else {
+        None
+    };
     let links = unpin_links(pin_root);
     dataplane::remove_pins(pin_root)?;
     crate::host::release_ports(ports.0, ports.1);
@@ -188,6 +203,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         );
     }
     let interfaces = Interfaces::discover(&cfg.interfaces)?;
+    // Before anything touches the pins; held until this function returns
+    // (declared first, dropped last).
+    let _pin_lock = lock_pins(&cfg.pin_root)?;
     for i in &interfaces.0 {
         info!(
             name = %i.name,

@@ -10,6 +10,7 @@
 
 mod attach;
 mod flows;
+pub mod lock;
 mod log;
 pub mod object;
 mod pins;

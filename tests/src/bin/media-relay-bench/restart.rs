@@ -214,7 +214,10 @@ fn adoption_at_scale(calls: u16) -> anyhow::Result<(Duration, u64, u64)> {
         .adoption_time()
         .context("the restarted daemon logged no adoption")?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
-    let list = ng.ok(&media_user::ng::Value::dict().with("command", "list"))?;
+    // `list` names 32 calls unless asked for more (rtpengine's default).
+    let list = ng.ok(&media_user::ng::Value::dict()
+        .with("command", "list")
+        .with("limit", i64::from(calls)))?;
     let adopted = list
         .get("calls")
         .and_then(media_user::ng::Value::as_list)
