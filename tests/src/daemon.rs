@@ -254,9 +254,15 @@ impl Daemon {
     /// [`Daemon::restart`] with `key=value` added to the environment of
     /// this run and the next ones (an upgrade: another program stamp).
     pub fn restart_with_env(&mut self, key: &str, value: &str) -> anyhow::Result<Duration> {
+        self.set_env(key, value);
+        self.restart()
+    }
+
+    /// `key=value` in the environment of the next runs (it overrides the
+    /// tests' `RUST_LOG`, for one).
+    pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
-        self.restart()
     }
 
     /// How long the current run took to adopt the calls of the previous

@@ -75,7 +75,7 @@ fn setup(calls: u16) -> anyhow::Result<(Bed, Daemon, Vec<SocketAddr>)> {
         peer_xdp: true,
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         crate::files(),
         &bed.relay,
         &[
@@ -95,6 +95,9 @@ fn setup(calls: u16) -> anyhow::Result<(Bed, Daemon, Vec<SocketAddr>)> {
             "1",
         ],
     )?;
+    // The tests log the media daemon's debug lines (one per route, say);
+    // the runs measured after a disruption log as a deployed daemon does.
+    daemon.set_env("RUST_LOG", "info");
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let mut a_to = Vec::with_capacity(usize::from(calls));
     for i in 0..calls {
