@@ -213,7 +213,7 @@ mod tests {
         let reply = Value::dict()
             .with("created", 1_402_064_111_i64)
             .with("flags", Value::list(["RTP", "filled"]))
-            .with("address", IpAddr::from([10, 0, 0, 1]))
+            .with("address", IpAddr::from([198, 18, 99, 1]))
             .with("stats", stats.clone())
             .with(
                 "medias",
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(reply.get("stats"), Some(&stats));
         assert_eq!(
             reply.get("address").and_then(Value::as_str),
-            Some("10.0.0.1")
+            Some("198.18.99.1")
         );
         assert_eq!(
             reply.get("created").and_then(Value::as_int),
@@ -234,7 +234,7 @@ mod tests {
         );
         assert_eq!(
             reply.encode().unwrap(),
-            b"d7:address8:10.0.0.17:createdi1402064111e5:flagsl3:RTP6:fillede\
+            b"d7:address11:198.18.99.17:createdi1402064111e5:flagsl3:RTP6:fillede\
               6:mediasld5:indexi1eedee5:statsd5:bytesi56950e6:errorsi0e7:packetsi343eee"
                 .to_vec()
         );

@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn fields_and_splice() {
-        let text = "-  1 2 IN IP4 10.0.0.1 ";
+        let text = "-  1 2 IN IP4 198.18.99.1 ";
         let f = fields(text);
         assert_eq!(f.len(), 6);
         assert_eq!(&text[f[2].clone()], "2");

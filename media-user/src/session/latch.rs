@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn nat_latches_on_the_first_source_and_redirects_media() {
         let t0 = Instant::now();
-        let sdp = sa("10.0.0.5:4000");
+        let sdp = sa("198.18.99.5:4000");
         let public = sa("198.18.1.2:40000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         assert_eq!(l.endpoint(), Some(sdp));
@@ -656,7 +656,7 @@ mod tests {
     #[test]
     fn no_displacement_after_the_window() {
         let t0 = Instant::now();
-        let sdp = sa("10.0.0.5:4000");
+        let sdp = sa("198.18.99.5:4000");
         let nat = sa("198.18.1.2:40000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         l.set_sip_source(Some("198.18.1.2".parse().unwrap()));
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn before_the_answer_only_known_addresses_are_accepted() {
         let t0 = Instant::now();
-        let sdp = sa("10.0.0.5:4000");
+        let sdp = sa("198.18.99.5:4000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
         l.set_sip_source(Some("198.18.1.2".parse().unwrap()));
         // A stranger is neither forwarded nor latched, and does not start
@@ -716,14 +716,14 @@ mod tests {
     fn sync_confirms_only_packets_forwarded_since_learning_restarted() {
         let t0 = Instant::now();
         let nat = sa("198.18.1.2:40000");
-        let mut l = Latch::new(Policy::Symmetric, Some(sa("10.0.0.5:4000")), W);
+        let mut l = Latch::new(Policy::Symmetric, Some(sa("198.18.99.5:4000")), W);
         l.on_packet(nat, Some((5, 1)), t0, true);
         l.sync(100, Some((5, 100)), t0 + W);
         assert_eq!(l.endpoint(), Some(nat));
         // A re-INVITE moves the SDP's port: learning restarts, and the 100
         // packets the data plane forwarded from the NAT before do not
         // confirm the new SDP address (the party is still behind its NAT).
-        assert!(l.readvertise(Some(sa("10.0.0.5:4002")), false, 100));
+        assert!(l.readvertise(Some(sa("198.18.99.5:4002")), false, 100));
         assert!(!l.sync(100, Some((5, 100)), t0 + W));
         assert!(!l.is_confirmed());
         assert_eq!(

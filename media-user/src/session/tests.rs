@@ -623,7 +623,7 @@ fn hold_with_zero_address_passes_through() {
 fn nat_latching_through_the_engine() {
     let mut e = engine();
     e.handle(
-        Command::Offer(oa("c", "a", None, offer_sdp("10.0.0.5", 4000))),
+        Command::Offer(oa("c", "a", None, offer_sdp("198.18.99.5", 4000))),
         Now::read(),
     );
     let now = Now::read();
@@ -636,7 +636,7 @@ fn nat_latching_through_the_engine() {
         .backend()
         .routes
         .iter()
-        .find(|(_, r)| r.dest == sa("10.0.0.5:4000"))
+        .find(|(_, r)| r.dest == sa("198.18.99.5:4000"))
         .unwrap()
         .0;
     // A's packets really come from its NAT.
@@ -746,7 +746,7 @@ fn flags_shape_the_source_policy() {
     );
 
     // SIP source address: the endpoint is the SIP message's source.
-    let mut o = oa("e", "a", None, offer_sdp("10.0.0.5", 5000));
+    let mut o = oa("e", "a", None, offer_sdp("198.18.99.5", 5000));
     o.flags.sip_source_address = true;
     o.received_from = Some(ip("198.18.1.2"));
     e.handle(Command::Offer(o), now);

@@ -40,7 +40,7 @@ const ADDRESSES: [&str; 9] = [
     "2001:2:0:1::2",
     "2001:2:0:2::2",
     "::",
-    "10.0.0.5",
+    "198.18.99.6",
 ];
 
 fn interface(name: &str, v4: &str, v6: &str) -> Interface {

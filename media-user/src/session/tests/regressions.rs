@@ -80,7 +80,7 @@ fn relatch_follows_the_data_plane_long_after_the_window() {
     let mut e = engine();
     let t0 = Now::read();
     e.handle(
-        Command::Offer(oa("c", "a", None, offer_sdp("10.0.0.5", 4000))),
+        Command::Offer(oa("c", "a", None, offer_sdp("198.18.99.5", 4000))),
         t0,
     );
     let to_a = media_endpoint(&sdp_of(&e.handle(
@@ -207,7 +207,7 @@ fn before_the_answer_strangers_reach_nobody() {
 fn the_sip_source_address_displaces_an_earlier_stranger() {
     let mut e = engine();
     let t0 = Now::read();
-    let mut o = oa("c", "a", None, offer_sdp("10.0.0.5", 4000));
+    let mut o = oa("c", "a", None, offer_sdp("198.18.99.5", 4000));
     o.received_from = Some(ip("198.18.1.2"));
     e.handle(Command::Offer(o), t0);
     let to_a = media_endpoint(&sdp_of(&e.handle(

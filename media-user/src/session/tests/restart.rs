@@ -99,7 +99,7 @@ fn every_state(e: &mut Engine<Fake>, t0: Now) -> Now {
     basic_call(e, "answered");
     // Behind a NAT, latched after the window.
     e.handle(
-        Command::Offer(oa("nat", "a", None, offer_sdp("10.0.0.5", 4000))),
+        Command::Offer(oa("nat", "a", None, offer_sdp("198.18.99.5", 4000))),
         t0,
     );
     let to_a = answer_port(&e.handle(

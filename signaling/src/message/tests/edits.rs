@@ -22,38 +22,38 @@ fn assert_bytes(message: &Message, expected: &str) {
 fn forwarding_an_invite() {
     let mut m = parse(SIPP_INVITE);
     // Sent-by is the source and there is no rport: nothing to add (§18.2.1).
-    m.set_top_via_received(ip("192.168.1.1"), 5061);
-    m.set_request_uri("sip:service@10.0.0.2:5060").unwrap();
+    m.set_top_via_received(ip("198.18.98.1"), 5061);
+    m.set_request_uri("sip:service@198.18.99.2:5060").unwrap();
     m.set_max_forwards(m.max_forwards() - 1);
     m.prepend_record_route("<sip:198.18.1.1:5060;lr;ma=t>");
     m.push_via("SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1");
     assert_eq!(
         m.request_uri().unwrap().host_with_port.host,
-        rsip::Host::IpAddr(ip("10.0.0.2"))
+        rsip::Host::IpAddr(ip("198.18.99.2"))
     );
     assert_eq!(m.via_count(), 2);
     assert_eq!(m.top_via().branch.as_deref(), Some("z9hG4bKproxy1"));
     assert_bytes(
         &m,
         "\
-INVITE sip:service@10.0.0.2:5060 SIP/2.0
+INVITE sip:service@198.18.99.2:5060 SIP/2.0
 Via: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
 Record-Route: <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 69
 Subject: Performance Test
 Content-Type: application/sdp
 Content-Length: 133
 
 v=0
-o=user1 53655765 2353687637 IN IP4 192.168.1.1
+o=user1 53655765 2353687637 IN IP4 198.18.98.1
 s=-
-c=IN IP4 192.168.1.1
+c=IN IP4 198.18.98.1
 t=0 0
 m=audio 6000 RTP/AVP 0
 a=rtpmap:0 PCMU/8000
@@ -94,12 +94,12 @@ fn received_and_rport() {
     let mut m = parse(OPTIONS);
     m.set_header(
         "Via",
-        "SIP/2.0/UDP 10.1.1.1:4540;rport;branch=z9hG4bKkjshdyff",
+        "SIP/2.0/UDP 198.18.99.11:4540;rport;branch=z9hG4bKkjshdyff",
     );
     m.set_top_via_received(ip("192.0.2.1"), 9988);
     assert_eq!(
         m.headers("Via"),
-        ["SIP/2.0/UDP 10.1.1.1:4540;received=192.0.2.1;rport=9988;branch=z9hG4bKkjshdyff"]
+        ["SIP/2.0/UDP 198.18.99.11:4540;received=192.0.2.1;rport=9988;branch=z9hG4bKkjshdyff"]
     );
     let via = m.top_via();
     assert_eq!(via.received, Some(ip("192.0.2.1")));
@@ -118,7 +118,7 @@ fn received_and_rport() {
     m.set_top_via_received(ip("203.0.113.9"), 40112);
     assert_eq!(
         m.headers("Via"),
-        ["SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9"]
+        ["SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9"]
     );
 
     // A host name always gets received; an existing received is replaced.
@@ -133,7 +133,7 @@ fn received_and_rport() {
     m.set_top_via_received(ip("203.0.113.10"), 40113);
     assert_eq!(
         m.headers("Via"),
-        ["SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.10;rport=40113"]
+        ["SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.10;rport=40113"]
     );
     let mut m = parse(FOLDED);
     m.set_top_via_received(ip("192.0.2.99"), 5060);
@@ -151,10 +151,10 @@ fn received_and_rport() {
     );
     assert_eq!(m.top_via().received, Some(ip("2001:db8::77")));
     let mut m = parse(SIPP_INVITE);
-    m.set_top_via_received(ip("::ffff:192.168.1.1"), 5061);
+    m.set_top_via_received(ip("::ffff:198.18.98.1"), 5061);
     assert_eq!(
         m.headers("Via"),
-        ["SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0"]
+        ["SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0"]
     );
 }
 
@@ -165,10 +165,10 @@ fn pop_via_from_a_comma_joined_line() {
     let mut m = parse(
         "\
 SIP/2.0 200 OK
-Via: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1, SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1, SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Content-Length: 0
 
@@ -183,10 +183,10 @@ Content-Length: 0
         &m,
         "\
 SIP/2.0 200 OK
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Content-Length: 0
 
@@ -213,14 +213,14 @@ fn pop_route_from_a_comma_joined_line() {
     assert_bytes(
         &m,
         "\
-BYE sip:192.168.1.2:5060;transport=UDP SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-7
+BYE sip:198.18.98.2:5060;transport=UDP SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-7
 Route: <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 2 BYE
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 70
 Subject: Performance Test
 Content-Length: 0
@@ -278,15 +278,15 @@ fn set_body_updates_content_length_and_type() {
     assert_bytes(
         &m,
         "\
-BYE sip:192.168.1.2:5060;transport=UDP SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-7
+BYE sip:198.18.98.2:5060;transport=UDP SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-7
 Route: <sip:proxy.example.net;lr>
 Route: <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 2 BYE
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 70
 Subject: Performance Test
 Content-Type: application/sdp
@@ -336,11 +336,11 @@ fn headers_set_and_removed() {
     assert_bytes(
         &m,
         "\
-INVITE sip:service@192.168.1.2:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+INVITE sip:service@198.18.98.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Max-Forwards: 70
 Subject: Changed
@@ -350,9 +350,9 @@ User-Agent: media-relay  X-Injected: yes
 Content-Length: 133
 
 v=0
-o=user1 53655765 2353687637 IN IP4 192.168.1.1
+o=user1 53655765 2353687637 IN IP4 198.18.98.1
 s=-
-c=IN IP4 192.168.1.1
+c=IN IP4 198.18.98.1
 t=0 0
 m=audio 6000 RTP/AVP 0
 a=rtpmap:0 PCMU/8000
@@ -382,20 +382,20 @@ fn set_to_tag() {
     m.set_to_tag("as1f");
     assert_eq!(
         m.header("To").as_deref(),
-        Some("service <sip:service@192.168.1.2:5060>;tag=as1f")
+        Some("service <sip:service@198.18.98.2:5060>;tag=as1f")
     );
     m.set_to_tag("second");
     assert_eq!(
         m.header("To").as_deref(),
-        Some("service <sip:service@192.168.1.2:5060>;tag=second")
+        Some("service <sip:service@198.18.98.2:5060>;tag=second")
     );
     // Other parameters stay in order; an addr-spec works too.
     let mut m = parse(SIPP_INVITE);
-    m.set_header("To", "sip:service@192.168.1.2 ; foo=1 ;TAG=old;bar");
+    m.set_header("To", "sip:service@198.18.98.2 ; foo=1 ;TAG=old;bar");
     m.set_to_tag("new");
     assert_eq!(
         m.header("To").as_deref(),
-        Some("sip:service@192.168.1.2;foo=1;TAG=new;bar")
+        Some("sip:service@198.18.98.2;foo=1;TAG=new;bar")
     );
     assert_eq!(m.to_tag().as_deref(), Some("new"));
     // Not a token: ignored.
@@ -411,9 +411,9 @@ fn responses() {
         &invite.response(180, "Ringing", Some("relay-1")),
         "\
 SIP/2.0 180 Ringing
-Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
+Via: SIP/2.0/UDP 198.18.99.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
 Via: SIP/2.0/UDP 198.51.100.30:5060;received=198.51.100.30;rport=5060;branch=z9hG4bK7a1c2f45
-Via: SIP/2.0/UDP 192.168.0.20:5060;rport=1024;received=198.51.100.77;branch=z9hG4bK2e3f4a5b
+Via: SIP/2.0/UDP 198.18.98.20:5060;rport=1024;received=198.51.100.77;branch=z9hG4bK2e3f4a5b
 From: \"Carrier Caller\" <sip:+15557654321@carrier.example;user=phone>;tag=as5f2e7c1d
 To: <sip:+15551230000@pbx.example.net;user=phone>;tag=relay-1
 Call-ID: 3c26700d3e1b4f7a9b5e@198.51.100.30
@@ -429,10 +429,10 @@ Content-Length: 0
         &with_timestamp.response(100, "Trying", None),
         "\
 SIP/2.0 100 Trying
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Timestamp: 54
 Content-Length: 0
@@ -451,20 +451,20 @@ Content-Length: 0
 fn cancel_for_an_invite() {
     let mut invite = parse(SIPP_INVITE);
     invite.push_via("SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1");
-    invite.set_header("Route", "<sip:10.0.0.2;lr>, <sip:10.0.0.3;lr>");
+    invite.set_header("Route", "<sip:198.18.99.2;lr>, <sip:198.18.99.3;lr>");
     let cancel = invite.cancel();
     assert_eq!(cancel.method(), Method::Cancel);
     assert_bytes(
         &cancel,
         "\
-CANCEL sip:service@192.168.1.2:5060 SIP/2.0
+CANCEL sip:service@198.18.98.2:5060 SIP/2.0
 Via: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKproxy1
-Route: <sip:10.0.0.2;lr>
-Route: <sip:10.0.0.3;lr>
+Route: <sip:198.18.99.2;lr>
+Route: <sip:198.18.99.3;lr>
 Max-Forwards: 70
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 CANCEL
 Content-Length: 0
 
@@ -487,7 +487,7 @@ fn ack_for_a_non_2xx_response() {
         &ack,
         "\
 ACK sip:+15551230000@pbx.example.net:5060;user=phone SIP/2.0
-Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
+Via: SIP/2.0/UDP 198.18.99.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
 Route: <sip:198.18.1.1:5060;lr;ma=t>
 Max-Forwards: 70
 From: \"Carrier Caller\" <sip:+15557654321@carrier.example;user=phone>;tag=as5f2e7c1d
@@ -501,7 +501,7 @@ Content-Length: 0
     let sipp = parse(SIPP_INVITE);
     let ack = sipp.ack_for(&parse(SIPP_487));
     assert_eq!(ack.to_tag().as_deref(), Some("487tag"));
-    assert_eq!(ack.request_uri_str(), Some("sip:service@192.168.1.2:5060"));
+    assert_eq!(ack.request_uri_str(), Some("sip:service@198.18.98.2:5060"));
 }
 
 /// The proxy's own BYE when media times out.
@@ -509,17 +509,17 @@ Content-Length: 0
 fn request_from_scratch() {
     let bye = Message::request(
         Method::Bye,
-        "sip:192.168.1.2:5060;transport=UDP",
+        "sip:198.18.98.2:5060;transport=UDP",
         &[
             ("Via", "SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKrelaybye1"),
             ("Route", "<sip:proxy.example.net;lr>"),
             ("Max-Forwards", "70"),
             (
                 "f",
-                "service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012",
+                "service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012",
             ),
-            ("t", "sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001"),
-            ("i", "1-4711@192.168.1.1"),
+            ("t", "sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001"),
+            ("i", "1-4711@198.18.98.1"),
             ("CSeq", "3 BYE"),
             ("Reason", "Q.850;cause=102;text=\"media timeout\""),
             ("Content-Length", "42"),
@@ -529,13 +529,13 @@ fn request_from_scratch() {
     assert_bytes(
         &bye,
         "\
-BYE sip:192.168.1.2:5060;transport=UDP SIP/2.0
+BYE sip:198.18.98.2:5060;transport=UDP SIP/2.0
 Via: SIP/2.0/UDP 198.18.1.1:5060;branch=z9hG4bKrelaybye1
 Route: <sip:proxy.example.net;lr>
 Max-Forwards: 70
-From: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-To: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-Call-ID: 1-4711@192.168.1.1
+From: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+To: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+Call-ID: 1-4711@198.18.98.1
 CSeq: 3 BYE
 Reason: Q.850;cause=102;text=\"media timeout\"
 Content-Length: 0
@@ -599,10 +599,10 @@ fn rejections() {
         &rejection,
         "\
 SIP/2.0 400 Bad Request
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=rej1
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=rej1
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Content-Length: 0
 

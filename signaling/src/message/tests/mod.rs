@@ -35,22 +35,22 @@ pub(super) fn text(bytes: &[u8]) -> String {
 
 /// SIPp's uac scenario: INVITE with SDP (Content-Length with extra spaces).
 pub(super) const SIPP_INVITE: &str = "\
-INVITE sip:service@192.168.1.2:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+INVITE sip:service@198.18.98.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 70
 Subject: Performance Test
 Content-Type: application/sdp
 Content-Length:   133
 
 v=0
-o=user1 53655765 2353687637 IN IP4 192.168.1.1
+o=user1 53655765 2353687637 IN IP4 198.18.98.1
 s=-
-c=IN IP4 192.168.1.1
+c=IN IP4 198.18.98.1
 t=0 0
 m=audio 6000 RTP/AVP 0
 a=rtpmap:0 PCMU/8000
@@ -58,10 +58,10 @@ a=rtpmap:0 PCMU/8000
 
 pub(super) const SIPP_100: &str = "\
 SIP/2.0 100 Trying
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Content-Length: 0
 
@@ -69,32 +69,32 @@ Content-Length: 0
 
 pub(super) const SIPP_180: &str = "\
 SIP/2.0 180 Ringing
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9;rport=40112
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0;received=203.0.113.9;rport=40112
 Record-Route: <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
-Contact: <sip:192.168.1.2:5060;transport=UDP>
+Contact: <sip:198.18.98.2:5060;transport=UDP>
 Content-Length: 0
 
 ";
 
 pub(super) const SIPP_183: &str = "\
 SIP/2.0 183 Session Progress
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
-Contact: <sip:192.168.1.2:5060;transport=UDP>
+Contact: <sip:198.18.98.2:5060;transport=UDP>
 Content-Type: application/sdp
 Content-Length: 133
 
 v=0
-o=user1 53655765 2353687637 IN IP4 192.168.1.2
+o=user1 53655765 2353687637 IN IP4 198.18.98.2
 s=-
-c=IN IP4 192.168.1.2
+c=IN IP4 198.18.98.2
 t=0 0
 m=audio 6002 RTP/AVP 0
 a=rtpmap:0 PCMU/8000
@@ -102,38 +102,38 @@ a=rtpmap:0 PCMU/8000
 
 pub(super) const SIPP_200: &str = "\
 SIP/2.0 200 OK
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
 Record-Route: <sip:198.18.1.1:5060;lr;ma=t>
 Record-Route: <sip:proxy.example.net;lr>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
-Contact: <sip:192.168.1.2:5060;transport=UDP>
+Contact: <sip:198.18.98.2:5060;transport=UDP>
 Allow: INVITE, ACK, CANCEL, OPTIONS, BYE
 Supported: replaces, timer
 Content-Type: application/sdp
 Content-Length: 133
 
 v=0
-o=user1 53655765 2353687637 IN IP4 192.168.1.2
+o=user1 53655765 2353687637 IN IP4 198.18.98.2
 s=-
-c=IN IP4 192.168.1.2
+c=IN IP4 198.18.98.2
 t=0 0
 m=audio 6002 RTP/AVP 0
 a=rtpmap:0 PCMU/8000
 ";
 
 pub(super) const SIPP_ACK: &str = "\
-ACK sip:192.168.1.2:5060;transport=UDP SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-5
+ACK sip:198.18.98.2:5060;transport=UDP SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-5
 Route: <sip:proxy.example.net;lr>
 Route: <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 ACK
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 70
 Subject: Performance Test
 Content-Length: 0
@@ -141,14 +141,14 @@ Content-Length: 0
 ";
 
 pub(super) const SIPP_BYE: &str = "\
-BYE sip:192.168.1.2:5060;transport=UDP SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-7
+BYE sip:198.18.98.2:5060;transport=UDP SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-7
 Route: <sip:proxy.example.net;lr>, <sip:198.18.1.1:5060;lr;ma=t>
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=1102SIPpTag012
-Call-ID: 1-4711@192.168.1.1
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=1102SIPpTag012
+Call-ID: 1-4711@198.18.98.1
 CSeq: 2 BYE
-Contact: sip:sipp@192.168.1.1:5061
+Contact: sip:sipp@198.18.98.1:5061
 Max-Forwards: 70
 Subject: Performance Test
 Content-Length: 0
@@ -156,11 +156,11 @@ Content-Length: 0
 ";
 
 pub(super) const CANCEL: &str = "\
-CANCEL sip:service@192.168.1.2:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>
-Call-ID: 1-4711@192.168.1.1
+CANCEL sip:service@198.18.98.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 CANCEL
 Max-Forwards: 70
 Content-Length: 0
@@ -202,11 +202,11 @@ Content-Length: 0
 /// to us, P-Asserted-Identity, Asterisk's Allow/Supported.
 pub(super) const KAMAILIO_INVITE: &str = "\
 INVITE sip:+15551230000@pbx.example.net:5060;user=phone SIP/2.0
-Record-Route: <sip:10.0.0.5;lr;ftag=as5f2e7c1d;did=0d1.a2c3>
+Record-Route: <sip:198.18.99.5;lr;ftag=as5f2e7c1d;did=0d1.a2c3>
 Record-Route: <sip:203.0.113.20;r2=on;lr;ftag=as5f2e7c1d;did=0d1.a2c3>
-Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
+Via: SIP/2.0/UDP 198.18.99.5;branch=z9hG4bKcb5e.9f3b3a1b2c0d0e0f0a1b2c3d4e5f6a7b.0
 Via: SIP/2.0/UDP 198.51.100.30:5060;received=198.51.100.30;rport=5060;branch=z9hG4bK7a1c2f45
-Via: SIP/2.0/UDP 192.168.0.20:5060;rport=1024;received=198.51.100.77;branch=z9hG4bK2e3f4a5b
+Via: SIP/2.0/UDP 198.18.98.20:5060;rport=1024;received=198.51.100.77;branch=z9hG4bK2e3f4a5b
 Route: <sip:198.18.1.1:5060;lr;ma=t>
 Max-Forwards: 68
 From: \"Carrier Caller\" <sip:+15557654321@carrier.example;user=phone>;tag=as5f2e7c1d
@@ -312,10 +312,10 @@ Content-Length: 0
 /// A 487 for the SIPp INVITE, as the ACK builder receives it.
 pub(super) const SIPP_487: &str = "\
 SIP/2.0 487 Request Terminated
-Via: SIP/2.0/UDP 192.168.1.1:5061;branch=z9hG4bK-4711-1-0
-From: sipp <sip:sipp@192.168.1.1:5061>;tag=4711SIPpTag001
-To: service <sip:service@192.168.1.2:5060>;tag=487tag
-Call-ID: 1-4711@192.168.1.1
+Via: SIP/2.0/UDP 198.18.98.1:5061;branch=z9hG4bK-4711-1-0
+From: sipp <sip:sipp@198.18.98.1:5061>;tag=4711SIPpTag001
+To: service <sip:service@198.18.98.2:5060>;tag=487tag
+Call-ID: 1-4711@198.18.98.1
 CSeq: 1 INVITE
 Content-Length: 0
 

@@ -12,12 +12,12 @@ use crate::message::{
 fn uris_agree_with_rsip_where_rsip_is_right() {
     for text in [
         "sip:alice@example.com",
-        "sip:+15551234567@10.0.0.1:5060;user=phone",
+        "sip:+15551234567@198.18.99.1:5060;user=phone",
         "sip:alice:secret@host",
         "sips:bob@biloxi.example.com;maddr=1.2.3.4",
         "sip:198.18.1.1:5060;lr;ma=t",
-        "sip:service@192.168.1.2:5060",
-        "sip:192.168.1.2:5060;transport=UDP",
+        "sip:service@198.18.98.2:5060",
+        "sip:198.18.98.2:5060;transport=UDP",
         "sip:p.example.com;lr;ftag=as5f2e7c1d;did=0d1.a2c3",
         "sip:a@b;lr=on",
         "SIP:alice@example.com;TRANSPORT=tcp",
