@@ -14,7 +14,8 @@
 //!   socket per leased port, the userspace forwarder, XDP flows mirrored
 //!   from routes.
 //! - [`dataplane`]: loads the XDP program, attaches it to interfaces, pins
-//!   its maps and is the single writer of the installed flows.
+//!   its maps and is the single writer of the installed flows; one daemon
+//!   per pin root (`dataplane::lock`).
 //! - [`interfaces`]: the relay's logical interfaces: netdev, local and
 //!   advertised addresses.
 //! - [`host`]: the few facts about the host the daemon checks or sets
