@@ -22,6 +22,25 @@ fn pin_root(tag: &str) -> PathBuf {
     ))
 }
 
+/// A daemon a test started and its pins: killed and removed when the test
+/// ends early (an error or a panic), so a failed run leaves no daemon
+/// forwarding in a deleted namespace and no pins behind.
+struct Running {
+    child: Option<std::process::Child>,
+    pin_root: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Unlinking the pinned link detaches XDP; the maps go with the files.
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
 /// Run `media-relay run <args>` inside `ns` and wait (bounded) for it.
 fn run_in(ns: &Netns, args: &[&str]) -> anyhow::Result<Output> {
     let mut child = ns
@@ -111,13 +130,17 @@ fn auto_falls_back_and_stays_attached_until_teardown() -> anyhow::Result<()> {
     }
     let ns = Netns::new("auto")?;
     let root = pin_root("auto");
-    let child = ns
-        .command(binary())
-        .args(["run", "-i", "lo", "--pin-root"])
-        .arg(&root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut running = Running {
+        child: Some(
+            ns.command(binary())
+                .args(["run", "-i", "lo", "--pin-root"])
+                .arg(&root)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        ),
+        pin_root: root.clone(),
+    };
     // Wait (bounded) for the attachment to show up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -169,6 +192,7 @@ fn auto_falls_back_and_stays_attached_until_teardown() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&busy.stderr)
     );
+    let child = running.child.take().context("the daemon")?;
     // SAFETY: kill(2) on the child we spawned. `nsenter` execs the binary,
     // so the pid is media-relay's.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
