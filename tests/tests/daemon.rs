@@ -153,32 +153,13 @@ fn auto_falls_back_and_stays_attached_until_teardown() -> anyhow::Result<()> {
     }
     // A second daemon on the same pins is refused before it touches them
     // (the pin root's lock, taken before the first one attached).
-    let mut second = ns
-        .command(binary())
-        .args(["run", "-i", "lo", "--pin-root"])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            anyhow::bail!("a second daemon on the same pins kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = second.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut stderr)?;
-    }
+    let root_arg = root.to_string_lossy();
+    let second = run_in(&ns, &["-i", "lo", "--pin-root", &root_arg])?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
     anyhow::ensure!(
-        !status.success() && stderr.contains("a media-relay daemon is running on"),
-        "a second daemon on the same pins: {status}: {stderr}"
+        !second.status.success() && stderr.contains("a media-relay daemon is running on"),
+        "a second daemon on the same pins: {}: {stderr}",
+        second.status
     );
     // Teardown refuses while the daemon runs.
     let busy = ns
