@@ -19,5 +19,5 @@ pub mod seq;
 
 pub use flow::{Flow, FlowKey, FlowStats};
 pub use outcome::Outcome;
-pub use quality::StreamQuality;
+pub use quality::{RtcpSeen, StreamQuality};
 pub use seq::SeqWindow;

@@ -55,9 +55,18 @@ pub struct Control {
     /// The daemon's media port range (host order), for packets with no flow.
     pub port_min: u16,
     pub port_max: u16,
-    /// Always zero.
-    pub reserved: u32,
+    /// [`CONTROL_UNHELD_DROP`]; zero from a daemon of an earlier layout
+    /// (this word was reserved then).
+    pub flags: u32,
 }
+
+/// [`Control::flags`]: every port the daemon holds has a flow (one that
+/// forwards, or one that hands every packet to the daemon), so a packet
+/// for the media range that finds no flow is for a port no call holds:
+/// dropped ([`crate::Outcome::NoFlow`]), never answered by the stack with
+/// ICMP port unreachable. Cleared while a port lacks one (the flow table
+/// full): then such packets go to the stack as before.
+pub const CONTROL_UNHELD_DROP: u32 = 1;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -141,6 +141,13 @@ pub struct Leg {
     pub xdp_bytes: u64,
     /// `xdp`, `userspace`, or `-` before any packet.
     pub path: &'static str,
+    /// Interarrival jitter of what the party sends, as the relay measured
+    /// it (µs); `None` before RTP or with an unknown clock rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_us: Option<u64>,
+    /// The leg's MOS ×10 (see README, Media quality per leg).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mos_x10: Option<u64>,
 }
 
 /// One call, summarised from its `query` report.
@@ -181,6 +188,15 @@ pub fn summarise(call_id: &str, report: &Value) -> CallSummary {
                     }
                 }
             }
+            let quality = tag.get("quality");
+            let figure = |k: &str| {
+                quality
+                    .and_then(|q| q.get(k))
+                    .and_then(Value::as_int)
+                    .and_then(|v| u64::try_from(v).ok())
+            };
+            leg.jitter_us = figure("inbound jitter us");
+            leg.mos_x10 = figure("MOS");
             leg.path = match (leg.packets, leg.xdp_packets) {
                 (0, _) => "-",
                 (_, 0) => "userspace",
@@ -263,6 +279,8 @@ pub fn calls_table(calls: &[CallSummary]) -> String {
         "PACKETS",
         "BYTES",
         "LOST",
+        "JITTER",
+        "MOS",
         "PATH",
     ];
     if ended {
@@ -281,6 +299,14 @@ pub fn calls_table(calls: &[CallSummary]) -> String {
             joined(&c.legs, |l| l.packets),
             joined(&c.legs, |l| l.bytes),
             joined(&c.legs, |l| l.lost),
+            joined(&c.legs, |l| {
+                l.jitter_us
+                    .map_or_else(|| "-".to_owned(), |j| format!("{:.1}ms", j as f64 / 1000.0))
+            }),
+            joined(&c.legs, |l| {
+                l.mos_x10
+                    .map_or_else(|| "-".to_owned(), |m| format!("{:.1}", m as f64 / 10.0))
+            }),
             joined(&c.legs, |l| l.path),
         ];
         if ended {
@@ -290,7 +316,8 @@ pub fn calls_table(calls: &[CallSummary]) -> String {
     }
     let noun = if ended { "ended call" } else { "call" };
     format!(
-        "{t}\n{} {noun}{} (per-leg figures a/b: what each party sent through the relay)",
+        "{t}\n{} {noun}{} (per-leg figures a/b: what each party sent through the relay; \
+         JITTER as it arrived, MOS of the leg — see `media-relay call <id>` for every figure)",
         calls.len(),
         if calls.len() == 1 { "" } else { "s" }
     )

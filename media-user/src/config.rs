@@ -14,7 +14,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    daemon::XdpModeArg, interfaces::InterfaceSpec, logging::LogFormat, session::SessionConfig,
+    daemon::XdpModeArg, interfaces::InterfaceSpec, logging::LogFormat, ng_server::NgAllow,
+    session::SessionConfig,
 };
 
 #[derive(Debug, Error)]
@@ -68,6 +69,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub interface: Vec<InterfaceEntry>,
     pub listen_ng: Option<SocketAddr>,
+    /// Networks (CIDRs, or single addresses) of the controllers the ng
+    /// server answers; unset or empty: everyone who reaches `listen-ng`.
+    pub ng_allow: Option<Vec<String>>,
     pub port_min: Option<u16>,
     pub port_max: Option<u16>,
     pub xdp_mode: Option<XdpModeArg>,
@@ -85,6 +89,13 @@ pub struct FileConfig {
     /// Seconds a released port pair rests before reuse.
     pub port_quarantine: Option<u64>,
     pub max_flows: Option<u32>,
+    /// Threads of the userspace path (0: one per CPU).
+    pub userspace_threads: Option<u64>,
+    /// Milliseconds a packet may wait on the userspace path before it is
+    /// dropped as stale.
+    pub userspace_max_delay: Option<u64>,
+    /// Nice value of the userspace path's threads.
+    pub userspace_nice: Option<i32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     /// Prometheus `/metrics` and `/health` over HTTP (off when absent).
@@ -130,16 +141,56 @@ impl FileConfig {
     }
 }
 
+/// `ng-allow`'s entries: CIDRs (`198.18.2.0/24`, `2001:db8::/32`) or
+/// single addresses (a /32 or /128); a network with host bits set is an
+/// error naming the network meant, so a typo never widens or narrows it
+/// silently.
+pub fn parse_ng_allow(entries: &[String]) -> Result<NgAllow, ConfigError> {
+    let mut nets = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let text = entry.trim();
+        let invalid = |expected: String| ConfigError::Invalid {
+            key: "ng-allow",
+            value: entry.clone(),
+            expected,
+        };
+        let net = match text.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => {
+                    return Err(invalid(
+                        "a network in CIDR form (e.g. 10.0.0.0/8, 2001:db8::/32) or a single address"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        if net.trunc() != net {
+            return Err(invalid(format!(
+                "host bits set; write the network, {}",
+                net.trunc()
+            )));
+        }
+        nets.push(net);
+    }
+    Ok(NgAllow::new(nets))
+}
+
 /// Everything `media-relay run` needs, resolved.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub interfaces: Vec<InterfaceSpec>,
     pub listen_ng: SocketAddr,
+    /// `ng-allow`: whom the ng server answers.
+    pub ng_allow: NgAllow,
     pub port_min: u16,
     pub port_max: u16,
     pub xdp_mode: XdpModeArg,
     pub session: SessionConfig,
     pub max_flows: u32,
+    /// The userspace path's threads and staleness bound.
+    pub io: crate::media::IoConfig,
     pub pin_root: PathBuf,
     pub log_format: LogFormat,
     /// Where `/metrics` and `/health` are served, if anywhere.
@@ -313,8 +364,54 @@ impl RunConfig {
                 expected: "at least 1".into(),
             });
         }
+        let io = {
+            let threads = flags
+                .userspace_threads
+                .or(file.userspace_threads)
+                .unwrap_or(0);
+            if threads > 64 {
+                return Err(ConfigError::Invalid {
+                    key: "userspace-threads",
+                    value: threads.to_string(),
+                    expected: "between 0 (one per CPU) and 64".into(),
+                });
+            }
+            let ms = flags
+                .userspace_max_delay
+                .or(file.userspace_max_delay)
+                .unwrap_or(crate::media::DEFAULT_MAX_DELAY.as_millis() as u64);
+            if !(1..=1000).contains(&ms) {
+                return Err(ConfigError::Invalid {
+                    key: "userspace-max-delay",
+                    value: ms.to_string(),
+                    expected: "between 1 and 1000 milliseconds".into(),
+                });
+            }
+            let nice = flags
+                .userspace_nice
+                .or(file.userspace_nice)
+                .unwrap_or(crate::media::DEFAULT_NICE);
+            if !(-20..=19).contains(&nice) {
+                return Err(ConfigError::Invalid {
+                    key: "userspace-nice",
+                    value: nice.to_string(),
+                    expected: "a nice value between -20 and 19".into(),
+                });
+            }
+            let mut io = crate::media::IoConfig {
+                max_delay: Duration::from_millis(ms),
+                nice,
+                ..crate::media::IoConfig::default()
+            };
+            if threads > 0 {
+                io.threads = threads as usize;
+            }
+            io
+        };
+        let ng_allow = parse_ng_allow(&flags.ng_allow.or(file.ng_allow).unwrap_or_default())?;
         Ok(Self {
             interfaces: specs,
+            ng_allow,
             listen_ng: flags
                 .listen_ng
                 .or(file.listen_ng)
@@ -324,6 +421,7 @@ impl RunConfig {
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             session,
             max_flows,
+            io,
             pin_root: flags
                 .pin_root
                 .or(file.pin_root)
@@ -442,6 +540,9 @@ netdev = "eth1"
         assert_eq!(c.session.silent_timeout, Duration::from_secs(3600));
         assert_eq!(c.session.max_media, 16);
         assert_eq!(c.port_quarantine, Duration::from_secs(32));
+        assert_eq!(c.io.max_delay, Duration::from_millis(5));
+        assert_eq!(c.io.nice, -10);
+        assert!(c.io.threads >= 1);
         assert_eq!(c.ng_cache_bytes, 8 << 20);
     }
 
@@ -460,6 +561,42 @@ netdev = "eth1"
         let file = FileConfig::parse("port-quarantine = 0", Path::new("t.toml")).unwrap();
         let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
         assert_eq!(c.port_quarantine, Duration::ZERO);
+    }
+
+    #[test]
+    fn ng_allow_parses_cidrs_and_addresses_and_flags_win() {
+        let file = FileConfig::parse(
+            "ng-allow = [\"198.18.2.0/24\", \"2001:2:0:2::/64\", \"127.0.0.1\", \"::1\"]",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = RunConfig::resolve(file.clone(), FileConfig::default(), 10).unwrap();
+        let shown: Vec<String> = c.ng_allow.nets().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "198.18.2.0/24",
+                "2001:2:0:2::/64",
+                "127.0.0.1/32",
+                "::1/128"
+            ]
+        );
+        assert!(c.ng_allow.permits("198.18.2.9".parse().unwrap()));
+        assert!(!c.ng_allow.permits("198.18.1.2".parse().unwrap()));
+        let flags = FileConfig {
+            ng_allow: Some(vec!["198.18.1.0/24".into()]),
+            ..FileConfig::default()
+        };
+        let c = RunConfig::resolve(file, flags, 10).unwrap();
+        assert!(c.ng_allow.permits("198.18.1.2".parse().unwrap()));
+        assert!(!c.ng_allow.permits("198.18.2.9".parse().unwrap()));
+        // Unset and empty alike: everyone.
+        let c = RunConfig::resolve(FileConfig::default(), FileConfig::default(), 10).unwrap();
+        assert!(c.ng_allow.nets().is_empty());
+        assert!(c.ng_allow.permits("203.0.113.1".parse().unwrap()));
+        let file = FileConfig::parse("ng-allow = []", Path::new("t.toml")).unwrap();
+        let c = RunConfig::resolve(file, FileConfig::default(), 10).unwrap();
+        assert!(c.ng_allow.nets().is_empty());
     }
 
     #[test]
@@ -502,6 +639,18 @@ netdev = "eth1"
                 "config t.toml, line 1 (`port-quarantine`): invalid value: integer `-1`, expected u64",
             ),
             (
+                "userspace-max-delay = 0",
+                "config key `userspace-max-delay` = 0: between 1 and 1000 milliseconds",
+            ),
+            (
+                "userspace-threads = 65",
+                "config key `userspace-threads` = 65: between 0 (one per CPU) and 64",
+            ),
+            (
+                "userspace-nice = -21",
+                "config key `userspace-nice` = -21: a nice value between -20 and 19",
+            ),
+            (
                 "advertise = \"198.18.0.1\"",
                 "config key `advertise` = 198.18.0.1: needs an interface",
             ),
@@ -516,6 +665,26 @@ netdev = "eth1"
             (
                 "metrics-listen = \"127.0.0.1\"",
                 "config t.toml, line 1 (`metrics-listen`): invalid socket address syntax",
+            ),
+            (
+                "ng-allow = [\"198.18.2.0/33\"]",
+                "config key `ng-allow` = 198.18.2.0/33: a network in CIDR form (e.g. 10.0.0.0/8, 2001:db8::/32) or a single address",
+            ),
+            (
+                "ng-allow = [\"controller.example\"]",
+                "config key `ng-allow` = controller.example: a network in CIDR form",
+            ),
+            (
+                "ng-allow = [\"198.18.2.1/24\"]",
+                "config key `ng-allow` = 198.18.2.1/24: host bits set; write the network, 198.18.2.0/24",
+            ),
+            (
+                "ng-allow = [\"2001:2:0:2::1/64\"]",
+                "config key `ng-allow` = 2001:2:0:2::1/64: host bits set; write the network, 2001:2:0:2::/64",
+            ),
+            (
+                "ng-allow = \"198.18.2.0/24\"",
+                "config t.toml, line 1 (`ng-allow`): invalid type: string \"198.18.2.0/24\", expected a sequence",
             ),
             (
                 "log-format = \"xml\"",

@@ -194,6 +194,26 @@ pub fn teardown(pin_root: &std::path::Path, ports: (u16, u16)) -> anyhow::Result
     Ok(())
 }
 
+/// Adopted ports being bound in the background.
+struct Binding {
+    ports: usize,
+    started: std::time::Instant,
+    /// Ports another program took meanwhile (their calls ended).
+    lost: usize,
+    rx: mpsc::UnboundedReceiver<Vec<(std::net::SocketAddr, std::io::Result<std::net::UdpSocket>)>>,
+}
+
+/// The next chunk of bound sockets (`None`: all are); never resolves
+/// when nothing is being bound.
+async fn next_bound(
+    binding: &mut Option<Binding>,
+) -> Option<Vec<(std::net::SocketAddr, std::io::Result<std::net::UdpSocket>)>> {
+    match binding {
+        Some(b) => b.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -221,7 +241,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     crate::host::reserve_ports(cfg.port_min, cfg.port_max);
     crate::host::raise_nofile(u64::from(cfg.port_max - cfg.port_min) + 1);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
-    let mut media = MediaPlane::new(dataplane, events_tx);
+    let mut media = MediaPlane::new(dataplane, &events_tx, cfg.io)
+        .context("starting the userspace path's threads")?;
+    info!(
+        threads = cfg.io.threads,
+        max_delay_ms = cfg.io.max_delay.as_millis() as u64,
+        nice = cfg.io.nice,
+        "userspace path"
+    );
     if let Some((sessions, counters)) = open_stores(&cfg) {
         media = media.with_sessions(sessions).with_port_counters(counters);
     }
@@ -244,6 +271,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         );
     }
     sweep_orphan_flows(&mut engine);
+    // The adopted calls' sockets are bound after ng answers, on every
+    // core (`media::bind_all`): binding is most of adopting a call. Until
+    // all are, no heartbeat is written, so the XDP program keeps dropping
+    // what it would pass up for the daemon's ports, as while no daemon
+    // ran (no port-unreachable for a port not bound yet); the flows of
+    // every call forward throughout.
+    let unbound = engine.backend_mut().take_unbound();
+    let mut binding = (!unbound.is_empty()).then(|| Binding {
+        ports: unbound.len(),
+        started: std::time::Instant::now(),
+        lost: 0,
+        rx: crate::media::bind_all(unbound, cfg.io.threads),
+    });
 
     let socket = ng_server::bind(cfg.listen_ng).await?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
@@ -256,10 +296,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             ttl: cfg.ng_cache_ttl,
             bytes: cfg.ng_cache_bytes,
         },
+        cfg.ng_allow.clone(),
     ));
     info!(listen_ng = %cfg.listen_ng, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), "media-relay running; stop with Ctrl-C or SIGTERM");
-    if !cfg.listen_ng.ip().is_loopback() {
-        warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks");
+    if cfg.ng_allow.nets().is_empty() {
+        if !cfg.listen_ng.ip().is_loopback() {
+            warn!(listen_ng = %cfg.listen_ng, "the ng protocol has no authentication: keep this address off untrusted networks, or name the controllers in ng-allow");
+        }
+    } else {
+        let allowed: Vec<String> = cfg
+            .ng_allow
+            .nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        info!(ng_allow = %allowed.join(","), "ng answered only from these networks");
     }
 
     let health = Health::new();
@@ -289,14 +340,39 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let _ = req.reply.send(reply);
             }
             Some(ev) = events.recv() => engine.on_packet(ev, Now::read()),
+            chunk = next_bound(&mut binding), if binding.is_some() => match chunk {
+                Some(bound) => {
+                    let now = Now::read();
+                    for (local, e) in engine.backend_mut().attach_bound(bound) {
+                        engine.port_lost(local, &e, now);
+                        if let Some(b) = binding.as_mut() {
+                            b.lost += 1;
+                        }
+                    }
+                }
+                None => {
+                    engine.backend_mut().complete_routes();
+                    if let Some(b) = binding.take() {
+                        info!(
+                            ports = b.ports,
+                            lost = b.lost,
+                            took_ms = b.started.elapsed().as_millis() as u64,
+                            "the adopted calls' sockets are bound: the userspace path serves them again"
+                        );
+                    }
+                }
+            },
             _ = tick.tick() => {
                 engine.tick(Now::read());
                 if last_flush.elapsed() >= Duration::from_secs(1) {
                     engine.backend_mut().flush_counters();
                     last_flush = std::time::Instant::now();
                 }
-                if let Some(dp) = engine.backend_mut().dataplane_mut() {
-                    dp.heartbeat(HEARTBEAT, (cfg.port_min, cfg.port_max));
+                let held = engine.backend().every_port_held();
+                if binding.is_none()
+                    && let Some(dp) = engine.backend_mut().dataplane_mut()
+                {
+                    dp.heartbeat(HEARTBEAT, (cfg.port_min, cfg.port_max), held);
                 }
             }
             _ = metrics_tick.tick() => {
@@ -397,10 +473,14 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
         ng_retransmissions: control.retransmissions.load(Relaxed),
         ng_cookie_reused: control.cookie_reused.load(Relaxed),
         ng_cookie_too_long: control.cookie_too_long.load(Relaxed),
+        ng_source_refused: control.source_refused.load(Relaxed),
         ng_cache_evictions: control.cache_evictions.load(Relaxed),
         ng_cache_bytes: control.cache_bytes.load(Relaxed),
-        refused_sources_userspace: t.refused_sources,
+        // Refused by the engine's latching and by the I/O threads (a
+        // stranger on a latched or strict port: never handed over).
+        refused_sources_userspace: t.refused_sources + engine.backend().userspace_refused(),
         userspace_forwarded: engine.backend().userspace_totals(),
+        userspace_io: engine.backend().userspace_io(),
         ..Snapshot::default()
     };
     if let Some(dp) = engine.backend().dataplane() {

@@ -11,8 +11,9 @@
 //! - [`sdp`]: reads what the engine needs from an SDP body and rewrites
 //!   it to point at the relay.
 //! - [`media`]: the media plane (the engine's real backend): a bound
-//!   socket per leased port, the userspace forwarder, XDP flows mirrored
-//!   from routes.
+//!   socket per leased port, the userspace path (`forwarder`: routes and
+//!   decisions; `io_threads`: batched I/O threads with a staleness bound),
+//!   XDP flows mirrored from routes, adopted ports bound in the background.
 //! - [`dataplane`]: loads the XDP program, attaches it to interfaces, pins
 //!   its maps and is the single writer of the installed flows; one daemon
 //!   per pin root (`dataplane::lock`).

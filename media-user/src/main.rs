@@ -165,6 +165,10 @@ struct RunArgs {
     /// Where the ng control protocol listens (no authentication: keep it on loopback).
     #[arg(long)]
     listen_ng: Option<SocketAddr>,
+    /// Answer ng only from these networks (CIDR or address; repeatable or
+    /// comma-separated); others are dropped unanswered and counted.
+    #[arg(long, value_delimiter = ',')]
+    ng_allow: Vec<String>,
     /// First port of the media port range.
     #[arg(long)]
     port_min: Option<u16>,
@@ -211,6 +215,17 @@ struct RunArgs {
     /// Capacity of the XDP flow table (one flow per direction per stream).
     #[arg(long)]
     max_flows: Option<u32>,
+    /// Threads of the userspace path (0: one per CPU).
+    #[arg(long)]
+    userspace_threads: Option<u64>,
+    /// Milliseconds a packet may wait on the userspace path before it is
+    /// dropped as stale (default 5).
+    #[arg(long)]
+    userspace_max_delay: Option<u64>,
+    /// Nice value of the userspace path's threads (default -10; below 0
+    /// needs CAP_SYS_NICE).
+    #[arg(long, allow_hyphen_values = true)]
+    userspace_nice: Option<i32>,
     /// bpffs directory for pinned maps (a layout version is appended).
     #[arg(long)]
     pin_root: Option<PathBuf>,
@@ -241,6 +256,7 @@ impl RunArgs {
                 })
                 .collect(),
             listen_ng: self.listen_ng,
+            ng_allow: (!self.ng_allow.is_empty()).then_some(self.ng_allow),
             port_min: self.port_min,
             port_max: self.port_max,
             xdp_mode: self.xdp_mode,
@@ -255,6 +271,9 @@ impl RunArgs {
             max_media: self.max_media,
             port_quarantine: self.port_quarantine,
             max_flows: self.max_flows,
+            userspace_threads: self.userspace_threads,
+            userspace_max_delay: self.userspace_max_delay,
+            userspace_nice: self.userspace_nice,
             pin_root: self.pin_root,
             log_format: self.log_format,
             metrics_listen: self.metrics_listen,

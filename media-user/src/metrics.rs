@@ -79,7 +79,7 @@ fn describe() {
     );
     describe_counter!(
         "media_relay_ng_refused_total",
-        "ng requests refused before they were applied, by reason (cookie_reused, cookie_too_long)"
+        "ng requests refused before they were applied, by reason (cookie_reused, cookie_too_long; source_not_allowed: outside ng-allow, dropped unanswered)"
     );
     describe_counter!(
         "media_relay_ng_cache_evictions_total",
@@ -123,6 +123,18 @@ fn describe() {
         "Bytes the daemon forwarded itself"
     );
     describe_counter!(
+        "media_relay_userspace_stale_dropped_total",
+        "Packets the userspace path dropped for waiting longer than userspace-max-delay (never sent late)"
+    );
+    describe_counter!(
+        "media_relay_userspace_reads_total",
+        "recvmmsg calls of the userspace path (datagrams / reads = the batch size reached)"
+    );
+    describe_counter!(
+        "media_relay_userspace_datagrams_total",
+        "Datagrams the userspace path read"
+    );
+    describe_counter!(
         "media_relay_sip_requests_total",
         "SIP requests received, by method"
     );
@@ -158,6 +170,8 @@ pub struct Snapshot {
     pub ng_retransmissions: u64,
     pub ng_cookie_reused: u64,
     pub ng_cookie_too_long: u64,
+    /// Datagrams from sources outside `ng-allow`.
+    pub ng_source_refused: u64,
     pub ng_cache_evictions: u64,
     pub ng_cache_bytes: u64,
     pub refused_sources_userspace: u64,
@@ -165,6 +179,8 @@ pub struct Snapshot {
     pub xdp_attached: Vec<(String, String)>,
     pub xdp_flows: Option<(u64, u64)>,
     pub userspace_forwarded: (u64, u64),
+    /// Stale drops, reads, datagrams read (the userspace path's I/O).
+    pub userspace_io: (u64, u64, u64),
 }
 
 impl Snapshot {
@@ -195,6 +211,8 @@ impl Snapshot {
             .absolute(self.ng_cookie_reused);
         counter!("media_relay_ng_refused_total", "reason" => "cookie_too_long")
             .absolute(self.ng_cookie_too_long);
+        counter!("media_relay_ng_refused_total", "reason" => "source_not_allowed")
+            .absolute(self.ng_source_refused);
         counter!("media_relay_ng_cache_evictions_total").absolute(self.ng_cache_evictions);
         gauge!("media_relay_ng_cache_bytes").set(self.ng_cache_bytes as f64);
         counter!("media_relay_rejected_sources_total", "path" => "userspace")
@@ -215,6 +233,9 @@ impl Snapshot {
         }
         counter!("media_relay_userspace_packets_total").absolute(self.userspace_forwarded.0);
         counter!("media_relay_userspace_bytes_total").absolute(self.userspace_forwarded.1);
+        counter!("media_relay_userspace_stale_dropped_total").absolute(self.userspace_io.0);
+        counter!("media_relay_userspace_reads_total").absolute(self.userspace_io.1);
+        counter!("media_relay_userspace_datagrams_total").absolute(self.userspace_io.2);
     }
 }
 

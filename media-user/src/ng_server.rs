@@ -8,10 +8,12 @@
 //! never answered with another request's reply: from another source it is
 //! another request; from the same source it is refused with an error. The
 //! protocol has no authentication: listen on loopback (the default) or a
-//! management network.
+//! management network, and name the controllers in `ng-allow`
+//! ([`NgAllow`]): datagrams from anyone else are dropped unanswered,
+//! counted and logged (at most one warning per [`REFUSAL_WARNING_EVERY`]).
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,13 +21,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipnet::IpNet;
 use tokio::{
     net::UdpSocket,
     sync::{mpsc, oneshot},
 };
 use tracing::{debug, warn};
 
-use crate::ng::{self, Command, Lookup, Reply, ReplyCache};
+use crate::ng::{self, Command, Lookup, Reply, ReplyCache, Value};
 
 /// A command for the engine, with where to put its reply.
 pub struct Request {
@@ -49,7 +52,38 @@ pub struct ControlStats {
     pub cache_evictions: AtomicU64,
     /// Bytes the reply cache holds now.
     pub cache_bytes: AtomicU64,
+    /// Datagrams from a source outside `ng-allow`: dropped unanswered.
+    pub source_refused: AtomicU64,
 }
+
+/// `ng-allow`: the networks whose controllers the ng server answers; empty
+/// answers everyone (the protocol has no authentication of its own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NgAllow {
+    nets: Vec<IpNet>,
+}
+
+impl NgAllow {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    /// The networks, as configured (empty: everyone).
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// Whether a datagram from `ip` is answered. An IPv4 controller seen
+    /// on a dual-stack socket (`::ffff:a.b.c.d`) matches the IPv4 networks.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// At most one warning about refused sources per this long (each one is
+/// counted regardless).
+pub const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Replies kept at most, whatever the TTL and the byte budget.
 const CACHE_ENTRIES: usize = 65_536;
@@ -64,15 +98,20 @@ pub struct CacheLimits {
     pub bytes: usize,
 }
 
-/// Serve ng on `socket` until the engine goes away.
+/// Serve ng on `socket` until the engine goes away, answering only the
+/// sources `allow` permits.
 pub async fn serve(
     socket: UdpSocket,
     engine: mpsc::Sender<Request>,
     stats: Arc<ControlStats>,
     limits: CacheLimits,
+    allow: NgAllow,
 ) {
     let mut cache = ReplyCache::new(CACHE_ENTRIES, limits.bytes, limits.ttl);
     let mut buf = vec![0u8; 65_536];
+    // When the last refusal warning went out, and refusals since.
+    let mut last_warning: Option<Instant> = None;
+    let mut unwarned = 0u64;
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -82,6 +121,24 @@ pub async fn serve(
                 continue;
             }
         };
+        if !allow.permits(from.ip()) {
+            let total = stats.source_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            unwarned += 1;
+            let now = Instant::now();
+            if last_warning.is_none_or(|t| now.duration_since(t) >= REFUSAL_WARNING_EVERY) {
+                // An IPv4 controller on a dual-stack socket: shown as IPv4.
+                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                warn!(
+                    %from,
+                    refused = unwarned,
+                    refused_total = total,
+                    "ng datagrams from a source outside ng-allow dropped unanswered; add the controller's network to ng-allow if it is one"
+                );
+                last_warning = Some(now);
+                unwarned = 0;
+            }
+            continue;
+        }
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let datagram = &buf[..n];
         let (cookie, command) = match ng::parse_datagram(datagram) {
@@ -124,9 +181,12 @@ pub async fn serve(
                     return;
                 }
                 match rx.await {
-                    Ok(r) => {
+                    Ok(mut r) => {
                         metrics::histogram!("media_relay_ng_duration_seconds", "command" => name)
                             .record(now.elapsed().as_secs_f64());
+                        if name == "statistics" {
+                            add_control_figures(&mut r, &stats);
+                        }
                         r
                     }
                     Err(_) => return,
@@ -147,6 +207,26 @@ pub async fn serve(
     }
 }
 
+/// The ng server's own figures in a `statistics` reply, beside the
+/// engine's command counts: `controlstatistics.refusedsourcecount`, the
+/// datagrams dropped for a source outside `ng-allow`.
+fn add_control_figures(reply: &mut Reply, stats: &ControlStats) {
+    let Reply::Ok(top) = reply else { return };
+    let Some(Value::Dict(statistics)) = top.get_mut(b"statistics".as_slice()) else {
+        return;
+    };
+    let control = statistics
+        .entry(b"controlstatistics".to_vec())
+        .or_insert_with(Value::dict);
+    if let Value::Dict(control) = control {
+        let refused = stats.source_refused.load(Ordering::Relaxed);
+        control.insert(
+            b"refusedsourcecount".to_vec(),
+            Value::Int(i64::try_from(refused).unwrap_or(i64::MAX)),
+        );
+    }
+}
+
 /// Bind the ng socket, with a clear error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     UdpSocket::bind(addr).await.map_err(|e| {
@@ -161,12 +241,20 @@ mod tests {
     use std::net::UdpSocket as StdUdpSocket;
 
     use super::*;
-    use crate::ng::Value;
 
     /// An ng server on loopback in front of an engine that answers `query`
     /// with the call-id it was asked about (and a `pad` of `pad` bytes),
     /// counting the commands it applied.
     async fn server(bytes: usize, pad: usize) -> (SocketAddr, Arc<ControlStats>, Arc<AtomicU64>) {
+        server_allowing(bytes, pad, NgAllow::default()).await
+    }
+
+    /// [`server`] answering only the sources `allow` permits.
+    async fn server_allowing(
+        bytes: usize,
+        pad: usize,
+        allow: NgAllow,
+    ) -> (SocketAddr, Arc<ControlStats>, Arc<AtomicU64>) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel::<Request>(16);
@@ -184,6 +272,15 @@ mod tests {
                         .into_iter()
                         .collect(),
                     ),
+                    Command::Statistics => Reply::Ok(
+                        [(
+                            b"statistics".to_vec(),
+                            Value::dict()
+                                .with("controlstatistics", Value::dict().with("totalpingcount", 0)),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    ),
                     _ => Reply::Pong,
                 };
                 let _ = req.reply.send(reply);
@@ -198,6 +295,7 @@ mod tests {
                 ttl: Duration::from_secs(30),
                 bytes,
             },
+            allow,
         ));
         (addr, stats, applied)
     }
@@ -347,5 +445,93 @@ mod tests {
         assert!(stats.cache_bytes.load(Ordering::Relaxed) <= 64 << 10);
         assert_eq!(stats.retransmissions.load(Ordering::Relaxed), 1);
         assert_eq!(applied.load(Ordering::Relaxed), 21);
+    }
+
+    fn nets(list: &[&str]) -> NgAllow {
+        NgAllow::new(list.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn ng_allow_matches_v4_v6_and_mapped_sources() {
+        let allow = nets(&["198.18.2.0/24", "2001:2:0:2::/64", "127.0.0.1/32"]);
+        for (ip, permitted) in [
+            ("198.18.2.2", true),
+            ("198.18.2.255", true),
+            ("198.18.1.2", false),
+            ("198.18.3.2", false),
+            ("127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("2001:2:0:2::2", true),
+            ("2001:2:0:1::2", false),
+            ("::ffff:198.18.2.7", true),
+            ("::ffff:198.18.1.7", false),
+            ("::1", false),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(allow.permits(ip), permitted, "{ip}");
+        }
+        // Unset: everyone, as before ng-allow existed.
+        assert!(NgAllow::default().permits("203.0.113.9".parse().unwrap()));
+        assert!(NgAllow::default().permits("2001:db8::1".parse().unwrap()));
+    }
+
+    /// A source outside ng-allow gets no reply at all, nothing is applied
+    /// and it is counted; an allowed one is served, and `statistics` tells
+    /// it how many were refused.
+    #[tokio::test]
+    async fn a_source_outside_ng_allow_is_dropped_and_counted() {
+        // Only 127.0.0.2 may talk: the default client (127.0.0.1) may not.
+        let (server, stats, applied) = server_allowing(1 << 20, 0, nets(&["127.0.0.2/32"])).await;
+        let (refused, statistics) = tokio::task::spawn_blocking(move || {
+            let stranger = client();
+            stranger
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut got = Vec::new();
+            for i in 0..5 {
+                let req = ng::encode_request(
+                    format!("s{i}").as_bytes(),
+                    &Value::dict().with("command", "ping"),
+                )
+                .unwrap();
+                stranger.send_to(&req, server).unwrap();
+                let mut buf = [0u8; 1024];
+                got.push(stranger.recv_from(&mut buf).is_ok());
+            }
+            let allowed = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+            allowed
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let req =
+                ng::encode_request(b"c1", &Value::dict().with("command", "statistics")).unwrap();
+            allowed.send_to(&req, server).unwrap();
+            let mut buf = vec![0u8; 65_536];
+            let (n, _) = allowed.recv_from(&mut buf).unwrap();
+            (got, ng::parse_reply(&buf[..n]).unwrap().1)
+        })
+        .await
+        .unwrap();
+        assert_eq!(refused, [false; 5], "a refused source got a reply");
+        assert_eq!(stats.source_refused.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            stats.requests.load(Ordering::Relaxed),
+            1,
+            "only the allowed one"
+        );
+        assert_eq!(applied.load(Ordering::Relaxed), 1);
+        let control = statistics
+            .get("statistics")
+            .and_then(|s| s.get("controlstatistics"))
+            .unwrap();
+        assert_eq!(
+            control.get("refusedsourcecount").and_then(Value::as_int),
+            Some(5),
+            "{statistics:?}"
+        );
+        assert_eq!(
+            control.get("totalpingcount").and_then(Value::as_int),
+            Some(0),
+            "the engine's figures stay"
+        );
     }
 }

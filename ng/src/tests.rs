@@ -913,3 +913,70 @@ fn truncations_and_mutations_never_panic() {
         }
     }
 }
+
+/// The seed corpus of the `ng_engine` fuzz target (`fuzz/corpus/`): each
+/// captured datagram alone, and calls made of them (parts separated as
+/// `fuzz/src/lib.rs` says): offer, answer, query, list, statistics and
+/// delete; a retransmitted offer; a reused cookie. Written by
+/// `cargo xtask fuzz --write-seeds` (README, "Fuzzing"); ignored by a
+/// plain `cargo test`.
+mod fuzz_seeds {
+    use std::{fs, path::Path};
+
+    use super::fixtures::ALL;
+
+    const SEPARATOR: &[u8] = b"\n--fuzz--\n";
+
+    fn fixture(name: &str) -> &'static [u8] {
+        ALL.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, bytes)| *bytes)
+            .unwrap()
+    }
+
+    fn seed(names: &[&str]) -> Vec<u8> {
+        names
+            .iter()
+            .map(|n| fixture(n).to_vec())
+            .collect::<Vec<_>>()
+            .join(SEPARATOR)
+    }
+
+    #[test]
+    #[ignore = "writes fuzz/corpus/ng_engine: cargo xtask fuzz --write-seeds"]
+    fn write_fuzz_seeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/ng_engine");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: Vec<u8>| fs::write(dir.join(name), bytes).unwrap();
+        for (name, bytes) in ALL {
+            write(name, bytes.to_vec());
+        }
+        write(
+            "call",
+            seed(&["offer", "answer", "query", "list", "statistics", "delete"]),
+        );
+        write(
+            "call_retransmitted",
+            seed(&["offer", "offer", "answer", "answer", "delete_call"]),
+        );
+        write("call_ip6", seed(&["offer_ip6", "list", "delete_call"]));
+        write(
+            "calls_two",
+            seed(&["offer_minimal", "offer", "answer", "list", "statistics"]),
+        );
+        // The answer's cookie again, with another request: refused.
+        let mut reused = fixture("answer").to_vec();
+        let space = reused.iter().position(|&b| b == b' ').unwrap();
+        reused.splice(
+            space + 1..,
+            fixture("query")[fixture("query").iter().position(|&b| b == b' ').unwrap() + 1..]
+                .iter()
+                .copied(),
+        );
+        write(
+            "cookie_reused",
+            [fixture("offer"), fixture("answer"), &reused].join(SEPARATOR),
+        );
+    }
+}

@@ -98,7 +98,8 @@ pub struct SipFile {
     /// or /run/media-relay, memory-backed), or in memory only.
     pub record_route_secret: Option<String>,
     /// Refusals (403 to unknown sources, 481/403 to in-dialog requests it
-    /// will not forward) answered per second per source address; beyond
+    /// will not forward, 400 to malformed requests) answered per second
+    /// per source address; beyond
     /// that they are dropped unanswered (counted).
     pub refusal_rate: Option<u32>,
     /// SIP over TCP: connections at most (accepted and opened), and

@@ -145,6 +145,19 @@ impl Daemon {
     /// own), its own pin directory and its log in the test's directory
     /// `dir`; returns once it answers ping.
     pub fn start(dir: &TestDir, ns: &Netns, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_ng(dir, ns, args, "127.0.0.1:2223".parse()?)
+    }
+
+    /// [`Daemon::start`] with its ng socket on `ng` instead (e.g. `[::]:2223`
+    /// to reach it from the other namespaces); it is asked for ping from
+    /// the namespace's loopback of `ng`'s family (127.0.0.1 or ::1), which
+    /// an `--ng-allow` among `args` must admit.
+    pub fn start_ng(
+        dir: &TestDir,
+        ns: &Netns,
+        args: &[&str],
+        ng: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
@@ -161,7 +174,7 @@ impl Daemon {
         )?;
         let mut d = Self {
             child: None,
-            ng: "127.0.0.1:2223".parse()?,
+            ng,
             pin_root,
             runtime_dir,
             log: PathBuf::new(),
@@ -198,15 +211,30 @@ impl Daemon {
         // The client's socket must be in the namespace: enter it on a
         // thread (the namespace's loopback is where ng listens).
         let ns_file = std::fs::File::open(format!("/run/netns/{}", self.netns))?;
+        let ng = self.ng;
         let socket = std::thread::scope(|s| {
             s.spawn(|| -> anyhow::Result<std::net::UdpSocket> {
                 nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                Ok(std::net::UdpSocket::bind("127.0.0.1:0")?)
+                Ok(std::net::UdpSocket::bind(if ng.is_ipv4() {
+                    "127.0.0.1:0"
+                } else {
+                    "[::1]:0"
+                })?)
             })
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })?;
-        let client = ng::blocking::Client::new(socket, self.ng, "test");
+        // An unspecified address listens on every local one: ask on loopback.
+        let target = match self.ng.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.ng.port())
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), self.ng.port())
+            }
+            _ => self.ng,
+        };
+        let client = ng::blocking::Client::new(socket, target, "test");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self
@@ -276,6 +304,28 @@ impl Daemon {
         let rest = &line[line.find("took_us=")? + "took_us=".len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok().map(Duration::from_micros)
+    }
+
+    /// How long the restarted daemon took to bind the adopted calls'
+    /// sockets in the background (its log line), waiting up to `limit`
+    /// for the line.
+    pub fn sockets_bound_time(&self, limit: Duration) -> Option<Duration> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let log = strip_ansi(&self.log_text());
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains("the adopted calls' sockets are bound"))
+            {
+                let rest = &line[line.find("took_ms=")? + "took_ms=".len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                return digits.parse().ok().map(Duration::from_millis);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The log of the current (or last) run.
@@ -349,6 +399,15 @@ pub struct NgClient {
 impl NgClient {
     pub fn new(ns: &Netns, server: SocketAddr) -> anyhow::Result<Self> {
         let socket = ns.enter(|| Ok(UdpSocket::bind("127.0.0.1:0")?))?;
+        Ok(Self {
+            client: ng::blocking::Client::new(socket, server, "test"),
+        })
+    }
+
+    /// A client on `local` (an address of `ns`, port 0 for any): a
+    /// controller at that address.
+    pub fn bind(ns: &Netns, local: SocketAddr, server: SocketAddr) -> anyhow::Result<Self> {
+        let socket = ns.enter(|| Ok(UdpSocket::bind(local)?))?;
         Ok(Self {
             client: ng::blocking::Client::new(socket, server, "test"),
         })

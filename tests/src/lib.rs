@@ -11,6 +11,8 @@
 //! `media-relay-install-test` binary), which runs on the same bed.
 
 pub mod bed;
+pub mod bpftool;
+pub mod calls;
 pub mod cpu;
 pub mod daemon;
 pub mod frame;
@@ -27,6 +29,7 @@ pub mod socket_load;
 pub mod sockopt;
 pub mod testdir;
 pub mod xdp_load;
+pub mod xdp_model;
 
 pub use bed::{Bed, BedOptions};
 pub use netns::Netns;

@@ -47,3 +47,31 @@ pub fn drain(s: &UdpSocket, max: usize) -> Vec<(Vec<u8>, SocketAddr)> {
     }
     got
 }
+
+/// Turn on kernel receive timestamps (`SO_TIMESTAMPNS`) for
+/// [`recv_stamped`].
+pub fn stamp_arrivals(s: &UdpSocket) -> anyhow::Result<()> {
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .context("SO_TIMESTAMPNS")
+}
+
+/// Receive one datagram into `buf`: its length and when the kernel
+/// received it (realtime ns; the socket must have [`stamp_arrivals`] on).
+pub fn recv_stamped(s: &UdpSocket, buf: &mut [u8]) -> anyhow::Result<(usize, Option<u64>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<SockaddrStorage>(
+        std::os::fd::AsRawFd::as_raw_fd(s),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
+    let mut at = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+            at = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+        }
+    }
+    Ok((msg.bytes, at))
+}

@@ -37,7 +37,7 @@ impl Relay {
             dp.attach("rb", mode)?;
             // The tests drive the data plane themselves: they are its
             // running controller, for as long as they hold it.
-            dp.heartbeat(std::time::Duration::from_secs(24 * 3600), (0, 0));
+            dp.heartbeat(std::time::Duration::from_secs(24 * 3600), (0, 0), false);
             Ok(dp)
         });
         match dp {

@@ -33,6 +33,7 @@
 //! | `max_calls` | INVITE → 503 ACK | none |
 //! | `load` | `basic` without RTP, call length `-d` ([`SippOptions::call_length`]) | none |
 //! | `load_media` | `basic` with RTP for `-d` ms, one media port per call | ~33 per second of call |
+//! | `flood` (UAC only) | `load`, or INVITE → 503 ACK when the agent rate-limits it; both count as success | none |
 //!
 //! `options`, `malformed`, `unknown_source` and `max_calls` exercise the
 //! agent's own answers; their UAS files stand in for it when the scenarios

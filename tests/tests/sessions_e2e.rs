@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use media_relay_tests::{
     Bed, BedOptions, Netns, TestDir,
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
+    calls::{a_calls_b, relay_of, stream_stats},
     daemon::{Daemon, NgClient, new_sdp, ng_client},
     media::{drain, rtp, udp_socket},
     root_test,
@@ -96,13 +97,6 @@ fn write_sdp_with(
     );
     let path = dir.write(&format!("{name}.sdp"), sdp)?;
     Ok(path.to_string_lossy().into_owned())
-}
-
-/// The relay address/port an SDP tells its receiver to send to.
-fn relay_of(sdp: &str) -> anyhow::Result<SocketAddr> {
-    let info = media_user::sdp::inspect(sdp.as_bytes())?;
-    let m = info.media.first().context("no media")?;
-    Ok(SocketAddr::new(m.connection.context("no c=")?, m.port))
 }
 
 /// `stats.packets` of the stream on `local port` in a query reply.
@@ -550,20 +544,6 @@ fn ten_thousand_calls_leave_nothing_behind() -> anyhow::Result<()> {
     })
 }
 
-/// The stats dictionary of the stream on `local port` in a query reply.
-fn stream_stats(query: &Value, port: u16) -> Option<&Value> {
-    for tag in query.get("tags")?.as_dict()?.values() {
-        for m in tag.get("medias")?.as_list()? {
-            for s in m.get("streams")?.as_list()? {
-                if s.get("local port")?.as_int()? == i64::from(port) {
-                    return s.get("stats");
-                }
-            }
-        }
-    }
-    None
-}
-
 /// RTP loss per stream: A sends RTP with `SKIPPED` sequence numbers left
 /// out through an established call; `query` reports exactly those as
 /// `lost` for A's stream (and in the RTP totals), none for B's. With XDP,
@@ -601,29 +581,7 @@ fn rtp_loss(t: &TestDir, mode: &str) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         let a = bind(&bed.a, sa(A_V4, 5000))?;
         let b = bind(&bed.b, sa(B_V4, 6000))?;
-        let sdp = |addr: Ipv4Addr, port: u16| {
-            format!(
-                "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
-            )
-        };
-        let sdp_of = |reply: &Value| -> anyhow::Result<SocketAddr> {
-            relay_of(reply.get("sdp").and_then(Value::as_str).context("sdp")?)
-        };
-        let relay_b = sdp_of(
-            &ng.ok(&Value::dict()
-                .with("command", "offer")
-                .with("call-id", "loss")
-                .with("from-tag", "a")
-                .with("sdp", sdp(A_V4, 5000).as_str()))?,
-        )?;
-        let relay_a = sdp_of(
-            &ng.ok(&Value::dict()
-                .with("command", "answer")
-                .with("call-id", "loss")
-                .with("from-tag", "a")
-                .with("to-tag", "b")
-                .with("sdp", sdp(B_V4, 6000).as_str()))?,
-        )?;
+        let (relay_a, relay_b) = a_calls_b(&ng, "loss")?;
 
         // Both speak, then the learning window closes.
         media(&a, relay_a, &b, relay_b, 0xa1, WARM)?;
@@ -717,3 +675,135 @@ macro_rules! loss_test {
 loss_test!(rtp_loss_xdp_native, "native");
 loss_test!(rtp_loss_xdp_generic, "generic");
 loss_test!(rtp_loss_userspace, "off");
+
+/// The userspace path's staleness bound: with the daemon stopped
+/// (SIGSTOP) while A sends, the packets wait in the port's socket longer
+/// than `--userspace-max-delay`; when it runs again it drops every one of
+/// them (counted per stream as `stale dropped`, in `statistics` and in
+/// `/metrics`) and delivers none late, and the packets after that are
+/// forwarded as before.
+fn stale_media(t: &TestDir) -> anyhow::Result<()> {
+    const WARM: u16 = 20;
+    const HELD: u16 = 50;
+    const AFTER: u16 = 40;
+    let bed = Bed::new(BedOptions {
+        peer_xdp: false,
+        static_neighbours: false,
+    })?;
+    let daemon = Daemon::start(
+        t,
+        &bed.relay,
+        &[
+            "-i",
+            "ra",
+            "-i",
+            "rb",
+            "--xdp-mode",
+            "off",
+            "--port-min",
+            "32000",
+            "--port-max",
+            "32999",
+            "--learning-window",
+            "1",
+            "--userspace-max-delay",
+            "5",
+        ],
+    )?;
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    let result = (|| -> anyhow::Result<()> {
+        let a = bind(&bed.a, sa(A_V4, 5000))?;
+        let b = bind(&bed.b, sa(B_V4, 6000))?;
+        let (relay_a, relay_b) = a_calls_b(&ng, "stale")?;
+        media(&a, relay_a, &b, relay_b, 0xa1, WARM)?;
+        media(&b, relay_b, &a, relay_a, 0xb1, WARM)?;
+        std::thread::sleep(Duration::from_millis(1300));
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.pid())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        let held = (|| -> anyhow::Result<()> {
+            // kill(2) returns before the threads have stopped: wait until
+            // every one has, so that nothing sent next is read before the
+            // bound has passed.
+            all_stopped(daemon.pid(), Duration::from_secs(5))?;
+            for seq in WARM..WARM + HELD {
+                a.send_to(&rtp(0xa1, seq), relay_a)?;
+            }
+            // Ten times the bound.
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        })();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+        held?;
+        let late = drain(&b, usize::from(HELD));
+        anyhow::ensure!(
+            late.is_empty(),
+            "{} of {HELD} packets held past the bound were delivered late",
+            late.len()
+        );
+        media(&a, relay_a, &b, relay_b, 0xa1, AFTER)?;
+
+        let q = ng.ok(&Value::dict()
+            .with("command", "query")
+            .with("call-id", "stale"))?;
+        let a_stats = stream_stats(&q, relay_a.port()).context("A's stream")?;
+        let int = |key: &str| {
+            a_stats
+                .get(key)
+                .and_then(Value::as_int)
+                .with_context(|| format!("{key} in {a_stats:?}"))
+        };
+        anyhow::ensure!(
+            (int("stale dropped")?, int("packets")?) == (i64::from(HELD), i64::from(WARM + AFTER)),
+            "A's stream: stale dropped {}, packets {} (want {HELD}, {})",
+            int("stale dropped")?,
+            int("packets")?,
+            WARM + AFTER
+        );
+        let total = stat(&ng, "userspace stale dropped")?;
+        anyhow::ensure!(
+            total == i64::from(HELD),
+            "statistics: userspace stale dropped {total}, want {HELD}"
+        );
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
+    }
+    result
+}
+
+/// Wait until every thread of `pid` is stopped (state `T`), at most
+/// `limit`.
+fn all_stopped(pid: u32, limit: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut states = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // `pid (comm) S ...`: the state follows the last ')'.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            states.push(state);
+        }
+        if states.iter().all(|s| s == "T" || s == "t") {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the daemon's threads did not all stop within {limit:?}: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn userspace_drops_stale_media_and_never_sends_it_late() -> anyhow::Result<()> {
+    root_test(
+        "userspace_drops_stale_media_and_never_sends_it_late",
+        stale_media,
+    )
+}

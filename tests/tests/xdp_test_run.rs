@@ -176,6 +176,16 @@ fn relay_program_table() -> anyhow::Result<()> {
     let mut rtcp_mux = rtp_pkt(0x0102_0304, 0);
     rtcp_mux[1] = 200; // RTCP SR multiplexed on the RTP port
     let relatch_rtcp = UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtcp_mux);
+    // A 4-byte datagram whose frame is padded (as short Ethernet frames
+    // are) with the rest of an RTP header of the stream's SSRC: the
+    // padding is not the datagram's, so there is no RTP header to re-latch
+    // on.
+    let relatch_padding = {
+        let rtp = rtp_pkt(0x0102_0304, 102);
+        let mut f = UdpFrame::new(RA_MAC, A_MAC, moved_src, sa(RA_V4, 30090), &rtp[..4]).bytes();
+        f.extend_from_slice(&rtp[4..12]);
+        f
+    };
 
     let basic = v4(a, sa(RA_V4, 30000));
     let mut zero_csum = basic.clone();
@@ -352,6 +362,13 @@ fn relay_program_table() -> anyhow::Result<()> {
         Case {
             what: "latched: RTCP from elsewhere is not RTP: dropped",
             input: relatch_rtcp.bytes(),
+            action: XDP_DROP,
+            output: None,
+            outcome: "source_rejected",
+        },
+        Case {
+            what: "latched: the SSRC only in the padding after a short datagram: dropped",
+            input: relatch_padding,
             action: XDP_DROP,
             output: None,
             outcome: "source_rejected",
@@ -947,7 +964,7 @@ fn an_absent_daemon_draws_no_icmp() -> anyhow::Result<()> {
     };
     // Daemon present.
     fx.relay
-        .heartbeat(std::time::Duration::from_secs(60), (30000, 40000));
+        .heartbeat(std::time::Duration::from_secs(60), (30000, 40000), false);
     assert_eq!(cases(&fx)?, [XDP_REDIRECT, XDP_PASS, XDP_PASS, XDP_PASS]);
     // Daemon gone.
     let before = fx.relay.outcomes()?["daemon_absent"];
@@ -956,7 +973,7 @@ fn an_absent_daemon_draws_no_icmp() -> anyhow::Result<()> {
     assert_eq!(fx.relay.outcomes()?["daemon_absent"] - before, 2);
     // A heartbeat that ran out counts as gone too.
     fx.relay
-        .heartbeat(std::time::Duration::from_millis(1), (30000, 40000));
+        .heartbeat(std::time::Duration::from_millis(1), (30000, 40000), false);
     std::thread::sleep(std::time::Duration::from_millis(20));
     assert_eq!(fx.run(&other.bytes())?.0, XDP_DROP);
     Ok(())

@@ -1,9 +1,10 @@
-//! `cargo xtask`: setup, build-and-load, test and bench orchestration.
+//! `cargo xtask`: setup, build-and-load, test, fuzz and bench orchestration.
 //! Orchestration only: building the eBPF object is media-user's build
 //! script's job.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lint;
 mod package;
 mod setup;
@@ -79,13 +80,34 @@ enum Command {
     /// as media-user's build script builds them (the host's clippy sees
     /// only their stubs).
     LintBpf,
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every
+    /// input parser, each target for a bounded time on its corpus
+    /// (fuzz/corpus/, and what earlier runs found in fuzz/target/corpus/).
+    /// Installs cargo-fuzz if missing. Fails on a crash, naming the input
+    /// that replays it.
+    Fuzz {
+        /// Seconds per target (default 20: the CI step).
+        #[arg(long, conflicts_with = "minutes")]
+        seconds: Option<u64>,
+        /// Minutes per target.
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Only this target (repeatable): sip_agent, sdp_rewrite,
+        /// ng_engine, rtp_path.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Rewrite the seed corpora (fuzz/corpus/) from the unit tests'
+        /// fixtures, then stop.
+        #[arg(long, conflicts_with_all = ["seconds", "minutes", "targets"])]
+        write_seeds: bool,
+    },
     /// Benchmarks on the veth test bed; figures and ratios to stdout and
     /// target/bench/.
     Bench {
         /// A short run for CI smoke use.
         #[arg(long)]
         quick: bool,
-        /// Only these parts (xdp, sessions, sip, capacity, latency, scale, restart;
+        /// Only these parts (xdp, sessions, sip, capacity, latency, overload, scale, restart;
         /// repeatable); the report always runs.
         #[arg(long)]
         only: Vec<String>,
@@ -106,6 +128,16 @@ fn main() -> ExitCode {
         Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
+        Command::Fuzz {
+            seconds,
+            minutes,
+            targets,
+            write_seeds,
+        } => fuzz::run(
+            minutes.map_or(seconds.unwrap_or(20), |m| m * 60),
+            &targets,
+            write_seeds,
+        ),
         Command::Package { install_test, keep } => package::run(install_test, keep),
     };
     match result {

@@ -10,6 +10,8 @@
 //! - bpf-linker 0.13 built against LLVM 22.
 //! - cargo-deb 3 (`cargo xtask package`), which needs dpkg-dev's
 //!   dpkg-shlibdeps (the package's Depends) and binutils' strip.
+//! - cargo-fuzz (`cargo xtask fuzz`), which builds with the nightly
+//!   toolchain.
 
 use anyhow::{Context as _, bail};
 
@@ -115,8 +117,29 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     ensure_cargo_deb()?;
+    ensure_fuzzing()?;
     step("prerequisites ready");
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: the nightly toolchain (libFuzzer's
+/// coverage instrumentation) and cargo-fuzz, installed with
+/// `cargo install` if it is missing. Idempotent.
+pub fn ensure_fuzzing() -> anyhow::Result<()> {
+    let Some(nightly) = output("rustup", &["run", "nightly", "rustc", "--version"]) else {
+        bail!(
+            "fuzzing needs the nightly toolchain: `rustup toolchain install nightly` \
+             (it also builds the XDP program)"
+        );
+    };
+    eprintln!("    {}: present", nightly.trim());
+    let installed = output("cargo", &["fuzz", "--version"]).unwrap_or_default();
+    if installed.starts_with("cargo-fuzz ") {
+        eprintln!("    {}: present", installed.trim());
+        return Ok(());
+    }
+    step("installing cargo-fuzz (about a minute)");
+    util::run("cargo", &["install", "cargo-fuzz", "--locked"]).context("cargo install cargo-fuzz")
 }
 
 /// `(major, minor)` of `rustc --version` ("rustc 1.95.0 (…)").

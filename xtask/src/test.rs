@@ -31,9 +31,10 @@ struct Tier {
 const ROOT_TIERS: &[Tier] = &[
     Tier {
         what: "XDP program (BPF_PROG_TEST_RUN), forwarding and sessions end to end, daemon, \
-               operator surface, bench paths",
+               operator surface, bench paths, learning window and attack matrix",
         targets: &[
             "xdp_test_run",
+            "xdp_differential",
             "forward_e2e",
             "sessions_e2e",
             "daemon",
@@ -42,13 +43,16 @@ const ROOT_TIERS: &[Tier] = &[
             "learning_window",
             "ng_cache",
             "restart",
+            "quality",
+            "attack_matrix",
         ],
         threads: 2,
     },
     // SIPp calls mostly wait on 7 s of pcap audio: run more at once.
     Tier {
-        what: "SIPp scenarios, then the SIP agent end to end with SIPp and rtpengine",
-        targets: &["sipp_scenarios", "sip_e2e"],
+        what: "SIPp scenarios, then the SIP agent end to end with SIPp and rtpengine, then \
+               floods and exhaustion, churn soak",
+        targets: &["sipp_scenarios", "sip_e2e", "floods", "churn_soak"],
         threads: 4,
     },
 ];

@@ -78,6 +78,9 @@ pub struct FlowCounters {
     /// RTP flows: the sequence window (in `FLOW_QUALITY`), for loss; see
     /// [`expected`](Self::expected) and [`received`](Self::received).
     pub seq: SeqWindow,
+    /// RTP flows: the whole per-stream record (jitter, gaps, delay; see
+    /// `media_ebpf::quality`), `seq` included.
+    pub quality: StreamQuality,
 }
 
 impl FlowCounters {
@@ -120,6 +123,11 @@ pub struct FlowTable {
     quality: Array<MapData, StreamQuality>,
     /// Userspace mirror: key → stats slot of every installed flow.
     slots: StdHashMap<FlowKey, u32>,
+    /// Flows found installed when the table was opened (pinned by an
+    /// earlier daemon), as found, until first updated: an update that
+    /// would write the same value is skipped (the XDP program never
+    /// writes flows), so a restart re-programs only what changed.
+    found: StdHashMap<FlowKey, Flow>,
     /// Free stats slots, handed out from the end.
     free: Vec<u32>,
     /// Slots of removed flows and when they were freed, oldest first: they
@@ -140,9 +148,11 @@ impl FlowTable {
         ncpus: usize,
     ) -> Result<Self, FlowError> {
         let mut slots = StdHashMap::new();
+        let mut found = StdHashMap::new();
         for kv in &flows {
             let (k, f) = kv?;
             slots.insert(k, f.slot());
+            found.insert(k, f);
         }
         let used: std::collections::HashSet<u32> = slots.values().copied().collect();
         let free = (0..capacity).rev().filter(|s| !used.contains(s)).collect();
@@ -151,6 +161,7 @@ impl FlowTable {
             stats,
             quality,
             slots,
+            found,
             free,
             resting: VecDeque::new(),
             capacity,
@@ -271,7 +282,22 @@ impl FlowTable {
             return Err(FlowError::NotFound { local: key.local() });
         };
         flow.stats_slot = slot.to_ne_bytes();
+        if self.found.remove(&key) == Some(flow) {
+            return Ok(());
+        }
+        // The quality slot holds a sequence window and stream figures for
+        // an RTP flow, RTCP reports for one without: when that changes,
+        // it starts again (after the switch, so nothing of the old kind
+        // lands in it afterwards; a packet in between is lost to the
+        // accounting, never misread).
+        let rtp_changed = self
+            .flows
+            .get(&key, 0)
+            .is_ok_and(|old| (old.flags ^ flow.flags) & media_ebpf::flow::RTP != 0);
         self.flows.insert(key, flow, BPF_EXIST)?;
+        if rtp_changed {
+            self.quality.set(slot, StreamQuality::default(), 0)?;
+        }
         Ok(())
     }
 
@@ -292,6 +318,7 @@ impl FlowTable {
         };
         self.flows.remove(key)?;
         self.slots.remove(key);
+        self.found.remove(key);
         let last = self.read(slot);
         self.resting.push_back((Instant::now(), slot));
         last
@@ -316,6 +343,9 @@ impl FlowTable {
     fn read(&self, slot: u32) -> Result<FlowCounters, FlowError> {
         let stats = self.stats.get(&slot, 0)?;
         let quality = self.quality.get(&slot, 0)?;
-        Ok(FlowCounters::sum(&stats, quality.seq))
+        Ok(FlowCounters {
+            quality,
+            ..FlowCounters::sum(&stats, quality.seq)
+        })
     }
 }

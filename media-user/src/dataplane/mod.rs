@@ -331,13 +331,24 @@ impl DataPlane {
     /// Tell the program that a daemon runs (for `valid_for` from now) and
     /// which port range is its: called every tick. Past the time, packets
     /// that would need a daemon are dropped instead of reaching ports with
-    /// no socket.
-    pub fn heartbeat(&mut self, valid_for: std::time::Duration, ports: (u16, u16)) {
+    /// no socket. `every_port_held`: each port of the daemon's calls has a
+    /// flow, so packets for the range without one are for no call and
+    /// are dropped too ([`maps::CONTROL_UNHELD_DROP`]).
+    pub fn heartbeat(
+        &mut self,
+        valid_for: std::time::Duration,
+        ports: (u16, u16),
+        every_port_held: bool,
+    ) {
         let c = Control {
             daemon_until_ns: monotonic_ns().saturating_add(valid_for.as_nanos() as u64),
             port_min: ports.0,
             port_max: ports.1,
-            reserved: 0,
+            flags: if every_port_held {
+                maps::CONTROL_UNHELD_DROP
+            } else {
+                0
+            },
         };
         if let Err(e) = self.control.set(0, c, 0) {
             warn!(error = %e, "writing the daemon heartbeat failed");

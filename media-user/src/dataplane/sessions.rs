@@ -108,7 +108,10 @@ pub struct SessionStore {
     heads: StdHashMap<u64, (String, Head)>,
 }
 
-fn call_hash(id: &str) -> u64 {
+/// The `call` field of every key that holds call `id`'s record (the
+/// engine's own record is `session::record::ENGINE_ID`): what a reader of
+/// the pinned map, such as a test, groups its entries by.
+pub fn call_hash(id: &str) -> u64 {
     // Stable across processes and builds (a pinned key): FNV-1a over the
     // id, not std's randomly keyed hasher.
     let mut h = Fnv1a::default();

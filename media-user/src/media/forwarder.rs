@@ -1,18 +1,18 @@
-//! One bound port's task: the userspace forwarding path.
+//! A bound port's state on the userspace path: its route, the decision
+//! for each datagram, and its counters. The I/O is `io_threads.rs`.
 
 use std::{
-    net::SocketAddr,
+    net::{SocketAddr, UdpSocket},
     sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock, RwLockReadGuard,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::SystemTime,
 };
 
-use media_ebpf::SeqWindow;
-use tokio::{net::UdpSocket, sync::mpsc};
+use media_ebpf::{RtcpSeen, SeqWindow, StreamQuality, quality::RTCP_WORDS};
 
-use crate::session::{PacketEvent, Source};
+use crate::session::Source;
 
 /// Where packets arriving on this port go.
 pub(super) struct UserRoute {
@@ -22,6 +22,8 @@ pub(super) struct UserRoute {
     pub demux: Option<(Arc<UdpSocket>, SocketAddr)>,
     /// The stream carries RTP: its sequence numbers are accounted.
     pub rtp: bool,
+    /// Its RTP clock rate (Hz; 0 unknown), for jitter.
+    pub clock_rate: u32,
 }
 
 #[derive(Default)]
@@ -30,29 +32,139 @@ pub(super) struct PortState {
     packets: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    /// Datagrams dropped for waiting longer than the staleness bound.
+    stale: AtomicU64,
     /// Nanoseconds since the UNIX epoch of the last forwarded packet.
     last_ns: AtomicU64,
     /// 1 << 48 | SSRC << 16 | sequence of the last forwarded RTP packet.
     last_rtp: AtomicU64,
     /// The current route carries RTP (see [`UserRoute::rtp`]).
     rtp: AtomicBool,
-    /// Sequence accounting of the RTP this path forwarded.
-    seq: Mutex<SeqWindow>,
+    /// The current route's clock rate (see [`UserRoute::clock_rate`]).
+    clock_rate: AtomicU32,
+    /// Sequence and quality accounting of the RTP that arrived on this
+    /// path (the same record and code as the data plane's per flow).
+    quality: Mutex<StreamQuality>,
+    /// RTCP routes: the reports that passed (times: realtime ns).
+    rtcp: Mutex<RtcpSeen>,
 }
 
 pub(super) struct UserCounters {
     pub packets: u64,
     pub bytes: u64,
     pub errors: u64,
+    pub stale: u64,
     pub last_packet: Option<SystemTime>,
     pub last_rtp: Option<(u32, u16)>,
     pub seq: SeqWindow,
+    pub quality: StreamQuality,
+    /// Times in realtime ns.
+    pub rtcp: RtcpSeen,
+}
+
+/// What becomes of one datagram.
+pub(super) enum Decision {
+    /// Send it out of `socket` to `dest`.
+    Forward {
+        socket: Arc<UdpSocket>,
+        dest: SocketAddr,
+    },
+    /// Not from the stream's source: dropped and counted.
+    Refuse,
+    /// The engine decides (no route, learning, a re-latch candidate).
+    HandOver,
+}
+
+/// The port's route, read-locked for one batch of decisions.
+pub(super) struct Decider<'a>(RwLockReadGuard<'a, Option<UserRoute>>);
+
+impl Decider<'_> {
+    pub(super) fn decide(&self, from: SocketAddr, data: &[u8]) -> Decision {
+        let Some(route) = self.0.as_ref() else {
+            return Decision::Refuse;
+        };
+        match accept(route.source, from, rtp_header(data)) {
+            None => Decision::Refuse,
+            Some(false) => Decision::HandOver,
+            Some(true) => match &route.demux {
+                Some((socket, dest)) if is_rtcp(data) => Decision::Forward {
+                    socket: socket.clone(),
+                    dest: *dest,
+                },
+                _ => Decision::Forward {
+                    socket: route.out.clone(),
+                    dest: route.dest,
+                },
+            },
+        }
+    }
 }
 
 impl PortState {
+    /// The route, for deciding a batch of datagrams.
+    pub(super) fn decider(&self) -> Decider<'_> {
+        Decider(
+            self.route
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// A datagram that could not be forwarded (refused, undeliverable).
+    pub(super) fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A datagram dropped as stale: it reached the relay (its sequence
+    /// number is not a loss on the way here) but is not forwarded.
+    pub(super) fn stale(&self, data: &[u8], received: Option<SystemTime>) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+        self.account(data, received);
+    }
+
+    /// Account a packet's arrival (at `received`, the kernel's timestamp,
+    /// else now): RTP in the port's quality record, RTCP reports in its
+    /// RTCP record.
+    fn account(&self, data: &[u8], received: Option<SystemTime>) {
+        if !self.rtp.load(Ordering::Relaxed) {
+            // An RTCP port: its reports, as the data plane keeps them.
+            let mut w = [0u32; RTCP_WORDS];
+            let n = (data.len() / 4).min(RTCP_WORDS);
+            for (i, c) in data.chunks_exact(4).take(n).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            let at = received
+                .unwrap_or_else(SystemTime::now)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.rtcp
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .update(&w, n, at);
+            return;
+        }
+        let Some((ssrc, seq)) = rtp_header(data) else {
+            return;
+        };
+        let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        let at = received
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let rate = self.clock_rate.load(Ordering::Relaxed);
+        self.quality
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update(ssrc, seq, ts, at, rate);
+    }
+
     pub(super) fn set_route(&self, route: Option<UserRoute>) {
         self.rtp
             .store(route.as_ref().is_some_and(|r| r.rtp), Ordering::Relaxed);
+        self.clock_rate.store(
+            route.as_ref().map_or(0, |r| r.clock_rate),
+            Ordering::Relaxed,
+        );
         *self
             .route
             .write()
@@ -60,18 +172,17 @@ impl PortState {
     }
 
     /// Count one packet that arrived here and was (or failed to be)
-    /// forwarded.
-    pub(super) fn record(&self, local: SocketAddr, data: &[u8], sent: bool) {
+    /// forwarded; `received` is when it arrived (the kernel's timestamp).
+    pub(super) fn record(
+        &self,
+        local: SocketAddr,
+        data: &[u8],
+        sent: bool,
+        received: Option<SystemTime>,
+    ) {
         let rtp = rtp_header(data);
         // It arrived from the party either way: not lost on its way here.
-        if self.rtp.load(Ordering::Relaxed)
-            && let Some((ssrc, seq)) = rtp
-        {
-            self.seq
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .update(ssrc, seq);
-        }
+        self.account(data, received);
         if !sent {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
@@ -109,24 +220,35 @@ impl PortState {
         self.errors.store(errors, Ordering::Relaxed);
         self.last_ns.store(last_ns, Ordering::Relaxed);
         self.last_rtp.store(last_rtp, Ordering::Relaxed);
+        // The quality figures beyond the sequence window start again.
         *self
-            .seq
+            .quality
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = seq;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = StreamQuality {
+            seq,
+            ..StreamQuality::default()
+        };
     }
 
     pub(super) fn counters(&self) -> UserCounters {
+        let quality = *self
+            .quality
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ns = self.last_ns.load(Ordering::Relaxed);
         let rtp = self.last_rtp.load(Ordering::Relaxed);
         UserCounters {
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
             last_packet: (ns != 0)
                 .then(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns)),
             last_rtp: (rtp >> 48 == 1).then_some(((rtp >> 16) as u32, rtp as u16)),
-            seq: *self
-                .seq
+            seq: quality.seq,
+            quality,
+            rtcp: *self
+                .rtcp
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
@@ -135,7 +257,7 @@ impl PortState {
 
 /// The RTP header's (SSRC, sequence), if `p` is RTP (version 2 and not an
 /// RTCP packet type, RFC 5761 §4).
-pub(crate) fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
+pub fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
     if p.len() < 12 || p[0] & 0xc0 != 0x80 || is_rtcp(p) {
         return None;
     }
@@ -146,73 +268,25 @@ pub(crate) fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
 }
 
 /// RTCP packet types 192–223 (RFC 5761 §4).
-fn is_rtcp(p: &[u8]) -> bool {
+pub fn is_rtcp(p: &[u8]) -> bool {
     p.len() >= 2 && (64..96).contains(&(p[1] & 0x7f))
 }
 
-/// Serve one port until the task is aborted (port released).
-pub(super) async fn serve(
-    local: SocketAddr,
-    socket: Arc<UdpSocket>,
-    state: Arc<PortState>,
-    events: mpsc::Sender<PacketEvent>,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let data = &buf[..n];
-        let rtp = rtp_header(data);
-        // Decide under the read lock; sending is non-blocking.
-        let handed_over = {
-            let guard = state
-                .route
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(route) = guard.as_ref() else {
-                state.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let accept = match route.source {
-                Source::Any => Some(true),
-                Source::Learning(Some(a)) if a == from => Some(true),
-                Source::Learning(_) => Some(false),
-                Source::Latched { addr, .. } if addr == from => Some(true),
-                Source::Latched {
-                    relatch_ssrc: Some(s),
-                    ..
-                } if rtp.is_some_and(|(ssrc, _)| ssrc == s) => Some(false),
-                Source::Latched { .. } => None,
-            };
-            match accept {
-                None => {
-                    state.errors.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Some(false) => true,
-                Some(true) => {
-                    let sent = match &route.demux {
-                        Some((sock, dest)) if is_rtcp(data) => sock.try_send_to(data, *dest),
-                        _ => route.out.try_send_to(data, route.dest),
-                    };
-                    state.record(local, data, sent.is_ok());
-                    false
-                }
-            }
-        };
-        if handed_over {
-            let ev = PacketEvent {
-                local,
-                from,
-                rtp,
-                data: data.to_vec(),
-            };
-            // A full queue means a flood: drop rather than queue without bound.
-            if events.try_send(ev).is_err() {
-                state.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+/// What the userspace path does with a packet from `from` (its RTP
+/// header `rtp`) on a port whose route accepts `source`: forward it
+/// (`Some(true)`), hand it to the session engine for a latching decision
+/// (`Some(false)`), or drop it (`None`).
+pub fn accept(source: Source, from: SocketAddr, rtp: Option<(u32, u16)>) -> Option<bool> {
+    match source {
+        Source::Any => Some(true),
+        Source::Learning(Some(a)) if a == from => Some(true),
+        Source::Learning(_) => Some(false),
+        Source::Latched { addr, .. } if addr == from => Some(true),
+        Source::Latched {
+            relatch_ssrc: Some(s),
+            ..
+        } if rtp.is_some_and(|(ssrc, _)| ssrc == s) => Some(false),
+        Source::Latched { .. } => None,
     }
 }
 
@@ -235,16 +309,16 @@ mod tests {
         let s = PortState::default();
         s.rtp.store(true, Ordering::Relaxed);
         for seq in (0..50).filter(|q| ![7, 30].contains(q)) {
-            s.record(local, &rtp(0xa1, seq), true);
+            s.record(local, &rtp(0xa1, seq), true, None);
         }
         // RTCP multiplexed on the port (SR, PT 200) and non-RTP: not RTP.
         let mut sr = rtp(0xa1, 60);
         sr[1] = 200;
-        s.record(local, &sr, true);
-        s.record(local, b"\x00\x00hello, world", true);
+        s.record(local, &sr, true, None);
+        s.record(local, b"\x00\x00hello, world", true, None);
         // A packet that arrived but could not be sent was not lost on its
         // way here.
-        s.record(local, &rtp(0xa1, 50), false);
+        s.record(local, &rtp(0xa1, 50), false, None);
         let c = s.counters();
         assert_eq!(
             (c.seq.expected(), c.seq.received(), c.seq.lost()),
@@ -260,7 +334,7 @@ mod tests {
         let s = PortState::default();
         s.set_route(None);
         for seq in [0, 5, 9] {
-            s.record(local, &rtp(0xa1, seq), true);
+            s.record(local, &rtp(0xa1, seq), true, None);
         }
         assert_eq!(s.counters().seq, SeqWindow::default());
         assert_eq!(s.counters().packets, 3);

@@ -2,35 +2,53 @@
 //!
 //! Every leased port is a bound UDP socket (so a packet the XDP program
 //! does not forward reaches a real socket and nothing else can take the
-//! port) served by a task that is the userspace path: it forwards what XDP
-//! is off for, or hands back (no flow yet, learning, neighbour miss, TTL,
-//! IPv4↔IPv6). Routes are mirrored into XDP flows whenever the data plane
-//! can express them.
+//! port) served by one of the userspace path's I/O threads (`io_threads.rs`): it
+//! forwards what XDP is off for, or hands back (no flow yet, learning,
+//! neighbour miss, TTL, IPv4↔IPv6). Routes are mirrored into XDP flows
+//! whenever the data plane can express them.
 
 mod forwarder;
+#[cfg(test)]
+mod fuzz_seeds;
+mod io_threads;
+
+pub use io_threads::{DEFAULT_MAX_DELAY, DEFAULT_NICE, IoConfig};
+
+/// The userspace path's packet decisions, pure, for the fuzz targets
+/// (`fuzz/`). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::forwarder::{accept, is_rtcp, rtp_header};
+}
 
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::Arc,
 };
 
 use forwarder::{PortState, UserRoute};
-use media_ebpf::{Flow, FlowKey};
-use tokio::{net::UdpSocket, sync::mpsc};
+use io_threads::{IoPool, Registration, Served};
+use media_ebpf::{Flow, FlowKey, RtcpSeen};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
     dataplane::{DataPlane, FlowCounters},
-    session::{Backend, Counters, PacketEvent, Route, Source},
+    session::{Backend, Counters, PacketEvent, Path, Quality, Route, RtcpReports, Source},
 };
 
-/// One bound port.
+/// One port: bound, or adopted and waiting for its socket (see
+/// [`MediaPlane::take_unbound`]).
 struct Port {
-    socket: Arc<UdpSocket>,
+    socket: Option<Arc<UdpSocket>>,
     state: Arc<PortState>,
-    task: tokio::task::JoinHandle<()>,
+    /// Served by an I/O thread until dropped.
+    served: Option<Registration>,
+    /// The route last set, kept to complete its userspace half once the
+    /// sockets it names are bound.
+    route: Option<Route>,
     /// An XDP flow is installed for packets arriving here.
     flow: bool,
     /// Kernel counters of flows removed from this port (kept so the
@@ -39,16 +57,10 @@ struct Port {
     retired: FlowCounters,
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 pub struct MediaPlane {
     dataplane: Option<DataPlane>,
     ports: HashMap<SocketAddr, Port>,
-    events: mpsc::Sender<PacketEvent>,
+    io: IoPool,
     /// CLOCK_MONOTONIC ↔ wall clock, to report XDP's last-seen times.
     boot: std::time::SystemTime,
     /// Packets and bytes the userspace path forwarded on ports since
@@ -58,6 +70,8 @@ pub struct MediaPlane {
     sessions: Option<crate::dataplane::sessions::SessionStore>,
     /// What an earlier run kept, until the engine takes it.
     persisted: Vec<(String, Vec<u8>)>,
+    /// Adopted ports whose sockets are not bound yet.
+    unbound: Vec<SocketAddr>,
     /// Records that could not be kept (logged each time).
     persist_errors: u64,
     /// Where each port's own counters outlive the process, what an earlier
@@ -66,23 +80,21 @@ pub struct MediaPlane {
     port_store: Option<crate::dataplane::port_counters::PortCounterStore>,
     port_seeds: HashMap<SocketAddr, crate::dataplane::port_counters::PortRecord>,
     port_flushed: HashMap<SocketAddr, crate::dataplane::port_counters::PortRecord>,
+    /// Ports held with no XDP flow (of either kind, see [`held`]) while
+    /// there is a data plane: until it is empty the program must pass
+    /// packets that find no flow to the stack.
+    unheld: std::collections::HashSet<SocketAddr>,
 }
 
-fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    // Room for a burst while the task is scheduled.
-    let _ = s.set_recv_buffer_size(1 << 20);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    let std: StdUdpSocket = s.into();
-    Ok(Arc::new(UdpSocket::from_std(std)?))
+/// The flow that holds a port the data plane does not forward for (no
+/// route, a route only the userspace path can carry): it hands every
+/// packet to the daemon's socket — a learning flow whose expected source,
+/// the port itself, no packet from the wire has — so that a port with no
+/// flow is one no call holds. `rtp` as the port's stream (pairs start on
+/// even ports), so that the flow's quality slot keeps its kind.
+fn held(local: SocketAddr, rtp: bool) -> Flow {
+    let f = Flow::new(local, local).with_source(local).learning(true);
+    if rtp { f.rtp() } else { f }
 }
 
 /// The XDP flow for a route, if the data plane can express it.
@@ -95,7 +107,7 @@ fn xdp_flow(local: SocketAddr, r: &Route) -> Option<Flow> {
     }
     let mut f = Flow::new(r.out, r.dest);
     if r.rtp {
-        f = f.rtp();
+        f = f.rtp().with_clock_rate(r.clock_rate);
     }
     // A packet arriving at `local` has `local`'s family: an expected source
     // of the other family can never match, and the data plane must not
@@ -119,21 +131,36 @@ fn xdp_flow(local: SocketAddr, r: &Route) -> Option<Flow> {
 }
 
 impl MediaPlane {
-    pub fn new(dataplane: Option<DataPlane>, events: mpsc::Sender<PacketEvent>) -> Self {
+    /// Start the userspace path's I/O threads (`io`); packets the engine
+    /// must decide go to `events`.
+    pub fn new(
+        dataplane: Option<DataPlane>,
+        events: &mpsc::Sender<PacketEvent>,
+        io: IoConfig,
+    ) -> io::Result<Self> {
         let boot = monotonic_epoch();
-        Self {
+        Ok(Self {
             dataplane,
             ports: HashMap::new(),
-            events,
+            io: IoPool::start(io, events)?,
             boot,
             closed_user: (0, 0),
             sessions: None,
             persisted: Vec::new(),
+            unbound: Vec::new(),
             persist_errors: 0,
             port_store: None,
             port_seeds: HashMap::new(),
             port_flushed: HashMap::new(),
-        }
+            unheld: std::collections::HashSet::new(),
+        })
+    }
+
+    /// Every port held has an XDP flow: packets for the media range that
+    /// find none are for no call (see `DataPlane::heartbeat`).
+    #[must_use]
+    pub fn every_port_held(&self) -> bool {
+        self.dataplane.is_some() && self.unheld.is_empty()
     }
 
     /// Keep every port's own counters in `store` (the pinned
@@ -226,11 +253,44 @@ impl MediaPlane {
 
     /// Bound ports.
     pub fn bound(&self) -> usize {
-        self.ports.len()
+        self.ports.values().filter(|p| p.socket.is_some()).count()
+    }
+
+    /// Datagrams the userspace path dropped because they waited longer
+    /// than the staleness bound, since the daemon started.
+    pub fn userspace_stale(&self) -> u64 {
+        self.io
+            .totals
+            .stale
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Datagrams the userspace path's I/O threads refused for their source
+    /// (not the route's source, or no route), since the daemon started.
+    pub fn userspace_refused(&self) -> u64 {
+        self.io
+            .totals
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The userspace path's stale drops, `recvmmsg` calls and datagrams
+    /// read, since the daemon started.
+    pub fn userspace_io(&self) -> (u64, u64, u64) {
+        let t = &self.io.totals;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (get(&t.stale), get(&t.reads), get(&t.datagrams))
     }
 
     fn open(&mut self, local: SocketAddr) -> io::Result<()> {
-        let socket = bind(local)?;
+        let socket = io_threads::bind(local)?;
+        self.add_port(local);
+        self.attach(local, socket)
+    }
+
+    /// The port's state, its counters continuing from what an earlier run
+    /// left (no socket yet).
+    fn add_port(&mut self, local: SocketAddr) {
         let state = Arc::new(PortState::default());
         let mut retired = FlowCounters::default();
         if let Some(r) = self.port_seeds.remove(&local) {
@@ -244,26 +304,103 @@ impl MediaPlane {
                     .then(|| std::time::Duration::from_nanos(r.retired_last_seen_ns)),
                 last_rtp: rtp(r.retired_last_rtp),
                 seq: r.retired_seq,
+                quality: media_ebpf::StreamQuality::default(),
             };
             self.port_flushed.insert(local, r);
         }
-        let task = tokio::spawn(forwarder::serve(
-            local,
-            socket.clone(),
-            state.clone(),
-            self.events.clone(),
-        ));
         self.ports.insert(
             local,
             Port {
-                socket,
+                socket: None,
                 state,
-                task,
+                served: None,
+                route: None,
                 flow: false,
                 retired,
             },
         );
+        if self.dataplane.is_some() {
+            // Until its first route gives it a flow.
+            self.unheld.insert(local);
+        }
+    }
+
+    /// Give a port its bound socket and serve it.
+    fn attach(&mut self, local: SocketAddr, socket: UdpSocket) -> io::Result<()> {
+        let Some(port) = self.ports.get_mut(&local) else {
+            return Ok(());
+        };
+        let socket = Arc::new(socket);
+        port.served = Some(self.io.add(Served {
+            local,
+            socket: socket.clone(),
+            state: port.state.clone(),
+        })?);
+        port.socket = Some(socket);
         Ok(())
+    }
+
+    /// Adopted ports still without a socket (each once): the daemon binds
+    /// them in the background ([`bind_all`]) and hands them back through
+    /// [`attach_bound`](Self::attach_bound).
+    pub fn take_unbound(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.unbound)
+    }
+
+    /// Sockets bound in the background: each port still waiting gets its
+    /// own (a port released meanwhile is not reopened). Returns the ports
+    /// whose socket could not be had (another program took the port
+    /// during the gap): their calls cannot be served.
+    pub fn attach_bound(
+        &mut self,
+        bound: Vec<(SocketAddr, io::Result<UdpSocket>)>,
+    ) -> Vec<(SocketAddr, io::Error)> {
+        let mut failed = Vec::new();
+        for (local, socket) in bound {
+            if self.ports.get(&local).is_none_or(|p| p.socket.is_some()) {
+                continue;
+            }
+            if let Err(e) = socket.and_then(|s| self.attach(local, s)) {
+                failed.push((local, e));
+            }
+        }
+        failed
+    }
+
+    /// Complete the userspace half of every route whose sockets were not
+    /// all bound when it was set.
+    pub fn complete_routes(&mut self) {
+        let todo: Vec<(SocketAddr, Route)> = self
+            .ports
+            .iter()
+            .filter_map(|(local, p)| p.route.clone().map(|r| (*local, r)))
+            .collect();
+        for (local, route) in todo {
+            self.set_user_route(local, Some(&route));
+        }
+    }
+
+    /// The userspace half of a route; returns whether the port exists.
+    fn set_user_route(&mut self, local: SocketAddr, route: Option<&Route>) -> bool {
+        let socket = |a: &SocketAddr| self.ports.get(a).and_then(|p| p.socket.clone());
+        let user = route.and_then(|r| {
+            let out = socket(&r.out)?;
+            let demux = r.demux_rtcp.and_then(|(o, d)| Some((socket(&o)?, d)));
+            Some(UserRoute {
+                out,
+                dest: r.dest,
+                source: r.source,
+                demux,
+                rtp: r.rtp,
+                clock_rate: r.clock_rate,
+            })
+        });
+        let Some(port) = self.ports.get_mut(&local) else {
+            return false;
+        };
+        port.state.set_route(user);
+        port.route = route.cloned();
+        true
     }
 
     fn remove_flow(&mut self, local: SocketAddr) {
@@ -286,11 +423,46 @@ impl MediaPlane {
                     }
                     port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
                     port.retired.seq.absorb(&last.seq);
+                    port.retired.quality = last.quality;
                 }
                 Err(e) => warn!(%local, error = %e, "removing XDP flow"),
             }
         }
     }
+}
+
+/// Bind `addrs` on `threads` threads (socket creation and `bind(2)` are
+/// most of adopting a call, and they scale over cores), handing back
+/// chunks as they are done; the channel closes when all are.
+pub fn bind_all(
+    addrs: Vec<SocketAddr>,
+    threads: usize,
+) -> mpsc::UnboundedReceiver<Vec<(SocketAddr, io::Result<UdpSocket>)>> {
+    const CHUNK: usize = 512;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let threads = threads.clamp(1, addrs.len().max(1));
+    let per = addrs.len().div_ceil(threads);
+    for (i, share) in addrs.chunks(per.max(1)).enumerate() {
+        let owned = share.to_vec();
+        let sender = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("media-bind-{i}"))
+            .spawn(move || {
+                for chunk in owned.chunks(CHUNK) {
+                    let bound = chunk.iter().map(|a| (*a, io_threads::bind(*a))).collect();
+                    if sender.send(bound).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Bind this share here instead: slower, never lost.
+            warn!(error = %e, "starting a binding thread failed");
+            let bound = share.iter().map(|a| (*a, io_threads::bind(*a))).collect();
+            let _ = tx.send(bound);
+        }
+    }
+    rx
 }
 
 /// The wall-clock time at which CLOCK_MONOTONIC was zero.
@@ -316,10 +488,24 @@ impl Backend for MediaPlane {
         Ok(())
     }
 
+    fn adopt_pair(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        let rtp = SocketAddr::new(addr, port);
+        let rtcp = SocketAddr::new(
+            addr,
+            port.checked_add(1).ok_or(io::ErrorKind::InvalidInput)?,
+        );
+        for local in [rtp, rtcp] {
+            self.add_port(local);
+            self.unbound.push(local);
+        }
+        Ok(())
+    }
+
     fn close_pair(&mut self, addr: IpAddr, port: u16) {
         for p in [port, port.wrapping_add(1)] {
             let local = SocketAddr::new(addr, p);
             self.remove_flow(local);
+            self.unheld.remove(&local);
             if let Some(p) = self.ports.remove(&local) {
                 let c = p.state.counters();
                 self.closed_user.0 += c.packets;
@@ -334,39 +520,40 @@ impl Backend for MediaPlane {
 
     fn set_route(&mut self, local: SocketAddr, route: Option<Route>) {
         // Userspace first, so a packet XDP hands over finds the new route.
-        let user = route.as_ref().and_then(|r| {
-            let out = self.ports.get(&r.out)?.socket.clone();
-            let demux = r
-                .demux_rtcp
-                .and_then(|(o, d)| Some((self.ports.get(&o)?.socket.clone(), d)));
-            Some(UserRoute {
-                out,
-                dest: r.dest,
-                source: r.source,
-                demux,
-                rtp: r.rtp,
-            })
-        });
-        let Some(port) = self.ports.get(&local) else {
+        if !self.set_user_route(local, route.as_ref()) {
             debug!(%local, "route for an unbound port ignored");
             return;
+        }
+        let Some(dp) = self.dataplane.as_mut() else {
+            return;
         };
-        port.state.set_route(user);
-        let flow = route.as_ref().and_then(|r| xdp_flow(local, r));
-        match (flow, self.dataplane.as_mut()) {
-            (Some(flow), Some(dp)) => match dp.flows_mut().set(FlowKey::new(local), flow) {
-                Ok(()) => {
-                    if let Some(p) = self.ports.get_mut(&local) {
-                        p.flow = true;
-                    }
+        // A flow that forwards, else one that hands packets to the daemon:
+        // either way updated in place, its counters continuing.
+        let flow = route
+            .as_ref()
+            .and_then(|r| xdp_flow(local, r))
+            .unwrap_or_else(|| {
+                held(
+                    local,
+                    route
+                        .as_ref()
+                        .map_or(local.port().is_multiple_of(2), |r| r.rtp),
+                )
+            });
+        match dp.flows_mut().set(FlowKey::new(local), flow) {
+            Ok(()) => {
+                if let Some(p) = self.ports.get_mut(&local) {
+                    p.flow = true;
                 }
-                Err(e) => {
-                    // The userspace path still forwards.
-                    warn!(%local, error = %e, "installing XDP flow failed; forwarding in userspace");
-                    self.remove_flow(local);
-                }
-            },
-            _ => self.remove_flow(local),
+                self.unheld.remove(&local);
+            }
+            Err(e) => {
+                // The userspace path still forwards; packets for ports
+                // without flows go to the stack until this one has one.
+                warn!(%local, error = %e, "installing XDP flow failed; forwarding in userspace");
+                self.remove_flow(local);
+                self.unheld.insert(local);
+            }
         }
     }
 
@@ -376,6 +563,17 @@ impl Backend for MediaPlane {
         };
         let user = port.state.counters();
         let mut kernel = port.retired;
+        let rtcp_port = port.route.as_ref().is_some_and(|r| !r.rtp);
+        let mono = |ns: u64| self.boot + std::time::Duration::from_nanos(ns);
+        let real =
+            |ns: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+        // RTCP reports: the userspace path's, the retired flows', the
+        // current flow's (an RTCP flow's quality slot holds them).
+        let mut rtcp = rtcp_port.then(|| {
+            RtcpReports::default()
+                .merge(&user.rtcp, real)
+                .merge(&RtcpSeen::from_slot(&kernel.quality), mono)
+        });
         // Both paths may have forwarded parts of one stream: fold their
         // windows so one path's packets are not the other's gaps.
         let mut seq = user.seq;
@@ -391,12 +589,24 @@ impl Backend for MediaPlane {
                 kernel.last_rtp = c.last_rtp;
             }
             seq.absorb(&c.seq);
+            kernel.quality = c.quality;
+            rtcp = rtcp.map(|r| r.merge(&RtcpSeen::from_slot(&c.quality), mono));
         }
         let kernel_last = kernel.last_seen.map(|d| self.boot + d);
+        // Quality: of the path that carried the stream last (each
+        // measures only what it saw; their figures do not add up).
+        let clock_rate = port.route.as_ref().map_or(0, |r| r.clock_rate);
+        let quality = match (user.last_packet, kernel_last) {
+            (Some(u), Some(k)) if k > u => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
+            (None, Some(_)) => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
+            (Some(_), _) => Quality::of(&user.quality, Path::Userspace, clock_rate),
+            (None, None) => None,
+        };
         Counters {
             packets: user.packets + kernel.packets,
             bytes: user.bytes + kernel.bytes,
             errors: user.errors,
+            stale: user.stale,
             kernel_packets: kernel.packets,
             kernel_bytes: kernel.bytes,
             rtp_expected: u64::from(seq.expected()),
@@ -410,16 +620,18 @@ impl Backend for MediaPlane {
                 (None, Some(_)) => kernel.last_rtp,
                 _ => user.last_rtp.or(kernel.last_rtp),
             },
+            quality: quality.filter(|_| !rtcp_port),
+            rtcp: rtcp.filter(|r| r.sender_reports + r.blocks > 0),
         }
     }
 
     fn forward(&mut self, arrived: SocketAddr, from: SocketAddr, to: SocketAddr, data: &[u8]) {
-        let Some(p) = self.ports.get(&from) else {
+        let Some(socket) = self.ports.get(&from).and_then(|p| p.socket.as_ref()) else {
             return;
         };
-        let sent = p.socket.try_send_to(data, to);
+        let sent = socket.send_to(data, to);
         if let Some(a) = self.ports.get(&arrived) {
-            a.state.record(arrived, data, sent.is_ok());
+            a.state.record(arrived, data, sent.is_ok(), None);
         }
         if let Err(e) = sent {
             debug!(%from, %to, error = %e, "send failed");
@@ -433,6 +645,11 @@ impl Backend for MediaPlane {
         let (packets, bytes) = self.userspace_totals();
         out.push(("userspace forwarded".to_owned(), packets));
         out.push(("userspace forwarded bytes".to_owned(), bytes));
+        out.push(("userspace stale dropped".to_owned(), self.userspace_stale()));
+        out.push((
+            "userspace refused sources".to_owned(),
+            self.userspace_refused(),
+        ));
         if let Some(dp) = &self.dataplane {
             out.push(("xdp flows".to_owned(), dp.flows().len() as u64));
             out.push((
@@ -473,7 +690,7 @@ impl Backend for MediaPlane {
         } else {
             "[::]:0".parse().ok()?
         };
-        let s = StdUdpSocket::bind(any).ok()?;
+        let s = UdpSocket::bind(any).ok()?;
         // connect() on UDP only picks a route and source address; nothing is sent.
         s.connect(SocketAddr::new(peer, 9)).ok()?;
         s.local_addr().ok().map(|a| a.ip())
@@ -494,6 +711,7 @@ mod tests {
             dest: sa("198.18.2.2:6000"),
             source,
             rtp: true,
+            clock_rate: 8000,
             demux_rtcp: None,
         }
     }

@@ -70,6 +70,9 @@ pub(super) struct Media {
     /// Byte range of the port in the `m=` line's text (without `/<count>`).
     pub(super) port_at: Range<usize>,
     pub(super) protocol: String,
+    /// The clock rate of the first (preferred) payload format, from its
+    /// `a=rtpmap` or, for a static payload type, RFC 3551's tables.
+    pub(super) clock_rate: Option<u32>,
     pub(super) section: Section,
 }
 
@@ -338,7 +341,36 @@ fn media(
         port: model.port,
         port_at,
         protocol: model.proto.clone(),
+        clock_rate: clock_rate(model),
         section: section(lines, scanned, &model.connections, &model.attributes, true)?,
+    })
+}
+
+/// The RTP clock rate of an `m=` line's first payload format: its
+/// `a=rtpmap` (RFC 8866 §6.6, parsed by sdp-types), else the static
+/// payload types' rates (RFC 3551 §6, tables 4 and 5). `None` for a
+/// dynamic type without a valid rtpmap and for non-RTP media.
+fn clock_rate(model: &sdp_types::Media) -> Option<u32> {
+    if !model.proto.to_ascii_uppercase().contains("RTP/") {
+        return None;
+    }
+    let pt: u8 = model.fmt.split_ascii_whitespace().next()?.parse().ok()?;
+    let mapped = model
+        .attributes
+        .iter()
+        .filter(|a| a.attribute.eq_ignore_ascii_case("rtpmap"))
+        .filter_map(|a| a.value.as_deref()?.parse::<sdp_types::RtpMap>().ok())
+        .find(|m| m.payload_type == pt)
+        .map(|m| m.clock_rate)
+        .filter(|&hz| hz > 0);
+    mapped.or(match pt {
+        0 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 13 | 15 | 18 => Some(8_000),
+        6 => Some(16_000),
+        10 | 11 => Some(44_100),
+        16 => Some(11_025),
+        17 => Some(22_050),
+        14 | 25 | 26 | 28 | 31 | 32 | 33 | 34 => Some(90_000),
+        _ => None,
     })
 }
 

@@ -22,6 +22,7 @@ pub(super) fn info(document: &Document<'_>) -> SdpInfo {
                     kind: media.kind.clone(),
                     port: media.port,
                     protocol: media.protocol.clone(),
+                    clock_rate: media.clock_rate,
                     // RFC 8866 §5.7: a media-level c= overrides the session's.
                     connection: own.connection.map(|c| c.value).or(session_connection),
                     rtcp: own.rtcp().map(|rtcp| rtcp.value),

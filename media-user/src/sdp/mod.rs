@@ -91,6 +91,11 @@ pub struct MediaInfo {
     pub port: u16,
     /// m= proto: "RTP/AVP", "RTP/SAVP", "RTP/AVPF", "udptl", "UDP/TLS/RTP/SAVPF", ...
     pub protocol: String,
+    /// RTP clock rate (Hz) of the first payload format of the m= line (the
+    /// one the offerer prefers): its `a=rtpmap`, or RFC 3551's rate for a
+    /// static payload type; `None` when unknown (a dynamic type without
+    /// rtpmap, non-RTP media). Jitter is measured in its units.
+    pub clock_rate: Option<u32>,
     /// Media-level c= address, else the session-level one. 0.0.0.0 (RFC 2543 hold) is reported as is.
     pub connection: Option<IpAddr>,
     /// a=rtcp (RFC 3605), media level.

@@ -21,6 +21,9 @@ pub struct Route {
     pub source: Source,
     /// The stream carries RTP (records SSRC/sequence; allows re-latch).
     pub rtp: bool,
+    /// The RTP clock rate of what arrives (Hz; 0 unknown): the unit its
+    /// jitter and delay are measured in.
+    pub clock_rate: u32,
     /// rtcp-mux → separate RTCP: arriving RTCP goes out from/to here
     /// instead (RFC 5761 §4 packet-type demultiplexing; userspace only).
     pub demux_rtcp: Option<(SocketAddr, SocketAddr)>,
@@ -35,6 +38,9 @@ pub struct Counters {
     /// Packets that arrived but could not be forwarded (no route yet,
     /// refused source, send failure).
     pub errors: u64,
+    /// Packets the userspace path dropped for waiting longer than its
+    /// staleness bound (`userspace-max-delay`): late media is not sent.
+    pub stale: u64,
     /// Forwarded by XDP (part of `packets`).
     pub kernel_packets: u64,
     /// Bytes forwarded by XDP (part of `bytes`).
@@ -48,6 +54,141 @@ pub struct Counters {
     pub last_packet: Option<SystemTime>,
     /// Last RTP (SSRC, sequence) forwarded.
     pub last_rtp: Option<(u32, u16)>,
+    /// RTP streams: how the network before the relay treated what arrived
+    /// (from the path that carried it last); `None` before any RTP.
+    pub quality: Option<Quality>,
+    /// RTCP streams: the reports that passed (both paths, the latest of
+    /// each kind); `None` before any.
+    pub rtcp: Option<RtcpReports>,
+}
+
+/// What the relay saw of the RTCP a party sent through one port: its last
+/// sender report and its last report block (about the stream it
+/// receives), with the times they passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtcpReports {
+    pub sender_reports: u32,
+    /// (sender SSRC, NTP timestamp middle 32 bits, when it passed).
+    pub last_sr: Option<(u32, u32, SystemTime)>,
+    pub blocks: u32,
+    pub last_block: Option<ReportBlock>,
+}
+
+/// One RTCP report block (RFC 3550 §6.4.1) and when it passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportBlock {
+    pub reporter: u32,
+    pub source: u32,
+    /// Fraction lost × 256.
+    pub fraction_lost: u8,
+    pub cumulative_lost: i32,
+    pub highest: u32,
+    /// The reporter's jitter, in timestamp units of what it receives.
+    pub jitter: u32,
+    pub lsr: u32,
+    pub dlsr: u32,
+    pub at: SystemTime,
+}
+
+impl RtcpReports {
+    /// From a record whose times are on a clock where `time_of` converts
+    /// them; the later of `self` and the record's, kind by kind.
+    #[must_use]
+    pub fn merge(self, seen: &media_ebpf::RtcpSeen, time_of: impl Fn(u64) -> SystemTime) -> Self {
+        use media_ebpf::quality::{RTCP_BLOCK_SEEN, RTCP_SR_SEEN};
+        let mut out = self;
+        out.sender_reports = out.sender_reports.wrapping_add(seen.sr_count);
+        out.blocks = out.blocks.wrapping_add(seen.block_count);
+        if seen.flags & RTCP_SR_SEEN != 0 {
+            let at = time_of(seen.sr_at());
+            if out.last_sr.is_none_or(|(_, _, t)| t < at) {
+                out.last_sr = Some((seen.sr_ssrc, seen.sr_ntp_mid, at));
+            }
+        }
+        if seen.flags & RTCP_BLOCK_SEEN != 0 {
+            let at = time_of(seen.block_at());
+            if out.last_block.is_none_or(|b| b.at < at) {
+                out.last_block = Some(ReportBlock {
+                    reporter: seen.reporter,
+                    source: seen.source,
+                    fraction_lost: (seen.lost >> 24) as u8,
+                    cumulative_lost: seen.cumulative_lost(),
+                    highest: seen.highest,
+                    jitter: seen.jitter,
+                    lsr: seen.lsr,
+                    dlsr: seen.dlsr,
+                    at,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Which path measured a stream's [`Quality`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Xdp,
+    Userspace,
+}
+
+impl Path {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+/// The quality figures of one stream at arrival, in time units (see
+/// `media_ebpf::quality` for how each is measured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quality {
+    pub path: Path,
+    /// The payload's clock rate (Hz); 0 when unknown, and then the
+    /// timing figures that need it are `None`.
+    pub clock_rate: u32,
+    /// Interarrival jitter (RFC 3550 §6.4.1), µs.
+    pub jitter_us: Option<u32>,
+    /// Relative transit of the last packet above the lowest of the last
+    /// 4–8 s, µs: a queue building on the way in.
+    pub delay_above_min_us: Option<u32>,
+    /// Largest time between two arrivals, µs.
+    pub max_gap_us: u32,
+    /// Gaps in the sequence at arrival, and the longest (packets).
+    pub gaps: u32,
+    pub longest_gap: u32,
+    pub duplicates: u32,
+    pub reordered: u32,
+}
+
+impl Quality {
+    /// The figures of `q` in time units; `None` if it saw no RTP.
+    #[must_use]
+    pub fn of(q: &media_ebpf::StreamQuality, path: Path, clock_rate: u32) -> Option<Self> {
+        if !q.seq.is_initialised() {
+            return None;
+        }
+        // From 1/16 timestamp units: 8 µs resolution at 8 kHz.
+        let us_q4 = |q4: u32| {
+            (clock_rate > 0 && q.transit_valid())
+                .then(|| (u64::from(q4) * 1_000_000 / (16 * u64::from(clock_rate))) as u32)
+        };
+        let us = |units: u32| us_q4(units.saturating_mul(16));
+        Some(Self {
+            path,
+            clock_rate,
+            jitter_us: us_q4(q.jitter_q4),
+            delay_above_min_us: us(q.delay_above_min()),
+            max_gap_us: q.max_gap_us,
+            gaps: q.gap_count(),
+            longest_gap: q.longest_gap(),
+            duplicates: q.duplicates,
+            reordered: q.reordered,
+        })
+    }
 }
 
 impl Counters {
@@ -63,6 +204,13 @@ pub trait Backend {
     /// Bind the pair `port`, `port + 1` on `addr` (the port range is the
     /// caller's business). Fails if either is taken.
     fn open_pair(&mut self, addr: IpAddr, port: u16) -> io::Result<()>;
+    /// A pair an earlier run of the daemon held, taken over at adoption:
+    /// like [`open_pair`](Self::open_pair), except that a backend may
+    /// bind the sockets later, in the background (the data plane forwards
+    /// meanwhile). By default it binds them at once.
+    fn adopt_pair(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        self.open_pair(addr, port)
+    }
     /// Release both sockets of a pair (and any route on them).
     fn close_pair(&mut self, addr: IpAddr, port: u16);
     /// Install, replace (`Some`) or remove (`None`) the route for packets

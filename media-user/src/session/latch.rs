@@ -7,7 +7,18 @@
 //! signalling said about it ([`Rank`]): the SDP's exact address and port
 //! first, then the SDP's IP or the SIP message's source IP (ng `received
 //! from`), then anyone. A better candidate displaces a worse one during the
-//! window, never after; media for the party goes to the source it holds.
+//! window, never after; media for the party goes to the source it holds —
+//! except a candidate that matches nothing signalling said
+//! ([`Rank::Other`]) while signalling said enough to recognise the party
+//! (an SDP address and the SIP source, ng `received from`, which the SIP
+//! agent and Kamailio send): while the window runs it is *held*, not
+//! served.
+//! Its packets are forwarded (a party behind an unexpected NAT is heard
+//! at once), but media for the party keeps going to the SDP address and
+//! the data plane keeps expecting that address, so a stranger who sends
+//! first receives nothing (no RTP bleed) and the party's own first packet
+//! displaces it. Only if the window closes with nothing better does the
+//! held candidate latch.
 //! Before the dialogue is answered only candidates of the SDP's or the SIP
 //! source's IP are accepted at all. After the window the source is strict:
 //! anyone else is dropped — in XDP once the flow is installed. A latched
@@ -197,11 +208,30 @@ impl Latch {
         true
     }
 
+    /// The candidate media goes to while learning: not one of
+    /// [`Rank::Other`] that is [held](Self::holds).
+    fn served(&self, latched: Option<(SocketAddr, Rank)>) -> Option<SocketAddr> {
+        match latched {
+            Some((_, r)) if self.holds(r) => None,
+            l => l.map(|(a, _)| a),
+        }
+    }
+
+    /// Whether a candidate of `rank` is held while the window runs: one
+    /// that matches nothing signalling said, when signalling said both
+    /// where the party is (the SDP address) and where its SIP came from.
+    /// Without the SIP source a NATed party's own packets match nothing
+    /// either, and holding them would leave it without media for the
+    /// window: then the first sender is served, as before.
+    fn holds(&self, rank: Rank) -> bool {
+        rank == Rank::Other && self.advertised.is_some() && self.sip_source.is_some()
+    }
+
     /// Where media for this party goes.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match self.state {
             State::Latched { addr, .. } => Some(addr),
-            State::Learning { latched, .. } => latched.map(|(a, _)| a).or(self.advertised),
+            State::Learning { latched, .. } => self.served(latched).or(self.advertised),
         }
     }
 
@@ -225,7 +255,7 @@ impl Latch {
         }
         match self.state {
             State::Learning { latched, .. } => {
-                Source::Learning(latched.map(|(a, _)| a).or(self.advertised))
+                Source::Learning(self.served(latched).or(self.advertised))
             }
             State::Latched { addr, rtp } => Source::Latched {
                 addr,
@@ -257,21 +287,30 @@ impl Latch {
             // about, nothing is accepted.
             State::Learning { .. } if self.policy == Policy::StrictSource => Verdict::Drop,
             State::Learning { .. } if !answered && rank < Rank::SameIp => Verdict::Drop,
-            State::Learning { since, latched } => match *latched {
-                Some((l, _)) if l == from => Verdict::Forward,
-                // A better candidate displaces a worse one; equals do not
-                // (the first of them keeps it).
-                Some((_, held)) if rank > held => {
-                    *latched = Some((from, rank));
-                    Verdict::Forward
+            State::Learning { since, latched } => {
+                let verdict = match *latched {
+                    Some((l, _)) if l == from => Verdict::Forward,
+                    // A better candidate displaces a worse one; equals do
+                    // not (the first of them keeps it).
+                    Some((_, held)) if rank > held => {
+                        *latched = Some((from, rank));
+                        Verdict::Forward
+                    }
+                    Some(_) => Verdict::Drop,
+                    None => {
+                        since.get_or_insert(now);
+                        *latched = Some((from, rank));
+                        Verdict::Forward
+                    }
+                };
+                // A held stranger's packet the daemon forwards shows in the
+                // port's count: it is no sign of the advertised address
+                // (what the data plane forwards by itself is).
+                if verdict == Verdict::Forward && self.holds(rank) {
+                    self.forwarded_base += 1;
                 }
-                Some(_) => Verdict::Drop,
-                None => {
-                    since.get_or_insert(now);
-                    *latched = Some((from, rank));
-                    Verdict::Forward
-                }
-            },
+                verdict
+            }
             State::Latched { addr, rtp: last } => {
                 if from == *addr {
                     if rtp.is_some() {
@@ -303,7 +342,9 @@ impl Latch {
     pub fn needs_sync(&self, from: SocketAddr, rtp: Option<(u32, u16)>, now: Instant) -> bool {
         match self.state {
             State::Learning { since, latched } => {
-                (latched.is_none() && self.advertised.is_some())
+                // Nothing latched, or only a held stranger: the data plane
+                // expects (and may have forwarded) the advertised address.
+                (latched.is_none_or(|(_, r)| self.holds(r)) && self.advertised.is_some())
                     || since.is_some_and(|s| now.saturating_duration_since(s) >= self.window)
             }
             State::Latched { addr, rtp: last } => {
@@ -412,8 +453,11 @@ impl Latch {
     /// Without a latched source the data plane expected the advertised
     /// address.
     fn note_forwarded(&mut self, now: Instant) {
+        let holding = self.holds(Rank::Other);
         if let State::Learning { since, latched } = &mut self.state {
-            if latched.is_none()
+            // Nothing, or only a held stranger: the data plane expected
+            // the advertised address, and it spoke.
+            if latched.is_none_or(|(_, r)| r == Rank::Other && holding)
                 && let Some(a) = self.advertised
             {
                 *latched = Some((a, Rank::Exact));
@@ -459,6 +503,8 @@ mod tests {
         let sdp = sa("198.18.99.5:4000");
         let public = sa("198.18.1.2:40000");
         let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
+        // Its SIP came from the NAT's address too.
+        l.set_sip_source(Some(public.ip()));
         assert_eq!(l.endpoint(), Some(sdp));
         assert_eq!(l.on_packet(public, None, t0, true), Verdict::Forward);
         assert_eq!(
@@ -634,8 +680,11 @@ mod tests {
         assert_eq!(l.rank(sip_ip), Rank::SameIp);
         assert_eq!(l.rank(sdp), Rank::Exact);
         let ms = |n| t0 + Duration::from_millis(n);
+        // A stranger is forwarded but held: media still goes to the SDP
+        // address, which the data plane still expects.
         assert_eq!(l.on_packet(stranger, None, ms(0), true), Verdict::Forward);
-        assert_eq!(l.endpoint(), Some(stranger));
+        assert_eq!(l.endpoint(), Some(sdp));
+        assert_eq!(l.source(), Source::Learning(Some(sdp)));
         // Same IP as the SIP messages: better.
         assert_eq!(l.on_packet(sip_ip, None, ms(10), true), Verdict::Forward);
         assert_eq!(l.endpoint(), Some(sip_ip));
@@ -651,6 +700,70 @@ mod tests {
         // The window ran from the first packet: it closes on time.
         assert!(l.tick(t0 + W));
         assert_eq!(l.endpoint(), Some(sdp));
+    }
+
+    /// RTP bleed: a stranger who sends first, before the party whose SDP
+    /// address and SIP source the relay knows, receives nothing — it is
+    /// held, not served — and the party's first packet
+    /// takes the stream, also when it comes through the data plane (which
+    /// kept expecting the SDP address). Alone until the window closes, the
+    /// held stranger latches (a party behind a NAT nobody announced).
+    #[test]
+    fn a_stranger_first_is_held_not_served() {
+        let t0 = Instant::now();
+        let sdp = sa("198.18.1.2:5000");
+        let stranger = sa("198.18.1.66:6666");
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Signalling said where the party is and where its SIP came from.
+        let latch = || {
+            let mut l = Latch::new(Policy::Symmetric, Some(sdp), W);
+            l.set_sip_source(Some(sdp.ip()));
+            l
+        };
+        // The party answers itself.
+        let mut l = latch();
+        assert_eq!(l.on_packet(stranger, None, ms(0), true), Verdict::Forward);
+        assert_eq!(
+            (l.endpoint(), l.source()),
+            (Some(sdp), Source::Learning(Some(sdp)))
+        );
+        assert_eq!(l.on_packet(sdp, None, ms(10), true), Verdict::Forward);
+        assert_eq!(l.on_packet(stranger, None, ms(20), true), Verdict::Drop);
+        assert!(l.tick(ms(3_000)));
+        assert_eq!(l.endpoint(), Some(sdp));
+        // The party's packets forwarded by the data plane (never seen by
+        // the daemon) displace the held stranger just the same.
+        let mut x = latch();
+        x.on_packet(stranger, None, ms(0), true);
+        assert!(!x.sync(5, None, ms(10)));
+        assert!(x.tick(ms(3_000)));
+        assert_eq!(x.endpoint(), Some(sdp));
+        assert_eq!(x.on_packet(stranger, None, ms(3_001), true), Verdict::Drop);
+        // The held stranger's own packets, forwarded by the daemon and so
+        // counted on the port, confirm nothing.
+        let mut w = latch();
+        for n in 0..3 {
+            assert_eq!(w.on_packet(stranger, None, ms(n), true), Verdict::Forward);
+        }
+        assert!(w.needs_sync(stranger, None, ms(3)));
+        assert!(!w.sync(3, None, ms(3)));
+        assert_eq!(w.on_packet(stranger, None, ms(4), true), Verdict::Forward);
+        assert_eq!(w.endpoint(), Some(sdp));
+        // Alone for the whole window: it latches.
+        let mut y = latch();
+        y.on_packet(stranger, None, ms(0), true);
+        assert_eq!(y.endpoint(), Some(sdp));
+        assert!(y.tick(ms(3_000)));
+        assert_eq!(y.endpoint(), Some(stranger));
+        // Without an SDP address there is nothing to hold it against;
+        // without the SIP source a NATed party matches nothing either:
+        // the first sender is served.
+        let mut z = Latch::new(Policy::Symmetric, None, W);
+        z.on_packet(stranger, None, ms(0), true);
+        assert_eq!(z.endpoint(), Some(stranger));
+        let mut v = Latch::new(Policy::Symmetric, Some(sdp), W);
+        v.on_packet(stranger, None, ms(0), true);
+        assert_eq!(v.endpoint(), Some(stranger));
     }
 
     #[test]
@@ -717,6 +830,7 @@ mod tests {
         let t0 = Instant::now();
         let nat = sa("198.18.1.2:40000");
         let mut l = Latch::new(Policy::Symmetric, Some(sa("198.18.99.5:4000")), W);
+        l.set_sip_source(Some(nat.ip()));
         l.on_packet(nat, Some((5, 1)), t0, true);
         l.sync(100, Some((5, 100)), t0 + W);
         assert_eq!(l.endpoint(), Some(nat));

@@ -30,11 +30,12 @@ pub mod model;
 mod offer_answer;
 mod persist;
 pub mod ports;
+pub mod quality;
 pub mod record;
 mod reports;
 mod routes;
 
-pub use backend::{Backend, Counters, Route};
+pub use backend::{Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};
 pub use clock::Now;
 pub use engine::{DEFAULT_MAX_MEDIA, EndReason, Ended, Engine, PacketEvent, SessionConfig};
 pub use error::CommandError;

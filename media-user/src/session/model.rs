@@ -122,6 +122,9 @@ pub struct Media {
     pub zero_address: bool,
     pub rtp: Latch,
     pub rtcp: Latch,
+    /// RTP clock rate of the party's first payload format (from its SDP),
+    /// the unit of its stream's jitter; `None` if unknown.
+    pub clock_rate: Option<u32>,
 }
 
 impl Media {

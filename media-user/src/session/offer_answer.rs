@@ -455,6 +455,7 @@ impl<B: Backend> Engine<B> {
                 m.mux_in_sdp = mi.rtcp_mux;
                 m.direction = mi.direction;
                 m.zero_address = zero;
+                m.clock_rate = mi.clock_rate;
                 if m.rtp.policy() != flags.policy {
                     m.rtp = Latch::new(flags.policy, rtp_adv, window).based_at(forwarded[0]);
                     m.rtcp = Latch::new(flags.policy, rtcp_adv, window).based_at(forwarded[1]);
@@ -482,6 +483,7 @@ impl<B: Backend> Engine<B> {
                     zero_address: zero,
                     rtp: latch(rtp_adv, forwarded[0]),
                     rtcp: latch(rtcp_adv, forwarded[1]),
+                    clock_rate: mi.clock_rate,
                 });
             }
         }
@@ -553,6 +555,7 @@ impl<B: Backend> Engine<B> {
                     zero_address: false,
                     rtp: Latch::new(policy, None, window),
                     rtcp: Latch::new(policy, None, window),
+                    clock_rate: None,
                 });
             }
         }

@@ -60,6 +60,17 @@ pub struct Restored {
     /// How long adoption took (measured for the report only: nothing in
     /// the engine depends on it).
     pub took: Duration,
+    /// Of which: decoding records, claiming (and, for a backend that does
+    /// not defer it, binding) ports, re-programming routes.
+    pub phases: Phases,
+}
+
+/// Where adoption's time went.
+#[derive(Debug, Default)]
+pub struct Phases {
+    pub decode: Duration,
+    pub bind: Duration,
+    pub program: Duration,
 }
 
 /// A record that was not adopted.
@@ -173,7 +184,7 @@ impl<B: Backend> Engine<B> {
                 out.engine_record = Some(result);
                 continue;
             }
-            match self.adopt(&id, &bytes, now) {
+            match self.adopt(&id, &bytes, now, &mut out.phases) {
                 Ok(rebased) => {
                     out.adopted += 1;
                     out.rebased += usize::from(rebased);
@@ -204,6 +215,9 @@ impl<B: Backend> Engine<B> {
                 adopted = out.adopted,
                 skipped = out.skipped.len(),
                 took_us = out.took.as_micros() as u64,
+                decode_us = out.phases.decode.as_micros() as u64,
+                claim_us = out.phases.bind.as_micros() as u64,
+                program_us = out.phases.program.as_micros() as u64,
                 "calls of the earlier run adopted"
             );
         }
@@ -211,14 +225,23 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Adopt one call. Returns whether its times were rebased.
-    fn adopt(&mut self, id: &str, bytes: &[u8], now: Now) -> Result<bool, SkipReason> {
+    fn adopt(
+        &mut self,
+        id: &str,
+        bytes: &[u8],
+        now: Now,
+        phases: &mut Phases,
+    ) -> Result<bool, SkipReason> {
         if id.starts_with('\0') {
             return Err(SkipReason::Reserved);
         }
         if self.calls.contains_key(id) {
             return Err(SkipReason::Duplicate);
         }
+        let t0 = Instant::now();
         let Decoded { mut call, rebased } = record::decode_call(id, bytes, now)?;
+        let t1 = Instant::now();
+        phases.decode += t1 - t0;
         // Interfaces are this run's configuration: a party's local address
         // must still be on one (it may have moved in the list).
         let mut moved = rebased;
@@ -250,7 +273,7 @@ impl<B: Backend> Engine<B> {
                 return Some(SkipReason::Port { port, source });
             }
             claimed.push(port);
-            if let Err(source) = self.backend.open_pair(local, port) {
+            if let Err(source) = self.backend.adopt_pair(local, port) {
                 return Some(SkipReason::Bind {
                     local,
                     port,
@@ -260,6 +283,8 @@ impl<B: Backend> Engine<B> {
             opened.push((local, port));
             None
         });
+        let t2 = Instant::now();
+        phases.bind += t2 - t1;
         if let Some(reason) = failed {
             for (local, port) in opened {
                 self.backend.close_pair(local, port);
@@ -286,6 +311,7 @@ impl<B: Backend> Engine<B> {
         for x in dialogues {
             self.program(id, x, now.mono);
         }
+        phases.program += t2.elapsed();
         if moved {
             self.dirty.insert(id.to_owned());
         }
@@ -324,6 +350,17 @@ impl<B: Backend> Engine<B> {
             }
             self.finished.push_front(f);
         }
+    }
+
+    /// A port of an adopted call could not be bound again (another
+    /// program took it while no daemon held it): the call cannot be
+    /// served on it, and ends (reason `port lost`).
+    pub fn port_lost(&mut self, local: SocketAddr, error: &io::Error, now: Now) {
+        let Some(id) = self.owners.get(&local).map(|o| o.call.clone()) else {
+            return;
+        };
+        warn!(call_id = %id, %local, %error, "a port of an adopted call could not be bound again: the call ends");
+        self.drop_call(&id, now, Some("port lost"));
     }
 
     /// Whether a local address is owned by a call's stream (a flow left in

@@ -25,7 +25,11 @@
 //! written (a retransmitted offer writes nothing).
 //!
 //! The format number moves with any change to these types (fields are
-//! positional): a record of another format is refused, never guessed at.
+//! positional): a record of a format this build does not know is refused,
+//! never guessed at. Format 2 is format 1's body followed by an extension
+//! (each media's RTP clock rate, for jitter); this build reads both, so a
+//! call kept by the build before is adopted (its clock rates unknown until
+//! the next offer/answer names them).
 //! Enumerations are coded as numbers here, not by their Rust names, so
 //! that renaming one changes nothing.
 //!
@@ -48,8 +52,10 @@ use super::{
 };
 use crate::sdp::Direction;
 
-/// The record format this build writes and reads.
-pub const FORMAT: u8 = 1;
+/// The record format this build writes.
+pub const FORMAT: u8 = 2;
+/// The formats it reads.
+pub const READS: [u8; 2] = [1, 2];
 
 /// The store id of the engine's own record. A NUL byte: no SIP Call-ID can
 /// hold one (RFC 3261 §25.1, `word` is printable characters), and `offer`
@@ -74,7 +80,7 @@ pub enum RecordError {
     #[error("the record is empty")]
     Empty,
     #[error(
-        "record format {found} is not one this build reads (it reads {FORMAT}): written by another version of media-relay"
+        "record format {found} is not one this build reads (it reads {READS:?}): written by another version of media-relay"
     )]
     Format { found: u8 },
     #[error("the record does not decode ({source}): truncated or corrupted")]
@@ -105,6 +111,14 @@ struct CallRecord {
     answered: bool,
     delete_at_ns: Option<u64>,
     monos: Vec<MonoRecord>,
+}
+
+/// What format 2 adds after format 1's body.
+#[derive(Default, Serialize, Deserialize)]
+struct CallExtension {
+    /// Per party, per media: the RTP clock rate (Hz) of its first payload
+    /// format, if known.
+    clock_rates: Vec<Vec<Option<u32>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -336,8 +350,9 @@ impl Times {
 
 // ---- framing -------------------------------------------------------------
 
-/// `[FORMAT][header][body]`, and the digest of the body.
-fn frame<T: Serialize>(body: &T, now: Now) -> Option<(Vec<u8>, u64)> {
+/// `[FORMAT][header][body][extension]`, and the digest of body and
+/// extension.
+fn frame<T: Serialize, E: Serialize>(body: &T, extension: &E, now: Now) -> Option<(Vec<u8>, u64)> {
     let header = Header {
         mono_ns: now.mono_ns,
         wall_ms: unix_ms(now.wall),
@@ -345,23 +360,31 @@ fn frame<T: Serialize>(body: &T, now: Now) -> Option<(Vec<u8>, u64)> {
     let out = postcard::to_extend(&header, vec![FORMAT]).ok()?;
     let start = out.len();
     let out = postcard::to_extend(body, out).ok()?;
+    let out = postcard::to_extend(extension, out).ok()?;
     let d = digest(out.get(start..).unwrap_or_default());
     Some((out, d))
 }
 
-/// The header, the body and the body's digest of a framed record.
-fn unframe<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(Header, T, u64), RecordError> {
+/// The header, the body and the body's digest of a framed record, with
+/// format 2's extension `E` (its default for format 1).
+fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default>(
+    bytes: &'a [u8],
+) -> Result<(Header, T, E, u64), RecordError> {
     let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
-    if format != FORMAT {
+    if !READS.contains(&format) {
         return Err(RecordError::Format { found: format });
     }
     let malformed = |source| RecordError::Malformed { source };
     let (header, body): (Header, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
-    let (value, extra) = postcard::take_from_bytes(body).map_err(malformed)?;
+    let (value, mut extra) = postcard::take_from_bytes(body).map_err(malformed)?;
+    let mut extension = E::default();
+    if format >= 2 {
+        (extension, extra) = postcard::take_from_bytes(extra).map_err(malformed)?;
+    }
     if !extra.is_empty() {
         return Err(RecordError::Trailing { extra: extra.len() });
     }
-    Ok((header, value, digest(body)))
+    Ok((header, value, extension, digest(body)))
 }
 
 // ---- calls ---------------------------------------------------------------
@@ -417,6 +440,7 @@ pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
             zero_address,
             rtp,
             rtcp,
+            clock_rate: _,
         } = m;
         MediaRecord {
             kind: kind.clone(),
@@ -469,7 +493,13 @@ pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
         delete_at_ns: delete_at.map(|t| now.ns_of(t)),
         monos: monos.iter().map(mono).collect(),
     };
-    frame(&record, now)
+    let extension = CallExtension {
+        clock_rates: monos
+            .iter()
+            .map(|m| m.media.iter().map(|media| media.clock_rate).collect())
+            .collect(),
+    };
+    frame(&record, &extension, now)
 }
 
 /// A call read back from its record.
@@ -487,7 +517,7 @@ pub(super) struct Decoded {
 /// this build does not know); ports and interfaces are the adopter's to
 /// check against its own configuration.
 pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, RecordError> {
-    let (header, r, body_digest): (_, CallRecord, _) = unframe(bytes)?;
+    let (header, r, ext, body_digest): (_, CallRecord, CallExtension, _) = unframe(bytes)?;
     let (times, rebased) = Times::of(&header, now);
     let n = r.monos.len();
     let latch = |l: LatchRecord| -> Result<Latch, RecordError> {
@@ -523,6 +553,7 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             zero_address: m.zero_address,
             rtp: latch(m.rtp)?,
             rtcp: latch(m.rtcp)?,
+            clock_rate: None,
         })
     };
     let mut monos = Vec::with_capacity(n);
@@ -549,6 +580,11 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             sdp_seen: m.sdp_seen,
         });
     }
+    for (mono, rates) in monos.iter_mut().zip(ext.clock_rates) {
+        for (media, rate) in mono.media.iter_mut().zip(rates) {
+            media.clock_rate = rate;
+        }
+    }
     let call = Call {
         id: id.to_owned(),
         created: wall_of(r.created_ms)?,
@@ -562,6 +598,20 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
         persisted: Some(body_digest),
     };
     Ok(Decoded { call, rebased })
+}
+
+/// A call record as the build before this one wrote it: format 1, the
+/// same header and body without format 2's extension (tests of adoption
+/// across an upgrade).
+#[cfg(test)]
+pub(super) fn as_format_1(bytes: &[u8]) -> Vec<u8> {
+    let rest = &bytes[1..];
+    let (_, body): (Header, _) = postcard::take_from_bytes(rest).expect("a header");
+    let (_, ext): (CallRecord, _) = postcard::take_from_bytes(body).expect("a body");
+    let end = rest.len() - ext.len();
+    let mut out = vec![1];
+    out.extend_from_slice(&rest[..end]);
+    out
 }
 
 // ---- the engine's record -------------------------------------------------
@@ -638,7 +688,7 @@ pub(super) fn encode_engine(
             .collect(),
         finished: recent,
     };
-    frame(&record, now)
+    frame(&record, &(), now)
 }
 
 /// What the engine's record holds, ready to merge into a new engine.
@@ -650,7 +700,7 @@ pub(super) struct EngineState {
 }
 
 pub(super) fn decode_engine(bytes: &[u8]) -> Result<EngineState, RecordError> {
-    let (_, r, _): (Header, EngineRecord, _) = unframe(bytes)?;
+    let (_, r, (), _): (Header, EngineRecord, (), _) = unframe(bytes)?;
     let by_name = |v: Vec<(String, u64)>| {
         v.into_iter()
             .filter_map(|(k, n)| COMMANDS.iter().find(|c| **c == k).map(|c| (*c, n)))

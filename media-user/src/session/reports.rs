@@ -9,10 +9,11 @@ use std::{
 };
 
 use super::{
-    backend::{Backend, Counters},
+    backend::{Backend, Counters, RtcpReports},
     engine::{ENDED_LISTED, Engine},
     error::CommandError,
     latch::Latch,
+    quality::Leg,
 };
 use crate::ng::{List, Query, Reply, Value};
 
@@ -68,6 +69,7 @@ impl<B: Backend> Engine<B> {
         t.packets += c.packets;
         t.bytes += c.bytes;
         t.errors += c.errors;
+        t.stale += c.stale;
         t.kernel_packets += c.kernel_packets;
         t.kernel_bytes += c.kernel_bytes;
         // Clamped per stream, so that one stream's duplicates do not hide
@@ -85,6 +87,9 @@ impl<B: Backend> Engine<B> {
             ("packets", int(c.packets)),
             ("bytes", int(c.bytes)),
             ("errors", int(c.errors)),
+            // Dropped by the userspace path for waiting longer than its
+            // bound (never sent late).
+            ("stale dropped", int(c.stale)),
             ("kernel packets", int(c.kernel_packets)),
             ("kernel bytes", int(c.kernel_bytes)),
         ];
@@ -107,6 +112,12 @@ impl<B: Backend> Engine<B> {
         if let Some(t) = c.last_packet {
             d.push(("last packet", Value::Int(unix(t))));
         }
+        if let Some(q) = c.quality.filter(|_| component == 0) {
+            d.push(("quality", quality(&q)));
+        }
+        if let Some(r) = &c.rtcp {
+            d.push(("rtcp", rtcp(r)));
+        }
         dict(d)
     }
 
@@ -122,6 +133,7 @@ impl<B: Backend> Engine<B> {
         // Dictionaries lose the order the parties joined in (the caller
         // first); operators' tools show legs in it.
         let mut order = Vec::new();
+        let mut worst: Option<f64> = None;
         for mono in &call.monos {
             if only_tag.is_some_and(|t| t != mono.tag) {
                 continue;
@@ -151,6 +163,31 @@ impl<B: Backend> Engine<B> {
                 ("created", Value::Int(unix(mono.created))),
                 ("medias", Value::List(medias)),
             ];
+            // The leg's quality: of its first RTP media carrying packets.
+            let peer = mono.peer.and_then(|p| call.monos.get(p));
+            let leg = mono.media.iter().enumerate().find_map(|(i, m)| {
+                let (rtp, rtcp) = m.locals(mono.local)?;
+                let c = self.backend.counters(rtp);
+                c.quality?;
+                let pm = peer.and_then(|p| p.media.get(i));
+                let peer_rtcp = pm
+                    .and_then(|pm| pm.locals(peer?.local))
+                    .map(|(_, r)| self.backend.counters(r).rtcp);
+                let own = self.backend.counters(rtcp).rtcp;
+                let far_clock = pm.and_then(|pm| pm.clock_rate).unwrap_or(0);
+                Some(Leg::of(
+                    &c,
+                    own.as_ref(),
+                    peer_rtcp.flatten().as_ref(),
+                    far_clock,
+                ))
+            });
+            if let Some(leg) = leg {
+                if let Some(m) = leg.mos() {
+                    worst = Some(worst.map_or(m, |w: f64| w.min(m)));
+                }
+                d.push(("quality", leg_quality(&leg)));
+            }
             if let Some(l) = &mono.label {
                 d.push(("label", text(l)));
             }
@@ -164,6 +201,7 @@ impl<B: Backend> Engine<B> {
                 ("packets", int(c.packets)),
                 ("bytes", int(c.bytes)),
                 ("errors", int(c.errors)),
+                ("stale dropped", int(c.stale)),
                 ("kernel packets", int(c.kernel_packets)),
                 ("kernel bytes", int(c.kernel_bytes)),
             ];
@@ -178,6 +216,10 @@ impl<B: Backend> Engine<B> {
         out.insert(b"last signal".to_vec(), Value::Int(unix(call.last_signal)));
         out.insert(b"tags".to_vec(), Value::Dict(tags));
         out.insert(b"tag order".to_vec(), Value::List(order));
+        if let Some(w) = worst {
+            // ×10, as rtpengine reports MOS (43 = 4.3).
+            out.insert(b"worst MOS".to_vec(), int((w * 10.0).round() as u64));
+        }
         out.insert(
             b"totals".to_vec(),
             dict(vec![
@@ -321,4 +363,77 @@ impl<B: Backend> Engine<B> {
             ]),
         )])
     }
+}
+
+/// A stream's quality figures at arrival (`Counters::quality`) as the
+/// `quality` dictionary of its `query` entry. Timing figures are absent
+/// when the payload's clock rate is unknown (`clock rate` 0).
+fn quality(q: &super::backend::Quality) -> Value {
+    let mut d = vec![
+        ("path", text(q.path.name())),
+        ("clock rate", int(u64::from(q.clock_rate))),
+        ("max gap us", int(u64::from(q.max_gap_us))),
+        ("gaps", int(u64::from(q.gaps))),
+        ("longest gap", int(u64::from(q.longest_gap))),
+        ("duplicates", int(u64::from(q.duplicates))),
+        ("reordered", int(u64::from(q.reordered))),
+    ];
+    if let Some(j) = q.jitter_us {
+        // rtpengine reports jitter in milliseconds.
+        d.push(("jitter", int(u64::from(j / 1000))));
+        d.push(("jitter us", int(u64::from(j))));
+    }
+    if let Some(x) = q.delay_above_min_us {
+        d.push(("delay above minimum us", int(u64::from(x))));
+    }
+    dict(d)
+}
+
+/// The RTCP a party sent through this port, as `rtcp` in its `query`
+/// entry: how many SRs and report blocks passed, and the last block's
+/// figures (the party's view of what it receives).
+fn rtcp(r: &RtcpReports) -> Value {
+    let mut d = vec![
+        ("sender reports", int(u64::from(r.sender_reports))),
+        ("report blocks", int(u64::from(r.blocks))),
+    ];
+    if let Some(b) = &r.last_block {
+        d.push(("fraction lost", int(u64::from(b.fraction_lost))));
+        d.push(("cumulative lost", Value::Int(i64::from(b.cumulative_lost))));
+        d.push(("jitter", int(u64::from(b.jitter))));
+        d.push(("highest seq", int(u64::from(b.highest))));
+        d.push(("last report", Value::Int(unix(b.at))));
+    }
+    dict(d)
+}
+
+/// A leg's figures (`session::quality`) as `quality` in its tag's `query`
+/// entry. MOS ×10 as rtpengine reports it.
+fn leg_quality(leg: &Leg) -> Value {
+    let mut d = vec![(
+        "inbound loss permille",
+        int((leg.inbound_loss * 10.0).round() as u64),
+    )];
+    if let Some(q) = &leg.inbound {
+        d.push(("path", text(q.path.name())));
+        if let Some(j) = q.jitter_us {
+            d.push(("inbound jitter us", int(u64::from(j))));
+        }
+        if let Some(x) = q.delay_above_min_us {
+            d.push(("inbound delay above minimum us", int(u64::from(x))));
+        }
+    }
+    if let Some(l) = leg.far_loss() {
+        d.push(("far end loss permille", int((l * 10.0).round() as u64)));
+    }
+    if let Some(j) = leg.far_jitter_us() {
+        d.push(("far end jitter us", int(j)));
+    }
+    if let Some(rtt) = leg.rtt_us {
+        d.push(("round trip us", int(rtt)));
+    }
+    if let Some(m) = leg.mos() {
+        d.push(("MOS", int((m * 10.0).round() as u64)));
+    }
+    dict(d)
 }

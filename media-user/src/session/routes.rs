@@ -36,6 +36,7 @@ impl<B: Backend> Engine<B> {
             dest,
             source: ma.rtp.source(),
             rtp: true,
+            clock_rate: ma.clock_rate.unwrap_or(0),
             demux_rtcp: (ma.mux && !mb.mux)
                 .then_some(dest_rtcp.map(|d| (b_out_rtcp, d)))
                 .flatten(),
@@ -45,6 +46,7 @@ impl<B: Backend> Engine<B> {
             dest,
             source: ma.rtcp.source(),
             rtp: false,
+            clock_rate: 0,
             demux_rtcp: None,
         });
         [(Some(a_rtp), rtp), (Some(a_rtcp), rtcp)]

@@ -261,6 +261,15 @@ pub(super) fn assert_same_engine(a: &Engine<Fake>, b: &Engine<Fake>) {
 pub(super) const CARRIER: &str = "198.18.1.1";
 pub(super) const PBX: &str = "198.18.2.1";
 
+/// Party A's offer from behind a NAT: a private SDP address
+/// (198.18.99.5:4000), its SIP from the NAT's public address 198.18.1.2
+/// (ng `received from`), as the SIP agent and Kamailio send it.
+pub(super) fn nat_offer(call: &str) -> Command {
+    let mut o = oa(call, "a", None, offer_sdp("198.18.99.5", 4000));
+    o.received_from = Some(ip("198.18.1.2"));
+    Command::Offer(o)
+}
+
 pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -622,10 +631,7 @@ fn hold_with_zero_address_passes_through() {
 #[test]
 fn nat_latching_through_the_engine() {
     let mut e = engine();
-    e.handle(
-        Command::Offer(oa("c", "a", None, offer_sdp("198.18.99.5", 4000))),
-        Now::read(),
-    );
+    e.handle(nat_offer("c"), Now::read());
     let now = Now::read();
     let r = e.handle(
         Command::Answer(oa("c", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),

@@ -529,11 +529,18 @@ impl Agent {
 
     // ---- input ----------------------------------------------------------
 
-    /// A message that failed to parse: 400 if a response can be formed.
-    pub fn on_malformed(&mut self, peer: Peer, raw: &[u8], error: &MessageError) {
+    /// A message that failed to parse: 400 if a response can be formed,
+    /// within `refusal-rate` per source like every refusal (garbage comes
+    /// from anyone, spoofed sources included: answering all of it would
+    /// reflect a flood at whoever the sources name).
+    pub fn on_malformed(&mut self, peer: Peer, raw: &[u8], error: &MessageError, now: Instant) {
         self.stats.malformed += 1;
         debug!(remote = %peer.remote, %error, "malformed SIP message");
         if let Some(r) = Message::rejection(raw, error, Some("mr-proxy")) {
+            if !self.refusals.admit(peer.remote.ip(), now) {
+                self.stats.refusals_unanswered += 1;
+                return;
+            }
             *self
                 .stats
                 .responses

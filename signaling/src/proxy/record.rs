@@ -174,8 +174,10 @@ pub(super) fn decode(
     }
     let from_side = side_of(cfg, &r.from_side)?;
     let to_side = side_of(cfg, &r.to_side)?;
-    let caller_tag = tag_of(&r.caller_header).ok_or(Skip::Unreadable)?;
-    let callee_tag = tag_of(&r.callee_header).ok_or(Skip::Unreadable)?;
+    // A party without a tag (RFC 2543 allowed it) has the empty tag, as
+    // in the agent that wrote the record (`routing.rs`, `media.rs`).
+    let caller_tag = tag_of(&r.caller_header).unwrap_or_default();
+    let callee_tag = tag_of(&r.callee_header).unwrap_or_default();
     let raised = |cseq: u32| cseq.saturating_add(CSEQ_MARGIN).min(MAX_CSEQ);
     let party = |p: PartyRecord, own: &str, other: &str| Party {
         target: p.target,

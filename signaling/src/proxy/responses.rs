@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use tracing::debug;
+
 use super::{
     Peer, Transport,
     agent::{Agent, Pending, Purpose, ServerKey, TxRef},
@@ -63,6 +65,16 @@ impl Agent {
         }
         let Some(server) = server else { return };
         msg.pop_via();
+        // RFC 3261 §16.7 step 3: with no Via left the response was meant
+        // for the agent itself and must not be forwarded — upstream could
+        // not match it to its request, nor even parse it (found by the
+        // `sip_agent` fuzz target: a PBX's 200 to a BYE whose second Via
+        // was mangled).
+        if msg.via_count() == 0 {
+            self.stats.stray_responses += 1;
+            debug!(status, "response without the Via of its upstream dropped");
+            return;
+        }
         let method = request.method();
         let call_id = msg.call_id().to_owned();
         if method == Method::Invite && status == 100 {

@@ -12,7 +12,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -47,12 +47,19 @@ use crate::{
 /// connection events wait for room instead.
 const EVENT_QUEUE: usize = 4096;
 
+/// Bytes of SIP messages (parsed or not) waiting for the agent's task at
+/// most: beyond, they are dropped as on a full queue. Without it, a flood
+/// of the largest messages (`max-message`, 64 KiB) would hold 4 096 x 64
+/// KiB = 256 MiB while the agent catches up; with it, 16 MiB, some 16 000
+/// messages of a typical 1 KiB.
+const EVENT_QUEUE_BYTES: usize = 16 << 20;
+
 /// At most one warning about dropped events per this many seconds.
 const DROP_WARNING_EVERY: u64 = 10;
 
 enum Event {
-    Message(Peer, Message),
-    Malformed(Peer, Vec<u8>, MessageError),
+    Message(Peer, Message, Charge),
+    Malformed(Peer, Vec<u8>, MessageError, Charge),
     NgReply(ng::Reply),
     Connected(ConnId, SocketAddr, Conn),
     Closed(ConnId),
@@ -68,6 +75,21 @@ struct Context {
     epoch: Instant,
     /// Seconds since `epoch` (+1) of the last warning about drops.
     last_drop_warning: AtomicU64,
+    /// Bytes of the messages in the queue ([`EVENT_QUEUE_BYTES`]).
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// A message's share of [`EVENT_QUEUE_BYTES`], given back when the agent
+/// has handled it (or the event is dropped).
+struct Charge {
+    bytes: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Context {
@@ -84,13 +106,41 @@ impl Context {
         }
     }
 
+    /// Room for `bytes` more in the queue; `None` (counted as dropped)
+    /// when they would exceed [`EVENT_QUEUE_BYTES`].
+    fn charge(&self, bytes: usize) -> Option<Charge> {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let charge = Charge {
+            bytes,
+            queued: self.queued_bytes.clone(),
+        };
+        if before + bytes > EVENT_QUEUE_BYTES {
+            drop(charge);
+            self.dropped();
+            return None;
+        }
+        Some(charge)
+    }
+
     /// Parse one frame's message and hand it to the agent.
     fn deliver(&self, peer: Peer, bytes: Vec<u8>) -> bool {
+        let Some(charge) = self.charge(bytes.len()) else {
+            return !self.events.is_closed();
+        };
         let ev = match Message::parse(&bytes) {
-            Ok(m) => Event::Message(peer, m),
-            Err(e) => Event::Malformed(peer, bytes, e),
+            Ok(m) => Event::Message(peer, m, charge),
+            Err(e) => Event::Malformed(peer, bytes, e, charge),
         };
         self.submit(ev)
+    }
+
+    /// Hand the agent a datagram or stream that does not frame (`raw`:
+    /// what a 400 may be built from).
+    fn malformed(&self, peer: Peer, raw: &[u8], e: MessageError) -> bool {
+        let Some(charge) = self.charge(raw.len()) else {
+            return !self.events.is_closed();
+        };
+        self.submit(Event::Malformed(peer, raw.to_vec(), e, charge))
     }
 
     fn dropped(&self) {
@@ -153,6 +203,7 @@ pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Runn
         table: Mutex::new(ConnTable::default()),
         epoch: Instant::now(),
         last_drop_warning: AtomicU64::new(0),
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
     });
     let cfg = &ctx.cfg;
     let mut udp: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -366,8 +417,10 @@ async fn serve(
                 let now = Instant::now();
                 let conns = &mut io.conns;
                 match ev {
-                    Event::Message(peer, m) => agent.on_message(peer, m, now),
-                    Event::Malformed(peer, raw, e) => agent.on_malformed(peer, &raw, &e),
+                    Event::Message(peer, m, _charge) => agent.on_message(peer, m, now),
+                    Event::Malformed(peer, raw, e, _charge) => {
+                        agent.on_malformed(peer, &raw, &e, now);
+                    }
                     Event::NgReply(reply) => {
                         if let Some(id) = io.ngc.inflight.take_reply(&reply.cookie, reply.from) {
                             agent.on_ng(id, NgOutcome::Reply(reply.value), now);

@@ -301,7 +301,7 @@ async fn read_loop(
                 Err(e) => {
                     // Oversize, no Content-Length, garbage: counted as
                     // malformed by the agent, and the stream is lost.
-                    ctx.submit(Event::Malformed(peer, Vec::new(), e));
+                    ctx.malformed(peer, &[], e);
                     failed = true;
                     break;
                 }

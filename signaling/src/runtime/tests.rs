@@ -234,3 +234,72 @@ async fn a_peer_that_does_not_read_is_dropped_when_its_write_queue_is_full() {
     );
     running.stop().await;
 }
+
+/// A flood of the largest messages holds at most `EVENT_QUEUE_BYTES`
+/// while the agent catches up: the rest are dropped (counted), and the
+/// room comes back as the agent handles what is queued.
+#[tokio::test]
+async fn the_agents_queue_is_bounded_in_bytes() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    };
+
+    use super::{Context, EVENT_QUEUE, EVENT_QUEUE_BYTES, Event, tcp::ConnTable};
+    use crate::{
+        message::MessageError,
+        proxy::{Peer, Transport, TransportStats},
+    };
+
+    let f: SipFile = toml::from_str(
+        r#"
+trunk-listen = "127.0.0.1:5060"
+pbx = "127.0.0.2:5060"
+[[trunk]]
+name = "carrier"
+sources = ["127.0.0.1"]
+target = "127.0.0.1:5999"
+"#,
+    )
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(EVENT_QUEUE);
+    let ctx = Context {
+        cfg: Arc::new(SipConfig::resolve(f).unwrap()),
+        stats: Arc::new(TransportStats::default()),
+        events: tx,
+        table: Mutex::new(ConnTable::default()),
+        epoch: Instant::now(),
+        last_drop_warning: AtomicU64::new(0),
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
+    };
+    let peer = Peer {
+        transport: Transport::Udp,
+        conn: None,
+        local: "127.0.0.1:5060".parse().unwrap(),
+        remote: "127.0.0.9:5060".parse().unwrap(),
+    };
+    let big = vec![b'x'; 65_535];
+    let too_large = || MessageError::TooLarge {
+        size: 65_535,
+        max: 1024,
+    };
+    for _ in 0..1000 {
+        assert!(ctx.malformed(peer, &big, too_large()));
+    }
+    let fit = EVENT_QUEUE_BYTES / big.len();
+    assert_eq!(
+        ctx.stats.events_dropped.load(Ordering::Relaxed),
+        (1000 - fit) as u64
+    );
+    assert!(ctx.queued_bytes.load(Ordering::Relaxed) <= EVENT_QUEUE_BYTES);
+    // The agent handles them: the bytes are given back.
+    for _ in 0..fit {
+        drop(rx.recv().await.unwrap());
+    }
+    assert_eq!(ctx.queued_bytes.load(Ordering::Relaxed), 0);
+    assert!(ctx.malformed(peer, &big, too_large()));
+    assert_eq!(
+        ctx.stats.events_dropped.load(Ordering::Relaxed),
+        (1000 - fit) as u64
+    );
+}

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::UdpSocket;
 
-use super::{Context, Event};
+use super::Context;
 use crate::{
     message::{self, Frame},
     proxy::{Peer, Transport},
@@ -38,7 +38,7 @@ pub(super) async fn reader(socket: Arc<UdpSocket>, local: SocketAddr, ctx: Arc<C
             }
             Ok(Frame::Pong) => {}
             Err(e) => {
-                ctx.submit(Event::Malformed(peer, buf[..n].to_vec(), e));
+                ctx.malformed(peer, &buf[..n], e);
             }
         }
     }

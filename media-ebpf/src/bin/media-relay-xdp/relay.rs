@@ -8,12 +8,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use media_ebpf::{
-    Flow, FlowKey, Outcome,
+    Flow, FlowKey, Outcome, RtcpSeen,
     csum::{Delta, header_ok, udp_update},
     flow::{
         CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6, RTP, SOURCE_LEARNING,
         SSRC_RELATCH, STATS_RTP_SEEN,
     },
+    maps::CONTROL_UNHELD_DROP,
+    quality::RTCP_WORDS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -65,14 +67,24 @@ fn to_daemon(outcome: Outcome) -> (Outcome, u32) {
 }
 
 /// A packet with no flow: the stack's, unless it is for the relay's media
-/// port range while no daemon runs (see [`to_daemon`]).
+/// port range while no daemon runs (see [`to_daemon`]), or while one runs
+/// that holds a flow for every port of its calls
+/// ([`CONTROL_UNHELD_DROP`]): then no call holds the port, and the stack
+/// would answer a prober with ICMP port unreachable.
 #[inline(always)]
 fn no_flow(dport: [u8; 2]) -> (Outcome, u32) {
-    match daemon_absent() {
-        Some((lo, hi)) if (lo..=hi).contains(&u16::from_be_bytes(dport)) => {
-            (Outcome::DaemonAbsent, XDP_DROP)
-        }
-        _ => pass(Outcome::NoFlow),
+    let Some(c) = CONTROL.get(0) else {
+        return pass(Outcome::NoFlow);
+    };
+    if !(c.port_min..=c.port_max).contains(&u16::from_be_bytes(dport)) {
+        return pass(Outcome::NoFlow);
+    }
+    if daemon_absent().is_some() {
+        (Outcome::DaemonAbsent, XDP_DROP)
+    } else if c.flags & CONTROL_UNHELD_DROP != 0 {
+        (Outcome::NoFlow, XDP_DROP)
+    } else {
+        pass(Outcome::NoFlow)
     }
 }
 
@@ -117,11 +129,16 @@ unsafe fn source_ok<const N: usize>(flow: &Flow, family: u8, src: *const u8, spo
     flow.flags & CHECK_SOURCE_PORT == 0 || sport == unsafe { word(flow.expect_port.as_ptr()) }
 }
 
-/// The RTP header at `off`, if the packet carries one: (SSRC, sequence
-/// number) as raw wire words. RTCP multiplexed on the RTP port (packet types
-/// 192–223, RFC 5761 §4) is not RTP.
+/// The RTP header at `off`, if the UDP payload from `off` to `end` (frame
+/// offsets) carries one: SSRC, sequence number and timestamp as raw wire
+/// words. RTCP multiplexed on the RTP port (packet types 192–223, RFC 5761
+/// §4) is not RTP. Bytes past the datagram (Ethernet padding of a short
+/// frame) are never read as one.
 #[inline(always)]
-fn rtp_header(ctx: &XdpContext, off: usize) -> Option<([u8; 4], [u8; 2])> {
+fn rtp_header(ctx: &XdpContext, off: usize, end: usize) -> Option<RtpHeader> {
+    if off + 12 > end {
+        return None;
+    }
     let start = ctx.data();
     if start + off + 12 > ctx.data_end() {
         return None;
@@ -133,27 +150,84 @@ fn rtp_header(ctx: &XdpContext, off: usize) -> Option<([u8; 4], [u8; 2])> {
         if b0 & 0xc0 != 0x80 || (64..96).contains(&(b1 & 0x7f)) {
             return None;
         }
-        Some((
-            [*p.add(8), *p.add(9), *p.add(10), *p.add(11)],
-            [*p.add(2), *p.add(3)],
-        ))
+        Some(RtpHeader {
+            ssrc: [*p.add(8), *p.add(9), *p.add(10), *p.add(11)],
+            seq: [*p.add(2), *p.add(3)],
+            ts: [*p.add(4), *p.add(5), *p.add(6), *p.add(7)],
+        })
     }
 }
 
-/// Account a forwarded packet to its flow; `rtp` is its RTP header, for
-/// RTP flows.
+/// The first [`RTCP_WORDS`] 32-bit words of the UDP payload from `off`
+/// to `end` (frame offsets; as on the wire), or as many whole words as
+/// the datagram has of the 13, 8 or 7 an SR with a block, an RR with a
+/// block or an SR without one need; the count. Ethernet padding is never
+/// read.
 #[inline(always)]
-fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8; 2])>) {
+fn rtcp_words(ctx: &XdpContext, off: usize, end: usize) -> ([u32; RTCP_WORDS], usize) {
+    let mut w = [0u32; RTCP_WORDS];
+    let start = ctx.data() + off;
+    let data_end = ctx.data_end();
+    let len = end.saturating_sub(off);
+    let n = if len >= 4 * RTCP_WORDS && start + 4 * RTCP_WORDS <= data_end {
+        RTCP_WORDS
+    } else if len >= 32 && start + 32 <= data_end {
+        8
+    } else if len >= 28 && start + 28 <= data_end {
+        7
+    } else {
+        return (w, 0);
+    };
+    let p = start as *const u32;
+    // SAFETY: the first `n` words at `p` are inside the packet (checked
+    // above); unaligned reads.
+    unsafe {
+        for (i, v) in w.iter_mut().enumerate().take(7) {
+            *v = p.add(i).read_unaligned();
+        }
+        if n >= 8 {
+            w[7] = p.add(7).read_unaligned();
+        }
+        if n == RTCP_WORDS {
+            for (i, v) in w.iter_mut().enumerate().skip(8) {
+                *v = p.add(i).read_unaligned();
+            }
+        }
+    }
+    (w, n)
+}
+
+/// The fields of an RTP header the data plane reads, as on the wire.
+#[derive(Clone, Copy)]
+struct RtpHeader {
+    ssrc: [u8; 4],
+    seq: [u8; 2],
+    ts: [u8; 4],
+}
+
+/// Account a forwarded packet to its flow; `rtp` is its RTP header, for
+/// RTP flows; `payload` the UDP payload's start and end offsets (RTCP
+/// flows' reports).
+#[inline(always)]
+fn account(
+    ctx: &XdpContext,
+    flow: &Flow,
+    ip_len: u16,
+    rtp: Option<RtpHeader>,
+    payload: (usize, usize),
+) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     match FLOW_STATS.get_ptr_mut(flow.slot()) {
         Some(s) => {
             // SAFETY: per-CPU slot, see `maps::count`.
             unsafe {
                 (*s).packets += 1;
                 (*s).bytes += u64::from(ip_len);
-                (*s).last_seen_ns = bpf_ktime_get_ns();
-                if let Some((ssrc, seq)) = rtp {
-                    (*s).last_ssrc = ssrc;
-                    (*s).last_seq = seq;
+                (*s).last_seen_ns = now;
+                if let Some(h) = rtp {
+                    (*s).last_ssrc = h.ssrc;
+                    (*s).last_seq = h.seq;
                     (*s).rtp = STATS_RTP_SEEN;
                 }
             }
@@ -162,16 +236,30 @@ fn account(ctx: &XdpContext, flow: &Flow, ip_len: u16, rtp: Option<([u8; 4], [u8
         // construction, so worth a log line.
         None => error!(ctx, "flow stats slot {} out of range", flow.slot()),
     }
-    if let Some((ssrc, seq)) = rtp
+    if flow.flags & RTP == 0
+        && let Some(slot) = FLOW_QUALITY.get_ptr_mut(flow.slot())
+    {
+        let (words, n) = rtcp_words(ctx, payload.0, payload.1);
+        // SAFETY: as below; an RTCP flow's slot holds an RtcpSeen (same
+        // size, u32s only, alignment 4: any bits are valid).
+        unsafe { (*slot.cast::<RtcpSeen>()).update(&words, n, now) };
+    }
+    if let Some(h) = rtp
         && let Some(w) = FLOW_QUALITY.get_ptr_mut(flow.slot())
     {
         // SAFETY: an array value stays valid for the program run. It is
         // shared between CPUs and updated without a lock: two CPUs
         // forwarding one flow at the same instant may lose an update,
-        // which skews that flow's loss by a packet, never memory safety.
+        // which skews that flow's figures by a packet, never memory
+        // safety. (One flow is one 5-tuple: RSS keeps it on one queue.)
         unsafe {
-            (*w).seq
-                .update(u32::from_be_bytes(ssrc), u16::from_be_bytes(seq));
+            (*w).update(
+                u32::from_be_bytes(h.ssrc),
+                u16::from_be_bytes(h.seq),
+                u32::from_be_bytes(h.ts),
+                now,
+                u32::from_ne_bytes(flow.clock_rate),
+            );
         };
     }
 }
@@ -231,8 +319,10 @@ struct Arrival {
     ip_len: u16,
     tos: u8,
     flowinfo: u32,
-    /// Offset of the UDP payload in the frame.
+    /// Offset of the UDP payload in the frame, and of its end (the end of
+    /// the IP packet; anything after it is padding).
     payload: usize,
+    payload_end: usize,
 }
 
 /// Flow lookup, source check, family, TTL and next hop, for either family
@@ -289,7 +379,7 @@ unsafe fn decide<'a, const N: usize>(
         }
         // Latched: only the stream's own SSRC may ask for a re-latch.
         if flow.flags & SSRC_RELATCH != 0
-            && let Some((ssrc, _)) = rtp_header(ctx, a.payload)
+            && let Some(RtpHeader { ssrc, .. }) = rtp_header(ctx, a.payload, a.payload_end)
             && ssrc == flow.ssrc
         {
             return Err(to_daemon(Outcome::SourceToDaemon));
@@ -384,6 +474,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         tos,
         flowinfo: 0,
         payload: EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN,
+        payload_end: EthHdr::LEN + usize::from(tot_len),
     };
     // SAFETY: `src` and `dst` are the 2-word IPv4 addresses inside the
     // bounds-checked header, at even offsets.
@@ -415,9 +506,15 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         check.write(udp_update(check.read(), ports, true));
     }
     let rtp = (flow.flags & RTP != 0)
-        .then(|| rtp_header(ctx, arrival.payload))
+        .then(|| rtp_header(ctx, arrival.payload, arrival.payload_end))
         .flatten();
-    account(ctx, flow, tot_len, rtp);
+    account(
+        ctx,
+        flow,
+        tot_len,
+        rtp,
+        (arrival.payload, arrival.payload_end),
+    );
     transmit(ctx, eth, &hop)
 }
 
@@ -481,6 +578,7 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         tos: 0,
         flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
         payload: EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN,
+        payload_end: EthHdr::LEN + Ipv6Hdr::LEN + usize::from(payload_len),
     };
     // SAFETY: `src` and `dst` are the 8-word IPv6 addresses inside the
     // bounds-checked header, at even offsets.
@@ -501,8 +599,14 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         check.write(udp_update(check.read(), d, false));
     }
     let rtp = (flow.flags & RTP != 0)
-        .then(|| rtp_header(ctx, arrival.payload))
+        .then(|| rtp_header(ctx, arrival.payload, arrival.payload_end))
         .flatten();
-    account(ctx, flow, ip_len, rtp);
+    account(
+        ctx,
+        flow,
+        ip_len,
+        rtp,
+        (arrival.payload, arrival.payload_end),
+    );
     transmit(ctx, eth, &hop)
 }

@@ -10,7 +10,9 @@ fn info(origin_version: u64, session_connection: Option<IpAddr>, media: Vec<Medi
     }
 }
 
-/// A plain RTP stream: no a=rtcp, no mux, sendrecv, no ICE.
+/// A plain RTP stream: no a=rtcp, no mux, sendrecv, no ICE; an RTP one
+/// with the fixtures' usual first payload format (G.711 at 8 kHz; video
+/// at 90 kHz).
 fn plain(kind: &str, port: u16, protocol: &str, connection: &str) -> MediaInfo {
     MediaInfo {
         kind: kind.to_owned(),
@@ -21,6 +23,11 @@ fn plain(kind: &str, port: u16, protocol: &str, connection: &str) -> MediaInfo {
         rtcp_mux: false,
         direction: Direction::SendRecv,
         has_ice: false,
+        clock_rate: protocol.contains("RTP/").then_some(if kind == "video" {
+            90_000
+        } else {
+            8_000
+        }),
     }
 }
 
@@ -72,6 +79,7 @@ pub(super) fn cases() -> Vec<(&'static str, String, SdpInfo)> {
                     }),
                     rtcp_mux: true,
                     has_ice: true,
+                    clock_rate: Some(48_000),
                     ..plain("audio", 54321, "UDP/TLS/RTP/SAVPF", "203.0.113.5")
                 }],
             ),
@@ -182,6 +190,8 @@ pub(super) fn cases() -> Vec<(&'static str, String, SdpInfo)> {
                     MediaInfo {
                         direction: Direction::SendOnly,
                         has_ice: true,
+                        // Dynamic payload type 96 without an a=rtpmap.
+                        clock_rate: None,
                         ..plain("video", 9002, "RTP/AVP", "192.0.2.50")
                     },
                 ],

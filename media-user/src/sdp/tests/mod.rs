@@ -11,6 +11,7 @@ mod inspect_table;
 mod lossless;
 mod rewrite_table;
 mod robustness;
+mod seeds;
 
 /// The relay's addresses in the tests.
 const RELAY4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use super::{
-    CARRIER, Fake, basic_call, engine, engine_with, iface, ip, media_endpoint, oa, offer_sdp, sa,
-    sdp_of,
+    CARRIER, Fake, basic_call, engine, engine_with, iface, ip, media_endpoint, nat_offer, oa,
+    offer_sdp, sa, sdp_of,
 };
 use crate::{
     interfaces::Interfaces,
@@ -79,10 +79,7 @@ fn assert_nothing_left(e: &Engine<Fake>) {
 fn relatch_follows_the_data_plane_long_after_the_window() {
     let mut e = engine();
     let t0 = Now::read();
-    e.handle(
-        Command::Offer(oa("c", "a", None, offer_sdp("198.18.99.5", 4000))),
-        t0,
-    );
+    e.handle(nat_offer("c"), t0);
     let to_a = media_endpoint(&sdp_of(&e.handle(
         Command::Answer(oa("c", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),
         t0,

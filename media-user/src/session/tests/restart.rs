@@ -13,7 +13,7 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 use super::{
     CARRIER, Fake, PBX, assert_same_engine, basic_call, engine, engine_with, iface, media_endpoint,
-    oa, offer_sdp, ok_dict, restart, sa, sdp_of,
+    nat_offer, oa, offer_sdp, ok_dict, restart, sa, sdp_of,
 };
 use crate::{
     interfaces::Interfaces,
@@ -98,10 +98,7 @@ fn every_state(e: &mut Engine<Fake>, t0: Now) -> Now {
     // Answered.
     basic_call(e, "answered");
     // Behind a NAT, latched after the window.
-    e.handle(
-        Command::Offer(oa("nat", "a", None, offer_sdp("198.18.99.5", 4000))),
-        t0,
-    );
+    e.handle(nat_offer("nat"), t0);
     let to_a = answer_port(&e.handle(
         Command::Answer(oa("nat", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),
         t0,
@@ -534,7 +531,7 @@ fn bad_records_are_skipped_counted_and_forgotten() {
     assert_eq!(
         reasons["future-format"].to_string(),
         format!(
-            "record format {} is not one this build reads (it reads {FORMAT}): written by another version of media-relay",
+            "record format {} is not one this build reads (it reads [1, 2]): written by another version of media-relay",
             FORMAT + 1
         )
     );
@@ -795,4 +792,68 @@ fn adoption_time() {
         std::hint::black_box(d);
     }
     eprintln!("decoded 100 000 records in {:?}", started.elapsed());
+}
+
+/// An upgrade from the build before (record format 1, without clock
+/// rates): its calls are adopted; their streams' clock rates are unknown
+/// (routes carry 0: loss and gaps only) until the next offer/answer names
+/// them again.
+#[test]
+fn a_format_1_record_of_the_build_before_is_adopted() {
+    let mut e = engine();
+    basic_call(&mut e, "old");
+    let clock_rates = |x: &Engine<Fake>| -> Vec<u32> {
+        let mut v: Vec<u32> = x.backend().routes.values().map(|r| r.clock_rate).collect();
+        v.sort_unstable();
+        v
+    };
+    // RTP routes at 8 kHz (the offer's PCMU), RTCP routes without.
+    assert_eq!(clock_rates(&e), [0, 0, 8000, 8000]);
+    let t = Now::read();
+    let v2 = e.backend().store["old"].clone();
+    assert_eq!(v2[0], FORMAT);
+    let v1 = record::as_format_1(&v2);
+    assert_eq!(v1[0], 1);
+    assert!(v1.len() < v2.len());
+    let mut fake = e.backend().restarted();
+    fake.store.insert("old".into(), v1.clone());
+    fake.persisted = Some(fake.store.clone().into_iter().collect());
+    let mut b = Engine::new(e.cfg.clone(), fake, e.interfaces.clone(), ports(), t);
+    let restored = b.restore(t);
+    assert_eq!(
+        (restored.adopted, restored.skipped.len()),
+        (1, 0),
+        "{restored:?}"
+    );
+    assert!(
+        b.calls["old"]
+            .monos
+            .iter()
+            .flat_map(|m| &m.media)
+            .all(|m| m.clock_rate.is_none())
+    );
+    assert_eq!(clock_rates(&b), [0, 0, 0, 0]);
+    // The next offer names them again, and the record moves to format 2.
+    let r = b.handle(
+        Command::Offer(oa(
+            "old",
+            "a-tag",
+            Some("b-tag"),
+            offer_sdp("198.18.1.2", 5000),
+        )),
+        t,
+    );
+    assert!(matches!(r, Reply::Ok(_)), "{r:?}");
+    let r = b.handle(
+        Command::Answer(oa(
+            "old",
+            "a-tag",
+            Some("b-tag"),
+            offer_sdp("198.18.2.2", 6000),
+        )),
+        t,
+    );
+    assert!(matches!(r, Reply::Ok(_)), "{r:?}");
+    assert_eq!(clock_rates(&b), [0, 0, 8000, 8000]);
+    assert_eq!(b.backend().store["old"][0], FORMAT);
 }

@@ -10,6 +10,7 @@ mod edits;
 mod errors;
 mod framing;
 mod robustness;
+mod seeds;
 mod syntax;
 
 use super::Message;

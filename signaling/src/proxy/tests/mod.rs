@@ -237,6 +237,52 @@ fn unknown_sources_and_hop_limits_are_refused() {
     assert_eq!(sends[0].1.status(), Some(483));
 }
 
+/// Garbage floods: a 400 to a malformed request is a refusal like any
+/// other, answered within `refusal-rate` (20 by default) per source and
+/// second; the rest are counted, not answered, and other sources are
+/// still answered.
+#[test]
+fn answers_to_malformed_requests_are_rate_limited_per_source() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), key(), now);
+    let raw = |i: u32| {
+        format!(
+            "OPTIONS sip:x@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.1.9:5060;branch=z9hG4bK-{i}\r\n\
+             From: <sip:g@198.18.1.9>;tag=g\r\nTo: <sip:x@198.18.1.1>\r\nCall-ID: g{i}\r\nCSeq: ABC OPTIONS\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let flooder = Peer {
+        remote: sa("198.18.1.9:5060"),
+        ..from_trunk()
+    };
+    let mut answered = 0;
+    for i in 0..50 {
+        let bytes = raw(i);
+        let e = Message::parse(&bytes).unwrap_err();
+        a.on_malformed(flooder, &bytes, &e, now);
+        answered += sent_400s(&mut a);
+    }
+    assert_eq!(answered, 20, "one second's worth of refusals");
+    assert_eq!(a.stats().malformed, 50);
+    assert_eq!(a.stats().refusals_unanswered, 30);
+    // Another source is answered; the flooder again a second later.
+    let bytes = raw(99);
+    let e = Message::parse(&bytes).unwrap_err();
+    a.on_malformed(from_trunk(), &bytes, &e, now);
+    assert_eq!(sent_400s(&mut a), 1);
+    a.on_malformed(flooder, &bytes, &e, now + Duration::from_secs(1));
+    assert_eq!(sent_400s(&mut a), 1);
+}
+
+/// 400s sent (they copy the malformed CSeq, so they do not parse).
+fn sent_400s(a: &mut Agent) -> usize {
+    a.drain()
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send { bytes, .. } if bytes.starts_with(b"SIP/2.0 400 ")))
+        .count()
+}
+
 #[test]
 fn max_calls_gives_503() {
     let now = Instant::now();
@@ -261,6 +307,37 @@ fn retransmitted_invite_is_absorbed() {
     assert_eq!(sends.len(), 1);
     assert_eq!(sends[0].1.status(), Some(100), "the last response again");
     assert!(ngs.is_empty(), "never applied twice");
+}
+
+/// Found by the `sip_agent` fuzz target: a response whose only Via is
+/// ours was forwarded upstream with none (RFC 3261 §16.7 step 3: it is
+/// meant for the agent and must not be forwarded).
+#[test]
+fn a_response_with_only_our_via_is_not_forwarded() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), key(), now);
+    let fwd = forwarded_invite(&mut a, now);
+    let ours = fwd.headers("Via")[0].clone();
+    let only_ours = |status, body| {
+        let mut r = response(&fwd, status, body);
+        r.remove_header("Via");
+        r.push_via(&ours);
+        r
+    };
+    a.on_message(from_pbx(), only_ours(180, ""), now);
+    let (sends, _) = outputs(&mut a);
+    assert!(sends.is_empty(), "nothing forwarded: {sends:?}");
+    // The transaction goes on: a proper 180 still reaches the trunk.
+    a.on_message(from_pbx(), response(&fwd, 180, ""), now);
+    let (sends, _) = outputs(&mut a);
+    assert_eq!(sends[0].0.remote, sa(TRUNK));
+    assert_eq!(sends[0].1.status(), Some(180));
+    // A 200 with SDP: no answer to the media node, nothing forwarded.
+    a.on_message(from_pbx(), only_ours(200, SDP), now);
+    let (sends, ngs) = outputs(&mut a);
+    assert!(sends.is_empty(), "nothing forwarded: {sends:?}");
+    assert!(ngs.is_empty(), "no answer to the media node");
+    assert_eq!(a.stats().stray_responses, 2);
 }
 
 #[test]

@@ -65,7 +65,12 @@ fn invite() -> Message {
 /// A call from the trunk answered by the PBX through `a`, with a proxy on
 /// each side; returns our two Record-Route entries (PBX side first).
 fn established(a: &mut Agent, store: &mut Store, now: Instant) -> Vec<String> {
-    a.on_message(from_trunk(), invite(), now);
+    established_by(a, store, now, invite())
+}
+
+/// The same with this INVITE.
+fn established_by(a: &mut Agent, store: &mut Store, now: Instant, invite: Message) -> Vec<String> {
+    a.on_message(from_trunk(), invite, now);
     let (_, ngs) = outputs(a);
     a.on_ng(ngs[0].0, ok_sdp(RELAYED), now);
     let (sends, _) = outputs(a);
@@ -400,6 +405,23 @@ fn unusable_records_are_skipped_and_counted() {
     assert_eq!((restored.calls, restored.skipped["unknown_trunk"]), (0, 1));
     assert_eq!((c.calls(), d.calls()), (0, 0));
     assert!(outputs_and_records(&mut d).1.is_empty());
+}
+
+/// Found by the `sip_agent` fuzz target: a caller without a From tag
+/// (RFC 2543 allowed it) got a dialog whose record the next agent skipped
+/// as unreadable. It restores, with the empty tag the agent that wrote it
+/// used.
+#[test]
+fn a_call_from_a_caller_without_a_tag_restores() {
+    let now = Instant::now();
+    let mut a = Agent::new(config(10), key(), now);
+    let mut store = Store::default();
+    let text = String::from_utf8(invite().to_bytes()).unwrap();
+    let untagged = Message::parse(text.replace(";tag=caller-tag", "").as_bytes()).unwrap();
+    assert_eq!(untagged.from_tag(), None);
+    established_by(&mut a, &mut store, now, untagged);
+    let b = restarted(&store, now);
+    assert_eq!(b.calls(), a.calls());
 }
 
 /// The record's size for a typical call (what the store holds per call).

@@ -12,6 +12,9 @@
 //! - `latency`: one-way latency and jitter through the same paths at 10,
 //!   50 and 90 % of the userspace path's maximum, and on a busy host
 //!   (socket generator and sink, `media_relay_tests::socket_load`).
+//! - `overload`: the userspace paths (media-relay's and rtpengine's) at
+//!   10/50/90 % of media-relay's own maximum, at 120 % of it (per-call loss
+//!   spread, p99, starved calls) and their recovery.
 //! - `scale`: rate and per-packet cost with 1 to 100 000 calls installed;
 //!   time and memory to install and remove 100 000 calls.
 //! - `restart`: packets lost when the daemon is killed, restarted or
@@ -63,7 +66,8 @@ struct Args {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Only these parts (`xdp`, `sessions`, `sip`, `capacity`, `latency`,
-    /// `scale`); all by default. The report always runs.
+    /// `overload`, `scale`, `restart`); all by default. The report always
+    /// runs.
     #[arg(long = "only")]
     only: Vec<String>,
 }
@@ -200,6 +204,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wants("latency") {
         latency::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("overload") {
+        latency::overload::run(args.quick, &machine, &args.out)?;
     }
     if wants("scale") {
         scale::run(args.quick, &machine, &args.out)?;

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 /// The parts, in report order.
 const PARTS: &[&str] = &[
-    "xdp", "sessions", "sip", "capacity", "latency", "scale", "restart",
+    "xdp", "sessions", "sip", "capacity", "latency", "overload", "scale", "restart",
 ];
 
 /// The font the plots' text is drawn with (Debian: fonts-dejavu-core).
