@@ -47,6 +47,66 @@ pub enum ConfigError {
     },
 }
 
+/// The `[quality-alerts]` table: when the quality watch calls a leg
+/// degraded (README, Media quality per leg). Every key optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct QualityAlertsFile {
+    /// Interarrival jitter, milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// Loss over the last 5 s, percent.
+    pub loss_percent: Option<f64>,
+    /// Mean length of the bursts of loss over the last 5 s, packets.
+    pub burst_packets: Option<f64>,
+    /// Relative transit delay above its recent minimum, milliseconds.
+    pub delay_rise_ms: Option<f64>,
+}
+
+impl QualityAlertsFile {
+    fn thresholds(&self) -> Result<crate::session::AlertThresholds, ConfigError> {
+        let d = crate::session::AlertThresholds::default();
+        let check = |key: &'static str, v: Option<f64>, default: f64, max: f64| {
+            let v = v.unwrap_or(default);
+            if v.is_finite() && v > 0.0 && v <= max {
+                Ok(v)
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: v.to_string(),
+                    expected: format!("above 0 and at most {max}"),
+                })
+            }
+        };
+        let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+        Ok(crate::session::AlertThresholds {
+            jitter: ms(check(
+                "quality-alerts.jitter-ms",
+                self.jitter_ms,
+                d.jitter.as_secs_f64() * 1000.0,
+                10_000.0,
+            )?),
+            loss_percent: check(
+                "quality-alerts.loss-percent",
+                self.loss_percent,
+                d.loss_percent,
+                100.0,
+            )?,
+            burst_packets: check(
+                "quality-alerts.burst-packets",
+                self.burst_packets,
+                d.burst_packets,
+                10_000.0,
+            )?,
+            delay_rise: ms(check(
+                "quality-alerts.delay-rise-ms",
+                self.delay_rise_ms,
+                d.delay_rise.as_secs_f64() * 1000.0,
+                60_000.0,
+            )?),
+        })
+    }
+}
+
 /// One `[[interface]]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -100,6 +160,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Prometheus `/metrics` and `/health` over HTTP (off when absent).
     pub metrics_listen: Option<SocketAddr>,
+    /// When a leg's media quality is called degraded.
+    pub quality_alerts: Option<QualityAlertsFile>,
     /// The SIP agent (runs inside `media-relay run` when present).
     pub sip: Option<signaling::config::SipFile>,
     /// Flag only: the SIP agent's trunk-side listen address (overrides
@@ -339,6 +401,11 @@ impl RunConfig {
                 }
                 v as usize
             },
+            alerts: file
+                .quality_alerts
+                .clone()
+                .unwrap_or_default()
+                .thresholds()?,
         };
         let ng_cache_bytes = flags
             .ng_cache_bytes

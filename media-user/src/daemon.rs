@@ -481,6 +481,18 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
         refused_sources_userspace: t.refused_sources + engine.backend().userspace_refused(),
         userspace_forwarded: engine.backend().userspace_totals(),
         userspace_io: engine.backend().userspace_io(),
+        degraded_legs: engine
+            .watch_totals()
+            .degraded_legs
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        quality_alerts: engine
+            .watch_totals()
+            .alerts
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect(),
         ..Snapshot::default()
     };
     if let Some(dp) = engine.backend().dataplane() {

@@ -277,6 +277,7 @@ impl RunArgs {
             pin_root: self.pin_root,
             log_format: self.log_format,
             metrics_listen: self.metrics_listen,
+            quality_alerts: None,
             sip: None,
             sip_listen: self.sip_listen,
         };

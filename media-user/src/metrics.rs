@@ -25,14 +25,28 @@ use axum::{
     routing::get,
 };
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{info, warn};
 
 /// The process-wide recorder: installed once, on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Per-leg quality as histograms (one observation per leg and
+        // check), never one series per call.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("media_relay_leg_jitter_seconds".into()),
+                &[0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("media_relay_leg_mos".into()),
+                    &[1.0, 2.0, 2.6, 3.1, 3.6, 4.0, 4.2, 4.3, 4.4, 4.5],
+                )
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             warn!(
@@ -152,6 +166,23 @@ fn describe() {
     );
     describe_gauge!("media_relay_sip_calls_active", "Calls the SIP agent tracks");
     describe_gauge!("media_relay_up", "1 while the daemon's event loop runs");
+    describe_histogram!(
+        "media_relay_leg_jitter_seconds",
+        Unit::Seconds,
+        "Interarrival jitter the relay measured on a party's RTP, by side: one observation per leg and quality check (about once a second)"
+    );
+    describe_histogram!(
+        "media_relay_leg_mos",
+        "MOS estimate of a leg (simplified E-model), by side: one observation per leg and quality check"
+    );
+    describe_gauge!(
+        "media_relay_quality_degraded_legs",
+        "Legs whose media quality is past a [quality-alerts] threshold now, by side (trunk, pbx; caller/callee for other controllers)"
+    );
+    describe_counter!(
+        "media_relay_quality_alerts_total",
+        "Times a leg crossed a [quality-alerts] threshold, by side and figure (jitter, loss, burst, delay_rise)"
+    );
 }
 
 /// What the event loop publishes once a second.
@@ -181,6 +212,10 @@ pub struct Snapshot {
     pub userspace_forwarded: (u64, u64),
     /// Stale drops, reads, datagrams read (the userspace path's I/O).
     pub userspace_io: (u64, u64, u64),
+    /// Degraded legs now, by side.
+    pub degraded_legs: Vec<(&'static str, u64)>,
+    /// Quality alerts, by side and figure.
+    pub quality_alerts: Vec<((&'static str, &'static str), u64)>,
 }
 
 impl Snapshot {
@@ -236,6 +271,18 @@ impl Snapshot {
         counter!("media_relay_userspace_stale_dropped_total").absolute(self.userspace_io.0);
         counter!("media_relay_userspace_reads_total").absolute(self.userspace_io.1);
         counter!("media_relay_userspace_datagrams_total").absolute(self.userspace_io.2);
+        for side in ["trunk", "pbx"] {
+            if !self.degraded_legs.iter().any(|(s, _)| *s == side) {
+                gauge!("media_relay_quality_degraded_legs", "side" => side).set(0.0);
+            }
+        }
+        for (side, n) in &self.degraded_legs {
+            gauge!("media_relay_quality_degraded_legs", "side" => *side).set(*n as f64);
+        }
+        for ((side, figure), n) in &self.quality_alerts {
+            counter!("media_relay_quality_alerts_total", "side" => *side, "figure" => *figure)
+                .absolute(*n);
+        }
     }
 }
 

@@ -91,6 +91,27 @@ pub struct ReportBlock {
 }
 
 impl RtcpReports {
+    /// What two ports saw of one party's RTCP (its RTCP port, and its RTP
+    /// port with rtcp-mux): counts added, the latest of each kind.
+    #[must_use]
+    pub fn either(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Self {
+                sender_reports: a.sender_reports.wrapping_add(b.sender_reports),
+                last_sr: match (a.last_sr, b.last_sr) {
+                    (Some(x), Some(y)) => Some(if y.2 > x.2 { y } else { x }),
+                    (x, y) => x.or(y),
+                },
+                blocks: a.blocks.wrapping_add(b.blocks),
+                last_block: match (a.last_block, b.last_block) {
+                    (Some(x), Some(y)) => Some(if y.at > x.at { y } else { x }),
+                    (x, y) => x.or(y),
+                },
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// From a record whose times are on a clock where `time_of` converts
     /// them; the later of `self` and the record's, kind by kind.
     #[must_use]

@@ -54,6 +54,8 @@ pub struct SessionConfig {
     /// m= lines per SDP at most; a call holds at most twice as many media
     /// over all its parties (`max-media`).
     pub max_media: usize,
+    /// When the quality watch calls a leg degraded.
+    pub alerts: super::watch::AlertThresholds,
 }
 
 impl Default for SessionConfig {
@@ -65,6 +67,7 @@ impl Default for SessionConfig {
             delete_delay: Duration::ZERO,
             learning_window: Duration::from_secs(3),
             max_media: DEFAULT_MAX_MEDIA,
+            alerts: super::watch::AlertThresholds::default(),
         }
     }
 }
@@ -172,6 +175,11 @@ pub struct Engine<B: Backend> {
     /// When the engine's own record was last looked at, and the digest of
     /// the one kept.
     pub(super) own_record: (Option<Instant>, Option<u64>),
+    /// Where the quality watch's last round stopped.
+    pub(super) watch_cursor: Option<String>,
+    /// The quality watch's counts (not kept across a restart: the watch
+    /// starts again).
+    pub(super) watch_totals: super::watch::WatchTotals,
 }
 
 impl<B: Backend> Engine<B> {
@@ -198,6 +206,8 @@ impl<B: Backend> Engine<B> {
             rates: (0.0, 0.0, 0.0),
             dirty: BTreeSet::new(),
             own_record: (None, None),
+            watch_cursor: None,
+            watch_totals: super::watch::WatchTotals::default(),
         }
     }
 
@@ -211,6 +221,11 @@ impl<B: Backend> Engine<B> {
 
     pub fn totals(&self) -> &Totals {
         &self.totals
+    }
+
+    /// Degraded legs and quality alerts (`watch.rs`).
+    pub fn watch_totals(&self) -> &super::watch::WatchTotals {
+        &self.watch_totals
     }
 
     pub fn ports(&self) -> &PortAllocator {
@@ -365,6 +380,7 @@ impl<B: Backend> Engine<B> {
             return;
         };
         self.forget(&call);
+        self.unwatch(&call);
         for mono in &call.monos {
             for m in &mono.media {
                 if let Some(p) = m.port {

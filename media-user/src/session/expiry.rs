@@ -45,6 +45,7 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
+        self.watch_quality(clock);
         self.sample_rates(now);
         self.flush(clock);
         self.keep_engine_record(clock);

@@ -12,6 +12,8 @@
 //!   and adopted by the next run ([`Engine::restore`]).
 //! - `record.rs`: what a record holds, in a versioned binary form.
 //! - `reports.rs`: `query`, `list`, `statistics`.
+//! - `watch.rs`: the quality watch: alerts when a leg degrades, and a
+//!   call's quality summary.
 //! - `error.rs`: why a command failed: the ng `error-reason` text.
 //! - `clock.rs`: [`Now`], both clocks read once at the edge (and the
 //!   monotonic one as CLOCK_MONOTONIC nanoseconds, for records).
@@ -34,6 +36,7 @@ pub mod quality;
 pub mod record;
 mod reports;
 mod routes;
+pub mod watch;
 
 pub use backend::{Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};
 pub use clock::Now;
@@ -43,6 +46,7 @@ pub use latch::{Latch, Policy, Source};
 pub use persist::{Restored, SkipReason, Skipped};
 pub use ports::{ClaimError, PortAllocator};
 pub use record::RecordError;
+pub use watch::{AlertThresholds, Figure};
 
 #[cfg(test)]
 mod tests;

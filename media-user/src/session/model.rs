@@ -25,6 +25,11 @@ pub struct Call {
     pub delete_at: Option<Instant>,
     /// When the periodic tick next reads this call's counters.
     pub next_check: Instant,
+    /// When the quality watch next looks at its legs (`watch.rs`).
+    pub next_quality: Instant,
+    /// The quality watch of each party's leg, by party index (not kept in
+    /// the call's record: a restart starts the watch again).
+    pub watch: Vec<super::watch::LegWatch>,
     /// The digest of the record last kept for this call where it survives
     /// a restart (`persist.rs`); `None` while nothing is kept.
     pub persisted: Option<u64>,

@@ -128,6 +128,8 @@ impl<B: Backend> Engine<B> {
                     answered: false,
                     delete_at: None,
                     next_check: now,
+                    next_quality: now,
+                    watch: Vec::new(),
                     persisted: None,
                 },
             );

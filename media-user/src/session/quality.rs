@@ -35,6 +35,9 @@ pub struct Leg {
     pub inbound: Option<Quality>,
     /// Inbound loss, % of the packets expected.
     pub inbound_loss: f64,
+    /// Inbound RTP packets expected and received so far (for windows).
+    pub expected: u64,
+    pub received: u64,
     /// The party's own report about what it receives, and the clock rate
     /// of that stream (the other party's payload).
     pub far: Option<(ReportBlock, u32)>,
@@ -67,6 +70,8 @@ impl Leg {
         Self {
             inbound: rtp.quality,
             inbound_loss,
+            expected: rtp.rtp_expected,
+            received: rtp.rtp_received,
             far,
             rtt_us,
         }

@@ -403,6 +403,8 @@ pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
         answered,
         delete_at,
         next_check: _,
+        next_quality: _,
+        watch: _,
         persisted: _,
     } = call;
     let latch = |l: &Latch| {
@@ -595,6 +597,8 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
         answered: r.answered,
         delete_at: r.delete_at_ns.map(|t| times.instant(t)).transpose()?,
         next_check: now.mono,
+        next_quality: now.mono,
+        watch: Vec::new(),
         persisted: Some(body_digest),
     };
     Ok(Decoded { call, rebased })

@@ -14,6 +14,7 @@ use super::{
     error::CommandError,
     latch::Latch,
     quality::Leg,
+    watch::LegWatch,
 };
 use crate::ng::{List, Query, Reply, Value};
 
@@ -134,7 +135,7 @@ impl<B: Backend> Engine<B> {
         // first); operators' tools show legs in it.
         let mut order = Vec::new();
         let mut worst: Option<f64> = None;
-        for mono in &call.monos {
+        for (mi, mono) in call.monos.iter().enumerate() {
             if only_tag.is_some_and(|t| t != mono.tag) {
                 continue;
             }
@@ -164,29 +165,14 @@ impl<B: Backend> Engine<B> {
                 ("medias", Value::List(medias)),
             ];
             // The leg's quality: of its first RTP media carrying packets.
-            let peer = mono.peer.and_then(|p| call.monos.get(p));
-            let leg = mono.media.iter().enumerate().find_map(|(i, m)| {
-                let (rtp, rtcp) = m.locals(mono.local)?;
-                let c = self.backend.counters(rtp);
-                c.quality?;
-                let pm = peer.and_then(|p| p.media.get(i));
-                let peer_rtcp = pm
-                    .and_then(|pm| pm.locals(peer?.local))
-                    .map(|(_, r)| self.backend.counters(r).rtcp);
-                let own = self.backend.counters(rtcp).rtcp;
-                let far_clock = pm.and_then(|pm| pm.clock_rate).unwrap_or(0);
-                Some(Leg::of(
-                    &c,
-                    own.as_ref(),
-                    peer_rtcp.flatten().as_ref(),
-                    far_clock,
-                ))
-            });
-            if let Some(leg) = leg {
+            if let Some(leg) = self.leg(call, mi) {
                 if let Some(m) = leg.mos() {
                     worst = Some(worst.map_or(m, |w: f64| w.min(m)));
                 }
                 d.push(("quality", leg_quality(&leg)));
+            }
+            if let Some(w) = call.watch.get(mi) {
+                d.push(("quality summary", summary(w)));
             }
             if let Some(l) = &mono.label {
                 d.push(("label", text(l)));
@@ -403,6 +389,36 @@ fn rtcp(r: &RtcpReports) -> Value {
         d.push(("jitter", int(u64::from(b.jitter))));
         d.push(("highest seq", int(u64::from(b.highest))));
         d.push(("last report", Value::Int(unix(b.at))));
+    }
+    dict(d)
+}
+
+/// What the quality watch saw of a leg over the call (`watch.rs`), as
+/// `quality summary` in its tag's `query` entry (and in the report an
+/// ended call leaves): MOS ×10 lowest, mean and highest over the checks,
+/// the worst figures, and which figures are degraded now.
+fn summary(w: &LegWatch) -> Value {
+    let s = &w.summary;
+    let mut d = vec![
+        ("checks", int(u64::from(s.checks))),
+        ("max jitter us", int(s.max_jitter_us)),
+        (
+            "max loss permille",
+            int((s.max_loss_percent * 10.0).round() as u64),
+        ),
+        ("max delay rise us", int(s.max_delay_rise_us)),
+        ("bursts", int(s.bursts)),
+        ("longest burst", int(s.longest_burst)),
+        ("degraded checks", int(u64::from(s.degraded_checks))),
+        (
+            "degraded",
+            Value::List(w.degraded().map(|f| text(f.name())).collect()),
+        ),
+    ];
+    if let Some(avg) = s.mos_avg() {
+        d.push(("MOS min", int((s.mos_min * 10.0).round() as u64)));
+        d.push(("MOS avg", int((avg * 10.0).round() as u64)));
+        d.push(("MOS max", int((s.mos_max * 10.0).round() as u64)));
     }
     dict(d)
 }

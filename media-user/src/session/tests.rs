@@ -21,6 +21,7 @@ use crate::{
 mod random_sequences;
 mod regressions;
 mod restart;
+mod watch;
 
 /// Records what the engine asks of the media plane.
 #[derive(Default)]

@@ -63,6 +63,8 @@ impl Agent {
                 .map_or_else(|| self.node_for(&call_id), |c| c.node);
             let to_tag = msg.to_tag().unwrap_or_default();
             let from_tag = msg.from_tag();
+            // The answerer is the caller.
+            let caller_side = self.calls.get(&call_id).map(|c| c.from_side);
             let req = media::answer(&Sdp {
                 call_id: &call_id,
                 from_tag: &to_tag,
@@ -71,6 +73,7 @@ impl Agent {
                 body: msg.body(),
                 received_from: peer.remote.ip(),
                 direction: None,
+                label: caller_side.map(Side::label),
             });
             self.ng(
                 node,

@@ -43,6 +43,16 @@ pub(super) enum Side {
     Pbx,
 }
 
+impl Side {
+    /// The party's ng `label` (`media::Sdp::label`).
+    pub(super) const fn label(self) -> &'static str {
+        match self {
+            Side::Trunk(_) => "trunk",
+            Side::Pbx => "pbx",
+        }
+    }
+}
+
 pub(super) struct ServerEntry {
     pub(super) tx: ServerTransaction,
     pub(super) peer: Peer,
@@ -126,6 +136,8 @@ pub(super) struct Party<'a> {
     pub(super) other: Option<&'a str>,
     /// The SIP message's source address.
     pub(super) source: IpAddr,
+    /// Its side, when known.
+    pub(super) side: Option<Side>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

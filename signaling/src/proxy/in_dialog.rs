@@ -396,6 +396,7 @@ impl Agent {
             tag: &from_tag,
             other: to_tag.as_deref(),
             source: peer.remote.ip(),
+            side: Some(a),
         };
         self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
     }
@@ -431,6 +432,7 @@ impl Agent {
             tag: &from_tag,
             other: to_tag.as_deref(),
             source,
+            side: None,
         };
         let node = self.node_for(message.call_id());
         self.offer_then_forward(node, &message, &offerer, None, server, fwd, out, branch);

@@ -50,6 +50,10 @@ pub struct Sdp<'a> {
     pub received_from: IpAddr,
     /// Interface names for the sender's and the receiver's side.
     pub direction: Option<(&'a str, &'a str)>,
+    /// The side of the party whose SDP this is (`trunk`, `pbx`): its
+    /// monologue's ng `label`, which names the side in the media node's
+    /// quality alerts and metrics.
+    pub label: Option<&'a str>,
 }
 
 fn base(command: &str, s: &Sdp<'_>) -> Value {
@@ -82,6 +86,9 @@ fn base(command: &str, s: &Sdp<'_>) -> Value {
     }
     if let Some(b) = s.via_branch {
         v = v.with("via-branch", b);
+    }
+    if let Some(l) = s.label {
+        v = v.with("label", l);
     }
     if let Some((from, to)) = s.direction {
         v = v.with(
@@ -243,6 +250,7 @@ impl Agent {
             body: msg.body(),
             received_from: offerer.source,
             direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            label: offerer.side.map(Side::label),
         });
         self.ng(
             node,
@@ -313,6 +321,7 @@ impl Agent {
                 body: msg.body(),
                 received_from: received,
                 direction: direction.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                label: Some(to_side.label()),
             })
         } else {
             let answerer = req_to.clone().unwrap_or(to_tag.clone());
@@ -324,6 +333,7 @@ impl Agent {
                 body: msg.body(),
                 received_from: received,
                 direction: None,
+                label: Some(to_side.label()),
             })
         };
         self.ng(
@@ -500,8 +510,10 @@ mod tests {
             body: b"v=0\r\n",
             received_from: "198.18.1.2".parse().unwrap(),
             direction: Some(("carrier", "pbx")),
+            label: Some("trunk"),
         };
         let o = offer(&s);
+        assert_eq!(o.get("label").and_then(Value::as_str), Some("trunk"));
         assert_eq!(o.get("command").and_then(Value::as_str), Some("offer"));
         assert_eq!(
             o.get("direction")
@@ -511,8 +523,10 @@ mod tests {
         );
         let a = answer(&Sdp {
             to_tag: Some("b"),
+            label: Some("pbx"),
             ..s
         });
+        assert_eq!(a.get("label").and_then(Value::as_str), Some("pbx"));
         assert!(a.get("direction").is_none());
         assert_eq!(a.get("to-tag").and_then(Value::as_str), Some("b"));
         let ok = Value::dict().with("result", "ok").with("sdp", "v=0");

@@ -224,6 +224,7 @@ impl Agent {
             tag: &caller_tag,
             other: None,
             source: peer.remote.ip(),
+            side: Some(side),
         };
         self.offer_then_forward(node, &msg, &offerer, direction, key, fwd, out, branch);
     }
