@@ -438,7 +438,101 @@ pub fn call_table(call_id: &str, report: &Value) -> String {
         }
     }
     out.push_str(&t.to_string());
+    if let Some(q) = quality_table(report) {
+        out.push_str("\nquality per leg (what the party sends, as it arrived; FAR: the party's own RTCP report; RTT relay <-> party)\n");
+        out.push_str(&q);
+    }
     out
+}
+
+/// One row per leg with quality figures (`None` when no leg has any).
+fn quality_table(report: &Value) -> Option<String> {
+    let tags = report.get("tags").and_then(Value::as_dict)?;
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(vec![
+        "LEG",
+        "SIDE",
+        "PATH",
+        "JITTER",
+        "DELAY+",
+        "LOSS",
+        "BURSTS",
+        "FAR-LOSS",
+        "FAR-JITTER",
+        "RTT",
+        "MOS",
+        "MOS-MIN/AVG/MAX",
+        "DEGRADED",
+    ]);
+    let mut rows = 0;
+    let ms = |us: Option<i64>| us.map_or("-".to_owned(), |v| format!("{:.1}ms", v as f64 / 1000.0));
+    let permille =
+        |v: Option<i64>| v.map_or("-".to_owned(), |v| format!("{:.1}%", v as f64 / 10.0));
+    let mos = |v: Option<i64>| v.map_or("-".to_owned(), |v| format!("{:.1}", v as f64 / 10.0));
+    for tag in tags.values() {
+        let (Some(q), summary) = (tag.get("quality"), tag.get("quality summary")) else {
+            continue;
+        };
+        let f = |d: Option<&Value>, k: &str| d.and_then(|d| d.get(k)).and_then(Value::as_int);
+        // Bursts: of the leg's first RTP stream with figures.
+        let stream_q = list(tag.get("medias"))
+            .iter()
+            .flat_map(|m| list(m.get("streams")))
+            .find_map(|s| s.get("quality"));
+        let bursts = match (f(stream_q, "gaps"), f(stream_q, "longest gap")) {
+            (Some(n), Some(l)) => format!("{n} (max {l})"),
+            _ => "-".to_owned(),
+        };
+        let side = tag
+            .get("label")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_owned();
+        let min_avg_max = match (
+            f(summary, "MOS min"),
+            f(summary, "MOS avg"),
+            f(summary, "MOS max"),
+        ) {
+            (Some(a), Some(b), Some(c)) => {
+                format!("{}/{}/{}", mos(Some(a)), mos(Some(b)), mos(Some(c)))
+            }
+            _ => "-".to_owned(),
+        };
+        let degraded: Vec<&str> = summary
+            .map(|s| list(s.get("degraded")))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        t.add_row(vec![
+            tag.get("tag")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            side,
+            q.get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_owned(),
+            ms(f(Some(q), "inbound jitter us")),
+            ms(f(Some(q), "inbound delay above minimum us")),
+            permille(f(Some(q), "inbound loss permille")),
+            bursts,
+            permille(f(Some(q), "far end loss permille")),
+            ms(f(Some(q), "far end jitter us")),
+            ms(f(Some(q), "round trip us")),
+            mos(f(Some(q), "MOS")),
+            min_avg_max,
+            if degraded.is_empty() {
+                "-".to_owned()
+            } else {
+                degraded.join(",")
+            },
+        ]);
+        rows += 1;
+    }
+    (rows > 0).then(|| t.to_string())
 }
 
 /// `stats`: the `statistics` reply.
@@ -584,6 +678,24 @@ mod tests {
                     stream(30001, &["RTCP"], 2, 0, 0),
                 ]),
             );
+        let a = a
+            .with(
+                "quality",
+                Value::dict()
+                    .with("path", "xdp")
+                    .with("inbound jitter us", Value::Int(31_500))
+                    .with("inbound loss permille", Value::Int(25))
+                    .with("MOS", Value::Int(39)),
+            )
+            .with("label", "trunk")
+            .with(
+                "quality summary",
+                Value::dict()
+                    .with("MOS min", Value::Int(35))
+                    .with("MOS avg", Value::Int(40))
+                    .with("MOS max", Value::Int(44))
+                    .with("degraded", Value::list(["jitter"])),
+            );
         let b = Value::dict().with("tag", "b").with(
             "medias",
             media(vec![
@@ -617,9 +729,16 @@ mod tests {
     #[test]
     fn call_table_rows() {
         let t = call_table("c1", &report());
-        assert_eq!(t.lines().count(), 2 + 1 + 4, "{t}");
+        let streams = t.split("\nquality per leg").next().unwrap_or_default();
+        assert_eq!(streams.lines().count(), 2 + 1 + 4, "{t}");
         assert!(t.contains("confirmed"), "{t}");
         assert!(t.contains("learning"), "{t}");
+        // A's leg has quality figures, B's none.
+        let q = t.split("quality per leg").nth(1).expect("a quality table");
+        assert_eq!(q.lines().count(), 1 + 1 + 1, "{t}");
+        for want in ["trunk", "31.5ms", "2.5%", "3.9", "3.5/4.0/4.4", "jitter"] {
+            assert!(q.contains(want), "{want} in {q}");
+        }
     }
 
     #[test]

@@ -84,6 +84,20 @@ fn talk(
     epoch: Instant,
     wobble: impl Fn(u16) -> u64,
 ) -> anyhow::Result<Vec<Arrival>> {
+    talk_dropping(leg, seq0, n, epoch, wobble, |_| false)
+}
+
+/// [`talk`], leaving out the packets `dropped(i)` names: lost before the
+/// relay, as the network would lose them (their sequence numbers and
+/// timestamps are skipped).
+fn talk_dropping(
+    leg: Leg<'_>,
+    seq0: u16,
+    n: u16,
+    epoch: Instant,
+    wobble: impl Fn(u16) -> u64,
+    dropped: impl Fn(u16) -> bool,
+) -> anyhow::Result<Vec<Arrival>> {
     stamp_arrivals(leg.at)?;
     std::thread::scope(|s| {
         let rx = s.spawn(|| {
@@ -104,6 +118,9 @@ fn talk(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
+            if dropped(i) {
+                continue;
+            }
             let mut p = rtp(leg.ssrc, seq0 + i);
             let ts = (nominal.duration_since(epoch).as_micros() * 8 / 1000) as u32;
             p[4..8].copy_from_slice(&ts.to_be_bytes());
@@ -123,19 +140,173 @@ fn both_talk(
     epoch: Instant,
     wobble: impl Fn(u16) -> u64 + Send,
 ) -> anyhow::Result<(Vec<Arrival>, Vec<Arrival>)> {
+    both_talk_dropping(ab, ba, seq0, n, epoch, wobble, |_| false)
+}
+
+/// [`both_talk`], A's packets `dropped(i)` left out (lost on A's leg).
+fn both_talk_dropping(
+    ab: Leg<'_>,
+    ba: Leg<'_>,
+    seq0: u16,
+    n: u16,
+    epoch: Instant,
+    wobble: impl Fn(u16) -> u64 + Send,
+    dropped: impl Fn(u16) -> bool + Send + Sync + Copy,
+) -> anyhow::Result<(Vec<Arrival>, Vec<Arrival>)> {
     let (at_b, at_a) = std::thread::scope(|s| {
-        let t = s.spawn(|| talk(ab, seq0, n, epoch, wobble));
+        let t = s.spawn(move || talk_dropping(ab, seq0, n, epoch, wobble, dropped));
         let at_a = talk(ba, seq0, n, epoch, |_| 0);
         (t.join().expect("A's sender"), at_a)
     });
     let (at_b, at_a) = (at_b?, at_a?);
+    let sent = (0..n).filter(|i| !dropped(*i)).count();
     anyhow::ensure!(
-        at_b.len() == usize::from(n) && at_a.len() == usize::from(n),
-        "{} and {} of {n} arrived",
+        at_b.len() == sent && at_a.len() == usize::from(n),
+        "{} of {sent} and {} of {n} arrived",
         at_b.len(),
         at_a.len()
     );
     Ok((at_b, at_a))
+}
+
+/// A quality alert (or recovery) in the daemon's JSON log.
+#[derive(Clone, Debug, PartialEq)]
+struct Alert {
+    leg: String,
+    side: String,
+    figure: String,
+    measured: String,
+    degraded: bool,
+}
+
+/// Every quality alert and recovery in `log`, in order.
+fn alerts(log: &str) -> Vec<Alert> {
+    log.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let f = v.get("fields")?;
+            let degraded = match f.get("message")?.as_str()? {
+                "media quality degraded" => true,
+                "media quality recovered" => false,
+                _ => return None,
+            };
+            let s = |k: &str| {
+                f.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Some(Alert {
+                leg: s("leg"),
+                side: s("side"),
+                figure: s("figure"),
+                measured: s("measured"),
+                degraded,
+            })
+        })
+        .collect()
+}
+
+/// Run `f` while reading the daemon's log every 50 ms, and `settle`
+/// longer: the alerts logged meanwhile, each with when it was first seen
+/// (from the start of `f`).
+fn watching<T>(
+    daemon: &Daemon,
+    settle: Duration,
+    f: impl FnOnce() -> T,
+) -> (T, Vec<(Duration, Alert)>) {
+    let before = alerts(&daemon.log_text()).len();
+    let start = Instant::now();
+    let done = std::sync::Mutex::new(None::<Instant>);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut seen: Vec<(Duration, Alert)> = Vec::new();
+            loop {
+                let until = *done.lock().expect("lock");
+                for a in alerts(&daemon.log_text())
+                    .into_iter()
+                    .skip(before + seen.len())
+                {
+                    seen.push((start.elapsed(), a));
+                }
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let out = f();
+        *done.lock().expect("lock") = Some(Instant::now() + settle);
+        (out, watcher.join().expect("log watcher"))
+    })
+}
+
+/// When `leg`'s `figure` was first seen to degrade (or recover).
+fn seen_at(
+    seen: &[(Duration, Alert)],
+    leg: &str,
+    figure: &str,
+    degraded: bool,
+) -> Option<Duration> {
+    seen.iter()
+        .find(|(_, a)| a.leg == leg && a.figure == figure && a.degraded == degraded)
+        .map(|(t, _)| *t)
+}
+
+/// The alert about `figure` on A's leg came within 5 s, named A's side
+/// and what was measured; B's leg raised none.
+fn alerted_on_a(
+    mode: &str,
+    what: &str,
+    seen: &[(Duration, Alert)],
+    figure: &str,
+    measured: &str,
+) -> anyhow::Result<()> {
+    let at = seen_at(seen, "a", figure, true)
+        .with_context(|| format!("{mode}: {what}: no {figure} alert on A's leg in {seen:?}"))?;
+    let alert = seen
+        .iter()
+        .find(|(_, a)| a.leg == "a" && a.figure == figure && a.degraded)
+        .map(|(_, a)| a)
+        .context("the alert")?;
+    println!(
+        "{mode}: {what}: {figure} alert on A's leg ({} side, {}) {:.1} s after it began",
+        alert.side,
+        alert.measured,
+        at.as_secs_f64()
+    );
+    anyhow::ensure!(
+        at <= Duration::from_secs(5),
+        "{mode}: {what}: the {figure} alert came {:.1} s after it began",
+        at.as_secs_f64()
+    );
+    anyhow::ensure!(
+        alert.side == "caller" && alert.measured == measured,
+        "{mode}: {what}: {alert:?}"
+    );
+    anyhow::ensure!(
+        !seen.iter().any(|(_, a)| a.leg == "b" && a.degraded),
+        "{mode}: {what}: B's clean leg raised an alert: {seen:?}"
+    );
+    Ok(())
+}
+
+/// `leg`'s `figures` all recovered in `seen`.
+fn recovered(
+    mode: &str,
+    what: &str,
+    seen: &[(Duration, Alert)],
+    figures: &[&str],
+) -> anyhow::Result<()> {
+    for figure in figures {
+        let at = seen_at(seen, "a", figure, false)
+            .with_context(|| format!("{mode}: {what}: A's {figure} did not recover: {seen:?}"))?;
+        println!(
+            "{mode}: {what}: A's {figure} recovered {:.1} s after",
+            at.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn query(ng: &NgClient) -> anyhow::Result<Value> {
@@ -162,10 +333,21 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: true,
     })?;
+    // Thresholds the impairments below cross (the defaults suit phones:
+    // 30 ms of jitter; the sender's here is 6 ms).
+    let config = t.write(
+        "media-relay.toml",
+        "[quality-alerts]\njitter-ms = 3.0\nloss-percent = 1.0\nburst-packets = 3.0\ndelay-rise-ms = 100.0\n",
+    )?;
+    let config = config.to_str().context("config path")?;
     let daemon = Daemon::start(
         t,
         &bed.relay,
         &[
+            "--config",
+            config,
+            "--log-format",
+            "json",
             "-i",
             "ra",
             "-i",
@@ -218,7 +400,11 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
                 .wrapping_add(1_442_695_040_888_963_407);
             (x >> 33) % 18_000
         };
-        let (at_b, at_a) = both_talk(ab, ba, WARM, JITTER_PACKETS, epoch, wobble)?;
+        let (talked, seen) = watching(&daemon, Duration::from_millis(500), || {
+            both_talk(ab, ba, WARM, JITTER_PACKETS, epoch, wobble)
+        });
+        let (at_b, at_a) = talked?;
+        alerted_on_a(mode, "jitter", &seen, "jitter", "inbound")?;
         let q = query(&ng)?;
         let (qa, qb) = (quality(&q, relay_a.port())?, quality(&q, relay_b.port())?);
         for (who, d) in [("A", qa), ("B", qb)] {
@@ -272,9 +458,12 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
             ],
         )?;
         let seq0 = WARM + JITTER_PACKETS;
-        let shaped = both_talk(ab, ba, seq0, SHAPED_PACKETS, epoch, |_| 0);
+        let (shaped, seen) = watching(&daemon, Duration::from_millis(1500), || {
+            both_talk(ab, ba, seq0, SHAPED_PACKETS, epoch, |_| 0)
+        });
         bed.a.exec("tc", &["qdisc", "del", "dev", "a0", "root"])?;
         let (at_b, at_a) = shaped?;
+        alerted_on_a(mode, "shaper", &seen, "delay_rise", "inbound")?;
         let q = query(&ng)?;
         let (qa, qb) = (quality(&q, relay_a.port())?, quality(&q, relay_b.port())?);
         let relay_ms = int(qa, "delay above minimum us")? as f64 / 1000.0;
@@ -309,12 +498,118 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
             clean_ms < relay_ms / 10.0,
             "the clean leg shows {clean_ms:.1} ms of queue, the shaped one {relay_ms:.1} ms"
         );
+        let seq0 = seq0 + SHAPED_PACKETS;
+        losses(&daemon, &ng, ab, ba, seq0, epoch, mode)?;
         rtcp_round_trip(&bed, &ng, relay_a, relay_b, mode)
     })();
     if result.is_err() {
         eprintln!("--- media-relay log ---\n{}", daemon.log_text());
     }
     result
+}
+
+/// Packets per direction of a clean phase: 8 s, longer than the window
+/// loss is judged over, so the last loss leaves it.
+const CLEAN_PACKETS: u16 = 400;
+/// Packets per direction of the random loss phase (6 s) and of the burst
+/// phase (5 s).
+const LOSS_PACKETS: u16 = 300;
+const BURST_PACKETS: u16 = 250;
+
+/// After the shaper: clean (jitter and delay recover), 2 % random loss
+/// on A's leg (a loss alert, no burst alert; the relay's count of lost
+/// packets is the truth), clean (loss recovers), bursts of 4 packets
+/// (a burst alert; bursts counted as sent), clean (bursts recover).
+fn losses(
+    daemon: &Daemon,
+    ng: &NgClient,
+    ab: Leg<'_>,
+    ba: Leg<'_>,
+    seq0: u16,
+    epoch: Instant,
+    mode: &str,
+) -> anyhow::Result<()> {
+    let clean = |seq0: u16| {
+        watching(daemon, Duration::from_millis(1500), || {
+            both_talk(ab, ba, seq0, CLEAN_PACKETS, epoch, |_| 0)
+        })
+    };
+    let (talked, seen) = clean(seq0);
+    talked?;
+    recovered(
+        mode,
+        "clean after the shaper",
+        &seen,
+        &["jitter", "delay_rise"],
+    )?;
+    let seq0 = seq0 + CLEAN_PACKETS;
+
+    let lost_so_far = |q: &Value| -> anyhow::Result<i64> {
+        stream(q, ab.to.port())
+            .and_then(|s| s.get("stats"))
+            .map(|s| int(s, "lost"))
+            .context("A's stream stats")?
+    };
+    let before = lost_so_far(&query(ng)?)?;
+    // 2 % random loss: one packet in 50 on average, never two in a row
+    // (a fixed LCG: the same packets every run).
+    let random = |i: u16| {
+        let x = u64::from(i)
+            .wrapping_mul(2_862_933_555_777_941_757)
+            .wrapping_add(3_037_000_493);
+        (x >> 40) % 50 == 7 && i > 0
+    };
+    let truth = (0..LOSS_PACKETS).filter(|i| random(*i)).count() as i64;
+    let (talked, seen) = watching(daemon, Duration::from_millis(500), || {
+        both_talk_dropping(ab, ba, seq0, LOSS_PACKETS, epoch, |_| 0, random)
+    });
+    talked?;
+    let lost = lost_so_far(&query(ng)?)? - before;
+    println!(
+        "{mode}: random loss on A's leg: {truth} of {LOSS_PACKETS} left out, the relay counted {lost} lost"
+    );
+    anyhow::ensure!(
+        lost == truth,
+        "{mode}: {truth} packets lost, the relay counted {lost}"
+    );
+    alerted_on_a(mode, "random loss", &seen, "loss", "inbound")?;
+    anyhow::ensure!(
+        seen_at(&seen, "a", "burst", true).is_none(),
+        "{mode}: single losses called a burst: {seen:?}"
+    );
+    let seq0 = seq0 + LOSS_PACKETS;
+    let (talked, seen) = clean(seq0);
+    talked?;
+    recovered(mode, "clean after random loss", &seen, &["loss"])?;
+    let seq0 = seq0 + CLEAN_PACKETS;
+
+    // Bursts: 4 packets in a row, every 50th (a Gilbert channel's bad
+    // state, 80 ms fades, 8 % lost).
+    let bursty = |i: u16| i % 50 >= 20 && i % 50 < 24;
+    let q0 = query(ng)?;
+    let gaps_before = int(quality(&q0, ab.to.port())?, "gaps")?;
+    let (talked, seen) = watching(daemon, Duration::from_millis(500), || {
+        both_talk_dropping(ab, ba, seq0, BURST_PACKETS, epoch, |_| 0, bursty)
+    });
+    talked?;
+    let q = query(ng)?;
+    let qa = quality(&q, ab.to.port())?;
+    let bursts = int(qa, "gaps")? - gaps_before;
+    let longest = int(qa, "longest gap")?;
+    let truth = i64::from(BURST_PACKETS / 50);
+    println!(
+        "{mode}: bursts on A's leg: {truth} bursts of 4 left out, the relay counted {bursts}, longest {longest}"
+    );
+    anyhow::ensure!(
+        bursts == truth && longest == 4,
+        "{mode}: {truth} bursts of 4 sent, the relay counted {bursts}, longest {longest}"
+    );
+    alerted_on_a(mode, "bursts", &seen, "burst", "inbound")?;
+    let seq0 = seq0 + BURST_PACKETS;
+    let (talked, seen) = clean(seq0);
+    talked?;
+    recovered(mode, "clean after bursts", &seen, &["burst", "loss"])?;
+    Ok(())
 }
 
 /// RTCP through the relay: A sends an SR towards B; B answers with an RR
