@@ -742,6 +742,14 @@ netdev = "eth1"
                 "config key `ng-allow` = controller.example: a network in CIDR form",
             ),
             (
+                "[quality-alerts]\nloss-percent = 0.0",
+                "config key `quality-alerts.loss-percent` = 0: above 0 and at most 100",
+            ),
+            (
+                "[quality-alerts]\njiter-ms = 5.0",
+                "config t.toml, line 2 (`jiter-ms`): unknown field `jiter-ms`",
+            ),
+            (
                 "ng-allow = [\"198.18.2.1/24\"]",
                 "config key `ng-allow` = 198.18.2.1/24: host bits set; write the network, 198.18.2.0/24",
             ),
@@ -782,6 +790,11 @@ mod example {
         assert_eq!(c.interfaces.len(), 2);
         assert_eq!(c.interfaces[1].name.as_deref(), Some("pbx"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            c.session.alerts,
+            crate::session::AlertThresholds::default(),
+            "the example states the defaults"
+        );
     }
 
     /// So must the demo's.
