@@ -289,7 +289,52 @@ fn call(s: &Setup<'_>, c: &Call<'_>) -> anyhow::Result<()> {
     check_rtp("at the UAS", &at_uas, per * c.streams.0, uas_relay)?;
     check_rtp("at the UAC", &at_uac, per * c.streams.1, uac_relay)?;
     check_relayed(before, relayed(&s.ng)?, at_uas.packets + at_uac.packets)?;
+    check_sides(&s.ng, c.from_pbx)?;
     nothing_left(s)
+}
+
+/// The agent labelled its parties by side (the media node's quality
+/// alerts and metrics name them so): in the last ended call's report, the
+/// caller's leg is `trunk` (`pbx` for a call the PBX placed), the other
+/// the opposite side.
+fn check_sides(ng: &NgClient, from_pbx: bool) -> anyhow::Result<()> {
+    let list = ng.ok(&Value::dict()
+        .with("command", "list")
+        .with("limit", Value::Int(1)))?;
+    let Some(id) = list
+        .get("ended")
+        .and_then(Value::as_list)
+        .and_then(|l| l.first())
+        .and_then(Value::as_str)
+    else {
+        anyhow::bail!("no ended call in {list:?}");
+    };
+    let q = ng.ok(&Value::dict().with("command", "query").with("call-id", id))?;
+    let order: Vec<&str> = q
+        .get("tag order")
+        .and_then(Value::as_list)
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let label = |tag: &str| {
+        q.get("tags")
+            .and_then(|t| t.get(tag))
+            .and_then(|t| t.get("label"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let labels: Vec<Option<String>> = order.iter().map(|t| label(t)).collect();
+    let want = if from_pbx {
+        ["pbx", "trunk"]
+    } else {
+        ["trunk", "pbx"]
+    };
+    anyhow::ensure!(
+        labels.len() >= 2
+            && labels[0].as_deref() == Some(want[0])
+            && labels[1].as_deref() == Some(want[1]),
+        "call {id}: parties labelled {labels:?} (tag order {order:?}), want {want:?}"
+    );
+    Ok(())
 }
 
 fn run(name: &str, c: &Call<'_>) -> anyhow::Result<()> {
