@@ -26,7 +26,8 @@
 //! than that, each is looked at less often than once a second.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
     ops::Bound,
     time::{Duration, Instant, SystemTime},
 };
@@ -34,7 +35,7 @@ use std::{
 use tracing::{info, warn};
 
 use super::{
-    backend::{Backend, RtcpReports},
+    backend::{Backend, Counters, RtcpReports},
     clock::Now,
     engine::Engine,
     model::Call,
@@ -357,25 +358,36 @@ pub fn side(call: &Call, mono: usize) -> &'static str {
 impl<B: Backend> Engine<B> {
     /// Party `mono`'s leg: of its first RTP media carrying packets.
     pub(super) fn leg(&self, call: &Call, mono: usize) -> Option<Leg> {
+        self.leg_read(call, mono, &mut HashMap::new())
+    }
+
+    /// [`Self::leg`], reading each port's counters once over the calls
+    /// of `read` (both legs of a call share their ports' counters).
+    fn leg_read(
+        &self,
+        call: &Call,
+        mono: usize,
+        read: &mut HashMap<SocketAddr, Counters>,
+    ) -> Option<Leg> {
+        let mut counters = |local: SocketAddr| {
+            *read
+                .entry(local)
+                .or_insert_with(|| self.backend.counters(local))
+        };
         let m = call.monos.get(mono)?;
         let peer = m.peer.and_then(|p| call.monos.get(p));
         m.media.iter().enumerate().find_map(|(i, md)| {
             let (rtp, rtcp) = md.locals(m.local)?;
-            let c = self.backend.counters(rtp);
+            let c = counters(rtp);
             c.quality?;
             let pm = peer.and_then(|p| p.media.get(i));
             // Its reports (RTCP port, or the RTP port with rtcp-mux), and
             // the sender reports sent towards it (its peer's).
-            let own = RtcpReports::either(self.backend.counters(rtcp).rtcp, c.rtcp);
+            let own = RtcpReports::either(counters(rtcp).rtcp, c.rtcp);
             let peer_rtcp = pm
                 .zip(peer)
                 .and_then(|(pm, p)| pm.locals(p.local))
-                .and_then(|(r, rc)| {
-                    RtcpReports::either(
-                        self.backend.counters(rc).rtcp,
-                        self.backend.counters(r).rtcp,
-                    )
-                });
+                .and_then(|(r, rc)| RtcpReports::either(counters(rc).rtcp, counters(r).rtcp));
             let far_clock = pm.and_then(|pm| pm.clock_rate).unwrap_or(0);
             Some(Leg::of(&c, own.as_ref(), peer_rtcp.as_ref(), far_clock))
         })
@@ -418,8 +430,9 @@ impl<B: Backend> Engine<B> {
             let Some(call) = self.calls.get(&id) else {
                 continue;
             };
+            let mut read = HashMap::new();
             let legs: Vec<(usize, Leg, &'static str)> = (0..call.monos.len())
-                .filter_map(|mi| Some((mi, self.leg(call, mi)?, side(call, mi))))
+                .filter_map(|mi| Some((mi, self.leg_read(call, mi, &mut read)?, side(call, mi))))
                 .collect();
             let Some(call) = self.calls.get_mut(&id) else {
                 continue;
