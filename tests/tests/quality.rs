@@ -685,10 +685,11 @@ fn rtcp_round_trip(
     let rtt_us = int(b_tag, "round trip us")?;
     println!(
         "{mode}: RTCP: B's leg round trip {rtt_us} µs (B held the SR 150 ms, said so in DLSR); \
-         far end loss {} ‰, jitter {} µs; MOS ×10 {}; B's RTCP stream {rtcp:?}",
+         far end loss {} ‰, jitter {} µs; MOS ×10 {}; B's RTCP stream {}",
         int(b_tag, "far end loss permille")?,
         int(b_tag, "far end jitter us")?,
         int(b_tag, "MOS")?,
+        media_user::cli::to_json(rtcp),
     );
     anyhow::ensure!(
         (0..30_000).contains(&rtt_us),
