@@ -79,15 +79,20 @@ async fn stats(port: u16) -> String {
         me.port(),
         me.port()
     );
-    s.send_to(req.as_bytes(), ("127.0.0.1", port))
-        .await
-        .unwrap();
     let mut buf = vec![0u8; 65_536];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf))
-        .await
-        .expect("the agent answers OPTIONS")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    // Retransmitted every second as a UAC would (RFC 3261 §17.1.2): an
+    // agent still working through a flood's backlog on a loaded host may
+    // take a while; the transaction answers a retransmission again.
+    for _ in 0..15 {
+        s.send_to(req.as_bytes(), ("127.0.0.1", port))
+            .await
+            .unwrap();
+        if let Ok(n) = tokio::time::timeout(Duration::from_secs(1), s.recv(&mut buf)).await {
+            let n = n.unwrap();
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("the agent did not answer OPTIONS within 15 s")
 }
 
 /// A counter of the stats JSON.
