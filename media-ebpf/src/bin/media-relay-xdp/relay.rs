@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use media_ebpf::{
-    Flow, FlowKey, Outcome, RtcpSeen,
+    Flow, FlowKey, Outcome, RtcpSeen, StreamQuality,
     csum::{Delta, header_ok, udp_update},
     flow::{
         CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6, RTP, SOURCE_LEARNING,
@@ -272,7 +272,7 @@ fn account(
     let record = if flow.flags & RTP == 0 {
         FLOW_QUALITY
             .get_ptr_mut(flow.slot())
-            .map(|p| p.cast::<RtcpSeen>())
+            .map(<*mut StreamQuality>::cast::<RtcpSeen>)
     } else {
         FLOW_RTCP.get_ptr_mut(flow.slot())
     };
