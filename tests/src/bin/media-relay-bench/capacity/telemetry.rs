@@ -73,22 +73,36 @@ impl TelemetryCost {
 
     fn verdict(&self) -> Verdict {
         let all_flat = self.on.iter().chain(&self.off).all(|r| r.flat_ok);
+        let pairs = self.paired();
         match self.ratio() {
             Err(e) => Verdict::NotMeasurable(e),
             Ok(_) if self.flat_only && !all_flat => Verdict::NotJudged(
                 "--quick measures flat out only, and a flat-out trial lost packets (no rate search)"
                     .into(),
             ),
+            // The pairs disagree by more than the cost the target is
+            // about: the runs cannot tell it.
+            Ok(_) if pairs.runs.len() > 1 && pairs.spread() > 1.0 - TARGET => {
+                Verdict::NotMeasurable(format!(
+                    "the pairs' own on/off ratios spread {:.3}–{:.3}, more than the {:.0} % the target is about",
+                    pairs.min(),
+                    pairs.max(),
+                    100.0 * (1.0 - TARGET)
+                ))
+            }
             Ok(r) => Verdict::of(r >= TARGET),
         }
     }
 
     pub fn target(&self) -> Value {
+        let verdict = self.verdict();
         target(
             "XDP native max pps, quality telemetry on / off",
-            self.ratio().ok(),
+            self.ratio()
+                .ok()
+                .filter(|_| !matches!(verdict, Verdict::NotMeasurable(_))),
             &format!("≥ {TARGET}"),
-            &self.verdict(),
+            &verdict,
         )
     }
 
@@ -123,13 +137,17 @@ impl TelemetryCost {
             off.show_int(),
             cpu(&self.off).show(2),
         );
+        let verdict = self.verdict();
         let _ = writeln!(
             md,
             "On / off, max pps: {} (each pair's own ratio: {}; target ≥ {TARGET}: {}).",
-            self.ratio()
-                .map_or_else(|e| format!("– ({e})"), |r| format!("{r:.3}")),
+            match (self.ratio(), &verdict) {
+                (Err(e), _) => format!("– ({e})"),
+                (Ok(_), Verdict::NotMeasurable(_)) => "–".to_owned(),
+                (Ok(r), _) => format!("{r:.3}"),
+            },
             self.paired().show(3),
-            self.verdict().sentence(),
+            verdict.sentence(),
         );
         if self.rebuilds > 0 {
             let _ = writeln!(
