@@ -621,7 +621,9 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     if !telemetry_runs.is_empty() {
         let _ = writeln!(
             md,
-            "Cost of telemetry: XDP native p99 at {} pps (idle), the daemon restarted with and without              `--no-quality-telemetry` between runs, alternating: on {} µs, off {} µs; on − off {tel_diff:.1} µs              against the runs' spread {tel_noise:.1} µs (target: unchanged within it: {}). (At the socket              generator's rates, not at half the XDP path's capacity: that is beyond what it sends.)\n",
+            "Cost of telemetry: XDP native p99 at {} pps (idle), the daemon restarted with and without \
+             `--no-quality-telemetry` between runs, alternating: on {} µs, off {} µs; on − off {tel_diff:.1} µs \
+             against the runs' spread {tel_noise:.1} µs (target: unchanged within it: {}). (At the socket generator's rates, not at half the XDP path's capacity: that is beyond what it sends.)\n",
             group(REFERENCE_PPS),
             tel_on.show(1),
             tel_off.show(1),
