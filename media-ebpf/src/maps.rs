@@ -9,7 +9,10 @@
 //! ports; 72-byte flow with the expected source's family and the RTP
 //! clock rate; an RTP-seen flag in the stats; `FLOW_QUALITY`, 64-byte
 //! per-stream accounting, replacing `FLOW_SEQ`; the `bad_ip_checksum`
-//! outcome).
+//! outcome). Added within v3 without changing any existing map:
+//! `FLOW_RTCP` (a daemon starting on v3 pins without it creates it; an
+//! older one ignores it) and the `CONTROL_NO_QUALITY` bit of a word that
+//! older daemons write as 0.
 
 /// bpffs directory holding one sub-directory per layout version.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/media-relay";
@@ -29,6 +32,13 @@ pub const FLOW_STATS: &str = "FLOW_STATS";
 /// and overstate loss. Written only by the data plane (the daemon resets a
 /// slot before handing it out).
 pub const FLOW_QUALITY: &str = "FLOW_QUALITY";
+/// `ARRAY` slot → [`crate::RtcpSeen`]: the RTCP that arrived multiplexed
+/// on an [`crate::flow::RTP`] flow (rtcp-mux, RFC 5761), indexed like
+/// [`FLOW_STATS`]. (An RTCP flow keeps its reports in its
+/// [`FLOW_QUALITY`] slot; an RTP flow's slot there holds its
+/// [`crate::StreamQuality`].) Written only by the data plane; the daemon
+/// resets a slot where it resets the [`FLOW_QUALITY`] one.
+pub const FLOW_RTCP: &str = "FLOW_RTCP";
 /// `PERCPU_ARRAY` [`crate::Outcome`] → `u64`: what happened to every packet.
 pub const OUTCOMES: &str = "OUTCOMES";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the relay may redirect to.
@@ -55,7 +65,7 @@ pub struct Control {
     /// The daemon's media port range (host order), for packets with no flow.
     pub port_min: u16,
     pub port_max: u16,
-    /// [`CONTROL_UNHELD_DROP`]; zero from a daemon of an earlier layout
+    /// [`CONTROL_UNHELD_DROP`], [`CONTROL_NO_QUALITY`]; zero from a daemon of an earlier layout
     /// (this word was reserved then).
     pub flags: u32,
 }
@@ -68,6 +78,16 @@ pub struct Control {
 /// full): then such packets go to the stack as before.
 pub const CONTROL_UNHELD_DROP: u32 = 1;
 
+/// [`Control::flags`]: quality telemetry is off (`quality-telemetry =
+/// false`, `--no-quality-telemetry`): the program skips the per-stream
+/// accounting in [`FLOW_QUALITY`] and [`FLOW_RTCP`]; a flow's packets,
+/// bytes, last-seen time and last RTP header ([`FLOW_STATS`]) are still
+/// counted. Unset (0) means on, which is what a daemon that predates the
+/// bit writes. A runtime switch rather than a second build: the same
+/// object runs either way, at the cost of one branch per packet, which is
+/// what lets the benchmark compare the two on the same program.
+pub const CONTROL_NO_QUALITY: u32 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)], a u64, two u16s and a u32: no padding, every bit
@@ -75,8 +95,8 @@ mod pod {
     unsafe impl aya::Pod for super::Control {}
 }
 
-/// Compile-time default capacity of [`FLOWS`], [`FLOW_STATS`] and
-/// [`FLOW_QUALITY`]; the daemon resizes them from its configuration before
+/// Compile-time default capacity of [`FLOWS`], [`FLOW_STATS`],
+/// [`FLOW_QUALITY`] and [`FLOW_RTCP`]; the daemon resizes them from its configuration before
 /// loading.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Capacity of [`EGRESS_DEVS`].

@@ -215,8 +215,9 @@ pub const RTCP_SR_SEEN: u32 = 1;
 pub const RTCP_BLOCK_SEEN: u32 = 2;
 
 /// The `FLOW_QUALITY` value of an RTCP flow (a flow without [`RTP`]
-/// set, i.e. a stream's RTCP port): what the relay saw of the RTCP that
-/// passed, for the far ends' view of each leg and for round-trip times.
+/// set, i.e. a stream's RTCP port), and the `FLOW_RTCP` value of an RTP
+/// flow (RTCP multiplexed on the RTP port): what the relay saw of the
+/// RTCP that passed, for the far ends' view of each leg and for round-trip times.
 /// The first packet of a compound RTCP packet is an SR or an RR (RFC 3550
 /// §6.1): its sender info and its first report block are kept, with the
 /// time they passed. 64 bytes, only `u32`s, like [`StreamQuality`]; a
@@ -344,6 +345,8 @@ mod pod {
     // SAFETY: #[repr(C)], only u32s: every bit pattern is valid and there
     // is no padding.
     unsafe impl aya::Pod for super::StreamQuality {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RtcpSeen {}
 }
 
 #[cfg(test)]

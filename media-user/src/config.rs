@@ -149,6 +149,9 @@ pub struct FileConfig {
     /// Seconds a released port pair rests before reuse.
     pub port_quarantine: Option<u64>,
     pub max_flows: Option<u32>,
+    /// Per-stream quality accounting in the XDP program (loss, jitter,
+    /// RTCP); off keeps the flows' packet and byte counters only.
+    pub quality_telemetry: Option<bool>,
     /// Threads of the userspace path (0: one per CPU).
     pub userspace_threads: Option<u64>,
     /// Milliseconds a packet may wait on the userspace path before it is
@@ -251,6 +254,9 @@ pub struct RunConfig {
     pub xdp_mode: XdpModeArg,
     pub session: SessionConfig,
     pub max_flows: u32,
+    /// `quality-telemetry`: the XDP program's per-stream quality
+    /// accounting (`CONTROL_NO_QUALITY` when off).
+    pub quality_telemetry: bool,
     /// The userspace path's threads and staleness bound.
     pub io: crate::media::IoConfig,
     pub pin_root: PathBuf,
@@ -488,6 +494,10 @@ impl RunConfig {
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             session,
             max_flows,
+            quality_telemetry: flags
+                .quality_telemetry
+                .or(file.quality_telemetry)
+                .unwrap_or(true),
             io,
             pin_root: flags
                 .pin_root
@@ -611,6 +621,20 @@ netdev = "eth1"
         assert_eq!(c.io.nice, -10);
         assert!(c.io.threads >= 1);
         assert_eq!(c.ng_cache_bytes, 8 << 20);
+        assert!(c.quality_telemetry);
+    }
+
+    #[test]
+    fn quality_telemetry_from_file_and_flag() {
+        let file = FileConfig::parse("quality-telemetry = false", Path::new("t.toml")).unwrap();
+        let c = RunConfig::resolve(file.clone(), FileConfig::default(), 10).unwrap();
+        assert!(!c.quality_telemetry);
+        let on = FileConfig {
+            quality_telemetry: Some(true),
+            ..FileConfig::default()
+        };
+        assert!(RunConfig::resolve(file, on, 10).unwrap().quality_telemetry);
+        assert!(err("quality-telemetry = \"no\"").contains("quality-telemetry"));
     }
 
     #[test]

@@ -89,6 +89,10 @@ fn load_dataplane(cfg: &RunConfig, interfaces: &Interfaces) -> anyhow::Result<Op
         pin_root: cfg.pin_root.clone(),
         max_flows: cfg.max_flows,
     })?;
+    dp.set_quality_telemetry(cfg.quality_telemetry);
+    if !cfg.quality_telemetry {
+        info!("quality telemetry off: XDP keeps the flows' counters only");
+    }
     let mut netdevs: Vec<&str> = interfaces.0.iter().map(|i| i.netdev.as_str()).collect();
     netdevs.dedup();
     for netdev in &netdevs {

@@ -215,6 +215,11 @@ struct RunArgs {
     /// Capacity of the XDP flow table (one flow per direction per stream).
     #[arg(long)]
     max_flows: Option<u32>,
+    /// Switch the XDP program's per-stream quality accounting (loss,
+    /// jitter, RTCP) off; flows keep their packet and byte counters
+    /// (`quality-telemetry = false`).
+    #[arg(long)]
+    no_quality_telemetry: bool,
     /// Threads of the userspace path (0: one per CPU).
     #[arg(long)]
     userspace_threads: Option<u64>,
@@ -271,6 +276,7 @@ impl RunArgs {
             max_media: self.max_media,
             port_quarantine: self.port_quarantine,
             max_flows: self.max_flows,
+            quality_telemetry: self.no_quality_telemetry.then_some(false),
             userspace_threads: self.userspace_threads,
             userspace_max_delay: self.userspace_max_delay,
             userspace_nice: self.userspace_nice,

@@ -286,6 +286,20 @@ impl Daemon {
         self.restart()
     }
 
+    /// Give the next runs the command-line argument `arg` (`present`), or
+    /// not: e.g. a daemon restarted with `--no-quality-telemetry`.
+    pub fn set_arg(&mut self, arg: &str, present: bool) {
+        self.args.retain(|a| a != arg);
+        if present {
+            self.args.push(arg.to_owned());
+        }
+    }
+
+    /// Whether the next run gets `arg` (see [`Daemon::set_arg`]).
+    pub fn has_arg(&self, arg: &str) -> bool {
+        self.args.iter().any(|a| a == arg)
+    }
+
     /// `key=value` in the environment of the next runs (it overrides the
     /// tests' `RUST_LOG`, for one).
     pub fn set_env(&mut self, key: &str, value: &str) {

@@ -108,6 +108,12 @@ impl Path {
             .or_else(|| self.rtpengine.as_ref().map(Rtpengine::pid))
     }
 
+    /// The media-relay daemon of the path, if it has one: e.g. to restart
+    /// it with other options (the calls are adopted).
+    pub fn daemon_mut(&mut self) -> Option<&mut Daemon> {
+        self.daemon.as_mut()
+    }
+
     /// media-relay's log, for error reports.
     pub fn log_text(&self) -> String {
         self.daemon
@@ -199,6 +205,22 @@ pub fn setup_family(
     b_port0: u16,
     v6: bool,
 ) -> anyhow::Result<Path> {
+    setup_with(dir, bed, kind, n, a_port0, b_port0, v6, &[])
+}
+
+/// [`setup_family`] with `extra` arguments for the media-relay daemon (e.g.
+/// `--no-quality-telemetry`; ignored by the other paths).
+#[expect(clippy::too_many_arguments, reason = "setup_family's, plus one")]
+pub fn setup_with(
+    dir: &TestDir,
+    bed: &Bed,
+    kind: PathKind,
+    n: u32,
+    a_port0: u16,
+    b_port0: u16,
+    v6: bool,
+    extra: &[&str],
+) -> anyhow::Result<Path> {
     let (a_ip, b_ip): (IpAddr, IpAddr) = if v6 {
         (A_V6.into(), B_V6.into())
     } else {
@@ -264,26 +286,24 @@ pub fn setup_family(
                 PathKind::XdpGeneric => "generic",
                 _ => "off",
             };
-            let daemon = Daemon::start(
-                dir,
-                &bed.relay,
-                &[
-                    "-i",
-                    "ra",
-                    "-i",
-                    "rb",
-                    "--xdp-mode",
-                    mode,
-                    "--port-min",
-                    "20000",
-                    "--port-max",
-                    "59999",
-                    "--max-flows",
-                    "262144",
-                    "--learning-window",
-                    "1",
-                ],
-            )?;
+            let mut args = vec![
+                "-i",
+                "ra",
+                "-i",
+                "rb",
+                "--xdp-mode",
+                mode,
+                "--port-min",
+                "20000",
+                "--port-max",
+                "59999",
+                "--max-flows",
+                "262144",
+                "--learning-window",
+                "1",
+            ];
+            args.extend_from_slice(extra);
+            let daemon = Daemon::start(dir, &bed.relay, &args)?;
             let ng = NgClient::new(&bed.relay, daemon.ng)?;
             for i in 0..n {
                 let (a, b) = (party(a_ip, a_port0, i)?, party(b_ip, b_port0, i)?);

@@ -235,6 +235,11 @@ pub struct Forwarded {
     /// is an RTCP sender report, and whether it carries a report block the
     /// data plane keeps (see [`rtcp_report`]); `None` for an RTP flow.
     pub rtcp: Option<(bool, bool)>,
+    /// For an RTP flow, a packet that is not RTP (RTCP multiplexed on the
+    /// port, RFC 5761, or anything else): the same, for the flow's
+    /// rtcp-mux record (`FLOW_RTCP`); `None` for RTP and on a flow without
+    /// RTP.
+    pub mux_rtcp: Option<(bool, bool)>,
 }
 
 /// The model's verdict on one frame.
@@ -262,6 +267,10 @@ pub struct Counters {
     /// RTCP sender reports and report blocks seen.
     pub sender_reports: u32,
     pub report_blocks: u32,
+    /// RTP flows: RTCP sender reports and report blocks seen multiplexed
+    /// on the port (the flow's `FLOW_RTCP` record).
+    pub mux_sender_reports: u32,
+    pub mux_report_blocks: u32,
 }
 
 impl Counters {
@@ -276,6 +285,10 @@ impl Counters {
             self.rtcp_flow = true;
             self.sender_reports += u32::from(sr);
             self.report_blocks += u32::from(block);
+        }
+        if let Some((sr, block)) = f.mux_rtcp {
+            self.mux_sender_reports += u32::from(sr);
+            self.mux_report_blocks += u32::from(block);
         }
     }
 }
@@ -464,8 +477,8 @@ pub fn rtp_header(payload: &[u8]) -> Option<(u32, u16)> {
     ))
 }
 
-/// What the data plane keeps of an RTCP packet on a flow without RTP (RFC
-/// 3550 §6.4: a compound packet starts with an SR or an RR): (it is a
+/// What the data plane keeps of an RTCP packet on a flow without RTP, or
+/// of a packet that is not RTP on an RTP flow (rtcp-mux) (RFC 3550 §6.4: a compound packet starts with an SR or an RR): (it is a
 /// sender report — version 2, type 200, the 28 bytes of header and sender
 /// info; it carries a first report block the relay keeps — report count
 /// ≥ 1 and the block's 24 bytes inside the datagram, after the 28 of an
@@ -599,6 +612,7 @@ impl Model<'_> {
                 ip_len: pkt.ip_len,
                 rtp: if flow.flags & RTP != 0 { rtp } else { None },
                 rtcp: (flow.flags & RTP == 0).then(|| rtcp_report(payload)),
+                mux_rtcp: (flow.flags & RTP != 0 && rtp.is_none()).then(|| rtcp_report(payload)),
             }),
         }
     }
@@ -797,6 +811,7 @@ mod tests {
                 ip_len: (20 + 8 + 32) as u16,
                 rtp: Some((7, 9)),
                 rtcp: None,
+                mux_rtcp: None,
             })
         );
         // Back out of the ingress interface: XDP_TX.

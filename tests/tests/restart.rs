@@ -266,6 +266,14 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
                     }
                     _ => daemon.kill()?,
                 }
+                let rtcp_pin = daemon.pin_dir().join(media_ebpf::maps::FLOW_RTCP);
+                if matches!(how, Disruption::Upgrade) {
+                    // The build before had no FLOW_RTCP (added within
+                    // layout v3): the upgraded daemon finds pins without
+                    // it and must create it.
+                    std::fs::remove_file(&rtcp_pin)
+                        .with_context(|| format!("removing {}", rtcp_pin.display()))?;
+                }
                 // The daemon is away: XDP keeps forwarding.
                 std::thread::sleep(Duration::from_millis(if rounds > 1 { 200 } else { 1000 }));
                 let took = if matches!(how, Disruption::Upgrade) {
@@ -275,6 +283,11 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
                 };
                 if matches!(how, Disruption::Upgrade) {
                     check_upgraded(&links_before, &links(daemon.pin_root())?)?;
+                    anyhow::ensure!(
+                        rtcp_pin.exists(),
+                        "the upgraded daemon did not create {}",
+                        rtcp_pin.display()
+                    );
                 }
                 eprintln!("round {round}: the daemon answered ping {took:?} after its start");
             }

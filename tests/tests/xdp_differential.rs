@@ -462,7 +462,10 @@ fn payload(rng: &mut StdRng, ssrc: Option<u32>) -> (Vec<u8>, &'static str) {
                 .choose(rng)
                 .expect("not empty");
             let len = rng.random_range(12..=80);
-            (rtp(rng, len, 0x80, b1), "RTCP-ish")
+            // Report counts 0–2: an SR or RR with a first block the data
+            // plane keeps when it is long enough.
+            let b0 = 0x80 | rng.random_range(0..=2u8);
+            (rtp(rng, len, b0, b1), "RTCP-ish")
         }
         11 => {
             let b0 = *[0x00u8, 0x40, 0xc0, 0xbf].choose(rng).expect("not empty");
@@ -974,6 +977,8 @@ fn run(
                         rtcp_flow: false,
                         sender_reports: 0,
                         report_blocks: 0,
+                        mux_sender_reports: 0,
+                        mux_report_blocks: 0,
                         ..*c
                     };
                 }
@@ -1269,6 +1274,9 @@ fn check_counters(
             (0, 0),
         )
     };
+    // The RTCP multiplexed on an RTP flow (`FLOW_RTCP`; zero on a flow
+    // without RTP).
+    let mux = (got.rtcp.sr_count, got.rtcp.block_count);
     let want_ssrc = want.last_rtp.map(|(s, _)| s);
     if got.packets != want.packets
         || got.bytes != want.bytes
@@ -1277,10 +1285,12 @@ fn check_counters(
         || seq_received != want.rtp_packets
         || seq_ssrc != want_ssrc
         || reports != (want.sender_reports, want.report_blocks)
+        || mux != (want.mux_sender_reports, want.mux_report_blocks)
     {
         problems.push(format!(
             "flow {}{} counters: program packets {} bytes {} last RTP {:?} window {{ssrc {:?}, received {}}} \
-             RTCP SRs/blocks {:?}, model packets {} bytes {} last RTP {:?} RTP packets {} RTCP SRs/blocks {:?}",
+             RTCP SRs/blocks {:?} rtcp-mux SRs/blocks {:?}, model packets {} bytes {} last RTP {:?} \
+             RTP packets {} RTCP SRs/blocks {:?} rtcp-mux SRs/blocks {:?}",
             key.local(),
             key.remote().map(|r| format!(" from {r}")).unwrap_or_default(),
             got.packets,
@@ -1289,11 +1299,13 @@ fn check_counters(
             seq_ssrc,
             seq_received,
             reports,
+            mux,
             want.packets,
             want.bytes,
             want.last_rtp,
             want.rtp_packets,
             (want.sender_reports, want.report_blocks),
+            (want.mux_sender_reports, want.mux_report_blocks),
         ));
         *want = Counters {
             packets: got.packets,
@@ -1303,6 +1315,8 @@ fn check_counters(
             rtcp_flow: want.rtcp_flow,
             sender_reports: reports.0,
             report_blocks: reports.1,
+            mux_sender_reports: mux.0,
+            mux_report_blocks: mux.1,
         };
     }
     Ok(())

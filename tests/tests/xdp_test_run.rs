@@ -869,6 +869,178 @@ fn rtp_loss_is_counted_in_flow_seq() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An RTCP sender report (one block) and a receiver report (one block).
+fn sr_and_rr() -> (Vec<u8>, Vec<u8>) {
+    // SR from 0x11: NTP 0x0000_1234_5678_9abc; block about 0x22: 25 %
+    // lost, cumulative 300, highest 7000, jitter 40, LSR 0x1111_2222,
+    // DLSR 0x8000.
+    let mut sr = vec![0x81, 200, 0, 12];
+    for w in [0x11u32, 0x1234, 0x5678_9abc, 0, 0, 0] {
+        sr.extend_from_slice(&w.to_be_bytes());
+    }
+    for w in [0x22u32, (64 << 24) | 0x12c, 7000, 40, 0x1111_2222, 0x8000] {
+        sr.extend_from_slice(&w.to_be_bytes());
+    }
+    // RR from 0x33 about 0x44: cumulative lost −2 (duplicates), highest
+    // 9000, jitter 12, LSR 0x1234_5678, DLSR 0x0002_0000.
+    let mut rr = vec![0x81, 201, 0, 7];
+    for w in [
+        0x33u32,
+        0x44,
+        0x00ff_fffe,
+        9000,
+        12,
+        0x1234_5678,
+        0x0002_0000,
+    ] {
+        rr.extend_from_slice(&w.to_be_bytes());
+    }
+    (sr, rr)
+}
+
+/// RTCP multiplexed on an RTP flow (rtcp-mux): an SR and an RR land in
+/// the flow's `FLOW_RTCP` record with their fields and when they passed,
+/// read through the flow table and straight from the pin; the flow's
+/// `StreamQuality` in `FLOW_QUALITY` is left as the RTP made it. With
+/// `CONTROL_NO_QUALITY` set, neither record moves while packets and bytes
+/// are still counted.
+#[test]
+fn rtcp_mux_lands_in_flow_rtcp() -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    use media_ebpf::{RtcpSeen, StreamQuality, quality::RTCP_BLOCK_SEEN, quality::RTCP_SR_SEEN};
+    use media_relay_tests::media::rtp;
+
+    if !require_root("rtcp_mux_lands_in_flow_rtcp") {
+        return Ok(());
+    }
+    let mut fx = Fixture::new()?;
+    const SSRC: u32 = 0x5eed_0002;
+    let (sr, rr) = sr_and_rr();
+    let pinned = |fx: &Fixture, slot: u32| -> anyhow::Result<(StreamQuality, RtcpSeen)> {
+        let dir = fx.relay.pin_dir();
+        let q: Array<MapData, StreamQuality> = Array::try_from(Map::Array(MapData::from_pin(
+            dir.join(media_ebpf::maps::FLOW_QUALITY),
+        )?))?;
+        let r: Array<MapData, RtcpSeen> = Array::try_from(Map::Array(MapData::from_pin(
+            dir.join(media_ebpf::maps::FLOW_RTCP),
+        )?))?;
+        Ok((q.get(&slot, 0)?, r.get(&slot, 0)?))
+    };
+    for (local, relay_out, peer, src) in [
+        (
+            sa(RA_V4, 30200),
+            sa(RB_V4, 30202),
+            sa(B_V4, 40200),
+            sa(A_V4, 5000),
+        ),
+        (
+            sa(RA_V6, 30200),
+            sa(RB_V6, 30202),
+            sa(B_V6, 40200),
+            sa(A_V6, 5000),
+        ),
+    ] {
+        let key = FlowKey::new(local);
+        let flow = Flow::new(relay_out, peer)
+            .with_source(src)
+            .rtp()
+            .with_clock_rate(8000);
+        fx.relay.flows_mut().install(key, flow)?;
+        let frame = |payload: &[u8]| UdpFrame::new(RA_MAC, A_MAC, src, local, payload).bytes();
+        for s in 0..5u16 {
+            assert_eq!(fx.run(&frame(&rtp(SSRC, s)))?.0, XDP_REDIRECT);
+        }
+        let slot = fx.relay.flows().get(&key)?.slot();
+        let (quality, nothing) = pinned(&fx, slot)?;
+        assert_eq!(nothing, RtcpSeen::default(), "{local}: no RTCP yet");
+        assert_eq!(quality.seq.received(), 5);
+
+        let t0 = monotonic_ns();
+        assert_eq!(fx.run(&frame(&sr))?.0, XDP_REDIRECT, "{local}: SR");
+        let t1 = monotonic_ns();
+        let c = fx.relay.flows().counters(&key)?;
+        let r = c.rtcp;
+        assert_eq!(r.flags, RTCP_SR_SEEN | RTCP_BLOCK_SEEN, "{local}: {r:?}");
+        assert_eq!(
+            (r.sr_count, r.sr_ssrc, r.sr_ntp_mid),
+            (1, 0x11, 0x1234_5678),
+            "{local}"
+        );
+        assert!((t0..=t1).contains(&r.sr_at()), "{local}: SR time {r:?}");
+        assert_eq!(
+            (r.block_count, r.reporter, r.source, r.highest, r.jitter),
+            (1, 0x11, 0x22, 7000, 40),
+            "{local}"
+        );
+        assert_eq!((r.fraction_lost(), r.cumulative_lost()), (0.25, 300));
+        assert_eq!((r.lsr, r.dlsr), (0x1111_2222, 0x8000), "{local}");
+
+        let t0 = monotonic_ns();
+        assert_eq!(fx.run(&frame(&rr))?.0, XDP_REDIRECT, "{local}: RR");
+        let t1 = monotonic_ns();
+        let c = fx.relay.flows().counters(&key)?;
+        let r = c.rtcp;
+        assert_eq!((r.sr_count, r.block_count), (1, 2), "{local}: {r:?}");
+        assert_eq!(
+            (
+                r.reporter,
+                r.source,
+                r.cumulative_lost(),
+                r.highest,
+                r.jitter
+            ),
+            (0x33, 0x44, -2, 9000, 12),
+            "{local}"
+        );
+        assert_eq!((r.lsr, r.dlsr), (0x1234_5678, 0x0002_0000), "{local}");
+        assert!((t0..=t1).contains(&r.block_at()), "{local}: block time");
+        assert_eq!(c.packets, 7, "{local}: RTCP is forwarded and counted");
+        // The RTP stream's record is untouched by the RTCP; the pins hold
+        // what the flow table read.
+        assert_eq!(c.quality, quality, "{local}: StreamQuality unchanged");
+        assert_eq!(
+            pinned(&fx, slot)?,
+            (quality, r),
+            "{local}: FLOW_QUALITY / FLOW_RTCP pins"
+        );
+
+        // Telemetry off: counters only.
+        fx.relay.set_quality_telemetry(false);
+        for p in [rtp(SSRC, 5), sr.clone(), rr.clone()] {
+            assert_eq!(
+                fx.run(&frame(&p))?.0,
+                XDP_REDIRECT,
+                "{local}: telemetry off"
+            );
+        }
+        let off = fx.relay.flows().counters(&key)?;
+        assert_eq!(off.packets, 10, "{local}: counted with telemetry off");
+        assert_eq!(off.last_rtp, Some((SSRC, 5)), "{local}: last RTP header");
+        assert_eq!(
+            (off.quality, off.rtcp),
+            (quality, r),
+            "{local}: no accounting with telemetry off"
+        );
+        fx.relay.set_quality_telemetry(true);
+        assert_eq!(fx.run(&frame(&rtp(SSRC, 6)))?.0, XDP_REDIRECT);
+        let on = fx.relay.flows().counters(&key)?;
+        assert_eq!(on.quality.seq.received(), 6, "{local}: on again");
+
+        // A slot handed out again starts without RTCP.
+        fx.relay.flows_mut().remove(&key)?;
+        fx.relay.flows_mut().install(key, flow)?;
+        assert_eq!(fx.relay.flows().counters(&key)?.rtcp, RtcpSeen::default());
+        fx.relay.flows_mut().remove(&key)?;
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns, `bpf_ktime_get_ns()`'s clock.
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 /// The flow table's rules the data plane relies on: an expected source of
 /// the other family than the port is refused (it would be compared on its
 /// first bytes); an RTP SSRC of 0 is a real SSRC (recorded, not "none");

@@ -3,7 +3,8 @@
 //! counters.
 //!
 //! Each flow owns a slot of the per-CPU `FLOW_STATS` array (and the same
-//! slot of the shared `FLOW_QUALITY` array), handed out here. A slot is
+//! slot of the shared `FLOW_QUALITY` and `FLOW_RTCP` arrays), handed out
+//! here. A slot is
 //! zeroed before its flow becomes visible, and a flow is updated in place
 //! (same slot, same counters) with one atomic map update, so forwarding
 //! never pauses across a re-offer.
@@ -21,7 +22,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use media_ebpf::{
-    Flow, FlowKey, FlowStats, SeqWindow, StreamQuality,
+    Flow, FlowKey, FlowStats, RtcpSeen, SeqWindow, StreamQuality,
     flow::{CHECK_SOURCE_ADDR, STATS_RTP_SEEN},
 };
 use thiserror::Error;
@@ -79,8 +80,12 @@ pub struct FlowCounters {
     /// [`expected`](Self::expected) and [`received`](Self::received).
     pub seq: SeqWindow,
     /// RTP flows: the whole per-stream record (jitter, gaps, delay; see
-    /// `media_ebpf::quality`), `seq` included.
+    /// `media_ebpf::quality`), `seq` included. A flow without RTP (an
+    /// RTCP port): its RTCP reports, as bytes (`RtcpSeen::from_slot`).
     pub quality: StreamQuality,
+    /// RTP flows: the RTCP multiplexed on the port (rtcp-mux; in
+    /// `FLOW_RTCP`). Zero for a flow without RTP.
+    pub rtcp: RtcpSeen,
 }
 
 impl FlowCounters {
@@ -121,6 +126,7 @@ pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, FlowStats>,
     quality: Array<MapData, StreamQuality>,
+    rtcp: Array<MapData, RtcpSeen>,
     /// Userspace mirror: key → stats slot of every installed flow.
     slots: StdHashMap<FlowKey, u32>,
     /// Flows found installed when the table was opened (pinned by an
@@ -144,6 +150,7 @@ impl FlowTable {
         flows: HashMap<MapData, FlowKey, Flow>,
         stats: PerCpuArray<MapData, FlowStats>,
         quality: Array<MapData, StreamQuality>,
+        rtcp: Array<MapData, RtcpSeen>,
         capacity: u32,
         ncpus: usize,
     ) -> Result<Self, FlowError> {
@@ -160,6 +167,7 @@ impl FlowTable {
             flows,
             stats,
             quality,
+            rtcp,
             slots,
             found,
             free,
@@ -249,6 +257,7 @@ impl FlowTable {
             .stats
             .set(slot, zero, 0)
             .and_then(|()| self.quality.set(slot, StreamQuality::default(), 0))
+            .and_then(|()| self.rtcp.set(slot, RtcpSeen::default(), 0))
             .and_then(|()| self.flows.insert(key, flow, BPF_NOEXIST));
         match result {
             Ok(()) => {
@@ -289,7 +298,8 @@ impl FlowTable {
         // an RTP flow, RTCP reports for one without: when that changes,
         // it starts again (after the switch, so nothing of the old kind
         // lands in it afterwards; a packet in between is lost to the
-        // accounting, never misread).
+        // accounting, never misread). The rtcp-mux record (`FLOW_RTCP`)
+        // is reset with it: the stream it described is another.
         let rtp_changed = self
             .flows
             .get(&key, 0)
@@ -297,6 +307,7 @@ impl FlowTable {
         self.flows.insert(key, flow, BPF_EXIST)?;
         if rtp_changed {
             self.quality.set(slot, StreamQuality::default(), 0)?;
+            self.rtcp.set(slot, RtcpSeen::default(), 0)?;
         }
         Ok(())
     }
@@ -343,8 +354,10 @@ impl FlowTable {
     fn read(&self, slot: u32) -> Result<FlowCounters, FlowError> {
         let stats = self.stats.get(&slot, 0)?;
         let quality = self.quality.get(&slot, 0)?;
+        let rtcp = self.rtcp.get(&slot, 0)?;
         Ok(FlowCounters {
             quality,
+            rtcp,
             ..FlowCounters::sum(&stats, quality.seq)
         })
     }

@@ -119,6 +119,9 @@ pub struct DataPlane {
     control: Array<MapData, Control>,
     pin_root: PathBuf,
     pin_dir: PathBuf,
+    /// Per-stream quality accounting in the program (see
+    /// [`set_quality_telemetry`](Self::set_quality_telemetry)).
+    quality_telemetry: bool,
     ebpf: Ebpf,
     _log: Option<log::LogPump>,
 }
@@ -253,6 +256,9 @@ impl DataPlane {
         if let Some(quality) = existing.flow_quality {
             capacity = capacity.min(quality);
         }
+        if let Some(rtcp) = existing.flow_rtcp {
+            capacity = capacity.min(rtcp);
+        }
         let adopted = existing.flows.is_some();
 
         let stamp = object::stamp();
@@ -262,6 +268,7 @@ impl DataPlane {
             .map_max_entries(maps::FLOWS, capacity)
             .map_max_entries(maps::FLOW_STATS, capacity)
             .map_max_entries(maps::FLOW_QUALITY, capacity)
+            .map_max_entries(maps::FLOW_RTCP, capacity)
             .load(object::RELAY)?;
         {
             let program: &mut Xdp = ebpf
@@ -289,6 +296,7 @@ impl DataPlane {
             take::<HashMap<MapData, _, _>>(&mut ebpf, maps::FLOWS)?,
             take::<PerCpuArray<MapData, _>>(&mut ebpf, maps::FLOW_STATS)?,
             take::<Array<MapData, _>>(&mut ebpf, maps::FLOW_QUALITY)?,
+            take::<Array<MapData, _>>(&mut ebpf, maps::FLOW_RTCP)?,
             capacity,
             ncpus,
         )?;
@@ -319,6 +327,7 @@ impl DataPlane {
             control,
             pin_root: opts.pin_root.clone(),
             pin_dir,
+            quality_telemetry: true,
             ebpf,
             _log: log,
         })
@@ -340,19 +349,47 @@ impl DataPlane {
         ports: (u16, u16),
         every_port_held: bool,
     ) {
+        let mut flags = 0;
+        if every_port_held {
+            flags |= maps::CONTROL_UNHELD_DROP;
+        }
+        if !self.quality_telemetry {
+            flags |= maps::CONTROL_NO_QUALITY;
+        }
         let c = Control {
             daemon_until_ns: monotonic_ns().saturating_add(valid_for.as_nanos() as u64),
             port_min: ports.0,
             port_max: ports.1,
-            flags: if every_port_held {
-                maps::CONTROL_UNHELD_DROP
-            } else {
-                0
-            },
+            flags,
         };
         if let Err(e) = self.control.set(0, c, 0) {
             warn!(error = %e, "writing the daemon heartbeat failed");
         }
+    }
+
+    /// Switch the program's per-stream quality accounting (`FLOW_QUALITY`,
+    /// `FLOW_RTCP`) on or off ([`maps::CONTROL_NO_QUALITY`]); counters
+    /// (packets, bytes, last seen) are kept either way. On by default;
+    /// the daemon's `quality-telemetry` option. Written to the program at
+    /// once and with every [`heartbeat`](Self::heartbeat).
+    pub fn set_quality_telemetry(&mut self, on: bool) {
+        self.quality_telemetry = on;
+        if let Ok(mut c) = self.control.get(&0, 0) {
+            c.flags = if on {
+                c.flags & !maps::CONTROL_NO_QUALITY
+            } else {
+                c.flags | maps::CONTROL_NO_QUALITY
+            };
+            if let Err(e) = self.control.set(0, c, 0) {
+                warn!(error = %e, "writing the quality telemetry switch failed");
+            }
+        }
+    }
+
+    /// Whether the program accounts per-stream quality (see
+    /// [`set_quality_telemetry`](Self::set_quality_telemetry)).
+    pub fn quality_telemetry(&self) -> bool {
+        self.quality_telemetry
     }
 
     /// Tell the program that no daemon runs (a clean stop): from now on

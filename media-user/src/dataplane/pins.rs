@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapInfo, MapType};
-use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, StreamQuality, maps};
+use media_ebpf::{Flow, FlowKey, FlowStats, Outcome, RtcpSeen, StreamQuality, maps};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -45,7 +45,7 @@ const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-const EXPECTED: [Expected; 6] = [
+const EXPECTED: [Expected; 7] = [
     Expected {
         name: maps::FLOWS,
         map_type: MapType::Hash,
@@ -63,6 +63,12 @@ const EXPECTED: [Expected; 6] = [
         map_type: MapType::Array,
         key_size: 4,
         value_size: size::<StreamQuality>(),
+    },
+    Expected {
+        name: maps::FLOW_RTCP,
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<RtcpSeen>(),
     },
     Expected {
         name: maps::OUTCOMES,
@@ -85,12 +91,15 @@ const EXPECTED: [Expected; 6] = [
     },
 ];
 
-/// Capacities of already-pinned maps, by name.
+/// Capacities of already-pinned maps, by name. A map missing from an
+/// existing pin directory (`FLOW_RTCP` under pins of a build that
+/// predates it) is created at load, with the adopted capacity.
 #[derive(Debug, Default)]
 pub struct Existing {
     pub flows: Option<u32>,
     pub flow_stats: Option<u32>,
     pub flow_quality: Option<u32>,
+    pub flow_rtcp: Option<u32>,
     pub outcomes: Option<u32>,
 }
 
@@ -151,6 +160,7 @@ pub fn check(dir: &Path) -> Result<Existing, PinError> {
             maps::FLOWS => existing.flows = Some(info.max_entries()),
             maps::FLOW_STATS => existing.flow_stats = Some(info.max_entries()),
             maps::FLOW_QUALITY => existing.flow_quality = Some(info.max_entries()),
+            maps::FLOW_RTCP => existing.flow_rtcp = Some(info.max_entries()),
             maps::OUTCOMES => existing.outcomes = Some(info.max_entries()),
             _ => {}
         }

@@ -45,7 +45,9 @@ pub(super) struct PortState {
     /// Sequence and quality accounting of the RTP that arrived on this
     /// path (the same record and code as the data plane's per flow).
     quality: Mutex<StreamQuality>,
-    /// RTCP routes: the reports that passed (times: realtime ns).
+    /// The RTCP reports that passed (times: realtime ns): on an RTCP
+    /// route every packet, on an RTP route the RTCP multiplexed on it
+    /// (rtcp-mux).
     rtcp: Mutex<RtcpSeen>,
 }
 
@@ -123,39 +125,42 @@ impl PortState {
     }
 
     /// Account a packet's arrival (at `received`, the kernel's timestamp,
-    /// else now): RTP in the port's quality record, RTCP reports in its
-    /// RTCP record.
+    /// else now): RTP in the port's quality record, RTCP reports (on an
+    /// RTCP port, or multiplexed on an RTP port) in its RTCP record, as
+    /// the data plane keeps them.
     fn account(&self, data: &[u8], received: Option<SystemTime>) {
-        if !self.rtp.load(Ordering::Relaxed) {
-            // An RTCP port: its reports, as the data plane keeps them.
+        let at = || {
+            received
+                .unwrap_or_else(SystemTime::now)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let rtp = if self.rtp.load(Ordering::Relaxed) {
+            rtp_header(data)
+        } else {
+            None
+        };
+        let Some((ssrc, seq)) = rtp else {
+            // Not RTP: an RTCP port's packet, or one on an RTP port that
+            // is not RTP (RTCP multiplexed on it, RFC 5761; anything else
+            // is not an SR or RR and leaves the record alone).
             let mut w = [0u32; RTCP_WORDS];
             let n = (data.len() / 4).min(RTCP_WORDS);
             for (i, c) in data.chunks_exact(4).take(n).enumerate() {
                 w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
             }
-            let at = received
-                .unwrap_or_else(SystemTime::now)
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
             self.rtcp
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .update(&w, n, at);
-            return;
-        }
-        let Some((ssrc, seq)) = rtp_header(data) else {
+                .update(&w, n, at());
             return;
         };
         let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        let at = received
-            .unwrap_or_else(SystemTime::now)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         let rate = self.clock_rate.load(Ordering::Relaxed);
         self.quality
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .update(ssrc, seq, ts, at, rate);
+            .update(ssrc, seq, ts, at(), rate);
     }
 
     pub(super) fn set_route(&self, route: Option<UserRoute>) {
@@ -326,6 +331,37 @@ mod tests {
         );
         assert_eq!(c.packets, 50);
         assert_eq!(c.errors, 1);
+        // The SR multiplexed on the RTP port is read as RTCP (rtcp-mux),
+        // the other packet is not.
+        assert_eq!((c.rtcp.sr_count, c.rtcp.block_count), (1, 0));
+    }
+
+    /// RTCP multiplexed on an RTP port (rtcp-mux): an RR's report block
+    /// lands in the port's RTCP record as on an RTCP port, and leaves the
+    /// RTP stream's record alone.
+    #[test]
+    fn rtcp_mux_on_an_rtp_port_is_read() {
+        let local: SocketAddr = "198.18.0.1:30002".parse().unwrap();
+        let s = PortState::default();
+        s.rtp.store(true, Ordering::Relaxed);
+        for seq in 0..3 {
+            s.record(local, &rtp(0xa1, seq), true, None);
+        }
+        let before = s.counters().quality;
+        let mut rr = vec![0x81, 201, 0, 7];
+        for w in [0xb2u32, 0xa1, (10 << 24) | 3, 2, 77, 0x1234_5678, 0x8000] {
+            rr.extend_from_slice(&w.to_be_bytes());
+        }
+        s.record(local, &rr, true, None);
+        let c = s.counters();
+        assert_eq!(
+            (c.rtcp.block_count, c.rtcp.reporter, c.rtcp.source),
+            (1, 0xb2, 0xa1)
+        );
+        assert_eq!((c.rtcp.cumulative_lost(), c.rtcp.jitter), (3, 77));
+        assert_eq!((c.rtcp.lsr, c.rtcp.dlsr), (0x1234_5678, 0x8000));
+        assert_eq!(c.quality, before);
+        assert_eq!(c.packets, 4);
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl MediaPlane {
                     .then(|| std::time::Duration::from_nanos(r.retired_last_seen_ns)),
                 last_rtp: rtp(r.retired_last_rtp),
                 seq: r.retired_seq,
-                quality: media_ebpf::StreamQuality::default(),
+                ..FlowCounters::default()
             };
             self.port_flushed.insert(local, r);
         }
@@ -424,6 +424,7 @@ impl MediaPlane {
                     port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
                     port.retired.seq.absorb(&last.seq);
                     port.retired.quality = last.quality;
+                    port.retired.rtcp = last.rtcp;
                 }
                 Err(e) => warn!(%local, error = %e, "removing XDP flow"),
             }
@@ -568,12 +569,18 @@ impl Backend for MediaPlane {
         let real =
             |ns: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
         // RTCP reports: the userspace path's, the retired flows', the
-        // current flow's (an RTCP flow's quality slot holds them).
-        let mut rtcp = rtcp_port.then(|| {
-            RtcpReports::default()
-                .merge(&user.rtcp, real)
-                .merge(&RtcpSeen::from_slot(&kernel.quality), mono)
-        });
+        // current flow's (an RTCP flow's quality slot holds them; an RTP
+        // flow keeps the RTCP multiplexed on its port in `rtcp`).
+        let kernel_rtcp = |c: &FlowCounters| {
+            if rtcp_port {
+                RtcpSeen::from_slot(&c.quality)
+            } else {
+                c.rtcp
+            }
+        };
+        let mut rtcp = RtcpReports::default()
+            .merge(&user.rtcp, real)
+            .merge(&kernel_rtcp(&kernel), mono);
         // Both paths may have forwarded parts of one stream: fold their
         // windows so one path's packets are not the other's gaps.
         let mut seq = user.seq;
@@ -590,7 +597,7 @@ impl Backend for MediaPlane {
             }
             seq.absorb(&c.seq);
             kernel.quality = c.quality;
-            rtcp = rtcp.map(|r| r.merge(&RtcpSeen::from_slot(&c.quality), mono));
+            rtcp = rtcp.merge(&kernel_rtcp(&c), mono);
         }
         let kernel_last = kernel.last_seen.map(|d| self.boot + d);
         // Quality: of the path that carried the stream last (each
@@ -621,7 +628,8 @@ impl Backend for MediaPlane {
                 _ => user.last_rtp.or(kernel.last_rtp),
             },
             quality: quality.filter(|_| !rtcp_port),
-            rtcp: rtcp.filter(|r| r.sender_reports + r.blocks > 0),
+            // An RTCP port's reports, or an RTP port's rtcp-mux ones.
+            rtcp: Some(rtcp).filter(|r| r.sender_reports + r.blocks > 0),
         }
     }
 

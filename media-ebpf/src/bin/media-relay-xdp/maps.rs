@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use media_ebpf::{
-    Flow, FlowKey, FlowStats, Outcome, StreamQuality,
+    Flow, FlowKey, FlowStats, Outcome, RtcpSeen, StreamQuality,
     maps::{Control, DEFAULT_MAX_FLOWS, MAX_EGRESS_DEVS},
 };
 
@@ -23,6 +23,11 @@ pub static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_
 /// so not per-CPU.
 #[map(name = "FLOW_QUALITY")]
 pub static FLOW_QUALITY: Array<StreamQuality> = Array::pinned(DEFAULT_MAX_FLOWS, 0);
+
+/// The RTCP multiplexed on RTP flows (rtcp-mux), indexed like
+/// `FLOW_STATS`; shared by every CPU like `FLOW_QUALITY`.
+#[map(name = "FLOW_RTCP")]
+pub static FLOW_RTCP: Array<RtcpSeen> = Array::pinned(DEFAULT_MAX_FLOWS, 0);
 
 /// One per-CPU counter per `Outcome`.
 #[map(name = "OUTCOMES")]

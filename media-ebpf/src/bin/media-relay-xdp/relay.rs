@@ -8,13 +8,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use media_ebpf::{
-    Flow, FlowKey, Outcome, RtcpSeen,
+    Flow, FlowKey, Outcome, RtcpSeen, StreamQuality,
     csum::{Delta, header_ok, udp_update},
     flow::{
         CHECK_SOURCE_ADDR, CHECK_SOURCE_PORT, FAMILY_V4, FAMILY_V6, RTP, SOURCE_LEARNING,
         SSRC_RELATCH, STATS_RTP_SEEN,
     },
-    maps::CONTROL_UNHELD_DROP,
+    maps::{CONTROL_NO_QUALITY, CONTROL_UNHELD_DROP},
     quality::RTCP_WORDS,
 };
 use network_types::{
@@ -25,7 +25,7 @@ use network_types::{
 
 use crate::{
     fib::{self, FibError, NextHop},
-    maps::{CONTROL, EGRESS_DEVS, FLOW_QUALITY, FLOW_STATS, FLOWS, count},
+    maps::{CONTROL, EGRESS_DEVS, FLOW_QUALITY, FLOW_RTCP, FLOW_STATS, FLOWS, count},
     packet::{be16, copy, header, replace, same, sum, word, zero},
 };
 
@@ -207,7 +207,7 @@ struct RtpHeader {
 
 /// Account a forwarded packet to its flow; `rtp` is its RTP header, for
 /// RTP flows; `payload` the UDP payload's start and end offsets (RTCP
-/// flows' reports).
+/// reports: on an RTCP flow, or multiplexed on an RTP flow).
 #[inline(always)]
 fn account(
     ctx: &XdpContext,
@@ -236,31 +236,52 @@ fn account(
         // construction, so worth a log line.
         None => error!(ctx, "flow stats slot {} out of range", flow.slot()),
     }
-    if flow.flags & RTP == 0
-        && let Some(slot) = FLOW_QUALITY.get_ptr_mut(flow.slot())
+    // Quality telemetry switched off by the daemon: the counters above
+    // only.
+    if CONTROL
+        .get(0)
+        .is_some_and(|c| c.flags & CONTROL_NO_QUALITY != 0)
     {
-        let (words, n) = rtcp_words(ctx, payload.0, payload.1);
-        // SAFETY: as below; an RTCP flow's slot holds an RtcpSeen (same
-        // size, u32s only, alignment 4: any bits are valid).
-        unsafe { (*slot.cast::<RtcpSeen>()).update(&words, n, now) };
+        return;
     }
-    if let Some(h) = rtp
-        && let Some(w) = FLOW_QUALITY.get_ptr_mut(flow.slot())
-    {
-        // SAFETY: an array value stays valid for the program run. It is
-        // shared between CPUs and updated without a lock: two CPUs
-        // forwarding one flow at the same instant may lose an update,
-        // which skews that flow's figures by a packet, never memory
-        // safety. (One flow is one 5-tuple: RSS keeps it on one queue.)
-        unsafe {
-            (*w).update(
-                u32::from_be_bytes(h.ssrc),
-                u16::from_be_bytes(h.seq),
-                u32::from_be_bytes(h.ts),
-                now,
-                u32::from_ne_bytes(flow.clock_rate),
-            );
-        };
+    if let Some(h) = rtp {
+        if let Some(w) = FLOW_QUALITY.get_ptr_mut(flow.slot()) {
+            // SAFETY: an array value stays valid for the program run. It
+            // is shared between CPUs and updated without a lock: two CPUs
+            // forwarding one flow at the same instant may lose an update,
+            // which skews that flow's figures by a packet, never memory
+            // safety. (One flow is one 5-tuple: RSS keeps it on one
+            // queue.)
+            unsafe {
+                (*w).update(
+                    u32::from_be_bytes(h.ssrc),
+                    u16::from_be_bytes(h.seq),
+                    u32::from_be_bytes(h.ts),
+                    now,
+                    u32::from_ne_bytes(flow.clock_rate),
+                );
+            };
+        }
+        return;
+    }
+    // Not RTP: RTCP reports, kept by an RTCP flow in its quality slot, by
+    // an RTP flow (RTCP multiplexed on its port, RFC 5761) in FLOW_RTCP,
+    // whose slot its StreamQuality leaves free. `RtcpSeen::update` reads
+    // SRs and RRs only; anything else (STUN, a cut or foreign packet)
+    // leaves the record as it was.
+    let record = if flow.flags & RTP == 0 {
+        FLOW_QUALITY
+            .get_ptr_mut(flow.slot())
+            .map(<*mut StreamQuality>::cast::<RtcpSeen>)
+    } else {
+        FLOW_RTCP.get_ptr_mut(flow.slot())
+    };
+    if let Some(r) = record {
+        let (words, n) = rtcp_words(ctx, payload.0, payload.1);
+        // SAFETY: as above; an RTCP flow's FLOW_QUALITY slot holds an
+        // RtcpSeen (same size, u32s only, alignment 4: any bits are
+        // valid).
+        unsafe { (*r).update(&words, n, now) };
     }
 }
 

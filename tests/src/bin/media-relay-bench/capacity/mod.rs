@@ -37,10 +37,14 @@
 //! included; a baseline with nothing forwarded is printed), and the relay
 //! process's own utime + stime.
 //!
-//! Then the same over IPv6; `--quick`: XDP native and plain kernel
-//! forwarding, flat out only. `CAPACITY_PATHS` selects the paths.
+//! Then the cost of telemetry (`telemetry.rs`: XDP native with the
+//! per-stream quality accounting on and off, same bed, alternating), and
+//! the same over IPv6; `--quick`: XDP native and plain kernel forwarding,
+//! flat out only. `CAPACITY_PATHS` selects the paths (the telemetry
+//! comparison goes with `xdp-native`).
 
 mod search;
+mod telemetry;
 
 use std::{fmt::Write as _, path::Path, time::Instant};
 
@@ -120,6 +124,75 @@ impl Capacity {
     }
 }
 
+impl RunResult {
+    fn summary(&self) -> String {
+        self.best.as_ref().map_or_else(
+            || "no rate with < 0.1 % loss".to_owned(),
+            |b| {
+                format!(
+                    "{:.0} pps at {:.3} % loss{}",
+                    b.pps(),
+                    100.0 * b.loss(),
+                    if self.flat_ok { " (flat out)" } else { "" }
+                )
+            },
+        )
+    }
+}
+
+/// One run on `rig` (steps 4–6 of the method): flat out; if that lost,
+/// refine from `first` (the first run's rate) or search; `flat_only`: no
+/// search.
+fn one_run(
+    rig: &mut Rig,
+    plan: &Plan,
+    first: Option<f64>,
+    flat_only: bool,
+) -> anyhow::Result<RunResult> {
+    let flat = rig.trial(Load::Flat {
+        secs: plan.trial_secs,
+        max_frames: plan.max_frames,
+    })?;
+    Ok(if flat.ok() {
+        RunResult {
+            best: Some(flat.clone()),
+            flat,
+            trials: Vec::new(),
+            flat_ok: true,
+        }
+    } else if flat_only {
+        RunResult {
+            flat,
+            trials: Vec::new(),
+            best: None,
+            flat_ok: false,
+        }
+    } else if let Some(start) = first {
+        let (mut trials, mut best) = refine(rig, plan, start)?;
+        if best.is_none() {
+            // Nothing passed near the first run's rate: this run
+            // searches from scratch rather than reporting nothing.
+            let (t, b, _) = search(rig, plan, &flat)?;
+            trials.extend(t);
+            best = b;
+        }
+        RunResult {
+            flat,
+            trials,
+            best,
+            flat_ok: false,
+        }
+    } else {
+        let (trials, best, _) = search(rig, plan, &flat)?;
+        RunResult {
+            flat,
+            trials,
+            best,
+            flat_ok: false,
+        }
+    })
+}
+
 /// Measure `kind` over IPv4 or IPv6, [`MIN_RUNS`] runs; `flat_only`: no
 /// rate search when flat out loses (`--quick`'s IPv6 run).
 fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Result<Capacity> {
@@ -130,7 +203,7 @@ fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Re
     );
     let bed = bed_for(kind)?;
     let sink = Sink::attach(&bed.b, "b0", 6000, CALLS, 2)?;
-    let (generator, path) = bring_up(&bed, kind, v6)?;
+    let (generator, path) = bring_up(&bed, kind, v6, &[])?;
     let mut rig = Rig {
         generator,
         path: Some(path),
@@ -139,10 +212,7 @@ fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Re
         kind,
         v6,
         rebuilds: 0,
-    };
-    let flat_load = Load::Flat {
-        secs: plan.trial_secs,
-        max_frames: plan.max_frames,
+        daemon_args: Vec::new(),
     };
     // Warm-up, not counted (first-packet effects in the relay and the maps).
     let _ = rig.trial(Load::Flat {
@@ -151,62 +221,16 @@ fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Re
     })?;
     let mut runs: Vec<RunResult> = Vec::new();
     for n in 0..MIN_RUNS {
-        let flat = rig.trial(flat_load)?;
-        let run = if flat.ok() {
-            RunResult {
-                best: Some(flat.clone()),
-                flat,
-                trials: Vec::new(),
-                flat_ok: true,
-            }
-        } else if flat_only {
-            RunResult {
-                flat,
-                trials: Vec::new(),
-                best: None,
-                flat_ok: false,
-            }
-        } else if let Some(start) = runs
+        let first = runs
             .first()
             .and_then(|r| r.best.as_ref())
-            .map(Trial::offered)
-        {
-            let (mut trials, mut best) = refine(&mut rig, plan, start)?;
-            if best.is_none() {
-                // Nothing passed near the first run's rate: this run
-                // searches from scratch rather than reporting nothing.
-                let (t, b, _) = search(&mut rig, plan, &flat)?;
-                trials.extend(t);
-                best = b;
-            }
-            RunResult {
-                flat,
-                trials,
-                best,
-                flat_ok: false,
-            }
-        } else {
-            let (trials, best, _) = search(&mut rig, plan, &flat)?;
-            RunResult {
-                flat,
-                trials,
-                best,
-                flat_ok: false,
-            }
-        };
+            .map(Trial::offered);
+        let run = one_run(&mut rig, plan, first, flat_only)?;
         eprintln!(
             "    {} run {} of {MIN_RUNS}: {}",
             kind.name(),
             n + 1,
-            run.best.as_ref().map_or_else(
-                || "no rate with < 0.1 % loss".to_owned(),
-                |b| format!(
-                    "{:.0} pps at {:.3} % loss{}",
-                    b.pps(),
-                    100.0 * b.loss(),
-                    if run.flat_ok { " (flat out)" } else { "" }
-                )
-            )
+            run.summary()
         );
         runs.push(run);
     }
@@ -276,6 +300,13 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             results.push(measure(kind, &plan, false, false)?);
         }
     }
+    // The cost of telemetry: XDP native with the quality accounting on
+    // and off (`telemetry.rs`).
+    let telemetry = if selected(PathKind::XdpNative) {
+        Some(telemetry::measure(&plan, quick)?)
+    } else {
+        None
+    };
     let mut results_v6 = Vec::new();
     for kind in PathKind::ALL {
         if quick && !matches!(kind, PathKind::XdpNative | PathKind::Kernel) {
@@ -338,6 +369,10 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         group(base_flat.pps()),
     );
 
+    if let Some(t) = &telemetry {
+        t.markdown(&mut md);
+    }
+
     let target_of = |name: &str, other: &Figure, what: &str, want: f64| {
         let r = ratio(native.median(), other.median(), 0.0, what);
         let verdict = match &r {
@@ -346,7 +381,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         };
         target(name, r.ok(), &format!("≥ {want}×"), &verdict)
     };
-    let targets = vec![
+    let mut targets = vec![
         target_of(
             "XDP native / media-relay userspace, max pps at < 0.1 % loss",
             &user,
@@ -360,7 +395,12 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             10.0,
         ),
     ];
-    for t in &targets {
+    let ratio_targets = targets.len();
+    if let Some(t) = &telemetry {
+        // Its sentence is in the telemetry section above.
+        targets.push(t.target());
+    }
+    for t in &targets[..ratio_targets] {
         let _ = writeln!(
             md,
             "\n{}: {} (target {}: {}).",
@@ -381,6 +421,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         "runs_per_path": MIN_RUNS,
         "paths": results.iter().map(Capacity::json).collect::<Vec<_>>(),
         "paths_ipv6": results_v6.iter().map(Capacity::json).collect::<Vec<_>>(),
+        "telemetry": telemetry.as_ref().map(telemetry::TelemetryCost::json),
         "targets": targets,
         "markdown": md,
     });

@@ -176,8 +176,22 @@ fn run_trial(
 
 /// Set `kind` up on `bed` and load the generator with its calls' ports;
 /// every stream primed and past the relay's learning phase.
-pub fn bring_up(bed: &Bed, kind: PathKind, v6: bool) -> anyhow::Result<(Generator, paths::Path)> {
-    let path = paths::setup_family(crate::files(), bed, kind, CALLS, A_PORT0, B_PORT0, v6)?;
+pub fn bring_up(
+    bed: &Bed,
+    kind: PathKind,
+    v6: bool,
+    daemon_args: &[&str],
+) -> anyhow::Result<(Generator, paths::Path)> {
+    let path = paths::setup_with(
+        crate::files(),
+        bed,
+        kind,
+        CALLS,
+        A_PORT0,
+        B_PORT0,
+        v6,
+        daemon_args,
+    )?;
     let dst = path.calls[0].a_to.ip();
     anyhow::ensure!(
         path.calls.iter().all(|c| c.a_to.ip() == dst),
@@ -216,6 +230,9 @@ pub struct Rig<'a> {
     pub v6: bool,
     /// Times the path was set up again because streams stopped.
     pub rebuilds: u32,
+    /// Extra arguments of media-relay's daemon (kept when the path is set
+    /// up again).
+    pub daemon_args: Vec<&'static str>,
 }
 
 impl Rig<'_> {
@@ -258,11 +275,40 @@ impl Rig<'_> {
             );
             // The old relay goes first: the new one may reuse its ports.
             drop(self.path.take());
-            let (generator, path) = bring_up(self.bed, self.kind, self.v6)?;
+            let (generator, path) = bring_up(self.bed, self.kind, self.v6, &self.daemon_args)?;
             self.generator = generator;
             self.path = Some(path);
             self.rebuilds += 1;
         }
+        Ok(())
+    }
+
+    /// Restart media-relay's daemon on the same pins (the calls are
+    /// adopted, XDP forwards throughout) with `arg` among its arguments or
+    /// not; nothing if it already runs so. Returns once the adopted calls'
+    /// sockets are bound (the restart's own work is over).
+    pub fn restart_daemon_with(&mut self, arg: &'static str, present: bool) -> anyhow::Result<()> {
+        self.daemon_args.retain(|a| *a != arg);
+        if present {
+            self.daemon_args.push(arg);
+        }
+        let daemon = self
+            .path
+            .as_mut()
+            .and_then(paths::Path::daemon_mut)
+            .ok_or_else(|| anyhow::anyhow!("{}: no media-relay daemon", self.kind.name()))?;
+        if daemon.has_arg(arg) == present {
+            return Ok(());
+        }
+        daemon.stop()?;
+        daemon.set_arg(arg, present);
+        daemon.restart()?;
+        anyhow::ensure!(
+            daemon.sockets_bound_time(Duration::from_secs(20)).is_some(),
+            "{}: the restarted daemon did not bind the adopted calls' sockets\n{}",
+            self.kind.name(),
+            daemon.log_text()
+        );
         Ok(())
     }
 

@@ -128,7 +128,7 @@ struct Rig {
     sink: Sink,
     sampler: Sampler,
     // Dropped last, after the path's daemon.
-    _path: paths::Path,
+    path: paths::Path,
     _bed: Bed,
 }
 
@@ -169,9 +169,34 @@ impl Rig {
             generator,
             sink,
             sampler,
-            _path: path,
+            path,
             _bed: bed,
         })
+    }
+
+    /// Restart media-relay's daemon on the same pins (it adopts the calls;
+    /// XDP forwards throughout) with its per-stream quality telemetry on
+    /// or off (`--no-quality-telemetry`), unless it already runs so;
+    /// returns once the adopted calls' sockets are bound.
+    fn telemetry(&mut self, on: bool) -> anyhow::Result<()> {
+        const OFF: &str = "--no-quality-telemetry";
+        let Some(daemon) = self.path.daemon_mut() else {
+            anyhow::bail!("{}: no media-relay daemon", self.kind.name());
+        };
+        if daemon.has_arg(OFF) != on {
+            return Ok(());
+        }
+        daemon.stop()?;
+        daemon.set_arg(OFF, !on);
+        daemon.restart()?;
+        anyhow::ensure!(
+            daemon.sockets_bound_time(Duration::from_secs(20)).is_some(),
+            "the restarted daemon did not bind the adopted calls' sockets\n{}",
+            daemon.log_text()
+        );
+        // Another process: its CPU is sampled from now on.
+        self.sampler = Sampler::new(self.path.pid());
+        Ok(())
     }
 
     /// Wait until the path has nothing queued any more (an overloaded
@@ -407,6 +432,9 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let plan = Plan::new(quick);
     let mut runs: Vec<Measured> = Vec::new();
+    // XDP native at the reference rate, idle, with quality telemetry on
+    // and off (the cost of telemetry).
+    let mut telemetry_runs: Vec<(bool, Measured)> = Vec::new();
     for kind in PathKind::ALL {
         eprintln!("==> latency: {} ({CALLS} calls)", kind.label());
         let mut rig = Rig::new(kind)?;
@@ -426,6 +454,27 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
                     }
                 } else {
                     runs.push(rig.run(rate, plan.secs, false, repeat)?);
+                }
+            }
+        }
+        if kind == PathKind::XdpNative {
+            // The daemon restarted with and without the telemetry between
+            // runs, on/off in alternating pairs (order swapped every other
+            // pair), so that the two sets are measured alike.
+            eprintln!(
+                "==> latency: {} with quality telemetry on and off",
+                kind.label()
+            );
+            for repeat in 0..plan.runs {
+                let order = if repeat % 2 == 0 {
+                    [true, false]
+                } else {
+                    [false, true]
+                };
+                for on in order {
+                    rig.telemetry(on)?;
+                    eprint!("    telemetry {}: ", if on { "on" } else { "off" });
+                    telemetry_runs.push((on, rig.run(REFERENCE_PPS, plan.secs, false, repeat)?));
                 }
             }
         }
@@ -549,6 +598,38 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         busy_ratio.map_or("–".into(), |r| format!("{r:.2}")),
         busy_verdict.sentence()
     );
+    // The cost of telemetry: p99 with it on − off, against the runs'
+    // own spread.
+    let tel = |on: bool| {
+        Figure::new(
+            telemetry_runs
+                .iter()
+                .filter(|(o, _)| *o == on)
+                .map(|(_, m)| m.p(0.99)),
+        )
+    };
+    let (tel_on, tel_off) = (tel(true), tel(false));
+    let tel_diff = tel_on.median() - tel_off.median();
+    let tel_noise = tel_on.spread().max(tel_off.spread());
+    let tel_verdict = if tel_on.runs.is_empty() || tel_off.runs.is_empty() {
+        Verdict::NotJudged("XDP native was not measured".into())
+    } else if !tel_diff.is_finite() {
+        Verdict::NotMeasurable("no p99 in a run".into())
+    } else {
+        Verdict::of(tel_diff <= tel_noise)
+    };
+    if !telemetry_runs.is_empty() {
+        let _ = writeln!(
+            md,
+            "Cost of telemetry: XDP native p99 at {} pps (idle), the daemon restarted with and without \
+             `--no-quality-telemetry` between runs, alternating: on {} µs, off {} µs; on − off {tel_diff:.1} µs \
+             against the runs' spread {tel_noise:.1} µs (target: unchanged within it: {}). (At the socket generator's rates, not at half the XDP path's capacity: that is beyond what it sends.)\n",
+            group(REFERENCE_PPS),
+            tel_on.show(1),
+            tel_off.show(1),
+            tel_verdict.sentence(),
+        );
+    }
     let targets = vec![
         target(
             &format!(
@@ -567,6 +648,15 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             busy_ratio,
             "<= 1.2 (busy no more than 20 % slower)",
             &busy_verdict,
+        ),
+        target(
+            &format!(
+                "XDP native p99 at {} pps, quality telemetry on − off (µs)",
+                group(REFERENCE_PPS)
+            ),
+            tel_diff.is_finite().then_some(tel_diff),
+            "≤ the runs' spread (unchanged within noise)",
+            &tel_verdict,
         ),
     ];
     print!("## Latency and jitter added by each path\n\n{md}");
@@ -595,6 +685,14 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "profile": m.profile.json(),
         })).collect::<Vec<_>>(),
         "busy_check": checks.iter().map(BusyCheck::json).collect::<Vec<_>>(),
+        "telemetry": {
+            "path": PathKind::XdpNative.name(),
+            "rate_pps": REFERENCE_PPS,
+            "p99_us_on": tel_on.json(),
+            "p99_us_off": tel_off.json(),
+            "p99_on_minus_off_us": tel_diff.is_finite().then_some(tel_diff),
+            "noise_us": tel_noise,
+        },
         "targets": targets,
         "markdown": md,
     });
