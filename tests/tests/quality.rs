@@ -498,8 +498,10 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
             (relay_ms - socket_ms).abs() <= 0.1 * socket_ms + 10.0,
             "delay above minimum on A's leg: relay {relay_ms:.1} ms vs B's socket {socket_ms:.1} ms"
         );
+        // A's socket also sees the relay → A hop, which the relay does not:
+        // on a loaded host its scheduling adds a few ms there.
         anyhow::ensure!(
-            (clean_ms - clean_socket_ms).abs() <= 0.1 * clean_socket_ms + 1.0,
+            (clean_ms - clean_socket_ms).abs() <= 0.1 * clean_socket_ms + 3.0,
             "delay above minimum on B's clean leg: relay {clean_ms:.1} ms vs A's socket {clean_socket_ms:.1} ms"
         );
         anyhow::ensure!(
