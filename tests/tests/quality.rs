@@ -270,13 +270,11 @@ fn alerted_on_a(
     figure: &str,
     measured: &str,
 ) -> anyhow::Result<()> {
-    let at = seen_at(seen, "a", figure, true)
-        .with_context(|| format!("{mode}: {what}: no {figure} alert on A's leg in {seen:?}"))?;
-    let alert = seen
+    let (at, alert) = seen
         .iter()
         .find(|(_, a)| a.leg == "a" && a.figure == figure && a.degraded)
-        .map(|(_, a)| a)
-        .context("the alert")?;
+        .with_context(|| format!("{mode}: {what}: no {figure} alert on A's leg in {seen:?}"))?;
+    let at = *at;
     println!(
         "{mode}: {what}: {figure} alert on A's leg ({} side, {}) {:.1} s after it began",
         alert.side,

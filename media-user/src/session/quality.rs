@@ -33,9 +33,7 @@ use super::backend::{Counters, Quality, ReportBlock, RtcpReports};
 pub struct Leg {
     /// The relay's figures on what the party sends (its RTP stream).
     pub inbound: Option<Quality>,
-    /// Inbound loss, % of the packets expected.
-    pub inbound_loss: f64,
-    /// Inbound RTP packets expected and received so far (for windows).
+    /// Inbound RTP packets expected and received so far.
     pub expected: u64,
     pub received: u64,
     /// The party's own report about what it receives, and the clock rate
@@ -57,11 +55,6 @@ impl Leg {
         peer: Option<&RtcpReports>,
         far_clock: u32,
     ) -> Self {
-        let inbound_loss = if rtp.rtp_expected > 0 {
-            100.0 * rtp.lost() as f64 / rtp.rtp_expected as f64
-        } else {
-            0.0
-        };
         let far = own.and_then(|r| r.last_block).map(|b| (b, far_clock));
         let rtt_us = own
             .and_then(|r| r.last_block)
@@ -69,11 +62,20 @@ impl Leg {
             .and_then(|(b, (_, ntp_mid, sr_at))| round_trip(&b, ntp_mid, sr_at));
         Self {
             inbound: rtp.quality,
-            inbound_loss,
             expected: rtp.rtp_expected,
             received: rtp.rtp_received,
             far,
             rtt_us,
+        }
+    }
+
+    /// Inbound loss, % of the packets expected (0 before any).
+    #[must_use]
+    pub fn inbound_loss(&self) -> f64 {
+        if self.expected > 0 {
+            100.0 * self.expected.saturating_sub(self.received) as f64 / self.expected as f64
+        } else {
+            0.0
         }
     }
 
@@ -101,7 +103,7 @@ impl Leg {
             .max(self.far_jitter_us())
             .unwrap_or(0) as f64
             / 1000.0;
-        let loss = self.inbound_loss.max(self.far_loss().unwrap_or(0.0));
+        let loss = self.inbound_loss().max(self.far_loss().unwrap_or(0.0));
         let rtt_ms = self.rtt_us.unwrap_or(0) as f64 / 1000.0;
         Some(mos(loss, jitter_ms, rtt_ms))
     }
@@ -223,7 +225,7 @@ mod tests {
             ..RtcpReports::default()
         };
         let leg = Leg::of(&rtp, Some(&own), Some(&peer), 8000);
-        assert!((leg.inbound_loss - 1.0).abs() < 1e-9);
+        assert!((leg.inbound_loss() - 1.0).abs() < 1e-9);
         assert_eq!(leg.rtt_us, Some(80_000));
         // Far end: 64/256 lost = 25 %, jitter 160 units at 8 kHz = 20 ms.
         assert_eq!(leg.far_jitter_us(), Some(20_000));

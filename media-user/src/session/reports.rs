@@ -428,7 +428,7 @@ fn summary(w: &LegWatch) -> Value {
 fn leg_quality(leg: &Leg) -> Value {
     let mut d = vec![(
         "inbound loss permille",
-        int((leg.inbound_loss * 10.0).round() as u64),
+        int((leg.inbound_loss() * 10.0).round() as u64),
     )];
     if let Some(q) = &leg.inbound {
         d.push(("path", text(q.path.name())));

@@ -30,7 +30,6 @@ fn quality(jitter_us: u32, delay_us: u32, gaps: u32) -> Quality {
 fn leg(expected: u64, received: u64, q: Quality) -> Leg {
     Leg {
         inbound: Some(q),
-        inbound_loss: 0.0,
         expected,
         received,
         far: None,
