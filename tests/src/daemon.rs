@@ -347,6 +347,25 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// If `result` failed: its error first (CI shows the start of a
+    /// failing test's output), then the end of the daemon's log, which is
+    /// kept whole with the test's files.
+    pub fn report_failure<T>(&self, result: &anyhow::Result<T>) {
+        const TAIL: usize = 200;
+        let Err(e) = result else {
+            return;
+        };
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let skipped = lines.len().saturating_sub(TAIL);
+        eprintln!("--- FAILED: {e:#}");
+        eprintln!(
+            "--- media-relay log ({skipped} earlier lines in {}) ---\n{}",
+            self.log.display(),
+            lines[skipped..].join("\n")
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

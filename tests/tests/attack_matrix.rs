@@ -615,9 +615,7 @@ fn matrix(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         );
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 

@@ -368,9 +368,7 @@ fn ng_allow_answers_only_the_controllers_listed() -> anyhow::Result<()> {
             );
             Ok(())
         })();
-        if result.is_err() {
-            eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-        }
+        daemon.report_failure(&result);
         result
     })
 }
@@ -638,9 +636,7 @@ fn probe_idle_calls(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         media_both_ways(&a, relay_a, &b, relay_b, 0xca11, 5, 5)?;
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 
@@ -745,9 +741,7 @@ fn probe_unallocated(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 
@@ -953,9 +947,7 @@ fn an_invite_flood_from_one_trunk_leaves_another_trunks_calls_alone() -> anyhow:
                 );
                 no_calls_left(&ng)
             })();
-            if result.is_err() {
-                eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-            }
+            daemon.report_failure(&result);
             result
         },
     )
@@ -1426,9 +1418,7 @@ fn garbage_floods_are_counted_bounded_and_calls_still_work() -> anyhow::Result<(
                 );
                 no_calls_left(&ng)
             })();
-            if result.is_err() {
-                eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-            }
+            daemon.report_failure(&result);
             result
         },
     )
@@ -1562,9 +1552,7 @@ fn port_exhaustion_is_refused_cleanly_and_recovers() -> anyhow::Result<()> {
             }
             no_calls_left(&ng)
         })();
-        if result.is_err() {
-            eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-        }
+        daemon.report_failure(&result);
         result
     })
 }

@@ -1,7 +1,8 @@
 //! Hijack attempts in the learning window (issue 16, item 3), end to end:
 //! `media-relay run` in the relay namespace, real sockets in `a` and `b`,
 //! an intruder with another address in the same namespace as the party it
-//! impersonates, in XDP native mode and `--xdp-mode off`.
+//! impersonates, in XDP native mode and `--xdp-mode off`; and media that
+//! overtakes its answer, held until the answer says whose it is.
 
 use std::{
     collections::BTreeSet,
@@ -120,9 +121,12 @@ fn hijack(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         let intruder_a = bind(&bed.a, INTRUDER_A, 5000)?;
         let intruder_b = bind(&bed.b, INTRUDER_B, 6000)?;
 
-        // Before the answer, a host on B's side sends to B's relay port
-        // first: the caller gets nothing (B's address is not known yet).
+        // Before the answer B's media overtakes it (early media sent with
+        // the 183) and a host on B's side sends to B's relay port too:
+        // B's address is not known yet, so both are held; when the answer
+        // names B, B's packets reach the caller and the stranger's none.
         let a_early = bind(&bed.a, A_V4, 5002)?;
+        let b_early = bind(&bed.b, B_V4, 6002)?;
         let early_b = relay_of(
             &ng.ok(&Value::dict()
                 .with("command", "offer")
@@ -130,11 +134,20 @@ fn hijack(t: &TestDir, mode: &str) -> anyhow::Result<()> {
                 .with("from-tag", "a")
                 .with("sdp", sdp(A_V4, 5002).as_str()))?,
         )?;
+        send(&b_early, early_b, 0xb0, 0, 3)?;
         send(&intruder_b, early_b, 0xbad0, 0, 10)?;
-        let (early, _) = received(&a_early, 10);
+        std::thread::sleep(Duration::from_millis(20));
+        ng.ok(&Value::dict()
+            .with("command", "answer")
+            .with("call-id", "early")
+            .with("from-tag", "a")
+            .with("to-tag", "b")
+            .with("sdp", sdp(B_V4, 6002).as_str()))?;
+        let (early, _) = received(&a_early, 20);
+        let want: BTreeSet<(u32, u16)> = (0..3).map(|s| (0xb0, s)).collect();
         anyhow::ensure!(
-            early.is_empty(),
-            "before the answer, the caller received a stranger's media: {early:?}"
+            early == want,
+            "the caller received {early:?} of media before the answer, want B's {want:?} only"
         );
         ng.ok(&Value::dict()
             .with("command", "delete")
@@ -203,9 +216,7 @@ fn hijack(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         anyhow::ensure!(at_b == want, "after the window B got {at_b:?}");
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 

@@ -166,9 +166,7 @@ fn ng_cache_by_source_and_cookie_with_a_byte_budget() -> anyhow::Result<()> {
             );
             Ok(())
         })();
-        if result.is_err() {
-            eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-        }
+        daemon.report_failure(&result);
         result
     })
 }

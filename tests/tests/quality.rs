@@ -510,9 +510,7 @@ fn jitter_one_leg(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         losses(&daemon, &ng, ab, ba, seq0, epoch, mode)?;
         rtcp_round_trip(&bed, &ng, relay_a, relay_b, mode)
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 

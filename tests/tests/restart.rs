@@ -310,13 +310,8 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
         eprintln!("{sent_a} + {sent_b} packets sent, every one arrived");
         Ok((before, ta, tb))
     });
-    let (before, ta, tb) = match before {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-            return Err(e);
-        }
-    };
+    daemon.report_failure(&before);
+    let (before, ta, tb) = before?;
     // Adopted: every call answers query, with counters that went on.
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let list = ng.ok(&Value::dict().with("command", "list"))?;

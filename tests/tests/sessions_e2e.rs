@@ -341,9 +341,7 @@ fn session(t: &TestDir, mode: &str, v6: bool) -> anyhow::Result<()> {
         bind(&bed.relay, relay_a).context("relay port still bound after delete")?;
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 
@@ -657,9 +655,7 @@ fn rtp_loss(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 
@@ -767,9 +763,7 @@ fn stale_media(t: &TestDir) -> anyhow::Result<()> {
         );
         Ok(())
     })();
-    if result.is_err() {
-        eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-    }
+    daemon.report_failure(&result);
     result
 }
 

@@ -350,9 +350,7 @@ fn run(name: &str, c: &Call<'_>) -> anyhow::Result<()> {
     root_test(name, |t| {
         let s = setup(t, 100)?;
         let r = call(&s, c);
-        if r.is_err() {
-            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-        }
+        s.daemon.report_failure(&r);
         r
     })
 }
@@ -419,9 +417,7 @@ fn media_timeout_ends_the_call_on_both_sides() -> anyhow::Result<()> {
         let r = uac_r
             .ensure_all_succeeded()
             .and_then(|()| uas_r.ensure_all_succeeded());
-        if r.is_err() {
-            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-        }
+        s.daemon.report_failure(&r);
         r?;
         let st = agent_stats(&s.bed.a)?;
         anyhow::ensure!(st["media_timeouts"] == 1, "{st}");
@@ -482,9 +478,7 @@ fn expect_response_in(
         client.wait(DEADLINE)?.ensure_all_succeeded()?;
         server.wait(DEADLINE)?.ensure_all_succeeded()?;
     }
-    if r.is_err() {
-        eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-    }
+    s.daemon.report_failure(&r);
     r?;
     let st = agent_stats(&s.bed.a)?;
     match case {
@@ -707,10 +701,9 @@ fn unknown_dialog_481_and_nothing_reaches_the_pbx() -> anyhow::Result<()> {
         // To the agent, but with the PBX in the Request-URI.
         uac.rsa = Some(sa(RA_V4, SIP));
         let result = Sipp::start(t, &s.bed.a, &uac)?.wait(DEADLINE)?;
-        if result.ensure_all_succeeded().is_err() {
-            eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-        }
-        result.ensure_all_succeeded()?;
+        let verdict = result.ensure_all_succeeded();
+        s.daemon.report_failure(&verdict);
+        verdict?;
         std::thread::sleep(Duration::from_millis(500));
         pbx.set_nonblocking(true)?;
         let mut buf = vec![0u8; 65536];
@@ -979,9 +972,7 @@ fn a_media_timeout_after_an_agent_crash_ends_the_call_on_both_sides() -> anyhow:
             let r = uac_r
                 .ensure_all_succeeded()
                 .and_then(|()| uas_r.ensure_all_succeeded());
-            if r.is_err() {
-                eprintln!("--- media-relay log ---\n{}", daemon.log_text());
-            }
+            daemon.report_failure(&r);
             r?;
             let list = ng.ok(&Value::dict().with("command", "list"))?;
             anyhow::ensure!(
@@ -1117,9 +1108,7 @@ fn tcp_connections_limited_per_source_idle_closed_calls_pass() -> anyhow::Result
                     streams: (1, 1),
                 },
             );
-            if r.is_err() {
-                eprintln!("--- media-relay log ---\n{}", s.daemon.log_text());
-            }
+            s.daemon.report_failure(&r);
             r
         },
     )

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::{
     backend::Backend,
     clock::Now,
+    early::EarlyHold,
     error::CommandError,
     latch::Verdict,
     model::{Call, Owner},
@@ -180,6 +181,8 @@ pub struct Engine<B: Backend> {
     /// The quality watch's counts (not kept across a restart: the watch
     /// starts again).
     pub(super) watch_totals: super::watch::WatchTotals,
+    /// Packets that overtook their call's answer (`early.rs`).
+    pub(super) early: EarlyHold,
 }
 
 impl<B: Backend> Engine<B> {
@@ -206,6 +209,7 @@ impl<B: Backend> Engine<B> {
             rates: (0.0, 0.0, 0.0),
             dirty: BTreeSet::new(),
             own_record: (None, None),
+            early: EarlyHold::default(),
             watch_cursor: None,
             watch_totals: super::watch::WatchTotals::default(),
         }
@@ -259,7 +263,11 @@ impl<B: Backend> Engine<B> {
         let result = match cmd {
             Command::Ping => return Reply::Pong,
             Command::Offer(o) => self.changing(&o.call_id, now, |e| e.offer(&o, now)),
-            Command::Answer(a) => self.changing(&a.call_id, now, |e| e.answer(&a, now)),
+            Command::Answer(a) => {
+                let r = self.changing(&a.call_id, now, |e| e.answer(&a, now));
+                self.replay_early(&a.call_id, now);
+                r
+            }
             Command::Delete(d) => self.changing(&d.call_id, now, |e| e.delete(&d, now)),
             Command::Query(q) => self.query(&q),
             Command::List(l) => Ok(self.list(&l)),
@@ -376,6 +384,8 @@ impl<B: Backend> Engine<B> {
                     .into_boxed_slice(),
             });
         }
+        let (held, stale) = self.early.take(call_id, now);
+        self.totals.refused_sources += (held.len() + stale) as u64;
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
@@ -403,6 +413,26 @@ impl<B: Backend> Engine<B> {
 
     /// A packet the fast paths handed over for a latching decision.
     pub fn on_packet(&mut self, ev: PacketEvent, clock: Now) {
+        self.decide(ev, clock, false);
+    }
+
+    /// Decide on the packets that overtook call `id`'s answer (`early.rs`),
+    /// now that it has come: by the before-the-answer rule, against what
+    /// the answer said.
+    pub(super) fn replay_early(&mut self, id: &str, clock: Now) {
+        let (fresh, stale) = self.early.take(id, clock.mono);
+        self.totals.refused_sources += stale as u64;
+        if !fresh.is_empty() || stale > 0 {
+            debug!(call_id = %id, fresh = fresh.len(), stale, "packets that overtook the answer");
+        }
+        for ev in fresh {
+            self.decide(ev, clock, true);
+        }
+    }
+
+    /// `replay`: a packet held for the answer, judged by the rule before
+    /// it (only sources matching what signalling said), never held again.
+    fn decide(&mut self, ev: PacketEvent, clock: Now, replay: bool) {
         let now = clock.mono;
         let Some(owner) = self.owners.get(&ev.local).cloned() else {
             return;
@@ -410,7 +440,7 @@ impl<B: Backend> Engine<B> {
         let Some(call) = self.calls.get_mut(&owner.call) else {
             return;
         };
-        let answered = call.dialogue_answered(owner.mono);
+        let answered = call.dialogue_answered(owner.mono) && !replay;
         let Some(m) = call
             .monos
             .get_mut(owner.mono)
@@ -433,7 +463,11 @@ impl<B: Backend> Engine<B> {
         }
         let verdict = latch.on_packet(ev.from, ev.rtp, now, answered);
         if verdict == Verdict::Drop {
-            self.totals.refused_sources += 1;
+            // Refused before the answer: perhaps the answerer's media
+            // overtaking its answer; decided when that comes.
+            if answered || replay || !self.early.hold(&owner.call, ev.clone(), now) {
+                self.totals.refused_sources += 1;
+            }
         }
         let after = (latch.endpoint(), latch.source());
         if !latch.same_but_sequence(&was) {

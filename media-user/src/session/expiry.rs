@@ -45,6 +45,7 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
+        self.totals.refused_sources += self.early.expire(now) as u64;
         self.watch_quality(clock);
         self.sample_rates(now);
         self.flush(clock);

@@ -7,6 +7,8 @@
 //! - `offer_answer.rs`: `offer` and `answer`: interfaces, media from the
 //!   SDP, rtcp-mux, the rewritten SDP.
 //! - `routes.rs`: the data-plane routes of a call and their programming.
+//! - `early.rs`: packets that overtake their call's answer, held briefly
+//!   and decided when it comes.
 //! - `expiry.rs`: the tick — delayed deletes, learning, timeouts, rates.
 //! - `persist.rs`: every call's record kept where it survives a restart,
 //!   and adopted by the next run ([`Engine::restore`]).
@@ -24,6 +26,7 @@
 
 pub mod backend;
 pub mod clock;
+mod early;
 pub mod engine;
 pub mod error;
 mod expiry;

@@ -196,6 +196,60 @@ fn before_the_answer_strangers_reach_nobody() {
     );
 }
 
+/// The answerer's first packets overtake its answer (early media sent
+/// with the 183): they are held and forwarded when the answer comes, in
+/// order; a stranger's held beside them is refused then, and a packet
+/// held longer than the bound is refused, not delivered late.
+#[test]
+fn media_overtaking_the_answer_is_delivered_with_it() {
+    let mut e = engine();
+    let t0 = Now::read();
+    let to_b = media_endpoint(&sdp_of(&e.handle(
+        Command::Offer(oa("c", "a", None, offer_sdp("198.18.1.2", 5000))),
+        t0,
+    )));
+    let later = |ms| t0 + Duration::from_millis(ms);
+    let refused = e.totals().refused_sources;
+    e.on_packet(packet(to_b, sa("198.18.2.2:6000"), Some((7, 1))), t0);
+    e.on_packet(packet(to_b, sa("198.18.1.66:7000"), Some((9, 1))), later(1));
+    e.on_packet(packet(to_b, sa("198.18.2.2:6000"), Some((7, 2))), later(2));
+    assert!(e.backend().sent.is_empty(), "forwarded before the answer");
+    assert_eq!(e.totals().refused_sources, refused, "held, not refused yet");
+    e.handle(
+        Command::Answer(oa("c", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),
+        later(5),
+    );
+    let sent: Vec<_> = e.backend().sent.iter().map(|s| s.2.clone()).collect();
+    let b = sa("198.18.2.2:6000");
+    assert_eq!(
+        sent,
+        [
+            packet(to_b, b, Some((7, 1))).data,
+            packet(to_b, b, Some((7, 2))).data
+        ],
+        "the answerer's two packets, in order, and nothing of the stranger's"
+    );
+    assert_eq!(e.totals().refused_sources, refused + 1);
+    assert_eq!(
+        e.backend().routes[&to_b].source,
+        Source::Learning(Some(sa("198.18.2.2:6000")))
+    );
+
+    // Too late: held past the bound, refused by the tick.
+    let to_b2 = media_endpoint(&sdp_of(&e.handle(
+        Command::Offer(oa("d", "a", None, offer_sdp("198.18.1.2", 5002))),
+        t0,
+    )));
+    e.on_packet(packet(to_b2, sa("198.18.2.2:6002"), Some((8, 1))), t0);
+    e.tick(later(400));
+    e.handle(
+        Command::Answer(oa("d", "a", Some("b"), offer_sdp("198.18.2.2", 6002))),
+        later(401),
+    );
+    assert_eq!(e.backend().sent.len(), 2, "a stale packet was delivered");
+    assert_eq!(e.totals().refused_sources, refused + 2);
+}
+
 /// Item 3: during the window a better candidate displaces a worse one: an
 /// intruder sending first is displaced by a source with the SIP message's
 /// address (`received from`), though the SDP's address (behind NAT)
