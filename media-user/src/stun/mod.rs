@@ -198,7 +198,6 @@ impl PublicAddress {
             }
             Some(old) if old != new => {
                 s.changes += 1;
-                metrics::counter!("media_relay_public_address_changes_total", "interface" => self.interface.clone(), "family" => self.family()).increment(1);
                 warn!(interface = %self.interface, family = self.family(), old = %old, new = %new, server = %first_server, "public address changed: new offers and re-offers advertise the new one");
                 Outcome::Changed { old, new }
             }
