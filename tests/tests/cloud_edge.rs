@@ -16,7 +16,8 @@
 //! SDP it got carries it). Then the edge's public address changes; after
 //! the relay's re-check (`stun-interval = 2`) the next call carries the
 //! new one, the change is logged and counted, and `/health` and
-//! `statistics` show the address in effect.
+//! `statistics` show the address in effect. Finally the STUN servers stop:
+//! the relay keeps the last known address and `/health` says degraded.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -270,17 +271,19 @@ fn await_public(e: &Edge, public: Ipv4Addr) -> anyhow::Result<serde_json::Value>
     }
 }
 
-fn offer(ng: &NgClient, call: &str) -> anyhow::Result<Value> {
+fn offer_value(call: &str) -> Value {
     let sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 {CARRIER}\r\ns=-\r\nc=IN IP4 {CARRIER}\r\nt=0 0\r\nm=audio 10000 RTP/AVP 8\r\n"
     );
-    ng.request(
-        &Value::dict()
-            .with("command", "offer")
-            .with("call-id", call)
-            .with("from-tag", "carrier-tag")
-            .with("sdp", sdp.as_str()),
-    )
+    Value::dict()
+        .with("command", "offer")
+        .with("call-id", call)
+        .with("from-tag", "carrier-tag")
+        .with("sdp", sdp.as_str())
+}
+
+fn offer(ng: &NgClient, call: &str) -> anyhow::Result<Value> {
+    ng.request(&offer_value(call))
 }
 
 fn check_rtp(where_: &str, count: &RtpCount, packets: u64, from: Ipv4Addr) -> anyhow::Result<()> {
@@ -383,7 +386,7 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
             "/health before discovery: {status} {h}"
         );
 
-        let _stun = e.stun_servers(dir)?;
+        let stun = e.stun_servers(dir)?;
         let h = await_public(&e, PUBLIC_1)?;
         let entry = &h["public_addresses"][0];
         ensure!(
@@ -435,6 +438,40 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
         );
 
         call(dir, &e, PUBLIC_2)?;
+
+        // Every STUN server gone: the last known address stays in effect,
+        // /health says degraded (still 200: calls are taken).
+        drop(stun);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let h = loop {
+            let (status, h) = health(&e)?;
+            if h["status"] == "degraded" {
+                ensure!(status == 200, "/health degraded answers {status}");
+                break h;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "/health not degraded 30 s after the STUN servers stopped: {h}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let entry = &h["public_addresses"][0];
+        ensure!(
+            entry["status"] == "degraded"
+                && entry["address"] == PUBLIC_2.to_string()
+                && entry["degraded"].as_str().is_some_and(|d| d.contains("3478")),
+            "/health: {h}"
+        );
+        // An offer from the PBX's side: the SDP for the carrier.
+        let kept = ng.ok(&offer_value("after-stun-failed").with(
+            "direction",
+            Value::list(["private", "public"]),
+        ))?;
+        let sdp = kept.get("sdp").and_then(Value::as_str).unwrap_or_default();
+        ensure!(
+            sdp.contains(&format!("c=IN IP4 {PUBLIC_2}")),
+            "offer while degraded: {sdp}"
+        );
         drop(daemon);
         Ok(())
     })
