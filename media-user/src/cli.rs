@@ -560,18 +560,15 @@ fn public_lines(s: &Value) -> String {
         .unwrap_or_default()
     {
         let t = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-        let confirmed = p
-            .get("last confirmed")
-            .and_then(Value::as_int)
-            .map_or_else(
-                || "never confirmed".to_owned(),
-                |at| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-                    format!("confirmed {}s ago", (now - at).max(0))
-                },
-            );
+        let confirmed = p.get("last confirmed").and_then(Value::as_int).map_or_else(
+            || "never confirmed".to_owned(),
+            |at| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+                format!("confirmed {}s ago", (now - at).max(0))
+            },
+        );
         out.push_str(&format!(
             "public     {} {} {} ({}, {confirmed}, {} changes){}{}\n",
             t("interface"),

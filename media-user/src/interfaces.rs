@@ -160,18 +160,19 @@ impl Interfaces {
                 });
             }
             let name = spec.name.clone().unwrap_or_else(|| spec.netdev.clone());
-            let public = |local: Option<IpAddr>| {
-                let spec = spec.stun.as_ref()?;
-                let local = local?;
-                spec.servers
-                    .iter()
-                    .any(|s| s.is_ipv4() == local.is_ipv4())
-                    .then(|| {
-                        crate::stun::Public(std::sync::Arc::new(
-                            crate::stun::PublicAddress::new(name.clone(), local, spec),
-                        ))
-                    })
-            };
+            let public =
+                |local: Option<IpAddr>| {
+                    let spec = spec.stun.as_ref()?;
+                    let local = local?;
+                    spec.servers
+                        .iter()
+                        .any(|s| s.is_ipv4() == local.is_ipv4())
+                        .then(|| {
+                            crate::stun::Public(std::sync::Arc::new(
+                                crate::stun::PublicAddress::new(name.clone(), local, spec),
+                            ))
+                        })
+                };
             let public_v4 = public(pick_v4.map(IpAddr::V4));
             let public_v6 = public(pick_v6.map(IpAddr::V6));
             if spec.stun.is_some() && public_v4.is_none() && public_v6.is_none() {

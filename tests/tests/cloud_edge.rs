@@ -69,7 +69,7 @@ impl Drop for Killed {
 }
 
 /// The four namespaces (removed on drop, after the processes in them).
-struct Edge {
+struct CloudEdge {
     carrier: Netns,
     edge: Netns,
     relay: Netns,
@@ -78,14 +78,25 @@ struct Edge {
 
 fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {
     media_relay_tests::netns::run(Command::new("ip").args([
-        "link", "add", "name", a_dev, "netns", a.name(), "type", "veth", "peer", "name", b_dev,
-        "netns", b.name(),
+        "link",
+        "add",
+        "name",
+        a_dev,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
+        b.name(),
     ]))
     .context("creating veth pair")?;
     Ok(())
 }
 
-impl Edge {
+impl CloudEdge {
     fn new() -> anyhow::Result<Self> {
         let e = Self {
             carrier: Netns::new("carrier")?,
@@ -112,8 +123,13 @@ impl Edge {
         }
         // The carrier reaches every public address through the edge; the
         // relay reaches everything but the PBX through the edge.
-        e.carrier
-            .ip(&["route", "add", "198.18.51.0/24", "via", &EDGE_OUT.to_string()])?;
+        e.carrier.ip(&[
+            "route",
+            "add",
+            "198.18.51.0/24",
+            "via",
+            &EDGE_OUT.to_string(),
+        ])?;
         e.relay
             .ip(&["route", "add", "default", "via", &EDGE_IN.to_string()])?;
         e.pbx
@@ -241,7 +257,7 @@ default = true
 }
 
 /// `/health` of the relay: (HTTP status, JSON).
-fn health(e: &Edge) -> anyhow::Result<(u16, serde_json::Value)> {
+fn health(e: &CloudEdge) -> anyhow::Result<(u16, serde_json::Value)> {
     let (status, body) = http::get(&e.relay, METRICS.parse()?, "/health")?;
     Ok((
         status,
@@ -251,7 +267,7 @@ fn health(e: &Edge) -> anyhow::Result<(u16, serde_json::Value)> {
 
 /// Wait (bounded) until `/health` reports `public` as the address in
 /// effect on the `ra` interface.
-fn await_public(e: &Edge, public: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
+fn await_public(e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, h) = health(e)?;
@@ -292,7 +308,10 @@ fn check_rtp(where_: &str, count: &RtpCount, packets: u64, from: Ipv4Addr) -> an
         "{where_}: {} RTP packets, want {packets}",
         count.packets
     );
-    ensure!(count.bad_checksums == 0, "{where_}: bad checksums {count:?}");
+    ensure!(
+        count.bad_checksums == 0,
+        "{where_}: bad checksums {count:?}"
+    );
     ensure!(
         !count.sources.is_empty() && count.sources.iter().all(|s| s.ip() == IpAddr::V4(from)),
         "{where_}: RTP from {:?}, want only {from}",
@@ -334,7 +353,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// One call from the carrier to the public address through the agent.
-fn call(dir: &TestDir, e: &Edge, public: Ipv4Addr) -> anyhow::Result<()> {
+fn call(dir: &TestDir, e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<()> {
     let uas = SippOptions::uas("basic_uas.xml", sa(PBX, SIP), PBX.into(), PBX_MEDIA);
     let uac = SippOptions::uac(
         "basic_uac.xml",
@@ -363,14 +382,21 @@ fn call(dir: &TestDir, e: &Edge, public: Ipv4Addr) -> anyhow::Result<()> {
 #[test]
 fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyhow::Result<()> {
     root_test("cloud_edge", |dir| {
-        let e = Edge::new()?;
+        let e = CloudEdge::new()?;
         let config = config(dir)?;
         let config_arg = config.to_string_lossy().into_owned();
         // No STUN server yet: the relay must refuse offers.
         let daemon = Daemon::start(
             dir,
             &e.relay,
-            &["--config", &config_arg, "--xdp-mode", "generic", "--learning-window", "1"],
+            &[
+                "--config",
+                &config_arg,
+                "--xdp-mode",
+                "generic",
+                "--learning-window",
+                "1",
+            ],
         )?;
         let ng = NgClient::new(&e.relay, daemon.ng)?;
         let refused = offer(&ng, "before-discovery")?;
@@ -459,14 +485,15 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
         ensure!(
             entry["status"] == "degraded"
                 && entry["address"] == PUBLIC_2.to_string()
-                && entry["degraded"].as_str().is_some_and(|d| d.contains("3478")),
+                && entry["degraded"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("3478")),
             "/health: {h}"
         );
         // An offer from the PBX's side: the SDP for the carrier.
-        let kept = ng.ok(&offer_value("after-stun-failed").with(
-            "direction",
-            Value::list(["private", "public"]),
-        ))?;
+        let kept = ng
+            .ok(&offer_value("after-stun-failed")
+                .with("direction", Value::list(["private", "public"])))?;
         let sdp = kept.get("sdp").and_then(Value::as_str).unwrap_or_default();
         ensure!(
             sdp.contains(&format!("c=IN IP4 {PUBLIC_2}")),

@@ -221,7 +221,10 @@ advertise = "198.18.52.1"
         .unwrap();
         let i = &c.interfaces[0];
         assert_eq!(i.stun.as_ref().unwrap().interval.as_secs(), 60);
-        assert_eq!(i.advertise, vec!["2001:2::10".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            i.advertise,
+            vec!["2001:2::10".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -283,7 +286,9 @@ advertise = "198.18.52.1"
                 "config t.toml, line 3 (`advertise`): invalid type: integer `5`, expected an IP address or \"stun\", or a list of them",
             ),
         ] {
-            let e = resolve(text).err().unwrap_or_else(|| panic!("accepted: {text}"));
+            let e = resolve(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"));
             assert!(e.starts_with(want), "{text:?}\n  got  {e}\n  want {want}…");
         }
     }

@@ -96,10 +96,7 @@ pub async fn query_all(
         let now = Instant::now();
         for t in txs.iter_mut().filter(|t| t.answer.is_none()) {
             if t.deadline.is_some_and(|d| now >= d) {
-                t.answer = Some(Answer::Failed(format!(
-                    "no answer to {} requests",
-                    t.sent
-                )));
+                t.answer = Some(Answer::Failed(format!("no answer to {} requests", t.sent)));
                 continue;
             }
             if t.sent < rt.rc && now >= t.next {

@@ -315,7 +315,9 @@ mod tests {
         let mut r = vec![0x01, 0x01, 0x00, 0x0c];
         r.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         r.extend_from_slice(&ID);
-        r.extend_from_slice(&[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x13, 0x88, 198, 18, 50, 1]);
+        r.extend_from_slice(&[
+            0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x13, 0x88, 198, 18, 50, 1,
+        ]);
         assert_eq!(
             binding_response(&r, &ID).unwrap(),
             "198.18.50.1:5000".parse().unwrap()

@@ -89,7 +89,10 @@ pub struct PublicAddress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Discovered(IpAddr),
-    Changed { old: IpAddr, new: IpAddr },
+    Changed {
+        old: IpAddr,
+        new: IpAddr,
+    },
     Confirmed(IpAddr),
     /// Every server failed; the last known address (if any) is kept.
     AllFailed(Option<IpAddr>),
@@ -224,9 +227,7 @@ impl PublicAddress {
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local()
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
     }
 }
 
@@ -285,7 +286,11 @@ mod tests {
             "carrier".into(),
             "10.0.0.5".parse().unwrap(),
             &StunSpec {
-                servers: vec![sa("198.18.50.9:3478"), sa("198.18.50.10:3478"), sa("[2001:2::9]:3478")],
+                servers: vec![
+                    sa("198.18.50.9:3478"),
+                    sa("198.18.50.10:3478"),
+                    sa("[2001:2::9]:3478"),
+                ],
                 interval: Duration::from_secs(60),
             },
         )
@@ -338,7 +343,10 @@ mod tests {
             Outcome::AllFailed(Some(b.ip()))
         );
         let s = h.state();
-        assert_eq!((s.status(), s.address, s.confirmed), ("degraded", Some(b.ip()), Some(t1)));
+        assert_eq!(
+            (s.status(), s.address, s.confirmed),
+            ("degraded", Some(b.ip()), Some(t1))
+        );
         assert!(s.degraded.unwrap().contains("198.18.50.10:3478: timeout"));
         // Back.
         h.apply(&[(s2, Answer::Mapped(b))], t2);
@@ -370,6 +378,10 @@ mod tests {
         );
         let d = h.state().disagreement.unwrap();
         assert!(d.contains("mapped address"), "{d}");
-        assert_eq!(h.current(), Some("198.18.50.1".parse().unwrap()), "the first server decides");
+        assert_eq!(
+            h.current(),
+            Some("198.18.50.1".parse().unwrap()),
+            "the first server decides"
+        );
     }
 }

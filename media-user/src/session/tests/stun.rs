@@ -31,7 +31,10 @@ fn stun_engine() -> (Engine<Fake>, Public) {
 
 fn mapped(public: &Public, address: &str) {
     public.apply(
-        &[(server(), Answer::Mapped(format!("{address}:40000").parse().unwrap()))],
+        &[(
+            server(),
+            Answer::Mapped(format!("{address}:40000").parse().unwrap()),
+        )],
         SystemTime::now(),
     );
 }
@@ -62,7 +65,10 @@ fn offers_wait_for_the_public_address_and_follow_its_changes() {
     mapped(&public, "198.18.50.1");
     let first = String::from_utf8(sdp_of(&offer(&mut e, "c1"))).unwrap();
     assert!(first.contains("c=IN IP4 198.18.50.1\r\n"), "{first}");
-    assert!(!first.contains(CARRIER), "the local address stays private: {first}");
+    assert!(
+        !first.contains(CARRIER),
+        "the local address stays private: {first}"
+    );
     // Sockets stay on the local address.
     assert!(e.backend().open.iter().all(|a| a.ip() == ip(CARRIER)));
 
@@ -101,5 +107,10 @@ fn statistics_show_the_address_in_effect() {
     assert_eq!(text("interface").as_deref(), Some("eth0"));
     assert_eq!(text("address").as_deref(), Some("198.18.50.1"));
     assert_eq!(text("status").as_deref(), Some("ok"));
-    assert!(entry.get("last confirmed").and_then(Value::as_int).is_some());
+    assert!(
+        entry
+            .get("last confirmed")
+            .and_then(Value::as_int)
+            .is_some()
+    );
 }
