@@ -541,6 +541,8 @@ fn quality_table(report: &Value) -> Option<String> {
     (rows > 0).then(|| t.to_string())
 }
 
+mod public;
+
 /// `stats`: the `statistics` reply.
 pub fn stats(client: &mut NgClient) -> anyhow::Result<Value> {
     let reply = client.request(&Value::dict().with("command", "statistics"))?;
@@ -548,45 +550,6 @@ pub fn stats(client: &mut NgClient) -> anyhow::Result<Value> {
         .get("statistics")
         .cloned()
         .context("the reply has no `statistics`: is this media-relay (or an older rtpengine)?")
-}
-
-/// `advertise = "stun"`: one line per discovery, the address in effect
-/// and when a STUN server last confirmed it.
-fn public_lines(s: &Value) -> String {
-    let mut out = String::new();
-    for p in s
-        .get("public addresses")
-        .and_then(Value::as_list)
-        .unwrap_or_default()
-    {
-        let t = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-        let confirmed = p.get("last confirmed").and_then(Value::as_int).map_or_else(
-            || "never confirmed".to_owned(),
-            |at| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-                format!("confirmed {}s ago", (now - at).max(0))
-            },
-        );
-        out.push_str(&format!(
-            "public     {} {} {} ({}, {confirmed}, {} changes){}{}\n",
-            t("interface"),
-            t("family"),
-            t("address"),
-            t("status"),
-            p.get("changes").and_then(Value::as_int).unwrap_or(0),
-            p.get("degraded")
-                .and_then(Value::as_str)
-                .map(|d| format!("; every STUN server failed: {d}"))
-                .unwrap_or_default(),
-            p.get("disagreement")
-                .and_then(Value::as_str)
-                .map(|d| format!("; {d}"))
-                .unwrap_or_default(),
-        ));
-    }
-    out
 }
 
 pub fn stats_table(s: &Value) -> String {
@@ -649,7 +612,7 @@ pub fn stats_table(s: &Value) -> String {
         num(&ctl, "totalerrorcount"),
     ));
     out.push_str(&format!("uptime     {}s\n", num(&tot, "uptime")));
-    out.push_str(&public_lines(s));
+    out.push_str(&public::lines(s));
     let mut modes = Vec::new();
     let mut outcomes = Table::new();
     outcomes.load_preset(NOTHING);
