@@ -464,6 +464,18 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
         );
 
         call(dir, &e, PUBLIC_2)?;
+        // The operator's view.
+        let stats = media_relay_tests::netns::run(
+            e.relay
+                .command(media_relay_tests::daemon::binary())
+                .arg("stats"),
+        )?;
+        ensure!(
+            stats.contains(&format!(
+                "public     public ipv4 {PUBLIC_2} (ok, confirmed "
+            )),
+            "media-relay stats:\n{stats}"
+        );
 
         // Every STUN server gone: the last known address stays in effect,
         // /health says degraded (still 200: calls are taken).
