@@ -541,6 +541,8 @@ fn quality_table(report: &Value) -> Option<String> {
     (rows > 0).then(|| t.to_string())
 }
 
+mod public;
+
 /// `stats`: the `statistics` reply.
 pub fn stats(client: &mut NgClient) -> anyhow::Result<Value> {
     let reply = client.request(&Value::dict().with("command", "statistics"))?;
@@ -610,6 +612,7 @@ pub fn stats_table(s: &Value) -> String {
         num(&ctl, "totalerrorcount"),
     ));
     out.push_str(&format!("uptime     {}s\n", num(&tot, "uptime")));
+    out.push_str(&public::lines(s));
     let mut modes = Vec::new();
     let mut outcomes = Table::new();
     outcomes.load_preset(NOTHING);

@@ -238,9 +238,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             v6 = ?i.v6,
             advertise_v4 = ?i.advertise_v4,
             advertise_v6 = ?i.advertise_v6,
+            stun_v4 = i.public_v4.is_some(),
+            stun_v6 = i.public_v6.is_some(),
             "media interface"
         );
     }
+    // `advertise = "stun"`: discovery starts before anything is served;
+    // offers are refused until it has an answer.
+    let publics = interfaces.publics();
     let dataplane = load_dataplane(&cfg, &interfaces)?;
     crate::host::reserve_ports(cfg.port_min, cfg.port_max);
     crate::host::raise_nofile(u64::from(cfg.port_max - cfg.port_min) + 1);
@@ -317,7 +322,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         info!(ng_allow = %allowed.join(","), "ng answered only from these networks");
     }
 
+    let discovery = crate::stun::spawn(publics.clone(), crate::stun::Retransmit::default());
     let health = Health::new();
+    health.set_publics(publics.clone());
     let metrics_server = match cfg.metrics_listen {
         Some(listen) => Some(metrics::serve(listen, health.clone()).await?),
         None => None,
@@ -384,6 +391,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 health.beat(describe_dataplane(&snapshot));
                 if metrics_server.is_some() {
                     snapshot.publish();
+                    health.publish_publics();
                     metrics::upkeep();
                 }
             }
@@ -404,6 +412,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         sip.stop().await;
     }
     server.abort();
+    for d in discovery {
+        d.abort();
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }

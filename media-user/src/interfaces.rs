@@ -12,6 +12,10 @@ pub enum InterfaceError {
         "interface {netdev:?} has no usable IPv4 or IPv6 address; see `ip addr show dev {netdev}`"
     )]
     NoAddress { netdev: String },
+    #[error(
+        "interface {netdev:?}: advertise = \"stun\" but no STUN server of a family the interface has an address of (its addresses: {have})"
+    )]
+    NoStunFamily { netdev: String, have: String },
     #[error("unknown interface {netdev:?}: see `ip link` for the interfaces of this host")]
     Unknown { netdev: String },
     #[error("listing addresses: {0}")]
@@ -30,6 +34,9 @@ pub struct InterfaceSpec {
     /// Local addresses to use (default: the first global one of each
     /// family on the netdev).
     pub addresses: Vec<IpAddr>,
+    /// `advertise = "stun"`: discover the public address with these
+    /// servers (for the families they are of).
+    pub stun: Option<crate::stun::StunSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +47,10 @@ pub struct Interface {
     pub v6: Option<Ipv6Addr>,
     pub advertise_v4: Option<Ipv4Addr>,
     pub advertise_v6: Option<Ipv6Addr>,
+    /// Discovered public addresses (`advertise = "stun"`), which take the
+    /// place of `advertise_v4`/`advertise_v6` for their family.
+    pub public_v4: Option<crate::stun::Public>,
+    pub public_v6: Option<crate::stun::Public>,
 }
 
 impl Interface {
@@ -52,12 +63,29 @@ impl Interface {
         }
     }
 
-    /// The address peers are told, for a socket on `local`.
-    pub fn advertised(&self, local: IpAddr) -> IpAddr {
+    /// The address peers are told, for a socket on `local`; `None` while
+    /// a public address to be discovered (STUN) is not known yet.
+    pub fn advertised(&self, local: IpAddr) -> Option<IpAddr> {
         match local {
-            IpAddr::V4(_) => self.advertise_v4.map_or(local, IpAddr::V4),
-            IpAddr::V6(_) => self.advertise_v6.map_or(local, IpAddr::V6),
+            IpAddr::V4(_) => match &self.public_v4 {
+                Some(p) => p.current(),
+                None => Some(self.advertise_v4.map_or(local, IpAddr::V4)),
+            },
+            IpAddr::V6(_) => match &self.public_v6 {
+                Some(p) => p.current(),
+                None => Some(self.advertise_v6.map_or(local, IpAddr::V6)),
+            },
         }
+    }
+
+    /// The discoveries of this interface (STUN), if any.
+    pub fn publics(&self) -> impl Iterator<Item = &crate::stun::Public> {
+        self.public_v4.iter().chain(self.public_v6.iter())
+    }
+
+    /// A public address of this interface is still to be discovered.
+    pub fn public_pending(&self) -> bool {
+        self.publics().any(|p| p.current().is_none())
     }
 
     pub fn has(&self, ip: IpAddr) -> bool {
@@ -131,8 +159,35 @@ impl Interfaces {
                     netdev: spec.netdev.clone(),
                 });
             }
+            let name = spec.name.clone().unwrap_or_else(|| spec.netdev.clone());
+            let public =
+                |local: Option<IpAddr>| {
+                    let spec = spec.stun.as_ref()?;
+                    let local = local?;
+                    spec.servers
+                        .iter()
+                        .any(|s| s.is_ipv4() == local.is_ipv4())
+                        .then(|| {
+                            crate::stun::Public(std::sync::Arc::new(
+                                crate::stun::PublicAddress::new(name.clone(), local, spec),
+                            ))
+                        })
+                };
+            let public_v4 = public(pick_v4.map(IpAddr::V4));
+            let public_v6 = public(pick_v6.map(IpAddr::V6));
+            if spec.stun.is_some() && public_v4.is_none() && public_v6.is_none() {
+                return Err(InterfaceError::NoStunFamily {
+                    netdev: spec.netdev.clone(),
+                    have: [pick_v4.map(IpAddr::V4), pick_v6.map(IpAddr::V6)]
+                        .iter()
+                        .flatten()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
             out.push(Interface {
-                name: spec.name.clone().unwrap_or_else(|| spec.netdev.clone()),
+                name,
                 netdev: spec.netdev.clone(),
                 v4: pick_v4,
                 v6: pick_v6,
@@ -144,6 +199,8 @@ impl Interfaces {
                     IpAddr::V6(v6) => Some(*v6),
                     IpAddr::V4(_) => None,
                 }),
+                public_v4,
+                public_v6,
             });
         }
         Ok(Self(out))
@@ -172,5 +229,10 @@ impl Interfaces {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Every public address discovery of every interface.
+    pub fn publics(&self) -> Vec<crate::stun::Public> {
+        self.0.iter().flat_map(|i| i.publics().cloned()).collect()
     }
 }

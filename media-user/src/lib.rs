@@ -41,3 +41,4 @@ pub use ng;
 pub mod ng_server;
 pub mod sdp;
 pub mod session;
+pub mod stun;

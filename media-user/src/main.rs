@@ -178,9 +178,17 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpModeArg>,
-    /// Address to advertise in SDP for the first interface (1:1 NAT).
+    /// Address to advertise in SDP for the first interface (1:1 NAT), or
+    /// `stun` to discover it with --stun-server.
     #[arg(long)]
-    advertise: Option<std::net::IpAddr>,
+    advertise: Option<media_user::config::Advertise>,
+    /// STUN server (ip:port) for `advertise = "stun"` (repeatable or
+    /// comma-separated).
+    #[arg(long = "stun-server", value_delimiter = ',')]
+    stun_servers: Vec<String>,
+    /// Seconds between STUN re-checks of the public address (default 60).
+    #[arg(long)]
+    stun_interval: Option<u64>,
     /// Seconds without media before a live call is ended.
     #[arg(long)]
     timeout: Option<u64>,
@@ -266,6 +274,8 @@ impl RunArgs {
             port_max: self.port_max,
             xdp_mode: self.xdp_mode,
             advertise: self.advertise,
+            stun_servers: (!self.stun_servers.is_empty()).then_some(self.stun_servers),
+            stun_interval: self.stun_interval,
             timeout: self.timeout,
             silent_timeout: self.silent_timeout,
             offer_timeout: self.offer_timeout,

@@ -180,6 +180,26 @@ fn describe() {
         "Legs whose media quality is past a [quality-alerts] threshold now, by side (trunk, pbx; caller/callee for other controllers)"
     );
     describe_counter!(
+        "media_relay_public_address_changes_total",
+        "Times a public address discovered with STUN (advertise = \"stun\") changed, by interface and family"
+    );
+    describe_gauge!(
+        "media_relay_public_address_known",
+        "1 when the public address of an interface (advertise = \"stun\") is known, 0 while offers are refused for want of it"
+    );
+    describe_gauge!(
+        "media_relay_public_address_degraded",
+        "1 while every STUN server of an interface fails (the last known address stays in effect)"
+    );
+    describe_gauge!(
+        "media_relay_public_address_confirmed_age_seconds",
+        "Seconds since a STUN server last confirmed the public address"
+    );
+    describe_gauge!(
+        "media_relay_stun_servers_disagree",
+        "1 while an interface's STUN servers report different mapped endpoints (symmetric NAT?)"
+    );
+    describe_counter!(
         "media_relay_quality_alerts_total",
         "Times a leg crossed a [quality-alerts] threshold, by side and figure (jitter, loss, burst, delay_rise)"
     );
@@ -294,6 +314,8 @@ pub struct Health {
     last_beat_ms: AtomicU64,
     /// A short description of the data plane (attachments).
     dataplane: Mutex<String>,
+    /// Public address discoveries (`advertise = "stun"`).
+    publics: Mutex<Vec<crate::stun::Public>>,
 }
 
 /// The event loop is considered stuck after this long without a beat.
@@ -305,7 +327,75 @@ impl Health {
             started: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
             dataplane: Mutex::new(String::new()),
+            publics: Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn set_publics(&self, publics: Vec<crate::stun::Public>) {
+        if let Ok(mut p) = self.publics.lock() {
+            *p = publics;
+        }
+    }
+
+    /// The discoveries' figures as metrics (called once a second).
+    pub fn publish_publics(&self) {
+        let Ok(publics) = self.publics.lock() else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for p in publics.iter() {
+            let s = p.state();
+            let labels = [
+                ("interface", p.interface.clone()),
+                ("family", p.family().to_owned()),
+            ];
+            counter!("media_relay_public_address_changes_total", &labels).absolute(s.changes);
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            gauge!("media_relay_public_address_known", &labels).set(flag(s.address.is_some()));
+            gauge!("media_relay_public_address_degraded", &labels).set(flag(s.degraded.is_some()));
+            gauge!("media_relay_stun_servers_disagree", &labels)
+                .set(flag(s.disagreement.is_some()));
+            if let Some(t) = s.confirmed {
+                gauge!("media_relay_public_address_confirmed_age_seconds", &labels)
+                    .set(now.duration_since(t).unwrap_or_default().as_secs_f64());
+            }
+        }
+    }
+
+    /// `/health`'s `public_addresses`: per discovery the address in
+    /// effect, when it was last confirmed, and its status; and whether
+    /// offers can be taken at all (every address known).
+    fn publics_report(&self) -> (Vec<serde_json::Value>, bool, bool) {
+        let publics = self.publics.lock().map(|p| p.clone()).unwrap_or_default();
+        let now = std::time::SystemTime::now();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let mut all_known = true;
+        let mut degraded = false;
+        let list = publics
+            .iter()
+            .map(|p| {
+                let s = p.state();
+                all_known &= s.address.is_some();
+                degraded |= s.degraded.is_some() || s.disagreement.is_some();
+                serde_json::json!({
+                    "interface": p.interface,
+                    "family": p.family(),
+                    "local": p.local.to_string(),
+                    "status": s.status(),
+                    "address": s.address.map(|a| a.to_string()),
+                    "mapped": s.mapped.map(|a| a.to_string()),
+                    "last_confirmed_unix": s.confirmed.map(unix),
+                    "last_confirmed_seconds_ago": s.confirmed.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+                    "changes": s.changes,
+                    "degraded": s.degraded,
+                    "disagreement": s.disagreement,
+                })
+            })
+            .collect();
+        (list, all_known, degraded)
     }
 
     pub fn beat(&self, dataplane: String) {
@@ -316,18 +406,35 @@ impl Health {
         }
     }
 
-    /// (healthy, JSON body).
+    /// (healthy, JSON body). `status` is `stalled` (503) when the event
+    /// loop stopped, `no_public_address` (503) while a public address to
+    /// be discovered is unknown (offers are refused), `degraded` (200)
+    /// while every STUN server of an interface fails or servers disagree
+    /// on the mapped endpoint, else `ok`.
     fn report(&self) -> (bool, String) {
         let now = self.started.elapsed().as_millis() as u64;
         let age = now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed));
-        let healthy = Duration::from_millis(age) < STALE;
+        let beating = Duration::from_millis(age) < STALE;
         let dp = self.dataplane.lock().map(|d| d.clone()).unwrap_or_default();
-        let body = format!(
-            "{{\"status\":\"{}\",\"event_loop_ms_since_beat\":{age},\"dataplane\":\"{}\"}}\n",
-            if healthy { "ok" } else { "stalled" },
-            dp.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        (healthy, body)
+        let (publics, all_known, degraded) = self.publics_report();
+        let status = if !beating {
+            "stalled"
+        } else if !all_known {
+            "no_public_address"
+        } else if degraded {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let mut body = serde_json::json!({
+            "status": status,
+            "event_loop_ms_since_beat": age,
+            "dataplane": dp,
+        });
+        if !publics.is_empty() {
+            body["public_addresses"] = serde_json::Value::Array(publics);
+        }
+        (beating && all_known, format!("{body}\n"))
     }
 }
 

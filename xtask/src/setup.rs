@@ -3,7 +3,8 @@
 //! - Debian packages: LLVM 22 (bpf-linker links against the same LLVM
 //!   major as the nightly rustc), iproute2, ethtool, bpftool, util-linux
 //!   (setpriv), procps (sysctl), and the real third-party peers the tests
-//!   drive (SIPp, rtpengine-ng-client), and fonts-dejavu-core (the text
+//!   drive (SIPp, rtpengine-ng-client; coturn as the STUN server, nftables
+//!   and conntrack for the cloud-edge NAT), and fonts-dejavu-core (the text
 //!   of the bench report's plots).
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`), and its
 //!   clippy (`cargo xtask lint-bpf`).
@@ -27,6 +28,12 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "sip-tester",
+    // The cloud-edge test: the edge's 1:1 NAT (nft), its conntrack
+    // flushed when the public address changes, and a real STUN server
+    // (coturn's turnserver in STUN-only mode).
+    "nftables",
+    "conntrack",
+    "coturn",
     "rtpengine-utils",
     "rtpengine-daemon",
     "dpkg-dev",

@@ -50,9 +50,16 @@ const ROOT_TIERS: &[Tier] = &[
     },
     // SIPp calls mostly wait on 7 s of pcap audio: run more at once.
     Tier {
-        what: "SIPp scenarios, then the SIP agent end to end with SIPp and rtpengine, then \
+        what: "SIPp scenarios, then the SIP agent end to end with SIPp and rtpengine, behind a \
+               cloud edge (STUN), then \
                floods and exhaustion, churn soak",
-        targets: &["sipp_scenarios", "sip_e2e", "floods", "churn_soak"],
+        targets: &[
+            "sipp_scenarios",
+            "sip_e2e",
+            "cloud_edge",
+            "floods",
+            "churn_soak",
+        ],
         threads: 4,
     },
 ];

@@ -21,6 +21,10 @@ pub enum CommandError {
     UnknownInterface { name: String },
     #[error("Interface '{interface}' has no usable address")]
     NoUsableAddress { interface: String },
+    /// `advertise = "stun"` and no STUN server has answered yet: the
+    /// relay does not know what address to tell peers.
+    #[error("public address not yet known")]
+    PublicAddressUnknown { interface: String },
     #[error("Failed to parse SDP: {source}")]
     SdpParse { source: SdpError },
     #[error("Failed to rewrite SDP: {source}")]
@@ -106,6 +110,12 @@ mod tests {
             (
                 CommandError::SdpRewrite { source: sdp() },
                 "Failed to rewrite SDP: the SDP body is empty",
+            ),
+            (
+                CommandError::PublicAddressUnknown {
+                    interface: "carrier".into(),
+                },
+                "public address not yet known",
             ),
             (CommandError::MissingToTag, "Missing to-tag"),
             (CommandError::UnknownCallId, "Unknown call-id"),

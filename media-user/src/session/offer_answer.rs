@@ -111,6 +111,13 @@ impl<B: Backend> Engine<B> {
         if cmd.call_id.starts_with('\0') {
             return Err(CommandError::ReservedCallId);
         }
+        // `advertise = "stun"`: no offer before the public address is
+        // known (a private one is never advertised in its place).
+        if let Some(i) = self.interfaces.0.iter().find(|i| i.public_pending()) {
+            return Err(CommandError::PublicAddressUnknown {
+                interface: i.name.clone(),
+            });
+        }
         let info = sdp::inspect(&cmd.sdp).map_err(|source| CommandError::SdpParse { source })?;
         self.check_media_count(&info)?;
         let (now, wall) = (clock.mono, clock.wall);
@@ -583,7 +590,12 @@ impl<B: Backend> Engine<B> {
             .and_then(|p| call.monos.get(p))
             .ok_or(CommandError::NoPeer)?;
         let iface = self.interfaces.get(target.iface);
-        let advertised = iface.advertised(target.local);
+        let advertised =
+            iface
+                .advertised(target.local)
+                .ok_or_else(|| CommandError::PublicAddressUnknown {
+                    interface: iface.name.clone(),
+                })?;
         let mut media = Vec::with_capacity(info.media.len());
         for (i, mi) in info.media.iter().enumerate() {
             let (Some(m), Some(src)) = (target.media.get(i), from.media.get(i)) else {

@@ -338,17 +338,52 @@ impl<B: Backend> Engine<B> {
                 .map(|(k, v)| (k.into_bytes(), int(v)))
                 .collect(),
         );
-        ok(vec![(
-            "statistics",
-            dict(vec![
-                ("currentstatistics", current),
-                ("totalstatistics", total),
-                ("controlstatistics", control),
-                ("ports", ports),
-                ("media plane", plane),
-            ]),
-        )])
+        let mut sections = vec![
+            ("currentstatistics", current),
+            ("totalstatistics", total),
+            ("controlstatistics", control),
+            ("ports", ports),
+            ("media plane", plane),
+        ];
+        let publics = self.interfaces.publics();
+        if !publics.is_empty() {
+            sections.push((
+                "public addresses",
+                Value::List(publics.iter().map(|p| public_address(p)).collect()),
+            ));
+        }
+        ok(vec![("statistics", dict(sections))])
     }
+}
+
+/// One public address discovery (`advertise = "stun"`) for `statistics`:
+/// the address in effect, when a server last confirmed it (Unix seconds),
+/// `ok`/`degraded`/`unknown`, and what went wrong if anything.
+fn public_address(p: &crate::stun::PublicAddress) -> Value {
+    let s = p.state();
+    let mut pairs = vec![
+        ("interface", text(&p.interface)),
+        ("family", text(p.family())),
+        ("local", text(p.local.to_string())),
+        ("status", text(s.status())),
+        ("changes", int(s.changes)),
+    ];
+    if let Some(a) = s.address {
+        pairs.push(("address", text(a.to_string())));
+    }
+    if let Some(m) = s.mapped {
+        pairs.push(("mapped", text(m.to_string())));
+    }
+    if let Some(t) = s.confirmed {
+        pairs.push(("last confirmed", Value::Int(unix(t))));
+    }
+    if let Some(d) = &s.degraded {
+        pairs.push(("degraded", text(d)));
+    }
+    if let Some(d) = &s.disagreement {
+        pairs.push(("disagreement", text(d)));
+    }
+    dict(pairs)
 }
 
 /// A stream's quality figures at arrival (`Counters::quality`) as the

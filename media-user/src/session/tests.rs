@@ -21,6 +21,7 @@ use crate::{
 mod random_sequences;
 mod regressions;
 mod restart;
+mod stun;
 mod watch;
 
 /// Records what the engine asks of the media plane.
@@ -300,6 +301,8 @@ pub(super) fn iface(name: &str, v4: &str) -> Interface {
         v6: None,
         advertise_v4: None,
         advertise_v6: None,
+        public_v4: None,
+        public_v6: None,
     }
 }
 

@@ -51,6 +51,8 @@ fn interface(name: &str, v4: &str, v6: &str) -> Interface {
         v6: Some(v6.parse().unwrap()),
         advertise_v4: None,
         advertise_v6: None,
+        public_v4: None,
+        public_v6: None,
     }
 }
 
