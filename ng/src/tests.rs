@@ -62,6 +62,7 @@ fn offer_answer(to_tag: Option<&str>) -> OfferAnswer {
         received_from: None,
         media_address: None,
         label: None,
+        address_family: None,
     }
 }
 
@@ -156,6 +157,7 @@ fn offer_with_every_key() {
         received_from: Some(ip("2001:db8::1")),
         media_address: Some(ip("192.0.2.7")),
         label: Some("caller".to_owned()),
+        address_family: None,
         ..offer_answer(None)
     };
     assert_eq!(parse(&buf), Ok(Command::Offer(expected)));
@@ -172,6 +174,35 @@ fn offer_and_answer_minimal() {
     assert_eq!(
         parse(&datagram(&minimal("answer"))),
         Ok(Command::Answer(offer_answer(Some("tt"))))
+    );
+}
+
+#[test]
+fn address_family_is_ip4_or_ip6() {
+    for (text, family) in [
+        ("IP6", AddressFamily::Ip6),
+        ("ip4", AddressFamily::Ip4),
+        ("IP4", AddressFamily::Ip4),
+    ] {
+        let mut offer = minimal("offer");
+        offer.retain(|(key, _)| *key != "to-tag");
+        offer.push(("address family", text.into()));
+        assert_eq!(
+            parse(&datagram(&offer)),
+            Ok(Command::Offer(OfferAnswer {
+                address_family: Some(family),
+                ..offer_answer(None)
+            }))
+        );
+    }
+    let mut offer = minimal("offer");
+    offer.push(("address-family", "IP5".into()));
+    assert_eq!(
+        parse(&datagram(&offer)),
+        Err(NgError::WrongType {
+            key: "address-family",
+            expected: "\"IP4\" or \"IP6\"",
+        })
     );
 }
 
@@ -284,6 +315,7 @@ fn keys_match_in_any_spelling() {
         received_from: Some(ip("192.0.2.9")),
         media_address: Some(ip("2001:db8::9")),
         label: Some("callee".to_owned()),
+        address_family: None,
         ..offer_answer(Some("tt"))
     };
     assert_eq!(parse(&buf), Ok(Command::Answer(expected)));
@@ -743,6 +775,7 @@ mod fixtures {
             received_from: None,
             media_address: None,
             label: None,
+            address_family: None,
         };
         match name {
             "ping" => Command::Ping,
@@ -771,6 +804,7 @@ mod fixtures {
                 received_from: Some(ip("198.51.100.10")),
                 media_address: Some(ip("198.51.100.11")),
                 label: some("caller"),
+                address_family: None,
                 ..offer.clone()
             }),
             "offer_minimal" => Command::Offer(OfferAnswer {
@@ -814,6 +848,7 @@ mod fixtures {
                 },
                 received_from: Some(ip("203.0.113.20")),
                 label: some("callee"),
+                address_family: None,
                 ..offer.clone()
             }),
             "delete" => Command::Delete(Delete {

@@ -34,17 +34,25 @@
 //!    a mismatch goes to the daemon while learning, or when it is RTP of
 //!    the stream's re-latch SSRC; otherwise it is dropped
 //!    (`source_rejected`).
-//! 6. A flow of the other family (IPv4↔IPv6): `family_change`, to the
-//!    daemon.
+//! 6. A flow of the other family (IPv4↔IPv6 bridging) is forwarded like
+//!    any other (see 9), except an IPv4 datagram without a UDP checksum
+//!    (0): `family_change`, to the daemon (IPv6 needs a checksum).
 //! 7. TTL / hop limit ≤ 1: dropped (`ttl_exceeded`).
 //! 8. Next hop as a router would (forwarding on the ingress interface,
-//!    longest prefix, egress MTU, neighbour): `fib_failed` or
+//!    longest prefix, egress MTU for the packet as it leaves — 20 bytes
+//!    longer from IPv4 to IPv6, 20 shorter back —, neighbour): `fib_failed` or
 //!    `neighbour_miss` to the daemon; an egress interface the relay is not
 //!    attached to: `egress_not_allowed`, to the daemon.
 //! 9. Rewrite: MACs of the egress interface and the next hop, the flow's
 //!    addresses and ports, TTL − 1, IPv4 header checksum and UDP checksum
 //!    recomputed; an IPv4 UDP checksum of 0 stays 0, a wrong UDP checksum
-//!    stays exactly as wrong (the relay never reads payloads). `XDP_TX`
+//!    stays exactly as wrong (the relay never reads payloads). Bridged, the
+//!    IP header is replaced by one of the flow's family: IPv6 with the
+//!    IPv4 TOS as traffic class, flow label 0, hop limit TTL − 1; IPv4
+//!    with the traffic class as TOS, ID 0, DF, TTL hop limit − 1, no
+//!    options; EtherType to match; the UDP header and payload (and any
+//!    Ethernet padding) follow unchanged but for ports and checksum; the
+//!    flow's byte counter counts the arriving IP packet. `XDP_TX`
 //!    back out of the ingress interface, `XDP_REDIRECT` otherwise.
 //!
 //! "To the daemon" is `XDP_PASS` while a daemon runs and `XDP_DROP`
@@ -300,6 +308,8 @@ pub struct Model<'a> {
     pub daemon: Daemon,
 }
 
+mod bridge;
+
 /// What the checks need to know of a parsed UDP packet.
 struct Packet {
     family: u8,
@@ -317,7 +327,7 @@ struct Packet {
 
 const ETH: usize = 14;
 
-fn be16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
@@ -506,13 +516,13 @@ fn oc_add(a: u16, b: u16) -> u16 {
 /// whatever error the arriving checksum had (a relay that never reads
 /// payloads can neither detect nor repair it), sent as RFC 768 wants (a
 /// one's complement zero as 0xFFFF).
-fn udp_checksum_out(full_in: u16, carried_in: u16, full_out: u16) -> u16 {
+pub(crate) fn udp_checksum_out(full_in: u16, carried_in: u16, full_out: u16) -> u16 {
     // error = carried_in − full_in (mod 0xFFFF); out = full_out + error.
     let out = oc_add(full_out, oc_add(carried_in, !full_in));
     if out == 0 { 0xffff } else { out }
 }
 
-fn udp_full_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
+pub(crate) fn udp_full_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
     let header = UdpHeader {
         source_port: be16(udp, 0),
         destination_port: be16(udp, 2),
@@ -576,7 +586,10 @@ impl Model<'_> {
             }
             return untouched(Action::Drop, Outcome::SourceRejected);
         }
-        if flow.family != pkt.family {
+        let bridged = flow.family != pkt.family;
+        let known = flow.family == FAMILY_V4 || flow.family == FAMILY_V6;
+        let no_check = pkt.family == FAMILY_V4 && be16(frame, pkt.l4 + 6) == 0;
+        if bridged && (no_check || !known) {
             return to_daemon(Outcome::FamilyChange);
         }
         if pkt.ttl <= 1 {
@@ -584,7 +597,12 @@ impl Model<'_> {
         }
         let new_src = flow_ip(&flow.src_addr, flow.family);
         let new_dst = flow_ip(&flow.dst_addr, flow.family);
-        let hop = match self.network.next_hop(ingress, new_dst, pkt.ip_len) {
+        let out_len = match (bridged, flow.family == FAMILY_V6) {
+            (false, _) => pkt.ip_len,
+            (true, true) => pkt.ip_len.saturating_add(20),
+            (true, false) => pkt.ip_len.saturating_sub(20),
+        };
+        let hop = match self.network.next_hop(ingress, new_dst, out_len) {
             Ok(h) => h,
             Err(NoHop::Neighbour) => return to_daemon(Outcome::NeighbourMiss),
             Err(NoHop::Failed) => return to_daemon(Outcome::FibFailed),
@@ -597,7 +615,11 @@ impl Model<'_> {
         {
             return to_daemon(Outcome::EgressNotAllowed);
         }
-        let output = rewrite(frame, &pkt, flow, new_src, new_dst, &hop);
+        let output = if bridged {
+            bridge::rewrite(frame, &pkt, flow, new_src, new_dst, &hop)
+        } else {
+            rewrite(frame, &pkt, flow, new_src, new_dst, &hop)
+        };
         let (action, outcome) = if hop.ifindex == ingress {
             (Action::Tx, Outcome::Transmitted)
         } else {

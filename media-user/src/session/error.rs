@@ -21,6 +21,12 @@ pub enum CommandError {
     UnknownInterface { name: String },
     #[error("Interface '{interface}' has no usable address")]
     NoUsableAddress { interface: String },
+    /// `address family` asked for a family the interface has no address of.
+    #[error("Interface '{interface}' has no {family} address")]
+    NoAddressOfFamily {
+        interface: String,
+        family: &'static str,
+    },
     #[error("Failed to parse SDP: {source}")]
     SdpParse { source: SdpError },
     #[error("Failed to rewrite SDP: {source}")]
@@ -98,6 +104,13 @@ mod tests {
                     interface: "pbx".into(),
                 },
                 "Interface 'pbx' has no usable address",
+            ),
+            (
+                CommandError::NoAddressOfFamily {
+                    interface: "pbx".into(),
+                    family: "IPv6",
+                },
+                "Interface 'pbx' has no IPv6 address",
             ),
             (
                 CommandError::SdpParse { source: sdp() },

@@ -20,6 +20,7 @@ use crate::{
 
 mod random_sequences;
 mod regressions;
+mod bridging;
 mod restart;
 mod watch;
 
@@ -333,6 +334,7 @@ pub(super) fn oa(call: &str, from: &str, to: Option<&str>, sdp: Vec<u8>) -> Offe
         received_from: None,
         media_address: None,
         label: None,
+        address_family: None,
     }
 }
 
