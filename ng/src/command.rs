@@ -66,8 +66,7 @@ use std::{collections::BTreeMap, net::IpAddr, str};
 
 use super::{
     AddressFamily, Command, Delete, Flags, Ice, List, NgError, OfferAnswer, Query, Replace,
-    RtcpMux, Value,
-    bencode::decode_at,
+    RtcpMux, Value, bencode::decode_at,
 };
 
 /// Split a datagram into cookie and command. Outer Err: no cookie can be

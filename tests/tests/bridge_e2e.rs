@@ -189,8 +189,20 @@ fn bridged_call(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         let all_ways = |from: u16| -> anyhow::Result<()> {
             exchange(&a_rtp, relay_a, &b_rtp, relay_b, &rtp_run(0xa4, from))?;
             exchange(&b_rtp, relay_b, &a_rtp, relay_a, &rtp_run(0xb6, from))?;
-            exchange(&a_rtcp, rtcp_of(relay_a), &b_rtcp, rtcp_of(relay_b), &rtcp_run(0xa4))?;
-            exchange(&b_rtcp, rtcp_of(relay_b), &a_rtcp, rtcp_of(relay_a), &rtcp_run(0xb6))
+            exchange(
+                &a_rtcp,
+                rtcp_of(relay_a),
+                &b_rtcp,
+                rtcp_of(relay_b),
+                &rtcp_run(0xa4),
+            )?;
+            exchange(
+                &b_rtcp,
+                rtcp_of(relay_b),
+                &a_rtcp,
+                rtcp_of(relay_a),
+                &rtcp_run(0xb6),
+            )
         };
         // Learning: the first packets through the daemon (both peers
         // confirm their addresses).
@@ -229,17 +241,11 @@ fn bridged_call(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         for port in [relay_a.port(), relay_b.port()] {
             let s = stream_stats(&q, port).context("stream in query")?;
             let int = |k: &str| s.get(k).and_then(Value::as_int).unwrap_or(-1);
-            anyhow::ensure!(
-                int("packets") == 2 * i64::from(N),
-                "port {port}: {s:?}"
-            );
+            anyhow::ensure!(int("packets") == 2 * i64::from(N), "port {port}: {s:?}");
             if xdp {
                 // While learning, XDP may already carry a peer's packets
                 // (its source is the expected one); after it, all of them.
-                anyhow::ensure!(
-                    int("kernel packets") >= i64::from(N),
-                    "port {port}: {s:?}"
-                );
+                anyhow::ensure!(int("kernel packets") >= i64::from(N), "port {port}: {s:?}");
                 anyhow::ensure!(int("lost") == 0, "port {port}: {s:?}");
             }
         }

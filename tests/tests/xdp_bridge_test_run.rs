@@ -385,7 +385,16 @@ fn bridged_checksums_match_full_recompute() -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(0x4646_0015);
     let far4 = |rng: &mut StdRng| Ipv4Addr::new(198, 19, rng.random(), rng.random());
     let far6 = |rng: &mut StdRng| {
-        Ipv6Addr::new(0x2001, 2, 0, 0xff00, rng.random(), 0, rng.random(), rng.random())
+        Ipv6Addr::new(
+            0x2001,
+            2,
+            0,
+            0xff00,
+            rng.random(),
+            0,
+            rng.random(),
+            rng.random(),
+        )
     };
     let mut checked = 0;
     for n in 0..400u16 {

@@ -18,9 +18,9 @@ use crate::{
     sdp,
 };
 
+mod bridging;
 mod random_sequences;
 mod regressions;
-mod bridging;
 mod restart;
 mod watch;
 

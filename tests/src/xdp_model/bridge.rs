@@ -5,9 +5,7 @@ use std::net::IpAddr;
 
 use media_ebpf::Flow;
 
-use super::{
-    ETH, Hop, Packet, be16, ipv4_header_checksum, udp_checksum_out, udp_full_checksum,
-};
+use super::{ETH, Hop, Packet, be16, ipv4_header_checksum, udp_checksum_out, udp_full_checksum};
 
 /// The frame `frame` (parsed as `p`) becomes when its flow sends it from
 /// `new_src` to `new_dst`, of the other family than it arrived in.

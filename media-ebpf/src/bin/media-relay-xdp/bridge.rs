@@ -19,9 +19,7 @@
 //! The new IPv4 header's checksum is computed in full (ten words).
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_DROP,
-    helpers::bpf_xdp_adjust_head,
-    programs::XdpContext,
+    bindings::xdp_action::XDP_DROP, helpers::bpf_xdp_adjust_head, programs::XdpContext,
 };
 use media_ebpf::{
     Flow, Outcome,
@@ -180,10 +178,7 @@ fn finish(
     headers: usize,
     eth: *mut EthHdr,
 ) -> (Outcome, u32) {
-    let payload = (
-        headers,
-        headers - UdpHdr::LEN + usize::from(b.udp_len),
-    );
+    let payload = (headers, headers - UdpHdr::LEN + usize::from(b.udp_len));
     let rtp = (flow.flags & RTP != 0)
         .then(|| rtp_header(ctx, payload.0, payload.1))
         .flatten();

@@ -24,9 +24,9 @@ use network_types::{
 };
 
 use crate::{
+    bridge::{self, Bridged},
     fib::{self, FibError, NextHop},
     maps::{CONTROL, EGRESS_DEVS, FLOW_QUALITY, FLOW_RTCP, FLOW_STATS, FLOWS, count},
-    bridge::{self, Bridged},
     packet::{added, be16, copy, header, removed, replace, same, sum, word, zero},
 };
 
