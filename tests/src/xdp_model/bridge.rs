@@ -39,7 +39,7 @@ pub(super) fn rewrite(
             let mut h = [0u8; 20];
             h[0] = 0x45;
             h[1] = tc;
-            h[2..4].copy_from_slice(&(udp_len + 20).to_be_bytes());
+            h[2..4].copy_from_slice(&udp_len.saturating_add(20).to_be_bytes());
             // ID 0, DF: an atomic datagram (RFC 6864 §4.1).
             h[6] = 0x40;
             h[8] = p.ttl - 1;

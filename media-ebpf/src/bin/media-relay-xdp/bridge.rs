@@ -146,7 +146,8 @@ pub fn to_v4(ctx: &XdpContext, flow: &Flow, hop: &NextHop, b: &Bridged) -> (Outc
         let ip = &raw mut (*f).ip;
         (*ip).vihl = 0x45;
         (*ip).tos = b.tos;
-        (*ip).tot_len = (b.udp_len + Ipv4Hdr::LEN as u16).to_be_bytes();
+        // No overflow: the FIB lookup held this length to the egress MTU.
+        (*ip).tot_len = b.udp_len.saturating_add(Ipv4Hdr::LEN as u16).to_be_bytes();
         (*ip).id = [0, 0];
         (*ip).frags = [0x40, 0];
         (*ip).ttl = b.ttl - 1;

@@ -1,7 +1,8 @@
 //! media-relay's XDP data plane.
 //!
 //! parse → flow lookup → source check → TTL → next hop (FIB) → rewrite with
-//! incremental checksums → `XDP_TX` / `XDP_REDIRECT`. Anything the program
+//! incremental checksums (between IPv4 and IPv6 for a bridging flow, see
+//! `bridge`) → `XDP_TX` / `XDP_REDIRECT`. Anything the program
 //! does not fully understand is passed to the stack untouched (or, for a
 //! source-check failure, dropped), and every packet is counted under exactly
 //! one [`Outcome`](media_ebpf::Outcome). The packet is only written once
