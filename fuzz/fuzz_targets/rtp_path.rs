@@ -104,6 +104,7 @@ fn offer_answer(
         received_from: None,
         media_address: None,
         label: None,
+        address_family: None,
     }
 }
 

@@ -66,6 +66,21 @@ impl Delta {
         self.word(be(old[0], old[1]), be(new[0], new[1]))
     }
 
+    /// Word `old` left the checksummed data with no word taking its place
+    /// (IPv4↔IPv6 bridging: the pseudo-header's addresses change size).
+    #[inline(always)]
+    #[must_use]
+    pub const fn removed(self, old: u16) -> Self {
+        Self(self.0 + (!old) as u32)
+    }
+
+    /// Word `new` joined the checksummed data (see [`Delta::removed`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn added(self, new: u16) -> Self {
+        Self(self.0 + new as u32)
+    }
+
     /// Apply the accumulated change to checksum `check` (RFC 1624 eqn. 3).
     #[inline(always)]
     #[must_use]
@@ -196,8 +211,69 @@ mod tests {
         assert_ne!(udp_update(0, d, false), 0);
     }
 
+    /// UDP checksum over an IPv6 pseudo-header (RFC 8200 §8.1), mapped
+    /// 0 → 0xFFFF.
+    fn udp6(src: [u8; 16], dst: [u8; 16], udp: &[u8]) -> u16 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&u32::try_from(udp.len()).unwrap().to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        match checksum(udp, sum_words(&pseudo, 0)) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+
+    fn words(b: &[u8]) -> impl Iterator<Item = u16> + '_ {
+        b.chunks_exact(2).map(|c| be(c[0], c[1]))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// IPv4 → IPv6 and back (bridging): the old addresses' words
+        /// removed, the new ones added, ports replaced; the length and
+        /// protocol terms of the two pseudo-headers sum alike.
+        #[test]
+        fn udp_bridged_rewrite_equals_full_recompute(
+            src4 in any::<[u8; 4]>(), dst4 in any::<[u8; 4]>(),
+            src6 in any::<[u8; 16]>(), dst6 in any::<[u8; 16]>(),
+            sp in any::<[u8; 2]>(), dp in any::<[u8; 2]>(),
+            nsp in any::<[u8; 2]>(), ndp in any::<[u8; 2]>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut udp = Vec::new();
+            udp.extend_from_slice(&sp);
+            udp.extend_from_slice(&dp);
+            udp.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+            udp.extend_from_slice(&[0, 0]);
+            udp.extend_from_slice(&payload);
+            let mut out = udp.clone();
+            out[0..2].copy_from_slice(&nsp);
+            out[2..4].copy_from_slice(&ndp);
+            let ports = |d: Delta| d.bytes2(&sp, &nsp).bytes2(&dp, &ndp);
+
+            let old4 = udp4(src4, dst4, &udp);
+            let mut d = ports(Delta::new());
+            for w in words(&src4).chain(words(&dst4)) {
+                d = d.removed(w);
+            }
+            for w in words(&src6).chain(words(&dst6)) {
+                d = d.added(w);
+            }
+            prop_assert_eq!(udp_update(old4, d, false), udp6(src6, dst6, &out));
+
+            let old6 = udp6(src6, dst6, &udp);
+            let mut d = ports(Delta::new());
+            for w in words(&src6).chain(words(&dst6)) {
+                d = d.removed(w);
+            }
+            for w in words(&src4).chain(words(&dst4)) {
+                d = d.added(w);
+            }
+            prop_assert_eq!(udp_update(old6, d, false), udp4(src4, dst4, &out));
+        }
 
         #[test]
         fn ipv4_header_rewrite_equals_full_recompute(

@@ -42,8 +42,11 @@ pub enum Outcome {
     FibFailed,
     /// The route leaves by an interface the relay is not attached to: passed.
     EgressNotAllowed,
-    /// The flow's egress family differs from the packet's (IPv4↔IPv6
-    /// bridging): passed to the userspace path.
+    /// A flow bridging IPv4↔IPv6 that XDP leaves to the userspace path:
+    /// an IPv4 datagram without a UDP checksum (IPv6 needs one, computed
+    /// over the payload), no headroom to grow the header, or a flow of no
+    /// known family. Passed (bridged flows are otherwise forwarded in XDP
+    /// and counted as `Transmitted`/`Redirected`).
     FamilyChange,
     /// IPv4 header checksum wrong (RFC 791 §3.1, verified as RFC 1071 sums
     /// it): passed untouched; the stack drops and counts it. Rewriting

@@ -34,6 +34,8 @@
 //!   interpreted; its presence is noted as `rtpp-flags` in
 //!   [`Flags::unknown`]. Kamailio's usual one-argument form parses the
 //!   flags in the module and sends the keys described here.
+//! - **`address family`** is `IP4` or `IP6`: the family of the relay
+//!   address in the SDP the command returns ([`OfferAnswer::address_family`]).
 //! - **`received from`** is `["IP4"|"IP6", address]` (the family must match
 //!   the address) or, as rtpengine also accepts, a bare address string.
 //! - **Required keys**: offer `call-id`, `from-tag`, `sdp`; answer also
@@ -63,8 +65,8 @@
 use std::{collections::BTreeMap, net::IpAddr, str};
 
 use super::{
-    Command, Delete, Flags, Ice, List, NgError, OfferAnswer, Query, Replace, RtcpMux, Value,
-    bencode::decode_at,
+    AddressFamily, Command, Delete, Flags, Ice, List, NgError, OfferAnswer, Query, Replace,
+    RtcpMux, Value, bencode::decode_at,
 };
 
 /// Split a datagram into cookie and command. Outer Err: no cookie can be
@@ -168,6 +170,7 @@ mod key {
     pub const RECEIVED_FROM: &str = "received-from";
     pub const MEDIA_ADDRESS: &str = "media-address";
     pub const LABEL: &str = "label";
+    pub const ADDRESS_FAMILY: &str = "address-family";
     /// The docs: "`label` or `from-label`".
     pub const FROM_LABEL: &str = "from-label";
     pub const DELETE_DELAY: &str = "delete-delay";
@@ -180,6 +183,7 @@ mod key {
 const STRING: &str = "a string";
 const STRING_LIST: &str = "a list of strings";
 const RECEIVED_FROM_SHAPE: &str = "a list [\"IP4\" or \"IP6\", address] or an address";
+const FAMILY: &str = "\"IP4\" or \"IP6\"";
 const SECONDS: &str = "an integer from 0 to 4294967295";
 const POSITIVE: &str = "an integer from 1 to 4294967295";
 
@@ -310,6 +314,24 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// `IP4` / `IP6` (any case).
+    fn family(&self, key: &'static str) -> Result<Option<AddressFamily>, NgError> {
+        let Some(value) = self.get(key)? else {
+            return Ok(None);
+        };
+        let family = text(key, value, FAMILY)?;
+        if family.eq_ignore_ascii_case("IP4") {
+            Ok(Some(AddressFamily::Ip4))
+        } else if family.eq_ignore_ascii_case("IP6") {
+            Ok(Some(AddressFamily::Ip6))
+        } else {
+            Err(NgError::WrongType {
+                key,
+                expected: FAMILY,
+            })
+        }
+    }
+
     fn received_from(&self) -> Result<Option<IpAddr>, NgError> {
         let key = key::RECEIVED_FROM;
         let items = match self.get(key)? {
@@ -427,6 +449,7 @@ impl<'a> Fields<'a> {
             received_from: self.received_from()?,
             media_address: self.address(key::MEDIA_ADDRESS)?,
             label,
+            address_family: self.family(key::ADDRESS_FAMILY)?,
         })
     }
 

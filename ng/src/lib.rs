@@ -110,6 +110,17 @@ pub struct OfferAnswer {
     /// `media address`: use this address for the offerer instead of the SDP's.
     pub media_address: Option<IpAddr>,
     pub label: Option<String>,
+    /// `address family`: the family of the relay address written into the
+    /// SDP this command returns (the side facing the party that receives
+    /// it); `None`: as the other side's (rtpengine: "auto-detect").
+    pub address_family: Option<AddressFamily>,
+}
+
+/// `address family` values: `IP4` or `IP6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressFamily {
+    Ip4,
+    Ip6,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use super::*;
 
+mod family;
+
 /// Builds `cookie <dict>` from key/value pairs (keys as given, unsorted
 /// input is fine: `Value::Dict` sorts).
 fn datagram(pairs: &[(&str, Value)]) -> Vec<u8> {
@@ -62,6 +64,7 @@ fn offer_answer(to_tag: Option<&str>) -> OfferAnswer {
         received_from: None,
         media_address: None,
         label: None,
+        address_family: None,
     }
 }
 
@@ -156,6 +159,7 @@ fn offer_with_every_key() {
         received_from: Some(ip("2001:db8::1")),
         media_address: Some(ip("192.0.2.7")),
         label: Some("caller".to_owned()),
+        address_family: None,
         ..offer_answer(None)
     };
     assert_eq!(parse(&buf), Ok(Command::Offer(expected)));
@@ -284,6 +288,7 @@ fn keys_match_in_any_spelling() {
         received_from: Some(ip("192.0.2.9")),
         media_address: Some(ip("2001:db8::9")),
         label: Some("callee".to_owned()),
+        address_family: None,
         ..offer_answer(Some("tt"))
     };
     assert_eq!(parse(&buf), Ok(Command::Answer(expected)));
@@ -743,6 +748,7 @@ mod fixtures {
             received_from: None,
             media_address: None,
             label: None,
+            address_family: None,
         };
         match name {
             "ping" => Command::Ping,
@@ -771,6 +777,7 @@ mod fixtures {
                 received_from: Some(ip("198.51.100.10")),
                 media_address: Some(ip("198.51.100.11")),
                 label: some("caller"),
+                address_family: None,
                 ..offer.clone()
             }),
             "offer_minimal" => Command::Offer(OfferAnswer {
@@ -814,6 +821,7 @@ mod fixtures {
                 },
                 received_from: Some(ip("203.0.113.20")),
                 label: some("callee"),
+                address_family: None,
                 ..offer.clone()
             }),
             "delete" => Command::Delete(Delete {

@@ -152,8 +152,9 @@ pub fn offer_answer(
     extra: &[(&str, Value)],
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let (a_ip, b_ip) = (a.ip(), b.ip());
+    // Of different families only when bridged on purpose.
     anyhow::ensure!(
-        a_ip.is_ipv6() == b_ip.is_ipv6(),
+        a_ip.is_ipv6() == b_ip.is_ipv6() || extra.iter().any(|(k, _)| *k == "address family"),
         "A and B in different address families"
     );
     let with = |mut d: Value| {

@@ -542,11 +542,16 @@ fn relay_program_table() -> anyhow::Result<()> {
             outcome: "not_ip",
         },
         Case {
-            what: "IPv4 → IPv6 flow goes to userspace",
+            // More in xdp_bridge_test_run.rs.
+            what: "IPv4 → IPv6 flow is bridged in XDP (flow label 0)",
             input: v4(a, sa(RA_V4, 30040)).bytes(),
-            action: XDP_PASS,
-            output: None,
-            outcome: "family_change",
+            action: XDP_REDIRECT,
+            output: Some({
+                let mut f = v4(a, sa(RA_V4, 30040));
+                f.id = 0;
+                relayed(&f, &f6, RB_MAC, B_MAC)
+            }),
+            outcome: "redirected",
         },
         Case {
             what: "no route to the peer",

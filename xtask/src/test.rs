@@ -30,13 +30,16 @@ struct Tier {
 
 const ROOT_TIERS: &[Tier] = &[
     Tier {
-        what: "XDP program (BPF_PROG_TEST_RUN), forwarding and sessions end to end, daemon, \
-               operator surface, bench paths, learning window and attack matrix",
+        what: "XDP program (BPF_PROG_TEST_RUN), forwarding, sessions and IPv4↔IPv6 bridging \
+               end to end, daemon, operator surface, bench paths, learning window and attack \
+               matrix",
         targets: &[
             "xdp_test_run",
+            "xdp_bridge_test_run",
             "xdp_differential",
             "forward_e2e",
             "sessions_e2e",
+            "bridge_e2e",
             "daemon",
             "operator",
             "bench_paths",

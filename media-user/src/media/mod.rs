@@ -97,12 +97,12 @@ fn held(local: SocketAddr, rtp: bool) -> Flow {
     if rtp { f.rtp() } else { f }
 }
 
-/// The XDP flow for a route, if the data plane can express it.
+/// The XDP flow for a route, if the data plane can express it. A route
+/// leaving in the other family than it arrives in (`local` IPv4, `out` and
+/// `dest` IPv6, or the reverse: IPv4↔IPv6 bridging) is one: the data plane
+/// rewrites the IP header between the families.
 fn xdp_flow(local: SocketAddr, r: &Route) -> Option<Flow> {
-    if r.demux_rtcp.is_some()
-        || local.is_ipv4() != r.out.is_ipv4()
-        || r.out.is_ipv4() != r.dest.is_ipv4()
-    {
+    if r.demux_rtcp.is_some() || !Flow::is_consistent(r.out, r.dest) {
         return None;
     }
     let mut f = Flow::new(r.out, r.dest);
@@ -750,5 +750,36 @@ mod tests {
         // IPv4-mapped is IPv4 on the wire.
         let mapped = sa("[::ffff:198.18.1.2]:5000");
         assert!(xdp_flow(local, &route(Source::Learning(Some(mapped)))).is_some());
+    }
+
+    #[test]
+    fn a_bridged_route_is_an_xdp_flow_of_the_outbound_family() {
+        // Arrives at an IPv4 port, leaves as IPv6 (and the reverse).
+        let local = sa("198.18.1.1:30000");
+        let r = Route {
+            out: sa("[2001:2:0:2::1]:30002"),
+            dest: sa("[2001:2:0:2::2]:6000"),
+            ..route(Source::Latched {
+                addr: sa("198.18.1.2:5000"),
+                relatch_ssrc: Some(7),
+            })
+        };
+        let f = xdp_flow(local, &r).expect("bridged in XDP");
+        assert_eq!(f.family, media_ebpf::flow::FAMILY_V6);
+        assert_eq!((f.relay(), f.peer()), (r.out, r.dest));
+        assert_eq!(f.expect_family, media_ebpf::flow::FAMILY_V4);
+        let back = Route {
+            out: sa("198.18.1.1:30000"),
+            dest: sa("198.18.1.2:5000"),
+            ..route(Source::Any)
+        };
+        let f = xdp_flow(sa("[2001:2:0:2::1]:30002"), &back).expect("bridged in XDP");
+        assert_eq!(f.family, media_ebpf::flow::FAMILY_V4);
+        // A route whose own two ends differ in family is no flow at all.
+        let mixed = Route {
+            dest: sa("[2001:2:0:2::2]:6000"),
+            ..route(Source::Any)
+        };
+        assert_eq!(xdp_flow(local, &mixed), None);
     }
 }

@@ -25,6 +25,12 @@ pub enum CommandError {
     /// relay does not know what address to tell peers.
     #[error("public address not yet known")]
     PublicAddressUnknown { interface: String },
+    /// `address family` asked for a family the interface has no address of.
+    #[error("Interface '{interface}' has no {family} address")]
+    NoAddressOfFamily {
+        interface: String,
+        family: &'static str,
+    },
     #[error("Failed to parse SDP: {source}")]
     SdpParse { source: SdpError },
     #[error("Failed to rewrite SDP: {source}")]
@@ -102,6 +108,13 @@ mod tests {
                     interface: "pbx".into(),
                 },
                 "Interface 'pbx' has no usable address",
+            ),
+            (
+                CommandError::NoAddressOfFamily {
+                    interface: "pbx".into(),
+                    family: "IPv6",
+                },
+                "Interface 'pbx' has no IPv6 address",
             ),
             (
                 CommandError::SdpParse { source: sdp() },

@@ -21,7 +21,7 @@ use super::{
     reports::ok,
 };
 use crate::{
-    ng::{OfferAnswer, Reply, Value},
+    ng::{AddressFamily, OfferAnswer, Reply, Value},
     sdp::{self, MediaRewrite, Rewrite, RtcpOut, SdpInfo},
 };
 
@@ -87,6 +87,16 @@ impl<B: Backend> Engine<B> {
             });
         }
         Ok(())
+    }
+
+    /// Local address of family `v6` on interface `iface`: `address family`
+    /// asked for it, so no other will do.
+    fn local_of_family(&self, iface: usize, v6: bool) -> Result<IpAddr, CommandError> {
+        let i = self.interfaces.get(iface);
+        i.local(v6).ok_or_else(|| CommandError::NoAddressOfFamily {
+            interface: i.name.clone(),
+            family: if v6 { "IPv6" } else { "IPv4" },
+        })
     }
 
     /// Local address on interface `iface`, preferring family `v6`.
@@ -217,9 +227,15 @@ impl<B: Backend> Engine<B> {
             Some(x) => mono(x)?.local,
             None => self.local_on(x_iface, v6)?,
         };
-        let y_local = match y {
-            Some(y) => mono(y)?.local,
-            None => self.local_on(y_iface, x_local.is_ipv6())?,
+        // The answerer's side: the family `address family` asks for
+        // (IPv4↔IPv6 bridging, as rtpengine's flag does: an IPv4 carrier,
+        // an IPv6 PBX), else the offerer's when the interface has it. Chosen
+        // once, when the side is created: a re-offer keeps the relay's
+        // address as it keeps its ports.
+        let y_local = match (y, cmd.address_family) {
+            (Some(y), _) => mono(y)?.local,
+            (None, Some(f)) => self.local_of_family(y_iface, f == AddressFamily::Ip6)?,
+            (None, None) => self.local_on(y_iface, x_local.is_ipv6())?,
         };
         let flags = Self::party_flags(cmd);
 

@@ -18,6 +18,7 @@ use crate::{
     sdp,
 };
 
+mod bridging;
 mod random_sequences;
 mod regressions;
 mod restart;
@@ -336,6 +337,7 @@ pub(super) fn oa(call: &str, from: &str, to: Option<&str>, sdp: Vec<u8>) -> Offe
         received_from: None,
         media_address: None,
         label: None,
+        address_family: None,
     }
 }
 

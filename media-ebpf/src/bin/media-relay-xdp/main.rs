@@ -1,7 +1,8 @@
 //! media-relay's XDP data plane.
 //!
 //! parse → flow lookup → source check → TTL → next hop (FIB) → rewrite with
-//! incremental checksums → `XDP_TX` / `XDP_REDIRECT`. Anything the program
+//! incremental checksums (between IPv4 and IPv6 for a bridging flow, see
+//! `bridge`) → `XDP_TX` / `XDP_REDIRECT`. Anything the program
 //! does not fully understand is passed to the stack untouched (or, for a
 //! source-check failure, dropped), and every packet is counted under exactly
 //! one [`Outcome`](media_ebpf::Outcome). The packet is only written once
@@ -12,6 +13,8 @@
 //! library, which is unit-tested on the host.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod bridge;
 #[cfg(target_arch = "bpf")]
 mod fib;
 #[cfg(target_arch = "bpf")]

@@ -136,3 +136,37 @@ pub unsafe fn zero<T>(slot: &mut mem::MaybeUninit<T>) -> &mut T {
     // SAFETY: every byte was written with zero, a valid `T` per the caller.
     unsafe { slot.assume_init_mut() }
 }
+
+/// Add the removal of the `N` words at `p` to the checksum delta `d`
+/// (bridging: words of a pseudo-header address that has no counterpart in
+/// the other family's).
+///
+/// # Safety
+/// `p` is 2-byte aligned and valid for `2 * N` bytes.
+#[inline(always)]
+pub unsafe fn removed<const N: usize>(p: *const u8, mut d: Delta) -> Delta {
+    let p = p.cast::<u16>();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: guaranteed by the caller, i < N.
+        d = d.removed(unsafe { p.add(i).read() });
+        i += 1;
+    }
+    d
+}
+
+/// Add the `N` words at `p`, new in the checksummed data, to `d`.
+///
+/// # Safety
+/// As for [`removed`].
+#[inline(always)]
+pub unsafe fn added<const N: usize>(p: *const u8, mut d: Delta) -> Delta {
+    let p = p.cast::<u16>();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: guaranteed by the caller, i < N.
+        d = d.added(unsafe { p.add(i).read() });
+        i += 1;
+    }
+    d
+}

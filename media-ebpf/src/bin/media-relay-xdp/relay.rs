@@ -24,9 +24,10 @@ use network_types::{
 };
 
 use crate::{
+    bridge::{self, Bridged},
     fib::{self, FibError, NextHop},
     maps::{CONTROL, EGRESS_DEVS, FLOW_QUALITY, FLOW_RTCP, FLOW_STATS, FLOWS, count},
-    packet::{be16, copy, header, replace, same, sum, word, zero},
+    packet::{added, be16, copy, header, removed, replace, same, sum, word, zero},
 };
 
 const UDP: u8 = 17;
@@ -58,7 +59,7 @@ fn daemon_absent() -> Option<(u16, u16)> {
 /// does, since the port has no socket then and the stack would answer the
 /// peer with ICMP port unreachable.
 #[inline(always)]
-fn to_daemon(outcome: Outcome) -> (Outcome, u32) {
+pub(crate) fn to_daemon(outcome: Outcome) -> (Outcome, u32) {
     if daemon_absent().is_some() {
         (Outcome::DaemonAbsent, XDP_DROP)
     } else {
@@ -135,7 +136,7 @@ unsafe fn source_ok<const N: usize>(flow: &Flow, family: u8, src: *const u8, spo
 /// §4) is not RTP. Bytes past the datagram (Ethernet padding of a short
 /// frame) are never read as one.
 #[inline(always)]
-fn rtp_header(ctx: &XdpContext, off: usize, end: usize) -> Option<RtpHeader> {
+pub(crate) fn rtp_header(ctx: &XdpContext, off: usize, end: usize) -> Option<RtpHeader> {
     if off + 12 > end {
         return None;
     }
@@ -199,7 +200,7 @@ fn rtcp_words(ctx: &XdpContext, off: usize, end: usize) -> ([u32; RTCP_WORDS], u
 
 /// The fields of an RTP header the data plane reads, as on the wire.
 #[derive(Clone, Copy)]
-struct RtpHeader {
+pub(crate) struct RtpHeader {
     ssrc: [u8; 4],
     seq: [u8; 2],
     ts: [u8; 4],
@@ -209,7 +210,7 @@ struct RtpHeader {
 /// RTP flows; `payload` the UDP payload's start and end offsets (RTCP
 /// reports: on an RTCP flow, or multiplexed on an RTP flow).
 #[inline(always)]
-fn account(
+pub(crate) fn account(
     ctx: &XdpContext,
     flow: &Flow,
     ip_len: u16,
@@ -287,7 +288,7 @@ fn account(
 
 /// Rewrite the Ethernet header and send the packet on its way.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, eth: *mut EthHdr, hop: &NextHop) -> (Outcome, u32) {
+pub(crate) fn transmit(ctx: &XdpContext, eth: *mut EthHdr, hop: &NextHop) -> (Outcome, u32) {
     // SAFETY: `eth` was bounds-checked by the caller; the MAC fields are at
     // even offsets of the frame and of `NextHop`.
     unsafe {
@@ -336,10 +337,15 @@ struct Arrival {
     dport: [u8; 2],
     /// TTL / hop limit.
     ttl: u8,
-    /// IP packet length, IPv4 TOS, IPv6 traffic class + flow label.
+    /// IP packet length; IPv4 TOS or IPv6 traffic class (either family);
+    /// IPv6 traffic class + flow label as on the wire without the version
+    /// (an IPv4 packet's TOS as the traffic class, flow label 0).
     ip_len: u16,
     tos: u8,
     flowinfo: u32,
+    /// An IPv4 UDP datagram without a checksum (0): never bridged to IPv6
+    /// in XDP, which would have to read the payload to compute one.
+    no_udp_check: bool,
     /// Offset of the UDP payload in the frame, and of its end (the end of
     /// the IP packet; anything after it is padding).
     payload: usize,
@@ -407,16 +413,27 @@ unsafe fn decide<'a, const N: usize>(
         }
         return Err((Outcome::SourceRejected, XDP_DROP));
     }
-    if flow.family != family {
+    // IPv4↔IPv6 bridging: the packet leaves in the flow's family, its IP
+    // header 20 bytes longer or shorter (see `bridge`). Not in XDP: an
+    // IPv4 datagram without a UDP checksum (IPv6 needs one, computed over
+    // the payload), or a flow of no known family.
+    let out_v6 = flow.family == FAMILY_V6;
+    let ip_len = if flow.family == family {
+        a.ip_len
+    } else if a.no_udp_check || (flow.family != FAMILY_V4 && !out_v6) {
         return Err(to_daemon(Outcome::FamilyChange));
-    }
+    } else if out_v6 {
+        a.ip_len.saturating_add(20)
+    } else {
+        a.ip_len.saturating_sub(20)
+    };
     // Forwarded as a router forwards, in both paths: the hop limit goes
     // down by one, and a packet that has none left is dropped (a loop
     // between relays dies out).
     if a.ttl <= 1 {
         return Err((Outcome::TtlExceeded, XDP_DROP));
     }
-    match next_hop(ctx, flow, family == FAMILY_V6, a.ip_len, a.tos, a.flowinfo) {
+    match next_hop(ctx, flow, out_v6, ip_len, a.tos, a.flowinfo) {
         Ok(hop) => Ok((flow, hop)),
         Err(outcome) => Err(to_daemon(outcome)),
     }
@@ -493,7 +510,9 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         ttl,
         ip_len: tot_len,
         tos,
-        flowinfo: 0,
+        flowinfo: u32::from_ne_bytes([tos >> 4, (tos & 0x0f) << 4, 0, 0]),
+        // SAFETY: `udp` is bounds-checked.
+        no_udp_check: unsafe { (*udp).check } == [0, 0],
         payload: EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN,
         payload_end: EthHdr::LEN + usize::from(tot_len),
     };
@@ -503,6 +522,28 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         Ok(decided) => decided,
         Err(verdict) => return verdict,
     };
+    if flow.family != FAMILY_V4 {
+        // SAFETY: as below: fields of the bounds-checked headers and of
+        // the flow value, 2-aligned, of the lengths given. Nothing is
+        // written.
+        let bridged = unsafe {
+            let d = removed::<2>(ip_src, Delta::new());
+            let d = removed::<2>(ip_dst, d);
+            let d = added::<8>(flow.src_addr.as_ptr(), d);
+            let d = added::<8>(flow.dst_addr.as_ptr(), d);
+            let d = d.word(arrival.sport, word(flow.src_port.as_ptr()));
+            let d = d.word(word(udp_dst), word(flow.dst_port.as_ptr()));
+            Bridged {
+                delta: d,
+                check: word((&raw const (*udp).check).cast()),
+                ttl,
+                tos,
+                udp_len,
+                ip_len: tot_len,
+            }
+        };
+        return bridge::to_v6(ctx, flow, &hop, &bridged);
+    }
 
     // Every check passed: rewrite, accumulating the checksum changes as raw
     // native-order words (see `packet`).
@@ -596,8 +637,9 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         dport: unsafe { (*udp).dst },
         ttl: hop_limit,
         ip_len,
-        tos: 0,
+        tos: (vcf[0] << 4) | (vcf[1] >> 4),
         flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
+        no_udp_check: false,
         payload: EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN,
         payload_end: EthHdr::LEN + Ipv6Hdr::LEN + usize::from(payload_len),
     };
@@ -607,6 +649,26 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> (Outcome, u32) {
         Ok(decided) => decided,
         Err(verdict) => return verdict,
     };
+    if flow.family != FAMILY_V6 {
+        // SAFETY: as below. Nothing is written.
+        let bridged = unsafe {
+            let d = removed::<8>(ip_src, Delta::new());
+            let d = removed::<8>(ip_dst, d);
+            let d = added::<2>(flow.src_addr.as_ptr(), d);
+            let d = added::<2>(flow.dst_addr.as_ptr(), d);
+            let d = d.word(arrival.sport, word(flow.src_port.as_ptr()));
+            let d = d.word(word(udp_dst), word(flow.dst_port.as_ptr()));
+            Bridged {
+                delta: d,
+                check: word((&raw const (*udp).check).cast()),
+                ttl: hop_limit,
+                tos: arrival.tos,
+                udp_len,
+                ip_len,
+            }
+        };
+        return bridge::to_v4(ctx, flow, &hop, &bridged);
+    }
 
     // SAFETY: as in `ipv4`: fields of the bounds-checked headers and of the
     // flow value, 2-aligned, of the lengths given.

@@ -236,6 +236,7 @@ fn offer_answer(rng: &mut StdRng, e: &Engine<Fake>, answer: bool) -> OfferAnswer
             None
         },
         label: rng.random_ratio(1, 5).then(|| "label".to_owned()),
+        address_family: None,
     }
 }
 

@@ -38,11 +38,15 @@
 //! process's own utime + stime.
 //!
 //! Then the cost of telemetry (`telemetry.rs`: XDP native with the
-//! per-stream quality accounting on and off, same bed, alternating), and
+//! per-stream quality accounting on and off, same bed, alternating), the
+//! cost of IPv4 → IPv6 bridging (`bridging.rs`: bridged and same-family
+//! calls on one daemon, flat out in turn, alternating), and
 //! the same over IPv6; `--quick`: XDP native and plain kernel forwarding,
-//! flat out only. `CAPACITY_PATHS` selects the paths (the telemetry
-//! comparison goes with `xdp-native`).
+//! flat out only. `CAPACITY_PATHS` selects the paths (the telemetry and
+//! bridging comparisons go with `xdp-native`; `bridging` selects that
+//! comparison alone).
 
+mod bridging;
 mod search;
 mod telemetry;
 
@@ -307,6 +311,14 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     } else {
         None
     };
+    // IPv4 → IPv6 bridging vs IPv4 → IPv4 in XDP native (`bridging.rs`).
+    let bridging_only =
+        std::env::var("CAPACITY_PATHS").is_ok_and(|p| p.split(',').any(|p| p == "bridging"));
+    let bridging = if selected(PathKind::XdpNative) || bridging_only {
+        Some(bridging::measure(&plan)?)
+    } else {
+        None
+    };
     let mut results_v6 = Vec::new();
     for kind in PathKind::ALL {
         if quick && !matches!(kind, PathKind::XdpNative | PathKind::Kernel) {
@@ -372,6 +384,9 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     if let Some(t) = &telemetry {
         t.markdown(&mut md);
     }
+    if let Some(b) = &bridging {
+        b.markdown(&mut md);
+    }
 
     let target_of = |name: &str, other: &Figure, what: &str, want: f64| {
         let r = ratio(native.median(), other.median(), 0.0, what);
@@ -422,6 +437,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         "paths": results.iter().map(Capacity::json).collect::<Vec<_>>(),
         "paths_ipv6": results_v6.iter().map(Capacity::json).collect::<Vec<_>>(),
         "telemetry": telemetry.as_ref().map(telemetry::TelemetryCost::json),
+        "bridging": bridging.as_ref().map(bridging::BridgingCost::json),
         "targets": targets,
         "markdown": md,
     });

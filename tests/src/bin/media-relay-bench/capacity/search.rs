@@ -138,7 +138,7 @@ pub enum Load {
 }
 
 /// One trial: send, wait for the sink to go quiet, count.
-fn run_trial(
+pub fn run_trial(
     generator: &Generator,
     sink: &Sink,
     pid: Option<u32>,
