@@ -27,6 +27,7 @@ pub mod rtpengine;
 pub mod sipp;
 pub mod socket_load;
 pub mod sockopt;
+pub mod test_run;
 pub mod testdir;
 pub mod xdp_load;
 pub mod xdp_model;

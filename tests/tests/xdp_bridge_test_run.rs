@@ -10,64 +10,21 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use media_ebpf::{
     Flow, FlowKey, RtcpSeen,
     quality::{RTCP_BLOCK_SEEN, RTCP_SR_SEEN},
 };
 use media_relay_tests::{
-    Bed, BedOptions, Relay,
     bed::{A_MAC, A_V4, A_V6, B_MAC, B_V4, B_V6, RA_MAC, RA_V4, RA_V6, RB_MAC, RB_V4, RB_V6},
-    frame::{UdpFrame, xdp_md},
+    frame::UdpFrame,
     media::rtp,
     require_root,
+    test_run::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
-use media_user::dataplane::XdpMode;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-struct Fixture {
-    relay: Relay,
-    bed: Bed,
-    ra: u32,
-}
-
-impl Fixture {
-    fn new() -> anyhow::Result<Self> {
-        let bed = Bed::new(BedOptions {
-            peer_xdp: false,
-            static_neighbours: true,
-        })?;
-        let relay = Relay::start(&bed, XdpMode::Generic, 4096)?;
-        let ra = bed.relay.enter(|| Ok(media_user::host::ifindex("ra")?))?;
-        Ok(Self { relay, bed, ra })
-    }
-
-    /// Run the program once on `frame` arriving on `ra`; returns the
-    /// action and the frame as the program left it.
-    fn run(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-        let md = xdp_md(frame.len(), self.ra);
-        let program = self.relay.program();
-        self.bed.relay.enter(|| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let r = program.test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..TestRunOptions::default()
-            })?;
-            out.truncate(r.data_size_out as usize);
-            Ok((r.return_value, out))
-        })
-    }
 }
 
 struct Case {

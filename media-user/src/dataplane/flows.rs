@@ -105,7 +105,11 @@ impl FlowCounters {
         for v in values.iter() {
             c.packets += v.packets;
             c.bytes += v.bytes;
-            // The CPU that forwarded last holds the latest RTP header.
+            // The CPU that forwarded last holds the latest RTP header: a
+            // flow's packets land on one CPU (the NIC hashes its 5-tuple to
+            // one queue; a NAT rebinding moves all of them). Were rtcp-mux
+            // RTCP forwarded on another CPU than its RTP, this header could
+            // be one CPU's older one; re-latching allows a gap of 100.
             if v.last_seen_ns > last {
                 last = v.last_seen_ns;
                 c.last_rtp = (v.rtp & STATS_RTP_SEEN != 0).then(|| {
