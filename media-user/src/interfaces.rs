@@ -236,3 +236,76 @@ impl Interfaces {
         self.0.iter().flat_map(|i| i.publics().cloned()).collect()
     }
 }
+
+/// What the SIP agent of the same process follows for
+/// `trunk-advertise = "media"` / `pbx-advertise = "media"`: the public
+/// address in effect of the media interface of that side — the one named
+/// by `media-trunk-interface` / `media-pbx-interface`, else the one owning
+/// the side's listen address, else the only one — of the listen address's
+/// family. A STUN-discovered address is followed as it changes; otherwise
+/// the interface's fixed `advertise` (or its own address) holds.
+pub fn sip_public_feeds(
+    interfaces: &Interfaces,
+    sip: &signaling::config::SipConfig,
+) -> Result<signaling::runtime::PublicFeeds, String> {
+    use signaling::config::{Advertise, Facing};
+    let mut feeds = signaling::runtime::PublicFeeds::default();
+    for facing in [Facing::Trunk, Facing::Pbx] {
+        if sip.advertise(facing) != Some(Advertise::Media) {
+            continue;
+        }
+        let listen = sip.listen(facing);
+        let named = match facing {
+            Facing::Trunk => sip.media_trunk_interface.as_deref(),
+            Facing::Pbx => sip.media_pbx_interface.as_deref(),
+        };
+        let index = match named {
+            Some(name) => interfaces.by_name(name).ok_or_else(|| {
+                format!(
+                    "sip.{} = \"media\": no media interface named {name:?}",
+                    facing.key()
+                )
+            })?,
+            None => interfaces
+                .by_local(listen.ip())
+                .or((interfaces.len() == 1).then_some(0))
+                .ok_or_else(|| {
+                    format!(
+                        "sip.{} = \"media\": which media interface? name it in sip.media-{}-interface",
+                        facing.key(),
+                        match facing {
+                            Facing::Trunk => "trunk",
+                            Facing::Pbx => "pbx",
+                        }
+                    )
+                })?,
+        };
+        let iface = interfaces.get(index);
+        let v6 = listen.is_ipv6();
+        let discovered = if v6 {
+            &iface.public_v6
+        } else {
+            &iface.public_v4
+        };
+        let feed = match discovered {
+            Some(public) => public.subscribe(),
+            None => {
+                let local = iface.local(v6).ok_or_else(|| {
+                    format!(
+                        "sip.{} = \"media\": media interface {} has no {} address",
+                        facing.key(),
+                        iface.name,
+                        if v6 { "IPv6" } else { "IPv4" }
+                    )
+                })?;
+                // Fixed: the sender goes, the value stays.
+                tokio::sync::watch::channel(iface.advertised(local)).1
+            }
+        };
+        match facing {
+            Facing::Trunk => feeds.trunk = Some(feed),
+            Facing::Pbx => feeds.pbx = Some(feed),
+        }
+    }
+    Ok(feeds)
+}

@@ -83,6 +83,9 @@ pub struct PublicAddress {
     pub servers: Vec<SocketAddr>,
     pub interval: Duration,
     state: RwLock<PublicState>,
+    /// The address in effect, for those who follow it (the SIP agent's
+    /// `trunk-advertise = "media"`): sent when it is discovered or changes.
+    published: tokio::sync::watch::Sender<Option<IpAddr>>,
 }
 
 /// What a round changed.
@@ -111,11 +114,18 @@ impl PublicAddress {
                 .collect(),
             interval: spec.interval,
             state: RwLock::new(PublicState::default()),
+            published: tokio::sync::watch::Sender::new(None),
         }
     }
 
     pub fn family(&self) -> &'static str {
         if self.local.is_ipv4() { "ipv4" } else { "ipv6" }
+    }
+
+    /// Follow the address in effect (`None` until discovered): a new
+    /// value on discovery and on every change, nothing on a confirmation.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<IpAddr>> {
+        self.published.subscribe()
     }
 
     /// The address to advertise, if known.
@@ -207,6 +217,12 @@ impl PublicAddress {
             Some(_) => Outcome::Confirmed(new),
         };
         s.address = Some(new);
+        drop(s);
+        self.published.send_if_modified(|current| {
+            let changed = *current != Some(new);
+            *current = Some(new);
+            changed
+        });
         outcome
     }
 
