@@ -312,6 +312,29 @@ mod tests {
         )
     }
 
+    /// What the SIP agent follows (`trunk-advertise = "media"`): a value
+    /// on discovery and on a change, none on a confirmation or a failure.
+    #[test]
+    fn subscribers_see_discovery_and_changes_only() {
+        let h = handle();
+        let mut rx = h.subscribe();
+        assert_eq!(*rx.borrow_and_update(), None);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let s1 = sa("198.18.50.9:3478");
+        h.apply(&[(s1, Answer::Failed("timeout".into()))], t0);
+        assert!(!rx.has_changed().unwrap());
+        let a = sa("198.18.50.1:40000");
+        h.apply(&[(s1, Answer::Mapped(a))], t0);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), Some(a.ip()));
+        h.apply(&[(s1, Answer::Mapped(a))], t0);
+        h.apply(&[(s1, Answer::Failed("timeout".into()))], t0);
+        assert!(!rx.has_changed().unwrap(), "confirmed, then kept");
+        let b = sa("198.18.51.1:40000");
+        h.apply(&[(s1, Answer::Mapped(b))], t0);
+        assert_eq!(*rx.borrow_and_update(), Some(b.ip()));
+    }
+
     #[test]
     fn only_servers_of_the_family_are_asked() {
         assert_eq!(handle().servers.len(), 2);
