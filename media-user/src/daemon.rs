@@ -246,6 +246,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // `advertise = "stun"`: discovery starts before anything is served;
     // offers are refused until it has an answer.
     let publics = interfaces.publics();
+    // What the SIP agent advertises with `trunk-advertise = "media"`.
+    let sip_feeds = match &cfg.sip {
+        Some(sip) => {
+            crate::interfaces::sip_public_feeds(&interfaces, sip).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => signaling::runtime::PublicFeeds::default(),
+    };
     let dataplane = load_dataplane(&cfg, &interfaces)?;
     crate::host::reserve_ports(cfg.port_min, cfg.port_max);
     crate::host::raise_nofile(u64::from(cfg.port_max - cfg.port_min) + 1);
@@ -334,7 +341,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     // The SIP agent drives this daemon over ng like any controller would.
     let sip = match cfg.sip.clone() {
-        Some(sip) => Some(signaling::runtime::start(sip).await?),
+        Some(sip) => Some(
+            signaling::runtime::start_with(sip, &signaling::runtime::rundir::path(), sip_feeds)
+                .await?,
+        ),
         None => None,
     };
 

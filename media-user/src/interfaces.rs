@@ -236,3 +236,160 @@ impl Interfaces {
         self.0.iter().flat_map(|i| i.publics().cloned()).collect()
     }
 }
+
+/// What the SIP agent of the same process follows for
+/// `trunk-advertise = "media"` / `pbx-advertise = "media"`: the public
+/// address in effect of the media interface of that side — the one named
+/// by `media-trunk-interface` / `media-pbx-interface`, else the one owning
+/// the side's listen address, else the only one — of the listen address's
+/// family. A STUN-discovered address is followed as it changes; otherwise
+/// the interface's fixed `advertise` (or its own address) holds.
+pub fn sip_public_feeds(
+    interfaces: &Interfaces,
+    sip: &signaling::config::SipConfig,
+) -> Result<signaling::runtime::PublicFeeds, String> {
+    use signaling::config::{Advertise, Facing};
+    let mut feeds = signaling::runtime::PublicFeeds::default();
+    for facing in [Facing::Trunk, Facing::Pbx] {
+        if sip.advertise(facing) != Some(Advertise::Media) {
+            continue;
+        }
+        let listen = sip.listen(facing);
+        let named = match facing {
+            Facing::Trunk => sip.media_trunk_interface.as_deref(),
+            Facing::Pbx => sip.media_pbx_interface.as_deref(),
+        };
+        let index = match named {
+            Some(name) => interfaces.by_name(name).ok_or_else(|| {
+                format!(
+                    "sip.{} = \"media\": no media interface named {name:?}",
+                    facing.key()
+                )
+            })?,
+            None => interfaces
+                .by_local(listen.ip())
+                .or((interfaces.len() == 1).then_some(0))
+                .ok_or_else(|| {
+                    format!(
+                        "sip.{} = \"media\": which media interface? name it in sip.media-{}-interface",
+                        facing.key(),
+                        match facing {
+                            Facing::Trunk => "trunk",
+                            Facing::Pbx => "pbx",
+                        }
+                    )
+                })?,
+        };
+        let iface = interfaces.get(index);
+        let v6 = listen.is_ipv6();
+        let discovered = if v6 {
+            &iface.public_v6
+        } else {
+            &iface.public_v4
+        };
+        let feed = match discovered {
+            Some(public) => public.subscribe(),
+            None => {
+                let local = iface.local(v6).ok_or_else(|| {
+                    format!(
+                        "sip.{} = \"media\": media interface {} has no {} address",
+                        facing.key(),
+                        iface.name,
+                        if v6 { "IPv6" } else { "IPv4" }
+                    )
+                })?;
+                // Fixed: the sender goes, the value stays.
+                tokio::sync::watch::channel(iface.advertised(local)).1
+            }
+        };
+        match facing {
+            Facing::Trunk => feeds.trunk = Some(feed),
+            Facing::Pbx => feeds.pbx = Some(feed),
+        }
+    }
+    Ok(feeds)
+}
+
+#[cfg(test)]
+mod sip_feeds {
+    use super::*;
+    use crate::stun::{Answer, Public, PublicAddress, StunSpec};
+
+    fn sip(extra: &str) -> signaling::config::SipConfig {
+        let f: signaling::config::SipFile = toml::from_str(&format!(
+            "trunk-listen = \"10.0.0.5:5060\"\npbx-listen = \"10.0.1.5:5060\"\npbx = \"10.0.1.9:5060\"\n{extra}\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"\n"
+        ))
+        .unwrap();
+        signaling::config::SipConfig::resolve(f).unwrap()
+    }
+
+    fn interfaces() -> (Interfaces, Public) {
+        let stun = StunSpec {
+            servers: vec!["198.18.50.9:3478".parse().unwrap()],
+            interval: std::time::Duration::from_secs(60),
+        };
+        let public = Public(std::sync::Arc::new(PublicAddress::new(
+            "public".into(),
+            "10.0.0.5".parse().unwrap(),
+            &stun,
+        )));
+        let iface =
+            |name: &str, v4: &str, public: Option<Public>, advertise: Option<&str>| Interface {
+                name: name.into(),
+                netdev: name.into(),
+                v4: Some(v4.parse().unwrap()),
+                v6: None,
+                advertise_v4: advertise.map(|a| a.parse().unwrap()),
+                advertise_v6: None,
+                public_v4: public,
+                public_v6: None,
+            };
+        (
+            Interfaces(vec![
+                iface("public", "10.0.0.5", Some(public.clone()), None),
+                iface("private", "10.0.1.5", None, Some("198.19.0.9")),
+            ]),
+            public,
+        )
+    }
+
+    #[test]
+    fn the_trunk_side_follows_its_interfaces_discovery() {
+        let (ifs, public) = interfaces();
+        let feeds = sip_public_feeds(&ifs, &sip("trunk-advertise = \"media\"")).unwrap();
+        assert!(feeds.pbx.is_none());
+        let mut rx = feeds.trunk.expect("the interface owning trunk-listen");
+        assert_eq!(*rx.borrow_and_update(), None);
+        public.apply(
+            &[(
+                "198.18.50.9:3478".parse().unwrap(),
+                Answer::Mapped("198.19.0.7:5060".parse().unwrap()),
+            )],
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(*rx.borrow_and_update(), Some("198.19.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_fixed_advertise_holds_and_an_unknown_interface_is_an_error() {
+        let (ifs, _) = interfaces();
+        let feeds = sip_public_feeds(
+            &ifs,
+            &sip("pbx-advertise = \"media\"\nmedia-pbx-interface = \"private\""),
+        )
+        .unwrap();
+        assert_eq!(
+            *feeds.pbx.unwrap().borrow(),
+            Some("198.19.0.9".parse().unwrap())
+        );
+        let e = sip_public_feeds(
+            &ifs,
+            &sip("trunk-advertise = \"media\"\nmedia-trunk-interface = \"eth9\""),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "sip.trunk-advertise = \"media\": no media interface named \"eth9\""
+        );
+    }
+}

@@ -68,6 +68,15 @@ pub struct SipFile {
     /// Address the PBX sends to (and the agent sends to the PBX from);
     /// defaults to `trunk-listen`.
     pub pbx_listen: Option<SocketAddr>,
+    /// The address the agent writes into what it sends towards the trunks
+    /// (Record-Route, Via sent-by) instead of `trunk-listen`: `"ip"` (the
+    /// listen port), `"ip:port"`, or `"media"` (the public address in
+    /// effect of the media interface, e.g. discovered with STUN; it
+    /// follows that address when it changes). Kamailio's `advertise` on
+    /// `listen`.
+    pub trunk_advertise: Option<String>,
+    /// The same towards the PBX (instead of `pbx-listen`).
+    pub pbx_advertise: Option<String>,
     /// "udp", "tcp" (default both).
     pub transports: Option<Vec<String>>,
     /// Where calls from trunks go.
@@ -148,11 +157,64 @@ impl Source {
     }
 }
 
+/// One side of the agent: towards the trunks or towards the PBX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Facing {
+    Trunk,
+    Pbx,
+}
+
+impl Facing {
+    pub const fn key(self) -> &'static str {
+        match self {
+            Facing::Trunk => "trunk-advertise",
+            Facing::Pbx => "pbx-advertise",
+        }
+    }
+}
+
+/// `trunk-advertise` / `pbx-advertise`: what the agent writes as its own
+/// address towards a side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advertise {
+    /// This address (a bare IP takes the listen port).
+    Fixed(SocketAddr),
+    /// The media interface's public address in effect (the listen port),
+    /// fed to the agent by the media daemon of the same process.
+    Media,
+}
+
+impl Advertise {
+    fn parse(key: &str, s: &str, listen: SocketAddr) -> Result<Self, SipConfigError> {
+        if s.eq_ignore_ascii_case("media") {
+            return Ok(Self::Media);
+        }
+        let addr = s
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                s.parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, listen.port()))
+            })
+            .map_err(|_| invalid(key, s, "an IP address, ip:port, or \"media\""))?;
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(invalid(
+                key,
+                s,
+                "an address peers can send to (not 0.0.0.0/:: or port 0)",
+            ));
+        }
+        Ok(Self::Fixed(addr))
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct SipConfig {
     pub trunk_listen: SocketAddr,
     pub pbx_listen: SocketAddr,
+    /// `trunk-advertise`, `pbx-advertise` (`None`: the listen address).
+    pub trunk_advertise: Option<Advertise>,
+    pub pbx_advertise: Option<Advertise>,
     pub udp: bool,
     pub tcp: bool,
     pub pbx: SocketAddr,
@@ -194,6 +256,22 @@ impl SipConfig {
                 .any(|(_, sources)| sources.iter().any(|s| s.matches(remote)))
     }
 
+    /// `trunk-advertise` or `pbx-advertise`.
+    pub fn advertise(&self, facing: Facing) -> Option<Advertise> {
+        match facing {
+            Facing::Trunk => self.trunk_advertise,
+            Facing::Pbx => self.pbx_advertise,
+        }
+    }
+
+    /// The listen address of a side.
+    pub fn listen(&self, facing: Facing) -> SocketAddr {
+        match facing {
+            Facing::Trunk => self.trunk_listen,
+            Facing::Pbx => self.pbx_listen,
+        }
+    }
+
     pub fn resolve(f: SipFile) -> Result<Self, SipConfigError> {
         let trunk_listen = f.trunk_listen.ok_or_else(|| {
             invalid(
@@ -203,6 +281,16 @@ impl SipConfig {
             )
         })?;
         let pbx_listen = f.pbx_listen.unwrap_or(trunk_listen);
+        let trunk_advertise = f
+            .trunk_advertise
+            .as_deref()
+            .map(|s| Advertise::parse("trunk-advertise", s, trunk_listen))
+            .transpose()?;
+        let pbx_advertise = f
+            .pbx_advertise
+            .as_deref()
+            .map(|s| Advertise::parse("pbx-advertise", s, pbx_listen))
+            .transpose()?;
         let pbx = f.pbx.ok_or_else(|| {
             invalid(
                 "pbx",
@@ -348,6 +436,8 @@ impl SipConfig {
         Ok(Self {
             trunk_listen,
             pbx_listen,
+            trunk_advertise,
+            pbx_advertise,
             udp,
             tcp,
             pbx,
@@ -420,6 +510,38 @@ default = true
         assert!(c.record_route_secret.is_none());
         assert!(c.knows_source("198.18.2.2:1".parse().unwrap()));
         assert!(!c.knows_source("198.18.3.2:5060".parse().unwrap()));
+        assert_eq!((c.trunk_advertise, c.pbx_advertise), (None, None));
+    }
+
+    #[test]
+    fn advertise_forms() {
+        let base = "trunk-listen = \"198.18.1.1:5060\"\npbx-listen = \"198.18.2.1:5070\"\npbx = \"198.18.2.2:5060\"\n[[trunk]]\nname = \"t\"\nsources = [\"198.18.1.2\"]\ntarget = \"198.18.1.2:5060\"\n";
+        let with = |extra: &str| parse(&format!("{extra}\n{base}"));
+        let c =
+            with("trunk-advertise = \"198.19.0.7\"\npbx-advertise = \"[2001:2::7]:5080\"").unwrap();
+        assert_eq!(
+            c.trunk_advertise,
+            Some(Advertise::Fixed("198.19.0.7:5060".parse().unwrap()))
+        );
+        assert_eq!(
+            c.advertise(Facing::Pbx),
+            Some(Advertise::Fixed("[2001:2::7]:5080".parse().unwrap()))
+        );
+        let c = with("trunk-advertise = \"media\"\npbx-advertise = \"198.19.0.8\"").unwrap();
+        assert_eq!(c.trunk_advertise, Some(Advertise::Media));
+        assert_eq!(
+            c.pbx_advertise,
+            Some(Advertise::Fixed("198.19.0.8:5070".parse().unwrap())),
+            "a bare IP takes the side's listen port"
+        );
+        assert_eq!(
+            with("trunk-advertise = \"stun\"").unwrap_err(),
+            "config key `sip.trunk-advertise` = stun: an IP address, ip:port, or \"media\""
+        );
+        assert_eq!(
+            with("pbx-advertise = \"0.0.0.0\"").unwrap_err(),
+            "config key `sip.pbx-advertise` = 0.0.0.0: an address peers can send to (not 0.0.0.0/:: or port 0)"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub fn publish(stats: &Stats, calls: usize) {
         ("malformed", stats.malformed),
         ("rate_limited", stats.rate_limited),
         ("max_calls", stats.max_calls_rejected),
+        ("advertise_unknown", stats.advertise_unknown),
         ("no_route", stats.no_route),
         ("ng_error", stats.ng_errors),
         ("stray_response", stats.stray_responses),

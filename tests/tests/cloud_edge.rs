@@ -18,6 +18,16 @@
 //! new one, the change is logged and counted, and `/health` and
 //! `statistics` show the address in effect. Finally the STUN servers stop:
 //! the relay keeps the last known address and `/health` says degraded.
+//!
+//! The SIP agent advertises the same public address towards the carrier
+//! (`trunk-advertise = "media"`): before discovery it refuses the
+//! carrier's INVITE with 503 and Retry-After; afterwards the 200 the
+//! carrier receives carries it in Record-Route, the carrier's ACK and BYE
+//! go to it with a Route naming it (SIPp `rrs="true"`, `[routes]`) and
+//! reach the PBX through the NAT, a call from the PBX reaches the carrier
+//! with it in Via and Record-Route, nothing the carrier receives names the
+//! private address, and after the change the next call carries the new
+//! one.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -31,7 +41,7 @@ use media_relay_tests::{
     Netns, TestDir,
     daemon::{Daemon, NgClient},
     http, root_test,
-    sipp::{PCAP, RtpCount, RtpCounter, SippOptions, pcap_packet_count, run_pair},
+    sipp::{PCAP, RtpCount, RtpCounter, Sipp, SippOptions, pcap_packet_count, run_pair},
 };
 use media_user::ng::Value;
 
@@ -244,6 +254,7 @@ pbx = "{PBX}:{SIP}"
 max-calls = 10
 media = ["127.0.0.1:2223"]
 media-poll = 1
+trunk-advertise = "media"
 record-route-secret = "cloud_edge: a secret of 32 bytes or more"
 
 [[sip.trunk]]
@@ -352,6 +363,30 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The SIP messages the carrier's SIPp sent and received (its trace),
+/// checked: the relay's private address appears nowhere in them.
+fn carrier_trace(logs: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(logs.join("messages.log"))
+        .with_context(|| format!("reading {}", logs.join("messages.log").display()))?;
+    ensure!(
+        !text.contains(&RELAY_A.to_string()),
+        "the carrier was told the private address {RELAY_A}:\n{text}"
+    );
+    Ok(text)
+}
+
+/// The values of header `name` in a trace (case-insensitive name).
+fn header_lines<'a>(trace: &'a str, name: &str) -> Vec<&'a str> {
+    trace
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
 /// One call from the carrier to the public address through the agent.
 fn call(dir: &TestDir, e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<()> {
     let uas = SippOptions::uas("basic_uas.xml", sa(PBX, SIP), PBX.into(), PBX_MEDIA);
@@ -366,6 +401,9 @@ fn call(dir: &TestDir, e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<()> {
     let at_carrier = RtpCounter::start(&e.carrier, CARRIER_MEDIA..=CARRIER_MEDIA)?;
     let (uas_result, uac_result) = run_pair(dir, &e.pbx, &uas, &e.carrier, &uac, DEADLINE)?;
     let (at_pbx, at_carrier) = (at_pbx.stop()?, at_carrier.stop()?);
+    // The UAS got the ACK and the BYE the carrier routed by the
+    // Record-Route (to the public address): popped, forwarded through
+    // the NAT.
     uac_result.ensure_all_succeeded()?;
     uas_result.ensure_all_succeeded()?;
     let per = pcap_packet_count(PCAP)?;
@@ -375,6 +413,82 @@ fn call(dir: &TestDir, e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<()> {
     ensure!(
         !seen.is_empty() && seen.iter().all(|a| *a == public.to_string()),
         "the SDP the carrier got carries {seen:?}, want {public}"
+    );
+    let trace = carrier_trace(uac_result.logs())?;
+    let ours = format!("<sip:{public}:{SIP};lr;mr=");
+    // The trunk side's entry names the public address (the PBX side's,
+    // the other of the two, is for the PBX).
+    let rr = header_lines(&trace, "Record-Route");
+    ensure!(
+        rr.iter().any(|v| v.starts_with(&ours)),
+        "Record-Route at the carrier: {rr:?}, want {ours}…"
+    );
+    // ACK and BYE, routed by it: their first Route is the public entry.
+    let routes = header_lines(&trace, "Route");
+    ensure!(
+        routes.iter().filter(|v| v.starts_with(&ours)).count() >= 2,
+        "Route of the carrier's ACK/BYE: {routes:?}, want {ours}…"
+    );
+    Ok(())
+}
+
+/// One call from the PBX to the carrier: the INVITE the carrier receives
+/// names the relay by the public address in Via and Record-Route.
+fn call_from_pbx(dir: &TestDir, e: &CloudEdge, public: Ipv4Addr) -> anyhow::Result<()> {
+    let uas = SippOptions::uas(
+        "basic_uas.xml",
+        sa(CARRIER, SIP),
+        CARRIER.into(),
+        CARRIER_MEDIA,
+    );
+    let uac = SippOptions::uac(
+        "basic_uac.xml",
+        sa(PBX, SIP),
+        sa(RELAY_B, SIP),
+        PBX.into(),
+        PBX_MEDIA,
+    );
+    let at_pbx = RtpCounter::start(&e.pbx, PBX_MEDIA..=PBX_MEDIA)?;
+    let at_carrier = RtpCounter::start(&e.carrier, CARRIER_MEDIA..=CARRIER_MEDIA)?;
+    let (uas_result, uac_result) = run_pair(dir, &e.carrier, &uas, &e.pbx, &uac, DEADLINE)?;
+    let (at_pbx, at_carrier) = (at_pbx.stop()?, at_carrier.stop()?);
+    uac_result.ensure_all_succeeded()?;
+    uas_result.ensure_all_succeeded()?;
+    let per = pcap_packet_count(PCAP)?;
+    check_rtp("at the PBX", &at_pbx, per, RELAY_B)?;
+    check_rtp("at the carrier", &at_carrier, per, public)?;
+    let trace = carrier_trace(uas_result.logs())?;
+    let via = format!("SIP/2.0/UDP {public}:{SIP};");
+    let vias = header_lines(&trace, "Via");
+    ensure!(
+        vias.iter().any(|v| v.starts_with(&via)),
+        "Via at the carrier: {vias:?}, want {via}…"
+    );
+    let rr = header_lines(&trace, "Record-Route");
+    let ours = format!("<sip:{public}:{SIP};lr;mr=");
+    ensure!(
+        rr.iter().any(|v| v.starts_with(&ours)),
+        "Record-Route at the carrier: {rr:?}, want {ours}…"
+    );
+    Ok(())
+}
+
+/// Before discovery the agent refuses the carrier's INVITE: 503 with
+/// Retry-After, rather than advertise its private address.
+fn refused_before_discovery(dir: &TestDir, e: &CloudEdge) -> anyhow::Result<()> {
+    let uac = SippOptions::uac(
+        "max_calls_uac.xml",
+        sa(CARRIER, SIP),
+        sa(PUBLIC_1, SIP),
+        CARRIER.into(),
+        CARRIER_MEDIA,
+    );
+    let result = Sipp::start(dir, &e.carrier, &uac)?.wait(DEADLINE)?;
+    result.ensure_all_succeeded()?;
+    let trace = carrier_trace(result.logs())?;
+    ensure!(
+        header_lines(&trace, "Retry-After").contains(&"5"),
+        "no Retry-After: 5 in the 503:\n{trace}"
     );
     Ok(())
 }
@@ -411,6 +525,7 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
             status == 503 && h["status"] == "no_public_address",
             "/health before discovery: {status} {h}"
         );
+        refused_before_discovery(dir, &e)?;
 
         let stun = e.stun_servers(dir)?;
         let h = await_public(&e, PUBLIC_1)?;
@@ -464,6 +579,13 @@ fn relay_behind_a_cloud_edge_discovers_and_follows_its_public_address() -> anyho
         );
 
         call(dir, &e, PUBLIC_2)?;
+        call_from_pbx(dir, &e, PUBLIC_2)?;
+        let log = strip_ansi(&daemon.log_text());
+        ensure!(
+            log.lines().any(|l| l.contains("SIP agent advertises")
+                && l.contains(&format!("address={PUBLIC_2}:{SIP}"))),
+            "the agent did not log the new address it advertises"
+        );
         // The operator's view.
         let stats = media_relay_tests::netns::run(
             e.relay

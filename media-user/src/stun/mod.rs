@@ -83,6 +83,9 @@ pub struct PublicAddress {
     pub servers: Vec<SocketAddr>,
     pub interval: Duration,
     state: RwLock<PublicState>,
+    /// The address in effect, for those who follow it (the SIP agent's
+    /// `trunk-advertise = "media"`): sent when it is discovered or changes.
+    published: tokio::sync::watch::Sender<Option<IpAddr>>,
 }
 
 /// What a round changed.
@@ -111,11 +114,18 @@ impl PublicAddress {
                 .collect(),
             interval: spec.interval,
             state: RwLock::new(PublicState::default()),
+            published: tokio::sync::watch::Sender::new(None),
         }
     }
 
     pub fn family(&self) -> &'static str {
         if self.local.is_ipv4() { "ipv4" } else { "ipv6" }
+    }
+
+    /// Follow the address in effect (`None` until discovered): a new
+    /// value on discovery and on every change, nothing on a confirmation.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<IpAddr>> {
+        self.published.subscribe()
     }
 
     /// The address to advertise, if known.
@@ -207,6 +217,12 @@ impl PublicAddress {
             Some(_) => Outcome::Confirmed(new),
         };
         s.address = Some(new);
+        drop(s);
+        self.published.send_if_modified(|current| {
+            let changed = *current != Some(new);
+            *current = Some(new);
+            changed
+        });
         outcome
     }
 
@@ -294,6 +310,29 @@ mod tests {
                 interval: Duration::from_secs(60),
             },
         )
+    }
+
+    /// What the SIP agent follows (`trunk-advertise = "media"`): a value
+    /// on discovery and on a change, none on a confirmation or a failure.
+    #[test]
+    fn subscribers_see_discovery_and_changes_only() {
+        let h = handle();
+        let mut rx = h.subscribe();
+        assert_eq!(*rx.borrow_and_update(), None);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let s1 = sa("198.18.50.9:3478");
+        h.apply(&[(s1, Answer::Failed("timeout".into()))], t0);
+        assert!(!rx.has_changed().unwrap());
+        let a = sa("198.18.50.1:40000");
+        h.apply(&[(s1, Answer::Mapped(a))], t0);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), Some(a.ip()));
+        h.apply(&[(s1, Answer::Mapped(a))], t0);
+        h.apply(&[(s1, Answer::Failed("timeout".into()))], t0);
+        assert!(!rx.has_changed().unwrap(), "confirmed, then kept");
+        let b = sa("198.18.51.1:40000");
+        h.apply(&[(s1, Answer::Mapped(b))], t0);
+        assert_eq!(*rx.borrow_and_update(), Some(b.ip()));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::{
-    Peer,
+    Peer, advertise,
     agent::{Agent, Pending, Purpose, ServerKey, Side},
     in_dialog::Forward,
     media::{self, Sdp},
@@ -51,7 +51,7 @@ impl Agent {
         };
         fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
         let branch = self.new_branch();
-        fwd.push_via(&self.via(out.local, out.transport, &branch));
+        fwd.push_via(&self.via(advertise::opposite(side), out.local, out.transport, &branch));
         let call_id = msg.call_id().to_owned();
         let late = known && self.calls.get(&call_id).is_some_and(|c| c.late_offer);
         if late && !msg.body().is_empty() {

@@ -24,8 +24,8 @@ use std::{
 use tracing::{debug, warn};
 
 use super::{
-    NgOutcome, Output, Peer, dialog::Dialog, in_dialog::Reoffer, media, ratelimit::RateLimit,
-    record, signature::RouteKey, stats::Stats,
+    NgOutcome, Output, Peer, advertise::Advertised, dialog::Dialog, in_dialog::Reoffer, media,
+    ratelimit::RateLimit, record, signature::RouteKey, stats::Stats,
 };
 use crate::{
     config::SipConfig,
@@ -168,6 +168,8 @@ pub struct Agent {
     epoch: (Instant, SystemTime),
     pub(super) stats: Stats,
     out: Vec<Output>,
+    /// Advertised addresses (`advertise.rs`).
+    pub(super) adv: Advertised,
 }
 
 /// What [`Agent::restore`] made of the records it was given.
@@ -227,6 +229,7 @@ impl Agent {
             epoch: (now, wall),
             stats: Stats::default(),
             out: Vec::new(),
+            adv: Advertised::default(),
         }
     }
 

@@ -37,13 +37,13 @@ impl Dialog {
     pub fn establish(
         invite: &Message,
         ok: &Message,
-        ours: &[String],
+        ours: &dyn Fn(&str) -> bool,
         caller_side_local: std::net::SocketAddr,
         callee_side_local: std::net::SocketAddr,
     ) -> Option<Self> {
         let rr = ok.record_routes();
-        let first_ours = rr.iter().position(|r| ours.contains(r));
-        let last_ours = rr.iter().rposition(|r| ours.contains(r));
+        let first_ours = rr.iter().position(|r| ours(r));
+        let last_ours = rr.iter().rposition(|r| ours(r));
         let (callee_routes, caller_routes) = match (first_ours, last_ours) {
             (Some(f), Some(l)) => (
                 rr[..f].to_vec(),

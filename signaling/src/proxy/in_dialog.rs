@@ -34,7 +34,7 @@ use std::{
 use tracing::debug;
 
 use super::{
-    Peer, Transport,
+    Peer, Transport, advertise,
     agent::{Agent, Call, Party, Pending, Purpose, ServerKey, Side},
     dialog::tag_of,
     media,
@@ -127,7 +127,7 @@ pub(super) struct Reoffer {
 }
 
 /// The `mr` parameter of a Route value's URI.
-fn signature_param(route: &str) -> Option<&str> {
+pub(super) fn signature_param(route: &str) -> Option<&str> {
     let uri = Message::uri_text_of(route).ok()?;
     let params = uri.split('?').next()?;
     params.split(';').skip(1).find_map(|p| {
@@ -149,10 +149,12 @@ impl Agent {
         let mut popped = 0;
         let (mut valid, mut invalid) = (false, false);
         while let Some(first) = msg.routes().first().cloned() {
+            // Ours by any of our addresses (listen, advertised): the
+            // listen address it stands for.
             let ours = Message::uri_of(&first)
                 .ok()
                 .and_then(|u| host_port(&u))
-                .filter(|a| self.is_ours(*a));
+                .and_then(|a| self.own_listen(a));
             let Some(addr) = ours else { break };
             match signature_param(&first) {
                 Some(mr) if self.key.verify(call_id, mr) => valid = true,
@@ -350,7 +352,7 @@ impl Agent {
         }
         fwd.set_max_forwards(msg.max_forwards().saturating_sub(1));
         let branch = self.new_branch();
-        fwd.push_via(&self.via(out.local, out.transport, &branch));
+        fwd.push_via(&self.via(advertise::opposite(side), out.local, out.transport, &branch));
         let has_sdp = !msg.body().is_empty();
         if !(matches!(method, Method::Invite | Method::Update) && has_sdp) {
             self.start_client(branch, fwd, out, Some(key), Purpose::Forward, now);

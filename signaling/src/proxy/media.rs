@@ -14,7 +14,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    Peer, Transport,
+    Peer, Transport, advertise,
     agent::{Agent, Party, Pending, Purpose, ServerKey, Side},
     routing::{host_port, uri_transport},
 };
@@ -388,11 +388,15 @@ impl Agent {
         let Some(call) = self.forget(call_id) else {
             return false;
         };
+        let (from_side, to_side) = (call.from_side, call.to_side);
         let Some(d) = call.dialog else {
             return false;
         };
         info!(%call_id, why, "sending BYE to both sides");
-        for (to_caller, local) in [(true, d.caller_side_local), (false, d.callee_side_local)] {
+        for (to_caller, local, side) in [
+            (true, d.caller_side_local, from_side),
+            (false, d.callee_side_local, to_side),
+        ] {
             let Some(uri) = Message::uri_of(d.next_hop(to_caller)).ok() else {
                 continue;
             };
@@ -407,7 +411,7 @@ impl Agent {
                 remote,
             };
             let branch = self.new_branch();
-            let via = self.via(local, transport, &branch);
+            let via = self.via(advertise::facing(side), local, transport, &branch);
             match d.bye_to(to_caller, &via) {
                 Some(bye) => self.start_client(branch, bye, peer, None, Purpose::OwnBye, now),
                 None => warn!(%call_id, "could not build the BYE"),

@@ -11,6 +11,8 @@
 //!   it may go: a dialog the agent knows or its own signed Route entry,
 //!   and only towards the other side's peers; everything else refused,
 //!   counted and rate-limited.
+//! - `advertise.rs`: the address the agent writes as its own towards
+//!   each side (`trunk-advertise`, `pbx-advertise`), and recognising it.
 //! - `signature.rs`: the HMAC on the agent's Record-Route entries.
 //! - `ack_cancel.rs`: ACK (absorbed or forwarded statelessly) and CANCEL.
 //! - `responses.rs`: responses from downstream, forwarded upstream; the
@@ -26,6 +28,7 @@
 //! - `ratelimit.rs`: per-source rate limiting (new INVITEs, refusals).
 
 mod ack_cancel;
+mod advertise;
 mod agent;
 mod dialog;
 mod in_dialog;

@@ -8,10 +8,12 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::{
-    Peer, Transport,
+    Peer,
     agent::{Agent, Pending, Purpose, ServerKey, TxRef},
     dialog::Dialog,
+    in_dialog::signature_param,
     media,
+    routing::host_port,
 };
 use crate::{
     message::{Message, Method},
@@ -127,15 +129,16 @@ impl Agent {
             .get(server)
             .map_or(self.listen_of(from_side), |s| s.peer.local);
         let callee_local = self.listen_of(to_side);
-        let ours: Vec<String> = [Transport::Udp, Transport::Tcp]
-            .iter()
-            .flat_map(|t| {
-                [
-                    self.record_route(caller_local, *t, call_id),
-                    self.record_route(callee_local, *t, call_id),
-                ]
-            })
-            .collect();
+        // Our entries in the 2xx's Record-Route: ours by any of our
+        // addresses (the advertised one may have changed since the INVITE)
+        // and signed for this call.
+        let ours = |rr: &str| {
+            Message::uri_of(rr)
+                .ok()
+                .and_then(|u| host_port(&u))
+                .is_some_and(|a| self.is_ours(a))
+                && signature_param(rr).is_some_and(|mr| self.key.verify(call_id, mr))
+        };
         let dialog = Dialog::establish(forwarded, ok, &ours, caller_local, callee_local);
         let winner = ok.to_tag();
         let Some(call) = self.calls.get_mut(call_id) else {

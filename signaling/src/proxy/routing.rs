@@ -10,11 +10,14 @@ use std::{
 };
 
 use super::{
-    Peer, Transport,
+    Peer, Transport, advertise,
     agent::{Agent, Call, Party, Purpose, ServerKey, Side},
     signature,
 };
-use crate::message::{Message, Method};
+use crate::{
+    config::Facing,
+    message::{Message, Method},
+};
 
 pub(super) fn host_port(uri: &rsip::Uri) -> Option<SocketAddr> {
     let ip = match &uri.host_with_port.host {
@@ -56,8 +59,10 @@ impl Agent {
         }
     }
 
+    /// Whether `a` names the agent: a listen address, an advertised one
+    /// (`advertise.rs`).
     pub(super) fn is_ours(&self, a: SocketAddr) -> bool {
-        a == self.cfg.trunk_listen || a == self.cfg.pbx_listen
+        self.own_listen(a).is_some()
     }
 
     /// Which side a source belongs to.
@@ -72,29 +77,46 @@ impl Agent {
             .map(Side::Trunk)
     }
 
-    /// Our Record-Route entry on the side of `local`, signed for the call
-    /// (`signature.rs`).
-    pub(super) fn record_route(&self, local: SocketAddr, t: Transport, call_id: &str) -> String {
+    /// Our Record-Route entry on `side` (leaving from `local`), with the
+    /// address advertised there, signed for the call (`signature.rs`; the
+    /// signature covers the Call-ID only, so it verifies whichever of our
+    /// addresses the entry comes back with).
+    pub(super) fn record_route(
+        &self,
+        side: Facing,
+        local: SocketAddr,
+        t: Transport,
+        call_id: &str,
+    ) -> String {
         let mr = self.key.sign(call_id);
         let param = signature::PARAM;
+        let local = self.sent_by(side, local);
         match t {
             Transport::Udp => format!("<sip:{};lr;{param}={mr}>", addr_text(local)),
             Transport::Tcp => format!("<sip:{};transport=tcp;lr;{param}={mr}>", addr_text(local)),
         }
     }
 
-    pub(super) fn via(&self, local: SocketAddr, t: Transport, branch: &str) -> String {
+    /// Our Via towards `side` (leaving from `local`): the sent-by is the
+    /// address advertised there, where responses come back to.
+    pub(super) fn via(
+        &self,
+        side: Facing,
+        local: SocketAddr,
+        t: Transport,
+        branch: &str,
+    ) -> String {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",
             t.via_name(),
-            addr_text(local)
+            addr_text(self.sent_by(side, local))
         )
     }
 
     pub(super) fn addressed_to_us(&self, msg: &Message) -> bool {
-        msg.request_uri().and_then(host_port).is_some_and(|a| {
-            a.ip() == self.cfg.trunk_listen.ip() || a.ip() == self.cfg.pbx_listen.ip()
-        })
+        msg.request_uri()
+            .and_then(host_port)
+            .is_some_and(|a| self.is_own_ip(a.ip()))
     }
 
     /// OPTIONS to the agent: 200 (keepalive / health check). With the user
@@ -159,6 +181,12 @@ impl Agent {
     pub(super) fn new_request(&mut self, key: ServerKey, side: Side, msg: Message, now: Instant) {
         let method = msg.method();
         let peer = self.servers[&key].peer;
+        if self.advertise_pending(side) {
+            // Only a private address to write: refuse rather than mislead.
+            self.stats.advertise_unknown += 1;
+            self.respond_with(&key, 503, &[("Retry-After", advertise::RETRY_AFTER)], now);
+            return;
+        }
         if method == Method::Invite {
             if !self.rate.admit(peer.remote.ip(), now) {
                 self.stats.rate_limited += 1;
@@ -184,13 +212,27 @@ impl Agent {
         if method == Method::Invite {
             // Both sides' entries when the request crosses over (the
             // outbound side's on top: it is the one the callee reaches).
+            // One entry when both would read the same.
             let call_id = msg.call_id();
-            fwd.prepend_record_route(&self.record_route(peer.local, peer.transport, call_id));
-            if out.local != peer.local || out.transport != peer.transport {
-                fwd.prepend_record_route(&self.record_route(out.local, out.transport, call_id));
+            let inbound =
+                self.record_route(advertise::facing(side), peer.local, peer.transport, call_id);
+            let outbound = self.record_route(
+                advertise::facing(to_side),
+                out.local,
+                out.transport,
+                call_id,
+            );
+            fwd.prepend_record_route(&inbound);
+            if outbound != inbound {
+                fwd.prepend_record_route(&outbound);
             }
         }
-        fwd.push_via(&self.via(out.local, out.transport, &branch));
+        fwd.push_via(&self.via(
+            advertise::facing(to_side),
+            out.local,
+            out.transport,
+            &branch,
+        ));
         if method != Method::Invite {
             self.start_client(branch, fwd, out, Some(key), Purpose::Forward, now);
             return;

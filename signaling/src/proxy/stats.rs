@@ -25,6 +25,9 @@ pub struct Stats {
     pub malformed: u64,
     pub rate_limited: u64,
     pub max_calls_rejected: u64,
+    /// New requests refused (503) while a public address to advertise
+    /// (`"media"`) was not known yet.
+    pub advertise_unknown: u64,
     pub no_route: u64,
     pub ng_errors: u64,
     pub media_timeouts: u64,
@@ -175,7 +178,7 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"dialogs_restored\":{},\"dialogs_skipped\":{{{}}},\"restored_without_media\":{},\"dialog_store\":{{{}}},\"transport\":{{{}}}}}",
+            "{{\"calls\":{},\"transactions\":{},\"pending_ng\":{},\"calls_total\":{},\"requests\":{{{}}},\"responses\":{{{codes}}},\"rejected_sources\":{},\"malformed\":{},\"rate_limited\":{},\"max_calls_rejected\":{},\"advertise_unknown\":{},\"no_route\":{},\"ng_errors\":{},\"media_timeouts\":{},\"stray_responses\":{},\"in_dialog_refused\":{{{}}},\"refusals_unanswered\":{},\"dialogs_restored\":{},\"dialogs_skipped\":{{{}}},\"restored_without_media\":{},\"dialog_store\":{{{}}},\"transport\":{{{}}}}}",
             self.calls.len(),
             self.transactions(),
             self.pending.len(),
@@ -185,6 +188,7 @@ impl Agent {
             s.malformed,
             s.rate_limited,
             s.max_calls_rejected,
+            s.advertise_unknown,
             s.no_route,
             s.ng_errors,
             s.media_timeouts,

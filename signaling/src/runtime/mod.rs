@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -20,7 +20,10 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     net::{TcpListener, UdpSocket},
-    sync::mpsc::{self, error::TrySendError},
+    sync::{
+        mpsc::{self, error::TrySendError},
+        watch,
+    },
 };
 use tracing::{debug, info, warn};
 
@@ -37,7 +40,7 @@ use self::{
     tcp::{Conn, ConnSlot, ConnTable},
 };
 use crate::{
-    config::SipConfig,
+    config::{Advertise, Facing, SipConfig},
     message::{Message, MessageError},
     proxy::{Agent, ConnId, NgOutcome, Output, Peer, Transport, TransportStats},
 };
@@ -183,18 +186,56 @@ pub async fn run(cfg: SipConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// The media interface's public address in effect, as the media daemon of
+/// the same process publishes it (`None` while unknown).
+pub type PublicFeed = watch::Receiver<Option<IpAddr>>;
+
+/// What feeds `trunk-advertise = "media"` / `pbx-advertise = "media"`.
+#[derive(Clone, Debug, Default)]
+pub struct PublicFeeds {
+    pub trunk: Option<PublicFeed>,
+    pub pbx: Option<PublicFeed>,
+}
+
 /// [`start_in`] the runtime directory ([`rundir::path`]).
 pub async fn start(cfg: SipConfig) -> anyhow::Result<Running> {
-    start_in(cfg, &rundir::path()).await
+    start_with(cfg, &rundir::path(), PublicFeeds::default()).await
+}
+
+/// [`start_with`] no public address feeds.
+pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Running> {
+    start_with(cfg, runtime_dir, PublicFeeds::default()).await
 }
 
 /// Bind every socket (errors here are the operator's: one line each),
 /// restore the calls an earlier agent left in `runtime_dir`, and start the
-/// agent's task.
-pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Running> {
+/// agent's task, which follows `publics` for the sides advertising
+/// `"media"` (each such side needs its feed).
+pub async fn start_with(
+    cfg: SipConfig,
+    runtime_dir: &Path,
+    publics: PublicFeeds,
+) -> anyhow::Result<Running> {
+    for (facing, feed) in [(Facing::Trunk, &publics.trunk), (Facing::Pbx, &publics.pbx)] {
+        if cfg.advertise(facing) == Some(Advertise::Media) && feed.is_none() {
+            anyhow::bail!(
+                "sip.{} = \"media\" needs the media daemon in the same process (media-relay run with [sip])",
+                facing.key()
+            );
+        }
+    }
     let (key, _) = secret::load(cfg.record_route_secret.clone(), runtime_dir)
         .context("creating the Record-Route secret")?;
     let mut agent = Agent::new(cfg.clone(), key, Instant::now());
+    let mut publics = publics;
+    for (facing, feed) in [
+        (Facing::Trunk, &mut publics.trunk),
+        (Facing::Pbx, &mut publics.pbx),
+    ] {
+        if let Some(rx) = feed {
+            agent.set_public(facing, *rx.borrow_and_update());
+        }
+    }
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let ctx = Arc::new(Context {
         cfg: Arc::new(cfg),
@@ -271,6 +312,8 @@ pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Runn
     info!(
         trunk_listen = %cfg.trunk_listen,
         pbx_listen = %cfg.pbx_listen,
+        trunk_advertise = ?cfg.trunk_advertise,
+        pbx_advertise = ?cfg.pbx_advertise,
         pbx = %cfg.pbx,
         udp = cfg.udp,
         tcp = cfg.tcp,
@@ -285,7 +328,7 @@ pub async fn start_in(cfg: SipConfig, runtime_dir: &Path) -> anyhow::Result<Runn
         conns: Connections::default(),
         store,
     };
-    let task = tokio::spawn(serve(agent, io, events, stopped));
+    let task = tokio::spawn(serve(agent, io, events, stopped, publics));
     Ok(Running { stop, task })
 }
 
@@ -397,8 +440,13 @@ async fn serve(
     mut io: Io,
     mut events: mpsc::Receiver<Event>,
     shutdown: tokio::sync::oneshot::Receiver<()>,
+    publics: PublicFeeds,
 ) {
     tokio::pin!(shutdown);
+    let PublicFeeds {
+        trunk: mut trunk_public,
+        pbx: mut pbx_public,
+    } = publics;
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // What restoring asked for (the restored calls' records, re-emitted):
@@ -443,6 +491,14 @@ async fn serve(
                     }
                 }
             }
+            p = next_public(&mut trunk_public) => match p {
+                Some(ip) => agent.set_public(Facing::Trunk, ip),
+                None => trunk_public = None,
+            },
+            p = next_public(&mut pbx_public) => match p {
+                Some(ip) => agent.set_public(Facing::Pbx, ip),
+                None => pbx_public = None,
+            },
             _ = metrics_tick.tick() => {
                 crate::metrics::publish(agent.stats(), agent.calls());
             }
@@ -464,6 +520,18 @@ async fn serve(
     let store = io.store;
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     info!(calls = agent.calls(), "SIP agent stopped");
+}
+
+/// The next public address a feed publishes; `None` when its sender is
+/// gone (the last value stays in effect); never, without a feed.
+async fn next_public(feed: &mut Option<PublicFeed>) -> Option<Option<IpAddr>> {
+    match feed {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -308,3 +308,78 @@ target = "127.0.0.1:5999"
         (1000 - fit) as u64
     );
 }
+
+/// `trunk-advertise = "media"`: refused without a feed; with one, new
+/// INVITEs get 503 + Retry-After until it publishes an address, then go on.
+#[tokio::test]
+async fn media_advertise_follows_its_feed() {
+    let port = free_port();
+    let text = format!(
+        r#"
+trunk-listen = "127.0.0.1:{port}"
+trunk-advertise = "media"
+pbx = "127.0.0.2:5060"
+media = ["127.0.0.1:9"]
+transports = ["udp"]
+record-route-secret = "runtime tests secret, long enough to sign"
+[[trunk]]
+name = "carrier"
+sources = ["127.0.0.1"]
+target = "127.0.0.1:5999"
+default = true
+"#
+    );
+    let cfg = SipConfig::resolve(toml::from_str::<SipFile>(&text).unwrap()).unwrap();
+    let Err(e) = start(cfg.clone()).await else {
+        panic!("started without a feed");
+    };
+    assert!(e.to_string().contains("needs the media daemon"), "{e}");
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let feeds = super::PublicFeeds {
+        trunk: Some(rx),
+        pbx: None,
+    };
+    let agent = super::start_with(cfg, &super::rundir::path(), feeds)
+        .await
+        .unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = s.local_addr().unwrap();
+    let invite = |n: u32| {
+        format!(
+            "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-adv{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=t{n}\r\nTo: <sip:100@127.0.0.1>\r\n\
+             Call-ID: adv-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:t@{me}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut b = vec![0u8; 65536];
+    let mut first_answer = async |n: u32| {
+        s.send_to(invite(n).as_bytes(), ("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut b))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&b[..len]).into_owned()
+    };
+    let refused = first_answer(0).await;
+    assert!(
+        refused.starts_with("SIP/2.0 503") && refused.contains("Retry-After: 5\r\n"),
+        "{refused}"
+    );
+    tx.send_replace(Some("198.19.0.7".parse().unwrap()));
+    let mut taken = false;
+    for n in 1..=20 {
+        let answer = first_answer(n).await;
+        if answer.starts_with("SIP/2.0 100") {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        taken,
+        "INVITEs still refused after the feed published an address"
+    );
+    agent.stop().await;
+}

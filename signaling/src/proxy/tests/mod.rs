@@ -156,6 +156,7 @@ pub(super) fn response(to: &Message, status: u16, body: &str) -> Message {
     r
 }
 
+mod advertise;
 mod in_dialog;
 mod restart;
 
