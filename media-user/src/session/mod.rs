@@ -22,6 +22,8 @@
 //! - `model.rs`: calls, parties (monologues), media, port owners.
 //! - `latch.rs`: learning and checking a peer's source address.
 //! - `ports.rs`: the port-pair allocator.
+//! - `sharing.rs`: port sharing: the shared-pair allocator and the
+//!   attribution of packets from unknown sources.
 //! - `backend.rs`: what the engine needs from the media plane.
 
 pub mod backend;
@@ -35,6 +37,7 @@ pub mod model;
 mod offer_answer;
 mod persist;
 pub mod ports;
+pub mod sharing;
 pub mod quality;
 pub mod record;
 mod reports;
