@@ -23,7 +23,9 @@
 //! - `latch.rs`: learning and checking a peer's source address.
 //! - `ports.rs`: the port-pair allocator.
 //! - `sharing.rs`: port sharing: the shared-pair allocator and the
-//!   attribution of packets from unknown sources.
+//!   attribution of packets from unknown sources;
+//!   `shared_owners.rs`: who owns what on a shared port, by (local,
+//!   remote) key.
 //! - `backend.rs`: what the engine needs from the media plane.
 
 pub mod backend;
@@ -37,6 +39,7 @@ pub mod model;
 mod offer_answer;
 mod persist;
 pub mod ports;
+pub mod shared_owners;
 pub mod sharing;
 pub mod quality;
 pub mod record;
