@@ -39,12 +39,12 @@ pub mod model;
 mod offer_answer;
 mod persist;
 pub mod ports;
-pub mod shared_owners;
-pub mod sharing;
 pub mod quality;
 pub mod record;
 mod reports;
 mod routes;
+pub mod shared_owners;
+pub mod sharing;
 pub mod watch;
 
 pub use backend::{Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};

@@ -123,12 +123,7 @@ impl SharedOwners {
 
     /// The owner of a packet from `from` (RTP SSRC `ssrc`) arriving on
     /// `local`.
-    pub fn resolve(
-        &mut self,
-        local: SocketAddr,
-        from: SocketAddr,
-        ssrc: Option<u32>,
-    ) -> Resolved {
+    pub fn resolve(&mut self, local: SocketAddr, from: SocketAddr, ssrc: Option<u32>) -> Resolved {
         if let Some(o) = self.exact.get(&(local, from)) {
             return Resolved::Known(o.clone());
         }

@@ -218,11 +218,7 @@ impl SharedPorts {
     /// Lease a pair for a stream expecting `remote` (`None`: not known
     /// yet; [`bind`](Self::bind) it when it is). Cost: one pass over the
     /// pairs (75 for 150 ports), per call set-up, never per packet.
-    pub fn lease(
-        &mut self,
-        remote: Option<SocketAddr>,
-        now: Instant,
-    ) -> Result<u16, ShareError> {
+    pub fn lease(&mut self, remote: Option<SocketAddr>, now: Instant) -> Result<u16, ShareError> {
         self.expire(now);
         let mut best: Option<((bool, usize), usize)> = None;
         let mut ties = 0u32;
@@ -230,7 +226,10 @@ impl SharedPorts {
             if p.load() >= self.max_per_port || remote.is_some_and(|r| p.remotes.contains(&r)) {
                 continue;
             }
-            let score = (remote.is_some_and(|r| p.ips.contains_key(&r.ip())), p.load());
+            let score = (
+                remote.is_some_and(|r| p.ips.contains_key(&r.ip())),
+                p.load(),
+            );
             match best {
                 Some((s, _)) if s < score => {}
                 Some((s, _)) if s == score => {
