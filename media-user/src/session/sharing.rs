@@ -278,14 +278,16 @@ impl SharedPorts {
         };
         let p = &mut self.pairs[i];
         match remote {
-            Some(r) if p.remotes.contains(&r) => {
+            // A slot not held (released already) is left alone.
+            Some(r) if !p.remotes.contains(&r) => {}
+            Some(r) => {
                 if self.quarantine_for.is_zero() {
                     p.free(r);
                 } else if self.resting.insert((port, r)) {
                     self.quarantine.push_back((now, port, r));
                 }
             }
-            _ => p.unknown = p.unknown.saturating_sub(1),
+            None => p.unknown = p.unknown.saturating_sub(1),
         }
     }
 
@@ -375,9 +377,9 @@ pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> 
         };
     }
     match (by_ssrc.as_slice(), by_ip.as_slice()) {
-        ([i], []) => Attribution::To(*i),
-        ([i], ips) if ips.contains(i) => Attribution::To(*i),
-        ([_], _) | ([_, _, ..], _) => Attribution::Ambiguous,
+        // One stream announced the SSRC, and no other is the one
+        // expecting that IP.
+        ([i], ips) if ips.is_empty() || ips.contains(i) => Attribution::To(*i),
         ([], [i]) => {
             // The party announced its SSRCs and this is not one of them.
             let s = &streams[*i];
@@ -387,8 +389,9 @@ pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> 
                 Attribution::Unknown
             }
         }
-        ([], [_, _, ..]) => Attribution::Ambiguous,
         ([], []) => Attribution::Unknown,
+        // Several candidates, or the SSRC and the IP disagree.
+        _ => Attribution::Ambiguous,
     }
 }
 
@@ -476,6 +479,10 @@ mod tests {
         assert!(a.lease(None, t0).is_err());
         // Released: quarantined, then free again.
         a.release(40000, Some(r), t0);
+        // Twice is once; releasing what was never held frees nothing.
+        a.release(40000, Some(r), t0);
+        a.release(40000, Some(sa("198.18.0.3:1")), t0);
+        assert_eq!(a.in_use(), 6);
         assert!(a.lease(Some(r), t0 + Q / 2).is_err());
         assert_eq!(a.lease(Some(r), t0 + Q), Ok(40000));
     }
