@@ -22,6 +22,10 @@
 //! - `model.rs`: calls, parties (monologues), media, port owners.
 //! - `latch.rs`: learning and checking a peer's source address.
 //! - `ports.rs`: the port-pair allocator.
+//! - `sharing.rs`: port sharing: the shared-pair allocator and the
+//!   attribution of packets from unknown sources;
+//!   `shared_owners.rs`: who owns what on a shared port, by (local,
+//!   remote) key.
 //! - `backend.rs`: what the engine needs from the media plane.
 
 pub mod backend;
@@ -39,6 +43,8 @@ pub mod quality;
 pub mod record;
 mod reports;
 mod routes;
+pub mod shared_owners;
+pub mod sharing;
 pub mod watch;
 
 pub use backend::{Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};

@@ -17,6 +17,8 @@
 //!   spread, p99, starved calls) and their recovery.
 //! - `scale`: rate and per-packet cost with 1 to 100 000 calls installed;
 //!   time and memory to install and remove 100 000 calls.
+//! - `sharing`: 1 000 calls on 150 shared ports (flows keyed by local
+//!   port and remote endpoint) vs 1 000 calls on 1 000 ports, XDP native.
 //! - `restart`: packets lost when the daemon is killed, restarted or
 //!   upgraded during calls; the time to adopt them.
 //! - the report: `report.json`, `report.md` and PNG plots over whatever
@@ -37,6 +39,7 @@ mod report;
 mod restart;
 mod scale;
 mod sessions;
+mod sharing;
 mod sip;
 mod xdp;
 
@@ -66,7 +69,7 @@ struct Args {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Only these parts (`xdp`, `sessions`, `sip`, `capacity`, `latency`,
-    /// `overload`, `scale`, `restart`); all by default. The report always
+    /// `overload`, `scale`, `sharing`, `restart`); all by default. The report always
     /// runs.
     #[arg(long = "only")]
     only: Vec<String>,
@@ -210,6 +213,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wants("scale") {
         scale::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("sharing") {
+        sharing::run(args.quick, &machine, &args.out)?;
     }
     if wants("restart") {
         restart::run(args.quick, &machine, &args.out)?;

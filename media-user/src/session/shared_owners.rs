@@ -1,0 +1,275 @@
+//! Who owns what on shared ports (`port-sharing`): where a port of its own
+//! has one owner (the engine's `owners`, keyed by local address), a shared
+//! local address has many streams, and a packet's owner is found by
+//! (local address, remote endpoint):
+//!
+//! - an exact key (local, remote), set when a stream's source is known
+//!   (the SDP endpoint it expects while learning, the source it latched
+//!   on) — the same key as the XDP flow installed for it
+//!   (`FlowKey::shared`), one hash lookup;
+//! - otherwise the packet is attributed by the rule of `sharing.rs`
+//!   ([`attribute`]) among the streams on that local address, or refused
+//!   and counted (`unattributed`).
+//!
+//! An exact key belongs to one stream: a second stream asking for a key
+//! another holds is refused (never two calls' media on one key).
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use super::{
+    model::Owner,
+    sharing::{Attribution, Expecting, attribute},
+};
+
+/// A packet's owner on a shared local address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Its source has an exact key.
+    Known(Owner),
+    /// Attributed now (unambiguously): the caller decides with the
+    /// stream's latch and installs the exact key if it latches.
+    Attributed(Owner),
+    /// Refused: dropped and counted.
+    Refused(Attribution),
+}
+
+/// The exact key is held by another stream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{remote} on shared port {local} belongs to another stream (call {holder})")]
+pub struct KeyTaken {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub holder: String,
+}
+
+#[derive(Debug, Default)]
+pub struct SharedOwners {
+    streams: HashMap<SocketAddr, Vec<(Owner, Expecting)>>,
+    exact: HashMap<(SocketAddr, SocketAddr), Owner>,
+    /// Packets refused because no stream, or more than one, could take
+    /// them (`media_relay_shared_port_unattributed_total`).
+    pub unattributed: u64,
+}
+
+impl SharedOwners {
+    /// Streams on `local`.
+    pub fn streams_on(&self, local: SocketAddr) -> usize {
+        self.streams.get(&local).map_or(0, Vec::len)
+    }
+
+    /// Exact keys held.
+    pub fn exact_keys(&self) -> usize {
+        self.exact.len()
+    }
+
+    /// Add a stream on `local`, or update what it expects.
+    pub fn set(&mut self, local: SocketAddr, owner: &Owner, expecting: Expecting) {
+        let v = self.streams.entry(local).or_default();
+        match v.iter_mut().find(|(o, _)| o == owner) {
+            Some((_, e)) => *e = expecting,
+            None => v.push((owner.clone(), expecting)),
+        }
+    }
+
+    /// Give `owner` the exact key (local, remote); refused if another
+    /// stream holds it.
+    pub fn set_exact(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        owner: &Owner,
+    ) -> Result<(), KeyTaken> {
+        match self.exact.get(&(local, remote)) {
+            Some(o) if o != owner => Err(KeyTaken {
+                local,
+                remote,
+                holder: o.call.clone(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.exact.insert((local, remote), owner.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop `owner`'s exact key (local, remote), if it holds it.
+    pub fn clear_exact(&mut self, local: SocketAddr, remote: SocketAddr, owner: &Owner) {
+        if self.exact.get(&(local, remote)) == Some(owner) {
+            self.exact.remove(&(local, remote));
+        }
+    }
+
+    /// Remove a stream from `local` with its exact keys; returns the
+    /// remotes whose keys (flows) it held.
+    pub fn remove(&mut self, local: SocketAddr, owner: &Owner) -> Vec<SocketAddr> {
+        if let Some(v) = self.streams.get_mut(&local) {
+            v.retain(|(o, _)| o != owner);
+            if v.is_empty() {
+                self.streams.remove(&local);
+            }
+        }
+        let keys: Vec<SocketAddr> = self
+            .exact
+            .iter()
+            .filter(|((l, _), o)| *l == local && *o == owner)
+            .map(|((_, r), _)| *r)
+            .collect();
+        for r in &keys {
+            self.exact.remove(&(local, *r));
+        }
+        keys
+    }
+
+    /// The owner of a packet from `from` (RTP SSRC `ssrc`) arriving on
+    /// `local`.
+    pub fn resolve(&mut self, local: SocketAddr, from: SocketAddr, ssrc: Option<u32>) -> Resolved {
+        if let Some(o) = self.exact.get(&(local, from)) {
+            return Resolved::Known(o.clone());
+        }
+        let Some(v) = self.streams.get(&local) else {
+            self.unattributed += 1;
+            return Resolved::Refused(Attribution::Unknown);
+        };
+        let expecting: Vec<Expecting> = v.iter().map(|(_, e)| e.clone()).collect();
+        match attribute(&expecting, from, ssrc) {
+            Attribution::To(i) => match v.get(i) {
+                Some((o, _)) => Resolved::Attributed(o.clone()),
+                None => {
+                    self.unattributed += 1;
+                    Resolved::Refused(Attribution::Unknown)
+                }
+            },
+            refused => {
+                self.unattributed += 1;
+                Resolved::Refused(refused)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn owner(call: &str) -> Owner {
+        Owner {
+            call: call.to_owned(),
+            mono: 0,
+            media: 0,
+            component: 0,
+        }
+    }
+
+    fn expecting(advertised: &str, ssrcs: &[u32]) -> Expecting {
+        Expecting {
+            advertised: Some(sa(advertised)),
+            sip_source: None,
+            ssrcs: ssrcs.to_vec(),
+            learning: true,
+            relatch_ssrc: None,
+        }
+    }
+
+    #[test]
+    fn exact_keys_first_then_attribution_then_refusal() {
+        let local = sa("198.18.0.1:40000");
+        let mut s = SharedOwners::default();
+        let (a, b, c) = (owner("a"), owner("b"), owner("c"));
+        s.set(local, &a, expecting("198.18.1.1:5000", &[]));
+        s.set(local, &b, expecting("198.18.1.2:5000", &[]));
+        s.set(local, &c, expecting("198.18.1.2:5002", &[77]));
+        s.set_exact(local, sa("198.18.1.1:5000"), &a).unwrap();
+        assert_eq!(
+            s.resolve(local, sa("198.18.1.1:5000"), None),
+            Resolved::Known(a.clone())
+        );
+        // b's exact SDP endpoint, no key yet: attributed to b.
+        assert_eq!(
+            s.resolve(local, sa("198.18.1.2:5000"), None),
+            Resolved::Attributed(b.clone())
+        );
+        // 198.18.1.2 from another port: b and c both expect that IP, but
+        // the SSRC was announced by c.
+        assert_eq!(
+            s.resolve(local, sa("198.18.1.2:9000"), Some(77)),
+            Resolved::Attributed(c.clone())
+        );
+        // Without it: ambiguous, refused and counted.
+        assert_eq!(
+            s.resolve(local, sa("198.18.1.2:9000"), Some(1)),
+            Resolved::Refused(Attribution::Ambiguous)
+        );
+        // A third party: refused and counted.
+        assert_eq!(
+            s.resolve(local, sa("198.18.9.9:9000"), Some(1)),
+            Resolved::Refused(Attribution::Unknown)
+        );
+        // Another local address nobody shares.
+        assert_eq!(
+            s.resolve(sa("198.18.0.1:40002"), sa("198.18.1.1:5000"), None),
+            Resolved::Refused(Attribution::Unknown)
+        );
+        assert_eq!(s.unattributed, 3);
+    }
+
+    #[test]
+    fn a_key_belongs_to_one_stream_and_goes_with_it() {
+        let local = sa("198.18.0.1:40000");
+        let remote = sa("198.18.1.1:5000");
+        let mut s = SharedOwners::default();
+        let (a, b) = (owner("a"), owner("b"));
+        s.set(local, &a, expecting("198.18.1.1:5000", &[]));
+        s.set(local, &b, expecting("198.18.1.3:5000", &[]));
+        s.set_exact(local, remote, &a).unwrap();
+        // b cannot take a's key: never two calls on one flow.
+        assert_eq!(
+            s.set_exact(local, remote, &b),
+            Err(KeyTaken {
+                local,
+                remote,
+                holder: "a".into()
+            })
+        );
+        s.clear_exact(local, remote, &b);
+        assert_eq!(s.exact_keys(), 1);
+        assert_eq!(s.remove(local, &a), vec![remote]);
+        assert_eq!(s.exact_keys(), 0);
+        assert_eq!(s.streams_on(local), 1);
+        // a's endpoint is nobody's now: refused, not given to b.
+        assert_eq!(
+            s.resolve(local, remote, None),
+            Resolved::Refused(Attribution::Unknown)
+        );
+        s.remove(local, &b);
+        assert_eq!(s.streams_on(local), 0);
+    }
+
+    #[test]
+    fn a_thousand_streams_on_a_port_resolve_known_sources_by_key() {
+        let local = sa("198.18.0.1:40000");
+        let mut s = SharedOwners::default();
+        for i in 0..1000u16 {
+            let o = owner(&format!("call-{i}"));
+            let r = SocketAddr::new(sa("198.18.1.1:1").ip(), 10000 + i);
+            s.set(local, &o, expecting(&r.to_string(), &[]));
+            s.set_exact(local, r, &o).unwrap();
+        }
+        for i in (0..1000u16).step_by(97) {
+            let r = SocketAddr::new(sa("198.18.1.1:1").ip(), 10000 + i);
+            assert_eq!(
+                s.resolve(local, r, None),
+                Resolved::Known(owner(&format!("call-{i}")))
+            );
+        }
+        // Same IP, unknown port: a thousand candidates, refused.
+        assert_eq!(
+            s.resolve(local, sa("198.18.1.1:9"), None),
+            Resolved::Refused(Attribution::Ambiguous)
+        );
+    }
+}

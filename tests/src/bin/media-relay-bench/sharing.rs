@@ -1,0 +1,176 @@
+//! The cost of port sharing in XDP: 1 000 calls' A→B RTP flows on 150
+//! shared ports (75 RTP ports, the flows keyed by local port *and* remote
+//! endpoint, `FlowKey::shared`) vs 1 000 calls on 1 000 ports of their own
+//! (`FlowKey::new`, any-source key), flows installed through the API as
+//! `scale` does. The generator sends every call's packets from the call's
+//! own source port to its relay port, round-robin, the same frames in both
+//! cases but for the destination port; the sink at B counts in XDP.
+//!
+//! A shared port's packet costs the program two hash lookups (the
+//! any-source key misses, the exact key hits) where a port of its own
+//! costs one, whatever the number of calls sharing the port: the ratio is
+//! that second lookup's price. Runs alternate between the two so that
+//! drift favours neither.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use media_ebpf::{Flow, FlowKey};
+use media_relay_tests::{
+    bed::{A_MAC, A_V4, B_V4, RA_MAC, RA_V4, RB_V4},
+    frame::UdpFrame,
+    xdp_load::Generator,
+};
+use media_user::dataplane::XdpMode;
+
+use crate::{
+    figure::{Figure, MIN_RUNS},
+    xdp::{FIRST_PORT, Run, Setup, sa, setup},
+};
+
+const CALLS: u16 = 1000;
+/// RTP ports of a 150-port range (75 pairs).
+const SHARED_RTP_PORTS: u16 = 75;
+/// Each call's source port at A: `A_PORT0 + 2 i`.
+const A_PORT0: u16 = 10_000;
+/// Rounds (each measures both, in alternating order): the difference is
+/// one hash lookup, small beside the noise of a shared 2-core machine.
+const ROUNDS: usize = if MIN_RUNS > 7 { MIN_RUNS } else { 7 };
+
+/// Relay port of call `i`.
+fn relay_port(shared: bool, i: u16) -> u16 {
+    if shared {
+        FIRST_PORT + 2 * (i % SHARED_RTP_PORTS)
+    } else {
+        FIRST_PORT + 2 * i
+    }
+}
+
+/// Replace the flows with `CALLS` calls', shared or not.
+fn install(s: &mut Setup, shared: bool) -> anyhow::Result<()> {
+    let flows = s.relay.flows_mut();
+    let keys: Vec<FlowKey> = flows.keys().copied().collect();
+    for k in keys {
+        flows.remove(&k)?;
+    }
+    for i in 0..CALLS {
+        let local = sa(RA_V4, relay_port(shared, i));
+        let from = sa(A_V4, A_PORT0 + 2 * i);
+        let key = if shared {
+            FlowKey::shared(local, from)
+        } else {
+            FlowKey::new(local)
+        };
+        // Out of a B-side port, to B at FIRST_PORT + 2 i (the sink's).
+        let flow = Flow::new(
+            sa(RB_V4, relay_port(shared, i)),
+            sa(B_V4, FIRST_PORT + 2 * i),
+        )
+        .with_source(from)
+        .rtp();
+        flows.install(key, flow)?;
+    }
+    Ok(())
+}
+
+fn generator(s: &Setup, shared: bool) -> anyhow::Result<Generator> {
+    let ports: Vec<(u16, u16)> = (0..CALLS)
+        .map(|i| (A_PORT0 + 2 * i, relay_port(shared, i)))
+        .collect();
+    let frame = UdpFrame::new(
+        RA_MAC,
+        A_MAC,
+        sa(A_V4, A_PORT0),
+        sa(RA_V4, FIRST_PORT),
+        &[0x80; 172],
+    )
+    .bytes();
+    Generator::with_port_list(&s.bed.a, "a0", frame, &ports)
+}
+
+fn measure(s: &Setup, g: &Generator, frames: u32) -> anyhow::Result<Run> {
+    let before = s.sink.packets()?;
+    let secs = g.blast(frames)?;
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(Run {
+        sent: u64::from(frames),
+        delivered: s.sink.packets()? - before,
+        secs,
+    })
+}
+
+pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+    let frames: u32 = if quick { 300_000 } else { 2_000_000 };
+    eprintln!("==> sharing: 1 000 calls on 150 shared ports vs on 1 000 ports (XDP native)");
+    let mut s = setup(XdpMode::Native, 4096)?;
+    let mut runs: [Vec<Run>; 2] = Default::default();
+    for n in 0..=ROUNDS {
+        for j in 0..2 {
+            let shared = (n + j) % 2 == 1;
+            install(&mut s, shared)?;
+            let g = generator(&s, shared)?;
+            let r = measure(&s, &g, frames)?;
+            // The first round warms up.
+            if n > 0 {
+                eprintln!(
+                    "    {}: {:.0} pps, loss {:.3} %",
+                    if shared { "shared" } else { "own ports" },
+                    r.pps(),
+                    100.0 * r.loss()
+                );
+                runs[usize::from(shared)].push(r);
+            }
+        }
+    }
+    let [own, shared] = runs;
+    let pps = |r: &[Run]| Figure::new(r.iter().map(Run::pps));
+    let ratio = Figure::new(
+        shared
+            .iter()
+            .zip(&own)
+            .filter(|(_, o)| o.pps() > 0.0)
+            .map(|(s, o)| s.pps() / o.pps()),
+    );
+    let mut md = format!(
+        "1 000 calls' RTP flows installed through the API, every call hit round-robin from its own \
+         source port; {frames} frames per run (BPF_PROG_TEST_RUN live frames), 172-byte RTP \
+         payload, IPv4, XDP native; median (min–max) of {ROUNDS} runs each, alternating, after \
+         a warm-up.\n\n\
+         | ports | flow key | forwarded pps | ns/packet | loss |\n|---|---|---:|---:|---:|\n"
+    );
+    for (name, key, r) in [
+        ("1 000 of their own", "local port (1 lookup)", &own),
+        (
+            "150 shared (75 RTP)",
+            "local port + remote endpoint (2 lookups)",
+            &shared,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {key} | {} | {} | {} % |",
+            pps(r).show_int(),
+            Figure::new(r.iter().map(|x| 1e9 / x.pps())).show(0),
+            Figure::new(r.iter().map(|x| 100.0 * x.loss())).show(2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nShared / own ports, delivered pps, each round's own ratio: {} (target ≥ 0.90).",
+        ratio.show(3)
+    );
+    print!("## Port sharing in XDP\n\n{md}\n");
+    let json = serde_json::json!({
+        "machine": machine,
+        "frames_per_run": frames,
+        "calls": CALLS,
+        "shared_rtp_ports": SHARED_RTP_PORTS,
+        "pps_own_ports": pps(&own).json(),
+        "pps_shared": pps(&shared).json(),
+        "ratio_shared_over_own": ratio.json(),
+        "markdown": md,
+    });
+    let path = out.join("sharing.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("report: {}\n", path.display());
+    Ok(())
+}
