@@ -148,6 +148,20 @@ impl Daemon {
         Self::start_ng(dir, ns, args, "127.0.0.1:2223".parse()?)
     }
 
+    /// [`Daemon::start`] on the bed's two legs (`-i ra -i rb`: A's side
+    /// and B's) with the data plane in XDP `mode` (`native`, `generic`, or
+    /// `off` for the userspace path) and `extra` arguments.
+    pub fn start_legs(
+        dir: &TestDir,
+        ns: &Netns,
+        mode: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec!["-i", "ra", "-i", "rb", "--xdp-mode", mode];
+        args.extend_from_slice(extra);
+        Self::start(dir, ns, &args)
+    }
+
     /// [`Daemon::start`] with its ng socket on `ng` instead (e.g. `[::]:2223`
     /// to reach it from the other namespaces); it is asked for ping from
     /// the namespace's loopback of `ng`'s family (127.0.0.1 or ::1), which

@@ -561,16 +561,11 @@ fn matrix(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         static_neighbours: false,
     })?;
     let window = WINDOW.to_string();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--learning-window",
             &window,
             "--metrics-listen",

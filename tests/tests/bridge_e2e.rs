@@ -121,16 +121,11 @@ fn bridged_call(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--port-min",
             "30000",
             "--port-max",

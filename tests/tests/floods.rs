@@ -551,16 +551,11 @@ const NOTHING: Drawn = Drawn {
 /// The daemon for the probes: media range 42000–42099, learning window
 /// 1 s.
 fn probe_daemon(t: &TestDir, bed: &Bed, mode: &str) -> anyhow::Result<Daemon> {
-    Daemon::start(
+    Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--port-min",
             "42000",
             "--port-max",

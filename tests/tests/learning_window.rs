@@ -84,20 +84,7 @@ fn hijack(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
-        t,
-        &bed.relay,
-        &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
-            "--learning-window",
-            "2",
-        ],
-    )?;
+    let daemon = Daemon::start_legs(t, &bed.relay, mode, &["--learning-window", "2"])?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let result = (|| -> anyhow::Result<()> {
         bed.a.ip(&[

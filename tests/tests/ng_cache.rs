@@ -71,21 +71,11 @@ fn calls(s: &UdpSocket, server: SocketAddr, cookie: &str) -> anyhow::Result<Vec<
 fn ng_cache_by_source_and_cookie_with_a_byte_budget() -> anyhow::Result<()> {
     root_test("ng_cache_by_source_and_cookie_with_a_byte_budget", |t| {
         let bed = Bed::new(BedOptions::default())?;
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_legs(
             t,
             &bed.relay,
-            &[
-                "-i",
-                "ra",
-                "-i",
-                "rb",
-                "--xdp-mode",
-                "off",
-                "--ng-cache-bytes",
-                "65536",
-                "--metrics-listen",
-                METRICS,
-            ],
+            "off",
+            &["--ng-cache-bytes", "65536", "--metrics-listen", METRICS],
         )?;
         let result = (|| -> anyhow::Result<()> {
             let server = daemon.ng;

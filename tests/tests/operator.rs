@@ -90,16 +90,11 @@ fn metric(body: &str, series: &str) -> anyhow::Result<f64> {
 fn metrics_and_cli_follow_a_call() -> anyhow::Result<()> {
     root_test("metrics_and_cli_follow_a_call", |t| {
         let bed = Bed::new(BedOptions::default())?;
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_legs(
             t,
             &bed.relay,
+            "generic",
             &[
-                "-i",
-                "ra",
-                "-i",
-                "rb",
-                "--xdp-mode",
-                "generic",
                 "--port-min",
                 "30000",
                 "--port-max",

@@ -206,16 +206,11 @@ fn survive(t: &TestDir, mode: &str, how: Disruption) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: false,
     })?;
-    let mut daemon = Daemon::start(
+    let mut daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--port-min",
             "30000",
             "--port-max",

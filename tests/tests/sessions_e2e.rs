@@ -163,16 +163,11 @@ fn session(t: &TestDir, mode: &str, v6: bool) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--port-min",
             "30000",
             "--port-max",
@@ -369,20 +364,7 @@ fn rtcp_mux_bridging() -> anyhow::Result<()> {
             peer_xdp: true,
             static_neighbours: false,
         })?;
-        let daemon = Daemon::start(
-            t,
-            &bed.relay,
-            &[
-                "-i",
-                "ra",
-                "-i",
-                "rb",
-                "--xdp-mode",
-                "native",
-                "--learning-window",
-                "1",
-            ],
-        )?;
+        let daemon = Daemon::start_legs(t, &bed.relay, "native", &["--learning-window", "1"])?;
         let a = bind(&bed.a, sa(A_V4, 5000))?;
         let b_rtp = bind(&bed.b, sa(B_V4, 6000))?;
         let b_rtcp = bind(&bed.b, sa(B_V4, 6001))?;
@@ -450,16 +432,11 @@ fn ten_thousand_calls_leave_nothing_behind() -> anyhow::Result<()> {
     root_test("ten_thousand_calls_leave_nothing_behind", |t| {
         const CALLS: usize = 10_000;
         let bed = Bed::new(BedOptions::default())?;
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_legs(
             t,
             &bed.relay,
+            "generic",
             &[
-                "-i",
-                "ra",
-                "-i",
-                "rb",
-                "--xdp-mode",
-                "generic",
                 "--port-min",
                 "20000",
                 "--port-max",
@@ -556,16 +533,11 @@ fn rtp_loss(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         peer_xdp: mode == "native",
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        mode,
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            mode,
             "--port-min",
             "31000",
             "--port-max",
@@ -686,16 +658,11 @@ fn stale_media(t: &TestDir) -> anyhow::Result<()> {
         peer_xdp: false,
         static_neighbours: false,
     })?;
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_legs(
         t,
         &bed.relay,
+        "off",
         &[
-            "-i",
-            "ra",
-            "-i",
-            "rb",
-            "--xdp-mode",
-            "off",
             "--port-min",
             "32000",
             "--port-max",
