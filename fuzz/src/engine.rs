@@ -131,14 +131,7 @@ impl Backend for Plane {
 }
 
 fn interface(name: &str, v4: &str, v6: Option<&str>) -> Interface {
-    Interface {
-        name: name.to_owned(),
-        netdev: name.to_owned(),
-        v4: v4.parse().ok(),
-        v6: v6.and_then(|a| a.parse().ok()),
-        advertise_v4: None,
-        advertise_v6: None,
-    }
+    Interface::plain(name, v4.parse().ok(), v6.and_then(|a| a.parse().ok()))
 }
 
 /// A fresh engine, `priv` and `pub` interfaces, a 64-port range.

@@ -54,6 +54,21 @@ pub struct Interface {
 }
 
 impl Interface {
+    /// Interface `name` (its netdev too) with these addresses, told to
+    /// peers as they are (no `advertise`, no discovery).
+    pub fn plain(name: &str, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Self {
+        Self {
+            name: name.to_owned(),
+            netdev: name.to_owned(),
+            v4,
+            v6,
+            advertise_v4: None,
+            advertise_v6: None,
+            public_v4: None,
+            public_v6: None,
+        }
+    }
+
     /// The local address of the family (`v6`), if any.
     pub fn local(&self, v6: bool) -> Option<IpAddr> {
         if v6 {

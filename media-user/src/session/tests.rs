@@ -295,16 +295,7 @@ pub(super) fn engine_with(ifaces: Vec<Interface>, min: u16, max: u16) -> Engine<
 }
 
 pub(super) fn iface(name: &str, v4: &str) -> Interface {
-    Interface {
-        name: name.into(),
-        netdev: name.into(),
-        v4: Some(v4.parse().unwrap()),
-        v6: None,
-        advertise_v4: None,
-        advertise_v6: None,
-        public_v4: None,
-        public_v6: None,
-    }
+    Interface::plain(name, Some(v4.parse().unwrap()), None)
 }
 
 /// One interface (both legs on it).

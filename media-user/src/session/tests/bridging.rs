@@ -13,10 +13,7 @@ const CARRIER_V6: &str = "2001:2:0:1::1";
 const PBX_V6: &str = "2001:2:0:2::1";
 
 fn dual(name: &str, v4: &str, v6: &str) -> Interface {
-    Interface {
-        v6: Some(v6.parse().unwrap()),
-        ..super::iface(name, v4)
-    }
+    Interface::plain(name, Some(v4.parse().unwrap()), Some(v6.parse().unwrap()))
 }
 
 fn sdp6(addr: &str, port: u16) -> Vec<u8> {

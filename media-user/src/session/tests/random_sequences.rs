@@ -44,16 +44,7 @@ const ADDRESSES: [&str; 9] = [
 ];
 
 fn interface(name: &str, v4: &str, v6: &str) -> Interface {
-    Interface {
-        name: name.into(),
-        netdev: name.into(),
-        v4: Some(v4.parse().unwrap()),
-        v6: Some(v6.parse().unwrap()),
-        advertise_v4: None,
-        advertise_v6: None,
-        public_v4: None,
-        public_v6: None,
-    }
+    Interface::plain(name, Some(v4.parse().unwrap()), Some(v6.parse().unwrap()))
 }
 
 /// 60 pairs: enough to hit exhaustion now and then.
