@@ -12,6 +12,17 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+/// One row of a test-run table.
+pub struct Case {
+    pub what: &'static str,
+    pub input: Vec<u8>,
+    pub action: u32,
+    /// `None`: the frame must come out untouched.
+    pub output: Option<Vec<u8>>,
+    /// The outcome counter the run must move.
+    pub outcome: &'static str,
+}
+
 pub struct Fixture {
     pub relay: Relay,
     pub bed: Bed,
@@ -57,5 +68,27 @@ impl Fixture {
             out.truncate(r.data_size_out as usize);
             Ok((r.return_value, out))
         })
+    }
+
+    /// Run row `c`: a wrong action or output is added to `failures`;
+    /// returns how many times the row's outcome was counted meanwhile.
+    pub fn check(&self, c: &Case, failures: &mut Vec<String>) -> anyhow::Result<u64> {
+        let before = self.relay.outcomes()?;
+        let (action, out) = self.run(&c.input)?;
+        let after = self.relay.outcomes()?;
+        let expected = c.output.as_ref().unwrap_or(&c.input);
+        if action != c.action {
+            failures.push(format!(
+                "{}: action {action}, expected {}",
+                c.what, c.action
+            ));
+        }
+        if &out != expected {
+            failures.push(format!(
+                "{}: output differs\n   got  {out:02x?}\n   want {expected:02x?}",
+                c.what
+            ));
+        }
+        Ok(after[c.outcome] - before[c.outcome])
     }
 }

@@ -19,21 +19,12 @@ use media_relay_tests::{
     frame::UdpFrame,
     media::rtp,
     require_root,
-    test_run::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    test_run::{Case, Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-struct Case {
-    what: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    /// `None`: the frame must come out untouched.
-    output: Option<Vec<u8>>,
-    outcome: &'static str,
 }
 
 /// A frame from A (on `ra`) to the relay's `local`.
@@ -268,23 +259,7 @@ fn bridging_table() -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     for c in &cases {
-        let before = fx.relay.outcomes()?;
-        let (action, out) = fx.run(&c.input)?;
-        let after = fx.relay.outcomes()?;
-        let expected = c.output.as_ref().unwrap_or(&c.input);
-        if action != c.action {
-            failures.push(format!(
-                "{}: action {action}, expected {}",
-                c.what, c.action
-            ));
-        }
-        if &out != expected {
-            failures.push(format!(
-                "{}: output differs\n   got  {out:02x?}\n   want {expected:02x?}",
-                c.what
-            ));
-        }
-        let delta = after[c.outcome] - before[c.outcome];
+        let delta = fx.check(c, &mut failures)?;
         if delta != 1 {
             failures.push(format!(
                 "{}: outcome {} counted {delta} times",

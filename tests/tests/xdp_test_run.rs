@@ -14,22 +14,12 @@ use media_relay_tests::{
     bed::{A_MAC, A_V4, A_V6, B_MAC, B_V4, B_V6, RA_MAC, RA_V4, RA_V6, RB_MAC, RB_V4, RB_V6},
     frame::{UdpFrame, fix_ipv4_header_checksum},
     require_root,
-    test_run::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    test_run::{Case, Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-/// One row of the table.
-struct Case {
-    what: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    /// `None`: the frame must come out untouched.
-    output: Option<Vec<u8>>,
-    outcome: &'static str,
 }
 
 fn v4(src: SocketAddr, dst: SocketAddr) -> UdpFrame {
@@ -529,23 +519,7 @@ fn relay_program_table() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut forwarded_f1 = (0u64, 0u64);
     for c in &cases {
-        let before = fx.relay.outcomes()?;
-        let (action, out) = fx.run(&c.input)?;
-        let after = fx.relay.outcomes()?;
-        let expected = c.output.as_ref().unwrap_or(&c.input);
-        if action != c.action {
-            failures.push(format!(
-                "{}: action {action}, expected {}",
-                c.what, c.action
-            ));
-        }
-        if &out != expected {
-            failures.push(format!(
-                "{}: output differs\n   got  {out:02x?}\n   want {expected:02x?}",
-                c.what
-            ));
-        }
-        let delta = after[c.outcome] - before[c.outcome];
+        let delta = fx.check(c, &mut failures)?;
         // not_ip / not_udp may also count background IPv6 traffic (MLD, RS)
         // on the attached interfaces.
         let exact = !matches!(c.outcome, "not_ip" | "not_udp");
