@@ -162,6 +162,11 @@ pub struct FileConfig {
     pub max_media: Option<u64>,
     /// Seconds a released port pair rests before reuse.
     pub port_quarantine: Option<u64>,
+    /// Port sharing: many calls per local port pair, told apart by their
+    /// remote endpoints (`docs/port-sharing.md`).
+    pub port_sharing: Option<bool>,
+    /// Streams a shared pair carries at most.
+    pub port_sharing_max_per_port: Option<u64>,
     pub max_flows: Option<u32>,
     /// Per-stream quality accounting in the XDP program (loss, jitter,
     /// RTCP); off keeps the flows' packet and byte counters only.
@@ -283,6 +288,8 @@ pub struct RunConfig {
     pub ng_cache_bytes: usize,
     /// How long a released port pair rests before reuse.
     pub port_quarantine: Duration,
+    /// `port-sharing`: `Some(max streams per pair)` when on.
+    pub port_sharing: Option<usize>,
     /// The SIP agent, if configured.
     pub sip: Option<signaling::config::SipConfig>,
     /// Seconds between data-plane counter summaries (debug log level).
@@ -292,6 +299,9 @@ pub struct RunConfig {
 pub const DEFAULT_LISTEN_NG: &str = "127.0.0.1:2223";
 pub const DEFAULT_PORT_MIN: u16 = 30_000;
 pub const DEFAULT_PORT_MAX: u16 = 40_000;
+/// `port-sharing-max-per-port` at most: a port's unknown sources are
+/// attributed by one pass over its streams (`sharing.rs`).
+pub const MAX_PORT_SHARING_PER_PORT: u64 = 4096;
 /// 8 MiB: some 300 ng requests a second (100 calls/s) for well over the
 /// seconds a controller retransmits in, at the size of a typical reply.
 pub const DEFAULT_NG_CACHE_BYTES: u64 = 8 << 20;
@@ -384,6 +394,24 @@ impl RunConfig {
                 ),
             });
         }
+        let port_sharing = match (
+            flags.port_sharing.or(file.port_sharing).unwrap_or(false),
+            flags
+                .port_sharing_max_per_port
+                .or(file.port_sharing_max_per_port),
+        ) {
+            (_, Some(n)) if !(2..=MAX_PORT_SHARING_PER_PORT).contains(&n) => {
+                return Err(ConfigError::Invalid {
+                    key: "port-sharing-max-per-port",
+                    value: n.to_string(),
+                    expected: format!("2 to {MAX_PORT_SHARING_PER_PORT} streams per port pair"),
+                });
+            }
+            (false, _) => None,
+            (true, n) => Some(n.map_or(crate::session::sharing::DEFAULT_MAX_PER_PORT, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            })),
+        };
         let secs = |key: &'static str,
                     v: Option<u64>,
                     default: u64,
@@ -550,6 +578,7 @@ impl RunConfig {
                 crate::session::ports::DEFAULT_PORT_QUARANTINE.as_secs(),
                 0,
             )?,
+            port_sharing,
             sip: match (file.sip, flags.sip_listen) {
                 (None, None) => None,
                 (None, Some(a)) => {

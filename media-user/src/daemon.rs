@@ -271,6 +271,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let ports = PortAllocator::new(cfg.port_min, cfg.port_max, cfg.port_quarantine)
         .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
     let mut engine = Engine::new(cfg.session.clone(), media, interfaces, ports, Now::read());
+    if let Some(max_per_port) = cfg.port_sharing {
+        let shared = crate::session::sharing::SharedPorts::new(
+            cfg.port_min,
+            cfg.port_max,
+            max_per_port,
+            cfg.port_quarantine,
+        )
+        .map_err(|e| anyhow::anyhow!("port range: {e}"))?;
+        info!(
+            pairs = shared.pairs(),
+            max_per_port,
+            capacity = shared.capacity(),
+            "port sharing: many calls per port pair, told apart by their remote endpoints"
+        );
+        engine = engine.with_sharing(shared);
+    }
     // Calls an earlier run left: adopted before anything is served, so the
     // first ng request already sees them.
     let restored = engine.restore(Now::read());
@@ -455,7 +471,7 @@ fn sweep_orphan_flows(engine: &mut Engine<MediaPlane>) {
         engine.backend().dataplane().map_or_else(Vec::new, |dp| {
             dp.flows()
                 .keys()
-                .filter(|k| !engine.owns(k.local()))
+                .filter(|k| !engine.owns_flow(k.local(), k.remote()))
                 .copied()
                 .collect()
         });
@@ -518,6 +534,7 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect(),
+        sharing: engine.shared_figures(),
         ..Snapshot::default()
     };
     if let Some(dp) = engine.backend().dataplane() {

@@ -220,6 +220,14 @@ struct RunArgs {
     /// Seconds a released port pair rests before another call gets it.
     #[arg(long)]
     port_quarantine: Option<u64>,
+    /// Port sharing: many calls per local port pair, told apart by their
+    /// remote endpoints (`port-sharing = true`; for a narrow forwarded
+    /// port range).
+    #[arg(long)]
+    port_sharing: bool,
+    /// Streams one shared port pair carries at most (default 64).
+    #[arg(long)]
+    port_sharing_max_per_port: Option<u64>,
     /// Capacity of the XDP flow table (one flow per direction per stream).
     #[arg(long)]
     max_flows: Option<u32>,
@@ -285,6 +293,8 @@ impl RunArgs {
             ng_cache_bytes: self.ng_cache_bytes,
             max_media: self.max_media,
             port_quarantine: self.port_quarantine,
+            port_sharing: self.port_sharing.then_some(true),
+            port_sharing_max_per_port: self.port_sharing_max_per_port,
             max_flows: self.max_flows,
             quality_telemetry: self.no_quality_telemetry.then_some(false),
             userspace_threads: self.userspace_threads,

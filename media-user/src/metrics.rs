@@ -200,6 +200,26 @@ fn describe() {
         "1 while an interface's STUN servers report different mapped endpoints (symmetric NAT?)"
     );
     describe_counter!(
+        "media_relay_shared_port_unattributed_total",
+        "Packets on shared ports (port-sharing) from sources no call could be given unambiguously: dropped"
+    );
+    describe_gauge!(
+        "media_relay_shared_pairs",
+        "Shared port pairs in the range (port-sharing)"
+    );
+    describe_gauge!(
+        "media_relay_shared_pairs_in_use",
+        "Shared port pairs carrying at least one stream"
+    );
+    describe_gauge!(
+        "media_relay_shared_streams",
+        "Streams (one per call side and m= line) on shared port pairs"
+    );
+    describe_gauge!(
+        "media_relay_shared_streams_per_pair_max",
+        "The most streams one shared port pair carries"
+    );
+    describe_counter!(
         "media_relay_quality_alerts_total",
         "Times a leg crossed a [quality-alerts] threshold, by side and figure (jitter, loss, burst, delay_rise)"
     );
@@ -236,6 +256,8 @@ pub struct Snapshot {
     pub degraded_legs: Vec<(&'static str, u64)>,
     /// Quality alerts, by side and figure.
     pub quality_alerts: Vec<((&'static str, &'static str), u64)>,
+    /// Port sharing's figures, when it is on.
+    pub sharing: Option<crate::session::SharedFigures>,
 }
 
 impl Snapshot {
@@ -298,6 +320,13 @@ impl Snapshot {
         }
         for (side, n) in &self.degraded_legs {
             gauge!("media_relay_quality_degraded_legs", "side" => *side).set(*n as f64);
+        }
+        if let Some(f) = &self.sharing {
+            counter!("media_relay_shared_port_unattributed_total").absolute(f.unattributed);
+            gauge!("media_relay_shared_pairs").set(f.pairs as f64);
+            gauge!("media_relay_shared_pairs_in_use").set(f.pairs_in_use as f64);
+            gauge!("media_relay_shared_streams").set(f.streams as f64);
+            gauge!("media_relay_shared_streams_per_pair_max").set(f.max_streams_on_a_pair as f64);
         }
         for ((side, figure), n) in &self.quality_alerts {
             counter!("media_relay_quality_alerts_total", "side" => *side, "figure" => *figure)

@@ -29,6 +29,10 @@ pub(super) struct UserRoute {
 #[derive(Default)]
 pub(super) struct PortState {
     route: RwLock<Option<UserRoute>>,
+    /// A shared port (`port-sharing`): many streams, told apart by their
+    /// sources; every packet that reaches its socket goes to the engine,
+    /// which finds its stream (XDP forwards the known sources' own).
+    shared: AtomicBool,
     packets: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
@@ -78,10 +82,13 @@ pub(super) enum Decision {
 }
 
 /// The port's route, read-locked for one batch of decisions.
-pub(super) struct Decider<'a>(RwLockReadGuard<'a, Option<UserRoute>>);
+pub(super) struct Decider<'a>(RwLockReadGuard<'a, Option<UserRoute>>, bool);
 
 impl Decider<'_> {
     pub(super) fn decide(&self, from: SocketAddr, data: &[u8]) -> Decision {
+        if self.1 {
+            return Decision::HandOver;
+        }
         let Some(route) = self.0.as_ref() else {
             return Decision::Refuse;
         };
@@ -109,7 +116,13 @@ impl PortState {
             self.route
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            self.shared.load(Ordering::Relaxed),
         )
+    }
+
+    /// Mark the port shared (see [`PortState::shared`]).
+    pub(super) fn set_shared(&self) {
+        self.shared.store(true, Ordering::Relaxed);
     }
 
     /// A datagram that could not be forwarded (refused, undeliverable).

@@ -28,7 +28,7 @@ use std::{
     sync::Arc,
 };
 
-use forwarder::{PortState, UserRoute};
+use forwarder::{PortState, UserCounters, UserRoute};
 use io_threads::{IoPool, Registration, Served};
 use media_ebpf::{Flow, FlowKey, RtcpSeen};
 use tokio::sync::mpsc;
@@ -36,8 +36,37 @@ use tracing::{debug, warn};
 
 use crate::{
     dataplane::{DataPlane, FlowCounters},
-    session::{Backend, Counters, PacketEvent, Path, Quality, Route, RtcpReports, Source},
+    session::{At, Backend, Counters, PacketEvent, Path, Quality, Route, RtcpReports, Source},
 };
+
+/// A stream on a shared port (`port-sharing`), by (local, slot): its
+/// route, the source its XDP flow is keyed by, and its own counters.
+#[derive(Default)]
+struct SharedStream {
+    route: Option<Route>,
+    /// The source of its XDP flow (`FlowKey::shared(local, key)`), if one
+    /// is installed.
+    flow: Option<SocketAddr>,
+    /// What the daemon forwarded for it.
+    state: Arc<PortState>,
+    /// Counters of its flows since removed (the source moved).
+    retired: FlowCounters,
+}
+
+/// Fold a removed flow's counters into `retired`.
+fn retire(retired: &mut FlowCounters, last: FlowCounters) {
+    retired.packets += last.packets;
+    retired.bytes += last.bytes;
+    if last.last_seen >= retired.last_seen && last.last_rtp.is_some() {
+        // The stream's latest RTP header outlives the flow: a later
+        // re-latch is judged against it.
+        retired.last_rtp = last.last_rtp;
+    }
+    retired.last_seen = retired.last_seen.max(last.last_seen);
+    retired.seq.absorb(&last.seq);
+    retired.quality = last.quality;
+    retired.rtcp = last.rtcp;
+}
 
 /// One port: bound, or adopted and waiting for its socket (see
 /// [`MediaPlane::take_unbound`]).
@@ -84,6 +113,10 @@ pub struct MediaPlane {
     /// there is a data plane: until it is empty the program must pass
     /// packets that find no flow to the stack.
     unheld: std::collections::HashSet<SocketAddr>,
+    /// Shared pairs (by RTP port): how many leases hold each.
+    shared_refs: HashMap<SocketAddr, usize>,
+    /// Streams on shared ports, by (local, slot).
+    streams: HashMap<(SocketAddr, SocketAddr), SharedStream>,
 }
 
 /// The flow that holds a port the data plane does not forward for (no
@@ -153,6 +186,8 @@ impl MediaPlane {
             port_seeds: HashMap::new(),
             port_flushed: HashMap::new(),
             unheld: std::collections::HashSet::new(),
+            shared_refs: HashMap::new(),
+            streams: HashMap::new(),
         })
     }
 
@@ -237,8 +272,10 @@ impl MediaPlane {
     /// Packets and bytes the daemon forwarded itself (the userspace path),
     /// since it started, closed ports included.
     pub fn userspace_totals(&self) -> (u64, u64) {
-        self.ports.values().fold(self.closed_user, |(p, b), port| {
-            let c = port.state.counters();
+        let ports = self.ports.values().map(|p| &p.state);
+        let streams = self.streams.values().map(|s| &s.state);
+        ports.chain(streams).fold(self.closed_user, |(p, b), state| {
+            let c = state.counters();
             (p + c.packets, b + c.bytes)
         })
     }
@@ -413,21 +450,147 @@ impl MediaPlane {
         port.flow = false;
         if let Some(dp) = self.dataplane.as_mut() {
             match dp.flows_mut().remove(&FlowKey::new(local)) {
-                Ok(last) => {
-                    port.retired.packets += last.packets;
-                    port.retired.bytes += last.bytes;
-                    if last.last_seen >= port.retired.last_seen && last.last_rtp.is_some() {
-                        // The stream's latest RTP header outlives the flow:
-                        // a later re-latch is judged against it.
-                        port.retired.last_rtp = last.last_rtp;
-                    }
-                    port.retired.last_seen = port.retired.last_seen.max(last.last_seen);
-                    port.retired.seq.absorb(&last.seq);
-                    port.retired.quality = last.quality;
-                    port.retired.rtcp = last.rtcp;
-                }
+                Ok(last) => retire(&mut port.retired, last),
                 Err(e) => warn!(%local, error = %e, "removing XDP flow"),
             }
+        }
+    }
+}
+
+impl MediaPlane {
+    /// Shared pairs open, and streams on them.
+    #[must_use]
+    pub fn shared_figures(&self) -> (usize, usize) {
+        (self.shared_refs.len(), self.streams.len())
+    }
+
+    /// Remove a shared stream's XDP flow, keeping its counters.
+    fn remove_shared_flow(&mut self, local: SocketAddr, slot: SocketAddr) {
+        let Some(st) = self.streams.get_mut(&(local, slot)) else {
+            return;
+        };
+        let Some(remote) = st.flow.take() else {
+            return;
+        };
+        if let Some(dp) = self.dataplane.as_mut() {
+            match dp.flows_mut().remove(&FlowKey::shared(local, remote)) {
+                Ok(last) => retire(&mut st.retired, last),
+                Err(e) => warn!(%local, %remote, error = %e, "removing a shared port's XDP flow"),
+            }
+        }
+    }
+
+    /// A shared stream's route: kept for the engine's forwarding, and as
+    /// an XDP flow keyed by its source where the data plane can express
+    /// it (the flow moves when the source does).
+    fn set_shared_route(&mut self, local: SocketAddr, slot: SocketAddr, route: Option<Route>) {
+        let key = route.as_ref().and_then(|r| match r.source {
+            Source::Learning(a) => a,
+            Source::Latched { addr, .. } => Some(addr),
+            // Refused by the engine for sharing calls: no flow.
+            Source::Any => None,
+        });
+        let flow = route
+            .as_ref()
+            .zip(key)
+            .and_then(|(r, k)| Some((k, xdp_flow(local, r)?)));
+        let current = self.streams.get(&(local, slot)).and_then(|s| s.flow);
+        if current.is_some() && current != flow.as_ref().map(|(k, _)| *k) {
+            self.remove_shared_flow(local, slot);
+        }
+        let st = self.streams.entry((local, slot)).or_default();
+        st.route = route;
+        let Some((remote, flow)) = flow else {
+            return;
+        };
+        let Some(dp) = self.dataplane.as_mut() else {
+            return;
+        };
+        // Updated in place when the source stays, its counters continuing.
+        match dp.flows_mut().set(FlowKey::shared(local, remote), flow) {
+            Ok(()) => st.flow = Some(remote),
+            Err(e) => {
+                warn!(%local, %remote, error = %e, "installing a shared port's XDP flow failed; the daemon forwards");
+            }
+        }
+    }
+
+    /// The counters of what arrived at a port or a shared stream, both
+    /// paths together: `user` the userspace path's, `retired` those of
+    /// flows since removed, `flow` the key of the flow installed.
+    fn combine(
+        &self,
+        user: &UserCounters,
+        mut kernel: FlowCounters,
+        route: Option<&Route>,
+        flow: Option<FlowKey>,
+    ) -> Counters {
+        let rtcp_port = route.is_some_and(|r| !r.rtp);
+        let mono = |ns: u64| self.boot + std::time::Duration::from_nanos(ns);
+        let real =
+            |ns: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+        // RTCP reports: the userspace path's, the retired flows', the
+        // current flow's (an RTCP flow's quality slot holds them; an RTP
+        // flow keeps the RTCP multiplexed on its port in `rtcp`).
+        let kernel_rtcp = |c: &FlowCounters| {
+            if rtcp_port {
+                RtcpSeen::from_slot(&c.quality)
+            } else {
+                c.rtcp
+            }
+        };
+        let mut rtcp = RtcpReports::default()
+            .merge(&user.rtcp, real)
+            .merge(&kernel_rtcp(&kernel), mono);
+        // Both paths may have forwarded parts of one stream: fold their
+        // windows so one path's packets are not the other's gaps.
+        let mut seq = user.seq;
+        seq.absorb(&kernel.seq);
+        if let Some(key) = flow
+            && let Some(dp) = &self.dataplane
+            && let Ok(c) = dp.flows().counters(&key)
+        {
+            kernel.packets += c.packets;
+            kernel.bytes += c.bytes;
+            kernel.last_seen = kernel.last_seen.max(c.last_seen);
+            if c.last_rtp.is_some() {
+                kernel.last_rtp = c.last_rtp;
+            }
+            seq.absorb(&c.seq);
+            kernel.quality = c.quality;
+            rtcp = rtcp.merge(&kernel_rtcp(&c), mono);
+        }
+        let kernel_last = kernel.last_seen.map(|d| self.boot + d);
+        // Quality: of the path that carried the stream last (each
+        // measures only what it saw; their figures do not add up).
+        let clock_rate = route.map_or(0, |r| r.clock_rate);
+        let quality = match (user.last_packet, kernel_last) {
+            (Some(u), Some(k)) if k > u => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
+            (None, Some(_)) => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
+            (Some(_), _) => Quality::of(&user.quality, Path::Userspace, clock_rate),
+            (None, None) => None,
+        };
+        Counters {
+            packets: user.packets + kernel.packets,
+            bytes: user.bytes + kernel.bytes,
+            errors: user.errors,
+            stale: user.stale,
+            kernel_packets: kernel.packets,
+            kernel_bytes: kernel.bytes,
+            rtp_expected: u64::from(seq.expected()),
+            rtp_received: u64::from(seq.received()),
+            last_packet: match (user.last_packet, kernel_last) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            last_rtp: match (user.last_packet, kernel_last) {
+                (Some(a), Some(b)) if b > a => kernel.last_rtp.or(user.last_rtp),
+                (None, Some(_)) => kernel.last_rtp,
+                _ => user.last_rtp.or(kernel.last_rtp),
+            },
+            quality: quality.filter(|_| !rtcp_port),
+            // An RTCP port's reports, or an RTP port's rtcp-mux ones.
+            rtcp: Some(rtcp).filter(|r| r.sender_reports + r.blocks > 0),
         }
     }
 }
@@ -562,74 +725,105 @@ impl Backend for MediaPlane {
         let Some(port) = self.ports.get(&local) else {
             return Counters::default();
         };
-        let user = port.state.counters();
-        let mut kernel = port.retired;
-        let rtcp_port = port.route.as_ref().is_some_and(|r| !r.rtp);
-        let mono = |ns: u64| self.boot + std::time::Duration::from_nanos(ns);
-        let real =
-            |ns: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
-        // RTCP reports: the userspace path's, the retired flows', the
-        // current flow's (an RTCP flow's quality slot holds them; an RTP
-        // flow keeps the RTCP multiplexed on its port in `rtcp`).
-        let kernel_rtcp = |c: &FlowCounters| {
-            if rtcp_port {
-                RtcpSeen::from_slot(&c.quality)
-            } else {
-                c.rtcp
-            }
-        };
-        let mut rtcp = RtcpReports::default()
-            .merge(&user.rtcp, real)
-            .merge(&kernel_rtcp(&kernel), mono);
-        // Both paths may have forwarded parts of one stream: fold their
-        // windows so one path's packets are not the other's gaps.
-        let mut seq = user.seq;
-        seq.absorb(&kernel.seq);
-        if port.flow
-            && let Some(dp) = &self.dataplane
-            && let Ok(c) = dp.flows().counters(&FlowKey::new(local))
-        {
-            kernel.packets += c.packets;
-            kernel.bytes += c.bytes;
-            kernel.last_seen = kernel.last_seen.max(c.last_seen);
-            if c.last_rtp.is_some() {
-                kernel.last_rtp = c.last_rtp;
-            }
-            seq.absorb(&c.seq);
-            kernel.quality = c.quality;
-            rtcp = rtcp.merge(&kernel_rtcp(&c), mono);
+        let flow = port.flow.then(|| FlowKey::new(local));
+        self.combine(
+            &port.state.counters(),
+            port.retired,
+            port.route.as_ref(),
+            flow,
+        )
+    }
+
+    fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        let rtp = SocketAddr::new(addr, port);
+        if let Some(n) = self.shared_refs.get_mut(&rtp) {
+            *n += 1;
+            return Ok(());
         }
-        let kernel_last = kernel.last_seen.map(|d| self.boot + d);
-        // Quality: of the path that carried the stream last (each
-        // measures only what it saw; their figures do not add up).
-        let clock_rate = port.route.as_ref().map_or(0, |r| r.clock_rate);
-        let quality = match (user.last_packet, kernel_last) {
-            (Some(u), Some(k)) if k > u => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
-            (None, Some(_)) => Quality::of(&kernel.quality, Path::Xdp, clock_rate),
-            (Some(_), _) => Quality::of(&user.quality, Path::Userspace, clock_rate),
-            (None, None) => None,
+        self.open_pair(addr, port)?;
+        for p in [port, port + 1] {
+            if let Some(s) = self.ports.get(&SocketAddr::new(addr, p)) {
+                // No any-source flow: unknown sources reach this socket
+                // (the port stays in `unheld`, so the program passes
+                // them), and the engine attributes them.
+                s.state.set_shared();
+            }
+        }
+        self.shared_refs.insert(rtp, 1);
+        Ok(())
+    }
+
+    fn close_shared(&mut self, addr: IpAddr, port: u16) {
+        let rtp = SocketAddr::new(addr, port);
+        let Some(n) = self.shared_refs.get_mut(&rtp) else {
+            return;
         };
-        Counters {
-            packets: user.packets + kernel.packets,
-            bytes: user.bytes + kernel.bytes,
-            errors: user.errors,
-            stale: user.stale,
-            kernel_packets: kernel.packets,
-            kernel_bytes: kernel.bytes,
-            rtp_expected: u64::from(seq.expected()),
-            rtp_received: u64::from(seq.received()),
-            last_packet: match (user.last_packet, kernel_last) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            },
-            last_rtp: match (user.last_packet, kernel_last) {
-                (Some(a), Some(b)) if b > a => kernel.last_rtp.or(user.last_rtp),
-                (None, Some(_)) => kernel.last_rtp,
-                _ => user.last_rtp.or(kernel.last_rtp),
-            },
-            quality: quality.filter(|_| !rtcp_port),
-            // An RTCP port's reports, or an RTP port's rtcp-mux ones.
-            rtcp: Some(rtcp).filter(|r| r.sender_reports + r.blocks > 0),
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.shared_refs.remove(&rtp);
+        let rtcp = SocketAddr::new(addr, port.wrapping_add(1));
+        let left: Vec<(SocketAddr, SocketAddr)> = self
+            .streams
+            .keys()
+            .filter(|(l, _)| *l == rtp || *l == rtcp)
+            .copied()
+            .collect();
+        for (l, slot) in left {
+            self.drop_stream(At::Shared { local: l, slot });
+        }
+        self.close_pair(addr, port);
+    }
+
+    fn set_route_at(&mut self, at: At, route: Option<Route>) {
+        match at {
+            At::Own(local) => self.set_route(local, route),
+            At::Shared { local, slot } => self.set_shared_route(local, slot, route),
+        }
+    }
+
+    fn drop_stream(&mut self, at: At) {
+        match at {
+            At::Own(local) => self.set_route(local, None),
+            At::Shared { local, slot } => {
+                self.remove_shared_flow(local, slot);
+                if let Some(st) = self.streams.remove(&(local, slot)) {
+                    let c = st.state.counters();
+                    self.closed_user.0 += c.packets;
+                    self.closed_user.1 += c.bytes;
+                }
+            }
+        }
+    }
+
+    fn counters_at(&self, at: At) -> Counters {
+        match at {
+            At::Own(local) => self.counters(local),
+            At::Shared { local, slot } => {
+                let Some(st) = self.streams.get(&(local, slot)) else {
+                    return Counters::default();
+                };
+                let flow = st.flow.map(|r| FlowKey::shared(local, r));
+                self.combine(&st.state.counters(), st.retired, st.route.as_ref(), flow)
+            }
+        }
+    }
+
+    fn forward_at(&mut self, arrived: At, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let At::Shared { local, slot } = arrived else {
+            self.forward(arrived.local(), from, to, data);
+            return;
+        };
+        let Some(socket) = self.ports.get(&from).and_then(|p| p.socket.as_ref()) else {
+            return;
+        };
+        let sent = socket.send_to(data, to);
+        if let Some(st) = self.streams.get(&(local, slot)) {
+            st.state.record(local, data, sent.is_ok(), None);
+        }
+        if let Err(e) = sent {
+            debug!(%from, %to, error = %e, "send failed");
         }
     }
 
@@ -648,6 +842,10 @@ impl Backend for MediaPlane {
 
     fn describe(&self) -> Vec<(String, u64)> {
         let mut out = vec![("bound ports".to_owned(), self.ports.len() as u64)];
+        if !self.shared_refs.is_empty() {
+            out.push(("shared pairs open".to_owned(), self.shared_refs.len() as u64));
+            out.push(("shared streams".to_owned(), self.streams.len() as u64));
+        }
         // What the daemon forwarded itself: with `xdp redirected`/`xdp tx`
         // this accounts for every packet relayed.
         let (packets, bytes) = self.userspace_totals();

@@ -10,6 +10,25 @@ use std::{
 
 pub use super::latch::Source;
 
+/// Where one stream's packets arrive: a local port of its own, or a
+/// shared local port (`port-sharing`) and the stream's slot there — the
+/// remote endpoint its lease was given for (`sharing.rs`), which names the
+/// stream on that port for its whole life, whatever source it latches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum At {
+    Own(SocketAddr),
+    Shared { local: SocketAddr, slot: SocketAddr },
+}
+
+impl At {
+    #[must_use]
+    pub const fn local(self) -> SocketAddr {
+        match self {
+            Self::Own(l) | Self::Shared { local: l, .. } => l,
+        }
+    }
+}
+
 /// Forwarding for packets arriving on one local address/port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -242,6 +261,45 @@ pub trait Backend {
     /// socket to `to` (packets the session layer itself decided to forward
     /// while latching); counted on `arrived` like any forwarded packet.
     fn forward(&mut self, arrived: SocketAddr, from: SocketAddr, to: SocketAddr, data: &[u8]);
+    /// A shared pair (`port-sharing`): bound once, whatever the number
+    /// of streams on it; each call adds a reference, [`close_shared`]
+    /// drops one and the last closes the sockets.
+    ///
+    /// [`close_shared`]: Self::close_shared
+    fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        self.open_pair(addr, port)
+    }
+    /// One reference to a shared pair less.
+    fn close_shared(&mut self, addr: IpAddr, port: u16) {
+        self.close_pair(addr, port);
+    }
+    /// [`set_route`](Self::set_route) for a stream `at` a port of its own
+    /// or a shared one: a shared stream's route is installed under its
+    /// source (the route's expected or latched endpoint; an XDP flow
+    /// keyed `FlowKey::shared(local, source)`), moved when that changes.
+    fn set_route_at(&mut self, at: At, route: Option<Route>) {
+        if let At::Own(local) = at {
+            self.set_route(local, route);
+        }
+    }
+    /// A shared stream's lease ends: forget its route, flows and
+    /// counters (its pair's sockets stay while other streams hold it).
+    fn drop_stream(&mut self, at: At) {
+        if let At::Own(local) = at {
+            self.set_route(local, None);
+        }
+    }
+    /// [`counters`](Self::counters) of the stream `at`.
+    fn counters_at(&self, at: At) -> Counters {
+        match at {
+            At::Own(local) => self.counters(local),
+            At::Shared { .. } => Counters::default(),
+        }
+    }
+    /// [`forward`](Self::forward), counted on the stream `arrived`.
+    fn forward_at(&mut self, arrived: At, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        self.forward(arrived.local(), from, to, data);
+    }
     /// The local address the kernel would use to reach `peer`.
     fn route_source(&self, peer: IpAddr) -> Option<IpAddr>;
     /// Figures for `statistics`: name → value (e.g. installed XDP flows,

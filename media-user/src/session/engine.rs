@@ -20,7 +20,7 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    backend::Backend,
+    backend::{At, Backend},
     clock::Now,
     early::EarlyHold,
     error::CommandError,
@@ -28,6 +28,8 @@ use super::{
     model::{Call, Owner},
     ports::PortAllocator,
     reports::{ok, text},
+    shared_owners::{Resolved, SharedOwners},
+    sharing::SharedPorts,
 };
 use crate::{
     interfaces::Interfaces,
@@ -147,6 +149,22 @@ pub struct Totals {
     pub ended_errors: u64,
 }
 
+/// Port sharing's figures (`statistics`, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedFigures {
+    /// Shared pairs in the range.
+    pub pairs: usize,
+    /// Pairs carrying at least one stream (quarantined slots included).
+    pub pairs_in_use: usize,
+    /// Streams (leases) over all pairs.
+    pub streams: usize,
+    /// The most streams one pair carries.
+    pub max_streams_on_a_pair: usize,
+    /// Packets from sources no stream could be given unambiguously:
+    /// dropped (`media_relay_shared_port_unattributed_total`).
+    pub unattributed: u64,
+}
+
 /// A packet that reached the daemon and needs a latching decision.
 #[derive(Clone, Debug)]
 pub struct PacketEvent {
@@ -183,6 +201,24 @@ pub struct Engine<B: Backend> {
     pub(super) watch_totals: super::watch::WatchTotals,
     /// Packets that overtook their call's answer (`early.rs`).
     pub(super) early: EarlyHold,
+    /// `port-sharing`: the shared pairs and who owns what on them
+    /// (`None`: every lease is a pair of its own, from `ports`).
+    pub(super) sharing: Option<Sharing>,
+}
+
+/// Port sharing's state (`docs/port-sharing.md`).
+#[derive(Debug)]
+pub(super) struct Sharing {
+    pub(super) ports: SharedPorts,
+    pub(super) owners: SharedOwners,
+}
+
+/// A lease to give back: the pair, and its slot on a shared one.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lease {
+    pub(super) local: IpAddr,
+    pub(super) port: u16,
+    pub(super) slot: Option<SocketAddr>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -212,7 +248,80 @@ impl<B: Backend> Engine<B> {
             early: EarlyHold::default(),
             watch_cursor: None,
             watch_totals: super::watch::WatchTotals::default(),
+            sharing: None,
         }
+    }
+
+    /// Port sharing (`port-sharing`): leases come from `ports`, many
+    /// calls per pair, instead of the allocator given to [`new`](Self::new).
+    #[must_use]
+    pub fn with_sharing(mut self, ports: SharedPorts) -> Self {
+        self.sharing = Some(Sharing {
+            ports,
+            owners: SharedOwners::default(),
+        });
+        self
+    }
+
+    /// Port sharing's figures: (shared pairs with at least one stream,
+    /// streams leased, pairs, packets refused as unattributable).
+    pub fn shared_figures(&self) -> Option<SharedFigures> {
+        let s = self.sharing.as_ref()?;
+        let pairs = s.ports.pairs();
+        let loads: Vec<usize> = (0..pairs)
+            .map(|i| s.ports.load(s.ports.port_at(i)))
+            .collect();
+        Some(SharedFigures {
+            pairs,
+            pairs_in_use: loads.iter().filter(|n| **n > 0).count(),
+            streams: loads.iter().sum(),
+            max_streams_on_a_pair: loads.iter().copied().max().unwrap_or(0),
+            unattributed: s.owners.unattributed,
+        })
+    }
+
+    /// Where the stream of `local` whose shared slot is `slot` is, for
+    /// the backend; `None` for a shared stream whose slot is not known yet
+    /// (it has no route nor counters of its own).
+    pub(super) fn at(&self, local: SocketAddr, slot: Option<SocketAddr>) -> Option<At> {
+        if self.sharing.is_none() {
+            return Some(At::Own(local));
+        }
+        slot.map(|slot| At::Shared { local, slot })
+    }
+
+    /// The counters of the stream at `local` with shared slot `slot`.
+    pub(super) fn counters_of(&self, local: SocketAddr, slot: Option<SocketAddr>) -> super::Counters {
+        self.at(local, slot)
+            .map(|a| self.backend.counters_at(a))
+            .unwrap_or_default()
+    }
+
+    /// Packets, bytes and errors of every live stream.
+    pub(super) fn live_totals(&self) -> (u64, u64, u64) {
+        let (mut p, mut b, mut e) = (0, 0, 0);
+        let mut add = |c: super::Counters| {
+            p += c.packets;
+            b += c.bytes;
+            e += c.errors;
+        };
+        if self.sharing.is_none() {
+            for local in self.owners.keys() {
+                add(self.backend.counters(*local));
+            }
+            return (p, b, e);
+        }
+        for call in self.calls.values() {
+            for mono in &call.monos {
+                for m in &mono.media {
+                    if let Some((rtp, rtcp)) = m.locals(mono.local) {
+                        add(self.counters_of(rtp, m.slot));
+                        add(self.counters_of(rtcp, m.slot));
+                    }
+                }
+            }
+        }
+        (p, b, e)
     }
 
     pub fn backend(&self) -> &B {
@@ -287,8 +396,39 @@ impl<B: Backend> Engine<B> {
 
     // ---- port leases ---------------------------------------------------
 
-    /// Lease a port pair on `local`.
-    pub(super) fn lease(&mut self, local: IpAddr, now: Instant) -> Result<u16, CommandError> {
+    /// Lease a port pair on `local` for a party expected at `expect`
+    /// (its SDP endpoint; `None` when not known yet). With port sharing,
+    /// a shared pair on which `expect` is not taken: returns the port and
+    /// the slot.
+    pub(super) fn lease(
+        &mut self,
+        local: IpAddr,
+        expect: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(u16, Option<SocketAddr>), CommandError> {
+        if let Some(s) = self.sharing.as_mut() {
+            let port = match s.ports.lease(expect, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.totals.port_exhaustions += 1;
+                    warn!(%local, in_use = s.ports.in_use(), capacity = s.ports.capacity(), reason = %e, "shared ports exhausted");
+                    return Err(CommandError::PortsExhausted { local });
+                }
+            };
+            if let Err(e) = self.backend.open_shared(local, port) {
+                s.ports.release(port, expect, now);
+                self.totals.port_exhaustions += 1;
+                warn!(%local, port, error = %e, "cannot open a shared media port");
+                return Err(CommandError::PortsUnavailable {
+                    reason: e.to_string(),
+                });
+            }
+            return Ok((port, expect));
+        }
+        self.lease_own(local, now).map(|p| (p, None))
+    }
+
+    fn lease_own(&mut self, local: IpAddr, now: Instant) -> Result<u16, CommandError> {
         let backend = &mut self.backend;
         match self
             .ports
@@ -315,7 +455,13 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// Make the stream `media` of party `mono` the owner of its pair
+    /// (shared pairs: one of its owners, registered with what it expects
+    /// by [`share_program`](Self::share_program) as the call is programmed).
     pub(super) fn own(&mut self, call: &str, mono: usize, media: usize, local: IpAddr, port: u16) {
+        if self.sharing.is_some() {
+            return;
+        }
         for component in 0..2u8 {
             self.owners.insert(
                 SocketAddr::new(local, port + u16::from(component)),
@@ -329,7 +475,28 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    pub(super) fn unlease(&mut self, local: IpAddr, port: u16, now: Instant) {
+    /// Give a lease back: the pair, its owners, and on a shared pair the
+    /// stream's routes, keys and slot.
+    pub(super) fn unlease(&mut self, call: &str, mono: usize, media: usize, l: Lease, now: Instant) {
+        let Lease { local, port, slot } = l;
+        if let Some(s) = self.sharing.as_mut() {
+            for component in 0..2u8 {
+                let at = SocketAddr::new(local, port + u16::from(component));
+                let owner = Owner {
+                    call: call.to_owned(),
+                    mono,
+                    media,
+                    component,
+                };
+                s.owners.remove(at, &owner);
+                if let Some(slot) = slot {
+                    self.backend.drop_stream(At::Shared { local: at, slot });
+                }
+            }
+            s.ports.release(port, slot, now);
+            self.backend.close_shared(local, port);
+            return;
+        }
         self.backend.close_pair(local, port);
         self.owners.remove(&SocketAddr::new(local, port));
         self.owners.remove(&SocketAddr::new(local, port + 1));
@@ -391,19 +558,24 @@ impl<B: Backend> Engine<B> {
         };
         self.forget(&call);
         self.unwatch(&call);
-        for mono in &call.monos {
-            for m in &mono.media {
+        for (x, mono) in call.monos.iter().enumerate() {
+            for (i, m) in mono.media.iter().enumerate() {
                 if let Some(p) = m.port {
                     for local in [
                         SocketAddr::new(mono.local, p),
                         SocketAddr::new(mono.local, p + 1),
                     ] {
-                        let c = self.backend.counters(local);
+                        let c = self.counters_of(local, m.slot);
                         self.totals.ended_packets += c.packets;
                         self.totals.ended_bytes += c.bytes;
                         self.totals.ended_errors += c.errors;
                     }
-                    self.unlease(mono.local, p, now);
+                    let lease = Lease {
+                        local: mono.local,
+                        port: p,
+                        slot: m.slot,
+                    };
+                    self.unlease(call_id, x, i, lease, now);
                 }
             }
         }
@@ -434,8 +606,21 @@ impl<B: Backend> Engine<B> {
     /// it (only sources matching what signalling said), never held again.
     fn decide(&mut self, ev: PacketEvent, clock: Now, replay: bool) {
         let now = clock.mono;
-        let Some(owner) = self.owners.get(&ev.local).cloned() else {
-            return;
+        let owner = if let Some(s) = self.sharing.as_mut() {
+            // A shared port: the owner by the packet's source — its exact
+            // key, else attributed only when unambiguous (`sharing.rs`).
+            match s.owners.resolve(ev.local, ev.from, ev.rtp.map(|(ssrc, _)| ssrc)) {
+                Resolved::Known(o) | Resolved::Attributed(o) => o,
+                Resolved::Refused(why) => {
+                    debug!(local = %ev.local, from = %ev.from, ?why, "shared port: source not attributed");
+                    return;
+                }
+            }
+        } else {
+            let Some(owner) = self.owners.get(&ev.local).cloned() else {
+                return;
+            };
+            owner
         };
         let Some(call) = self.calls.get_mut(&owner.call) else {
             return;
@@ -455,10 +640,18 @@ impl<B: Backend> Engine<B> {
         };
         let before = (latch.endpoint(), latch.source());
         let was = latch.clone();
+        let at = if self.sharing.is_some() {
+            m.slot.map(|slot| At::Shared {
+                local: ev.local,
+                slot,
+            })
+        } else {
+            Some(At::Own(ev.local))
+        };
         // What the data plane forwarded on this port without us: the
         // latch decides against the stream as it is now (issue 16, item 1).
         if latch.needs_sync(ev.from, ev.rtp, now) {
-            let seen = self.backend.counters(ev.local);
+            let seen = at.map(|a| self.backend.counters_at(a)).unwrap_or_default();
             latch.sync(seen.packets, seen.last_rtp, now);
         }
         let verdict = latch.on_packet(ev.from, ev.rtp, now, answered);
@@ -483,9 +676,11 @@ impl<B: Backend> Engine<B> {
             && let Some(peer) = mono.peer.and_then(|p| call.monos.get(p))
         {
             let routes = Self::routes(mono, peer, owner.media);
-            if let Some((_, Some(route))) = routes.iter().find(|(l, _)| *l == Some(ev.local)) {
+            if let Some((_, Some(route))) = routes.iter().find(|(l, _)| *l == Some(ev.local))
+                && let Some(at) = at
+            {
                 self.backend
-                    .forward(ev.local, route.out, route.dest, &ev.data);
+                    .forward_at(at, route.out, route.dest, &ev.data);
             }
         }
         self.flush(clock);

@@ -6,7 +6,7 @@
 //! strings (several are rtpengine's own wording), so they are part of the
 //! protocol: change a message only on purpose.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
@@ -72,6 +72,18 @@ pub enum CommandError {
     /// descriptors, of memory.
     #[error("Cannot open media ports: {reason}")]
     PortsUnavailable { reason: String },
+    /// Port sharing: the answerer's media endpoint is already another
+    /// stream's on the shared pair its side was given at the offer.
+    #[error(
+        "media endpoint {remote} is already used by another call on shared port {port}: re-offer the call (a new shared port is chosen)"
+    )]
+    SharedEndpointTaken { port: u16, remote: SocketAddr },
+    /// Port sharing: an asymmetric stream accepts any source, which a
+    /// shared port cannot tell from other calls' media.
+    #[error(
+        "asymmetric media cannot be relayed with port-sharing (a shared port tells calls apart by their sources): drop the asymmetric flag"
+    )]
+    AsymmetricShared,
     /// A call-id starting with NUL: no SIP Call-ID does, and the engine's
     /// own records are kept under such ids.
     #[error("Invalid call-id")]

@@ -93,7 +93,10 @@ impl<B: Backend> Engine<B> {
                     counters.push((
                         mi,
                         i,
-                        [self.backend.counters(rtp), self.backend.counters(rtcp)],
+                        [
+                            self.counters_of(rtp, m.slot),
+                            self.counters_of(rtcp, m.slot),
+                        ],
                     ));
                 }
             }
@@ -167,17 +170,12 @@ impl<B: Backend> Engine<B> {
             return;
         }
         // Ended calls included, so rates do not dip when calls end.
-        let (mut p, mut b, mut e) = (
-            self.totals.ended_packets,
-            self.totals.ended_bytes,
-            self.totals.ended_errors,
+        let (lp, lb, le) = self.live_totals();
+        let (p, b, e) = (
+            self.totals.ended_packets + lp,
+            self.totals.ended_bytes + lb,
+            self.totals.ended_errors + le,
         );
-        for local in self.owners.keys() {
-            let c = self.backend.counters(*local);
-            p += c.packets;
-            b += c.bytes;
-            e += c.errors;
-        }
         let dt = now.duration_since(t0).as_secs_f64();
         if dt > 0.0 {
             self.rates = (

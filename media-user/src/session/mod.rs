@@ -47,9 +47,11 @@ pub mod shared_owners;
 pub mod sharing;
 pub mod watch;
 
-pub use backend::{Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};
+pub use backend::{At, Backend, Counters, Path, Quality, ReportBlock, Route, RtcpReports};
 pub use clock::Now;
-pub use engine::{DEFAULT_MAX_MEDIA, EndReason, Ended, Engine, PacketEvent, SessionConfig};
+pub use engine::{
+    DEFAULT_MAX_MEDIA, EndReason, Ended, Engine, PacketEvent, SessionConfig, SharedFigures,
+};
 pub use error::CommandError;
 pub use latch::{Latch, Policy, Source};
 pub use persist::{Restored, SkipReason, Skipped};

@@ -130,6 +130,11 @@ pub struct Media {
     /// RTP clock rate of the party's first payload format (from its SDP),
     /// the unit of its stream's jitter; `None` if unknown.
     pub clock_rate: Option<u32>,
+    /// Port sharing: the remote endpoint the shared pair's lease was given
+    /// for (the party's SDP RTP endpoint; for the answerer's side, bound at
+    /// its answer). It names the stream on the shared pair for the
+    /// stream's life; `None` on a port of its own, or not known yet.
+    pub slot: Option<SocketAddr>,
 }
 
 impl Media {
@@ -150,7 +155,7 @@ impl Media {
 }
 
 /// Which stream of which media of which party owns a local port.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub call: String,
     pub mono: usize,

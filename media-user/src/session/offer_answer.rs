@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use super::{
     backend::Backend,
     clock::Now,
-    engine::Engine,
+    engine::{Engine, Lease},
     error::CommandError,
     latch::{Latch, Policy},
     model::{Call, Media, Mono, PartyFlags, SentSdp, digest},
@@ -416,6 +416,9 @@ impl<B: Backend> Engine<B> {
         now: Instant,
     ) -> Result<(), CommandError> {
         let window = self.cfg.learning_window;
+        if self.sharing.is_some() && cmd.flags.asymmetric {
+            return Err(CommandError::AsymmetricShared);
+        }
         let (local, flags, existing) = {
             let call = self.calls.get(call_id).ok_or(CommandError::CallVanished)?;
             let m = call.monos.get(who).ok_or(CommandError::CallVanished)?;
@@ -443,28 +446,33 @@ impl<B: Backend> Engine<B> {
                 }
             });
             let need_port = mi.port != 0;
-            let has_port = self
+            let (has_port, has_slot) = self
                 .calls
                 .get(call_id)
                 .and_then(|c| c.monos.get(who)?.media.get(i))
-                .and_then(|m| m.port);
-            let port = match (need_port, has_port) {
-                (true, Some(p)) => Some(p),
+                .map_or((None, None), |m| (m.port, m.slot));
+            let (port, slot) = match (need_port, has_port) {
+                (true, Some(p)) => (Some(p), self.bind_slot(p, has_slot, rtp_adv, now)?),
                 (true, None) => {
-                    let p = self.lease(local, now)?;
+                    let (p, slot) = self.lease(local, rtp_adv, now)?;
                     self.own(call_id, who, i, local, p);
-                    Some(p)
+                    (Some(p), slot)
                 }
                 (false, Some(p)) => {
-                    self.unlease(local, p, now);
-                    None
+                    let lease = Lease {
+                        local,
+                        port: p,
+                        slot: has_slot,
+                    };
+                    self.unlease(call_id, who, i, lease, now);
+                    (None, None)
                 }
-                (false, None) => None,
+                (false, None) => (None, None),
             };
             // What the data plane already forwarded on the pair: a stream
             // whose learning restarts counts only packets from now on.
             let forwarded = port.map_or([0, 0], |p| {
-                [p, p + 1].map(|p| self.backend.counters(SocketAddr::new(local, p)).packets)
+                [p, p + 1].map(|p| self.counters_of(SocketAddr::new(local, p), slot).packets)
             });
             let call = self
                 .calls
@@ -477,6 +485,7 @@ impl<B: Backend> Engine<B> {
                 m.kind.clone_from(&mi.kind);
                 m.protocol.clone_from(&mi.protocol);
                 m.port = port;
+                m.slot = slot;
                 m.mux_in_sdp = mi.rtcp_mux;
                 m.direction = mi.direction;
                 m.zero_address = zero;
@@ -509,10 +518,32 @@ impl<B: Backend> Engine<B> {
                     rtp: latch(rtp_adv, forwarded[0]),
                     rtcp: latch(rtcp_adv, forwarded[1]),
                     clock_rate: mi.clock_rate,
+                    slot,
                 });
             }
         }
         Ok(())
+    }
+
+    /// Port sharing: a shared pair's lease taken before the party's
+    /// endpoint was known (the answerer's side at the offer) is bound to
+    /// it when its SDP names it; a taken endpoint is an error. Returns the
+    /// stream's slot (unchanged once bound: it names the stream).
+    fn bind_slot(
+        &mut self,
+        port: u16,
+        slot: Option<SocketAddr>,
+        adv: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<Option<SocketAddr>, CommandError> {
+        let (Some(s), None, Some(remote)) = (self.sharing.as_mut(), slot, adv) else {
+            return Ok(slot);
+        };
+        s.ports.bind(port, remote, now).map_err(|e| {
+            debug!(port, %remote, error = %e, "shared slot taken");
+            CommandError::SharedEndpointTaken { port, remote }
+        })?;
+        Ok(Some(remote))
     }
 
     /// Give the answerer's side one media per offered m= line, leasing the
@@ -538,23 +569,30 @@ impl<B: Backend> Engine<B> {
             (wanted, ym.local)
         };
         for (i, (rejected, kind, protocol)) in wanted.into_iter().enumerate() {
-            let has = self
+            let (has, has_slot) = self
                 .calls
                 .get(call_id)
                 .and_then(|c| c.monos.get(y)?.media.get(i))
-                .map(|m| m.port);
-            let port = match (rejected, has.flatten()) {
-                (false, Some(p)) => Some(p),
+                .map_or((None, None), |m| (m.port, m.slot));
+            let (port, slot) = match (rejected, has) {
+                (false, Some(p)) => (Some(p), has_slot),
                 (false, None) => {
-                    let p = self.lease(y_local, now)?;
+                    // The answerer's endpoint is not known before its
+                    // answer: its slot is bound then (`bind_slot`).
+                    let (p, slot) = self.lease(y_local, None, now)?;
                     self.own(call_id, y, i, y_local, p);
-                    Some(p)
+                    (Some(p), slot)
                 }
                 (true, Some(p)) => {
-                    self.unlease(y_local, p, now);
-                    None
+                    let lease = Lease {
+                        local: y_local,
+                        port: p,
+                        slot: has_slot,
+                    };
+                    self.unlease(call_id, y, i, lease, now);
+                    (None, None)
                 }
-                (true, None) => None,
+                (true, None) => (None, None),
             };
             let call = self
                 .calls
@@ -565,6 +603,7 @@ impl<B: Backend> Engine<B> {
             let media = &mut party.media;
             if let Some(m) = media.get_mut(i) {
                 m.port = port;
+                m.slot = slot;
                 m.kind = kind;
                 m.protocol = protocol;
             } else {
@@ -581,6 +620,7 @@ impl<B: Backend> Engine<B> {
                     rtp: Latch::new(policy, None, window),
                     rtcp: Latch::new(policy, None, window),
                     clock_rate: None,
+                    slot,
                 });
             }
         }

@@ -371,6 +371,16 @@ impl<B: Backend> Engine<B> {
     pub fn owns(&self, local: SocketAddr) -> bool {
         self.owners.contains_key(&local)
     }
+
+    /// [`owns`](Self::owns) for a flow's key: a shared port's flow (with
+    /// a `remote`) is owned when a stream holds that exact key.
+    pub fn owns_flow(&self, local: SocketAddr, remote: Option<SocketAddr>) -> bool {
+        match (remote, &self.sharing) {
+            (Some(r), Some(s)) => s.owners.holds(local, r),
+            (Some(_), None) => false,
+            (None, _) => self.owns(local),
+        }
+    }
 }
 
 /// Add an earlier run's totals to these.

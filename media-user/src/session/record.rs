@@ -443,6 +443,7 @@ pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
             rtp,
             rtcp,
             clock_rate: _,
+            slot: _,
         } = m;
         MediaRecord {
             kind: kind.clone(),
@@ -556,6 +557,7 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             rtp: latch(m.rtp)?,
             rtcp: latch(m.rtcp)?,
             clock_rate: None,
+            slot: None,
         })
     };
     let mut monos = Vec::with_capacity(n);

@@ -60,12 +60,12 @@ pub(super) fn ok(pairs: Vec<(&str, Value)>) -> Reply {
 impl<B: Backend> Engine<B> {
     fn stream_report(
         &self,
-        local: SocketAddr,
+        (local, slot): (SocketAddr, Option<SocketAddr>),
         latch: &Latch,
         component: u8,
         totals: &mut [Counters; 2],
     ) -> Value {
-        let c = self.backend.counters(local);
+        let c = self.counters_of(local, slot);
         let t = &mut totals[usize::from(component)];
         t.packets += c.packets;
         t.bytes += c.bytes;
@@ -144,8 +144,8 @@ impl<B: Backend> Engine<B> {
             for (i, m) in mono.media.iter().enumerate() {
                 let mut streams = Vec::new();
                 if let Some((rtp, rtcp)) = m.locals(mono.local) {
-                    streams.push(self.stream_report(rtp, &m.rtp, 0, &mut totals));
-                    streams.push(self.stream_report(rtcp, &m.rtcp, 1, &mut totals));
+                    streams.push(self.stream_report((rtp, m.slot), &m.rtp, 0, &mut totals));
+                    streams.push(self.stream_report((rtcp, m.slot), &m.rtcp, 1, &mut totals));
                 }
                 let mut flags = vec![text("initialized")];
                 if m.mux {
@@ -279,13 +279,8 @@ impl<B: Backend> Engine<B> {
 
     pub(super) fn statistics(&self, now: Instant) -> Reply {
         let t = &self.totals;
-        let (mut p, mut b, mut e) = (t.ended_packets, t.ended_bytes, t.ended_errors);
-        for local in self.owners.keys() {
-            let c = self.backend.counters(*local);
-            p += c.packets;
-            b += c.bytes;
-            e += c.errors;
-        }
+        let (lp, lb, le) = self.live_totals();
+        let (p, b, e) = (t.ended_packets + lp, t.ended_bytes + lb, t.ended_errors + le);
         let current = dict(vec![
             ("sessionsown", int(self.calls.len() as u64)),
             ("sessionsforeign", int(0)),
@@ -345,6 +340,18 @@ impl<B: Backend> Engine<B> {
             ("ports", ports),
             ("media plane", plane),
         ];
+        if let Some(f) = self.shared_figures() {
+            sections.push((
+                "port sharing",
+                dict(vec![
+                    ("pairs", int(f.pairs as u64)),
+                    ("pairs in use", int(f.pairs_in_use as u64)),
+                    ("streams", int(f.streams as u64)),
+                    ("max streams on a pair", int(f.max_streams_on_a_pair as u64)),
+                    ("unattributed", int(f.unattributed)),
+                ]),
+            ));
+        }
         let publics = self.interfaces.publics();
         if !publics.is_empty() {
             sections.push((

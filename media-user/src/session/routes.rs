@@ -4,13 +4,51 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
-    backend::{Backend, Route},
+    backend::{At, Backend, Route},
     engine::Engine,
-    model::Mono,
+    latch::{Latch, Source},
+    model::{Mono, Owner},
+    sharing::Expecting,
 };
+
+/// A route to program, and (port sharing) whose it is.
+struct Todo {
+    local: SocketAddr,
+    route: Option<Route>,
+    owner: Owner,
+    slot: Option<SocketAddr>,
+    expecting: Expecting,
+    /// The source its key (and XDP flow) is for.
+    key: Option<SocketAddr>,
+}
+
+/// What a stream on a shared port expects, for attribution.
+fn expecting(l: &Latch) -> Expecting {
+    let parts = l.parts();
+    let source = l.source();
+    Expecting {
+        advertised: parts.advertised,
+        sip_source: parts.sip_source,
+        ssrcs: Vec::new(),
+        learning: l.is_learning(),
+        relatch_ssrc: match source {
+            Source::Latched { relatch_ssrc, .. } => relatch_ssrc,
+            _ => None,
+        },
+    }
+}
+
+/// The source a shared stream's key is for.
+fn key_of(l: &Latch) -> Option<SocketAddr> {
+    match l.source() {
+        Source::Learning(a) => a,
+        Source::Latched { addr, .. } => Some(addr),
+        Source::Any => None,
+    }
+}
 
 impl<B: Backend> Engine<B> {
     /// The routes of one direction: packets `a` sends to the relay go to
@@ -64,17 +102,38 @@ impl<B: Backend> Engine<B> {
             return;
         };
         let n = xm.media.len().max(ym.media.len());
+        let y = xm.peer.unwrap_or_default();
         let mut todo = Vec::new();
         for i in 0..n {
-            for (a, b) in [(xm, ym), (ym, xm)] {
-                for (local, route) in Self::routes(a, b, i) {
+            for (who, a, b) in [(x, xm, ym), (y, ym, xm)] {
+                let Some(ma) = a.media.get(i) else {
+                    continue;
+                };
+                for (component, (local, route)) in Self::routes(a, b, i).into_iter().enumerate() {
+                    let latch = if component == 0 { &ma.rtp } else { &ma.rtcp };
                     if let Some(local) = local {
-                        todo.push((local, route));
+                        todo.push(Todo {
+                            local,
+                            route,
+                            owner: Owner {
+                                call: call_id.to_owned(),
+                                mono: who,
+                                media: i,
+                                component: component as u8,
+                            },
+                            slot: ma.slot,
+                            expecting: expecting(latch),
+                            key: key_of(latch),
+                        });
                     }
                 }
             }
         }
-        for (local, route) in todo {
+        if self.sharing.is_some() {
+            self.program_shared(todo);
+            return;
+        }
+        for Todo { local, route, .. } in todo {
             debug!(
                 %call_id,
                 %local,
@@ -83,6 +142,45 @@ impl<B: Backend> Engine<B> {
                 "route"
             );
             self.backend.set_route(local, route);
+        }
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// Port sharing: each stream registered with what it expects, its key
+    /// moved to the source it accepts, its route set under its slot. A
+    /// source another stream of the port holds is refused (the stream
+    /// keeps no route meanwhile): never two calls' media on one key.
+    fn program_shared(&mut self, todo: Vec<Todo>) {
+        let Some(s) = self.sharing.as_mut() else {
+            return;
+        };
+        for t in todo {
+            let Todo {
+                local,
+                mut route,
+                owner,
+                slot,
+                expecting,
+                key,
+            } = t;
+            s.owners.set(local, &owner, expecting);
+            if let Err(e) = s.owners.key(local, &owner, key) {
+                warn!(call_id = %owner.call, %local, error = %e, "shared port: source taken by another call; no route");
+                route = None;
+            }
+            let Some(slot) = slot else {
+                continue;
+            };
+            debug!(
+                call_id = %owner.call,
+                %local,
+                %slot,
+                dest = ?route.as_ref().map(|r| r.dest),
+                source = ?route.as_ref().map(|r| &r.source),
+                "shared route"
+            );
+            self.backend.set_route_at(At::Shared { local, slot }, route);
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct KeyTaken {
 pub struct SharedOwners {
     streams: HashMap<SocketAddr, Vec<(Owner, Expecting)>>,
     exact: HashMap<(SocketAddr, SocketAddr), Owner>,
+    /// The key each stream holds by [`key`](Self::key), by (local, owner).
+    keyed: HashMap<(SocketAddr, Owner), SocketAddr>,
     /// Packets refused because no stream, or more than one, could take
     /// them (`media_relay_shared_port_unattributed_total`).
     pub unattributed: u64,
@@ -55,6 +57,11 @@ impl SharedOwners {
     /// Streams on `local`.
     pub fn streams_on(&self, local: SocketAddr) -> usize {
         self.streams.get(&local).map_or(0, Vec::len)
+    }
+
+    /// Whether some stream holds the exact key (local, remote).
+    pub fn holds(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.exact.contains_key(&(local, remote))
     }
 
     /// Exact keys held.
@@ -93,6 +100,34 @@ impl SharedOwners {
         }
     }
 
+    /// Make `remote` the one key `owner` holds on `local` by this method
+    /// (the source its route accepts, where its XDP flow is keyed): the
+    /// key it held before is dropped; `None` drops it. Refused, leaving
+    /// the old key, if another stream holds `remote`.
+    pub fn key(
+        &mut self,
+        local: SocketAddr,
+        owner: &Owner,
+        remote: Option<SocketAddr>,
+    ) -> Result<(), KeyTaken> {
+        let id = (local, owner.clone());
+        let old = self.keyed.get(&id).copied();
+        if old == remote {
+            return Ok(());
+        }
+        if let Some(r) = remote {
+            self.set_exact(local, r, owner)?;
+        }
+        if let Some(o) = old {
+            self.clear_exact(local, o, owner);
+        }
+        match remote {
+            Some(r) => self.keyed.insert(id, r),
+            None => self.keyed.remove(&id),
+        };
+        Ok(())
+    }
+
     /// Drop `owner`'s exact key (local, remote), if it holds it.
     pub fn clear_exact(&mut self, local: SocketAddr, remote: SocketAddr, owner: &Owner) {
         if self.exact.get(&(local, remote)) == Some(owner) {
@@ -103,6 +138,7 @@ impl SharedOwners {
     /// Remove a stream from `local` with its exact keys; returns the
     /// remotes whose keys (flows) it held.
     pub fn remove(&mut self, local: SocketAddr, owner: &Owner) -> Vec<SocketAddr> {
+        self.keyed.remove(&(local, owner.clone()));
         if let Some(v) = self.streams.get_mut(&local) {
             v.retain(|(o, _)| o != owner);
             if v.is_empty() {
@@ -247,6 +283,26 @@ mod tests {
         );
         s.remove(local, &b);
         assert_eq!(s.streams_on(local), 0);
+    }
+
+    #[test]
+    fn a_stream_s_key_moves_with_its_source() {
+        let local = sa("198.18.0.1:40000");
+        let (a, b) = (owner("a"), owner("b"));
+        let mut s = SharedOwners::default();
+        s.key(local, &a, Some(sa("198.18.1.1:5000"))).unwrap();
+        s.key(local, &b, Some(sa("198.18.1.2:5000"))).unwrap();
+        // a latches on its NAT's source: the old key goes.
+        s.key(local, &a, Some(sa("198.18.1.1:6000"))).unwrap();
+        assert!(!s.holds(local, sa("198.18.1.1:5000")));
+        assert!(s.holds(local, sa("198.18.1.1:6000")));
+        // b cannot take a's; b keeps its own.
+        assert!(s.key(local, &b, Some(sa("198.18.1.1:6000"))).is_err());
+        assert!(s.holds(local, sa("198.18.1.2:5000")));
+        assert_eq!(s.exact_keys(), 2);
+        s.key(local, &a, None).unwrap();
+        s.remove(local, &b);
+        assert_eq!(s.exact_keys(), 0);
     }
 
     #[test]

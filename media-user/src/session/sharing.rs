@@ -196,6 +196,11 @@ impl SharedPorts {
             .map(|d| usize::from(d / 2))
     }
 
+    /// The RTP port of the `i`th pair.
+    pub fn port_at(&self, i: usize) -> u16 {
+        self.port_of(i)
+    }
+
     fn port_of(&self, i: usize) -> u16 {
         self.first + 2 * i as u16
     }

@@ -367,27 +367,29 @@ impl<B: Backend> Engine<B> {
         &self,
         call: &Call,
         mono: usize,
-        read: &mut HashMap<SocketAddr, Counters>,
+        read: &mut HashMap<(SocketAddr, Option<SocketAddr>), Counters>,
     ) -> Option<Leg> {
-        let mut counters = |local: SocketAddr| {
+        let mut counters = |local: SocketAddr, slot: Option<SocketAddr>| {
             *read
-                .entry(local)
-                .or_insert_with(|| self.backend.counters(local))
+                .entry((local, slot))
+                .or_insert_with(|| self.counters_of(local, slot))
         };
         let m = call.monos.get(mono)?;
         let peer = m.peer.and_then(|p| call.monos.get(p));
         m.media.iter().enumerate().find_map(|(i, md)| {
             let (rtp, rtcp) = md.locals(m.local)?;
-            let c = counters(rtp);
+            let c = counters(rtp, md.slot);
             c.quality?;
             let pm = peer.and_then(|p| p.media.get(i));
             // Its reports (RTCP port, or the RTP port with rtcp-mux), and
             // the sender reports sent towards it (its peer's).
-            let own = RtcpReports::either(counters(rtcp).rtcp, c.rtcp);
+            let own = RtcpReports::either(counters(rtcp, md.slot).rtcp, c.rtcp);
             let peer_rtcp = pm
                 .zip(peer)
-                .and_then(|(pm, p)| pm.locals(p.local))
-                .and_then(|(r, rc)| RtcpReports::either(counters(rc).rtcp, counters(r).rtcp));
+                .and_then(|(pm, p)| Some((pm.locals(p.local)?, pm.slot)))
+                .and_then(|((r, rc), slot)| {
+                    RtcpReports::either(counters(rc, slot).rtcp, counters(r, slot).rtcp)
+                });
             let far_clock = pm.and_then(|pm| pm.clock_rate).unwrap_or(0);
             Some(Leg::of(&c, own.as_ref(), peer_rtcp.as_ref(), far_clock))
         })
