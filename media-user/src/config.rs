@@ -408,9 +408,11 @@ impl RunConfig {
                 });
             }
             (false, _) => None,
-            (true, n) => Some(n.map_or(crate::session::sharing::DEFAULT_MAX_PER_PORT, |n| {
-                usize::try_from(n).unwrap_or(usize::MAX)
-            })),
+            (true, n) => Some(
+                n.map_or(crate::session::sharing::DEFAULT_MAX_PER_PORT, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            ),
         };
         let secs = |key: &'static str,
                     v: Option<u64>,

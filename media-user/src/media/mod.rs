@@ -274,10 +274,12 @@ impl MediaPlane {
     pub fn userspace_totals(&self) -> (u64, u64) {
         let ports = self.ports.values().map(|p| &p.state);
         let streams = self.streams.values().map(|s| &s.state);
-        ports.chain(streams).fold(self.closed_user, |(p, b), state| {
-            let c = state.counters();
-            (p + c.packets, b + c.bytes)
-        })
+        ports
+            .chain(streams)
+            .fold(self.closed_user, |(p, b), state| {
+                let c = state.counters();
+                (p + c.packets, b + c.bytes)
+            })
     }
 
     pub fn dataplane(&self) -> Option<&DataPlane> {
@@ -843,7 +845,10 @@ impl Backend for MediaPlane {
     fn describe(&self) -> Vec<(String, u64)> {
         let mut out = vec![("bound ports".to_owned(), self.ports.len() as u64)];
         if !self.shared_refs.is_empty() {
-            out.push(("shared pairs open".to_owned(), self.shared_refs.len() as u64));
+            out.push((
+                "shared pairs open".to_owned(),
+                self.shared_refs.len() as u64,
+            ));
             out.push(("shared streams".to_owned(), self.streams.len() as u64));
         }
         // What the daemon forwarded itself: with `xdp redirected`/`xdp tx`

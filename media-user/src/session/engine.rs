@@ -291,7 +291,11 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The counters of the stream at `local` with shared slot `slot`.
-    pub(super) fn counters_of(&self, local: SocketAddr, slot: Option<SocketAddr>) -> super::Counters {
+    pub(super) fn counters_of(
+        &self,
+        local: SocketAddr,
+        slot: Option<SocketAddr>,
+    ) -> super::Counters {
         self.at(local, slot)
             .map(|a| self.backend.counters_at(a))
             .unwrap_or_default()
@@ -477,7 +481,14 @@ impl<B: Backend> Engine<B> {
 
     /// Give a lease back: the pair, its owners, and on a shared pair the
     /// stream's routes, keys and slot.
-    pub(super) fn unlease(&mut self, call: &str, mono: usize, media: usize, l: Lease, now: Instant) {
+    pub(super) fn unlease(
+        &mut self,
+        call: &str,
+        mono: usize,
+        media: usize,
+        l: Lease,
+        now: Instant,
+    ) {
         let Lease { local, port, slot } = l;
         if let Some(s) = self.sharing.as_mut() {
             for component in 0..2u8 {
@@ -609,7 +620,10 @@ impl<B: Backend> Engine<B> {
         let owner = if let Some(s) = self.sharing.as_mut() {
             // A shared port: the owner by the packet's source — its exact
             // key, else attributed only when unambiguous (`sharing.rs`).
-            match s.owners.resolve(ev.local, ev.from, ev.rtp.map(|(ssrc, _)| ssrc)) {
+            match s
+                .owners
+                .resolve(ev.local, ev.from, ev.rtp.map(|(ssrc, _)| ssrc))
+            {
                 Resolved::Known(o) | Resolved::Attributed(o) => o,
                 Resolved::Refused(why) => {
                     debug!(local = %ev.local, from = %ev.from, ?why, "shared port: source not attributed");
@@ -679,8 +693,7 @@ impl<B: Backend> Engine<B> {
             if let Some((_, Some(route))) = routes.iter().find(|(l, _)| *l == Some(ev.local))
                 && let Some(at) = at
             {
-                self.backend
-                    .forward_at(at, route.out, route.dest, &ev.data);
+                self.backend.forward_at(at, route.out, route.dest, &ev.data);
             }
         }
         self.flush(clock);

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::{
     backend::Backend,
     clock::Now,
-    engine::{ENDED_KEPT, Engine, TIMEOUT_CHECK, Totals},
+    engine::{ENDED_KEPT, Engine, Lease, TIMEOUT_CHECK, Totals},
     model::Call,
     ports::ClaimError,
     record::{self, Decoded, ENGINE_ID, EngineState, RecordError},
@@ -97,6 +97,19 @@ pub enum SkipReason {
         #[source]
         source: ClaimError,
     },
+    #[error(
+        "its pairs are {} but port-sharing is {} in this run: start the daemon with the setting the call was made with",
+        if *shared { "shared" } else { "its own" },
+        if *shared { "off" } else { "on" }
+    )]
+    SharingMode { shared: bool },
+    #[error("its slot {remote:?} on shared port pair {port} cannot be claimed: {source}")]
+    SharedSlot {
+        port: u16,
+        remote: Option<SocketAddr>,
+        #[source]
+        source: super::sharing::ShareError,
+    },
     #[error("binding its port pair {local} {port} failed: {source}")]
     Bind {
         local: IpAddr,
@@ -124,7 +137,8 @@ impl<B: Backend> Engine<B> {
                 // Ended (and forgotten then) or never created.
                 continue;
             };
-            let Some((bytes, digest)) = record::encode_call(call, now) else {
+            let Some((bytes, digest)) = record::encode_call(call, self.sharing.is_some(), now)
+            else {
                 warn!(call_id = %id, "the call's record could not be encoded: it will not survive a restart");
                 continue;
             };
@@ -239,9 +253,16 @@ impl<B: Backend> Engine<B> {
             return Err(SkipReason::Duplicate);
         }
         let t0 = Instant::now();
-        let Decoded { mut call, rebased } = record::decode_call(id, bytes, now)?;
+        let Decoded {
+            mut call,
+            rebased,
+            shared,
+        } = record::decode_call(id, bytes, now)?;
         let t1 = Instant::now();
         phases.decode += t1 - t0;
+        if shared != self.sharing.is_some() {
+            return Err(SkipReason::SharingMode { shared });
+        }
         // Interfaces are this run's configuration: a party's local address
         // must still be on one (it may have moved in the list).
         let mut moved = rebased;
@@ -254,6 +275,9 @@ impl<B: Backend> Engine<B> {
                     .ok_or(SkipReason::NoInterface { local: m.local })?;
                 moved = true;
             }
+        }
+        if shared {
+            return self.adopt_shared(id, call, now, phases, (t1, moved, rebased));
         }
         let pairs: Vec<(usize, usize, IpAddr, u16)> = call
             .monos
@@ -297,6 +321,14 @@ impl<B: Backend> Engine<B> {
         for (x, i, local, port) in pairs {
             self.own(id, x, i, local, port);
         }
+        self.install_adopted(id, call, now, moved);
+        phases.program += t2.elapsed();
+        Ok(rebased)
+    }
+
+    /// An adopted call's routes programmed: its streams' XDP flows,
+    /// updated in place, keep forwarding and counting.
+    fn install_adopted(&mut self, id: &str, call: Call, now: Now, moved: bool) {
         let dialogues: Vec<usize> = call
             .monos
             .iter()
@@ -311,10 +343,74 @@ impl<B: Backend> Engine<B> {
         for x in dialogues {
             self.program(id, x, now.mono);
         }
-        phases.program += t2.elapsed();
         if moved {
             self.dirty.insert(id.to_owned());
         }
+    }
+
+    /// Adopt a call on shared pairs: each media's slot claimed back in the
+    /// allocator, the pair opened (one more reference), then the routes
+    /// programmed, which registers the streams and their keys again
+    /// (`routes.rs`) and reinstalls their exact flows.
+    fn adopt_shared(
+        &mut self,
+        id: &str,
+        call: Call,
+        now: Now,
+        phases: &mut Phases,
+        (t1, moved, rebased): (Instant, bool, bool),
+    ) -> Result<bool, SkipReason> {
+        let leases: Vec<Lease> = call
+            .monos
+            .iter()
+            .flat_map(|mono| {
+                mono.media.iter().filter_map(move |m| {
+                    m.port.map(|port| Lease {
+                        local: mono.local,
+                        port,
+                        slot: m.slot,
+                    })
+                })
+            })
+            .collect();
+        let mut taken: Vec<Lease> = Vec::with_capacity(leases.len());
+        let mut failed = None;
+        for l in &leases {
+            let Some(s) = self.sharing.as_mut() else {
+                break;
+            };
+            if let Err(source) = s.ports.claim(l.port, l.slot) {
+                failed = Some(SkipReason::SharedSlot {
+                    port: l.port,
+                    remote: l.slot,
+                    source,
+                });
+                break;
+            }
+            if let Err(source) = self.backend.open_shared(l.local, l.port) {
+                s.ports.release(l.port, l.slot, now.mono);
+                failed = Some(SkipReason::Bind {
+                    local: l.local,
+                    port: l.port,
+                    source,
+                });
+                break;
+            }
+            taken.push(*l);
+        }
+        let t2 = Instant::now();
+        phases.bind += t2 - t1;
+        if let Some(reason) = failed {
+            for l in taken {
+                if let Some(s) = self.sharing.as_mut() {
+                    s.ports.release(l.port, l.slot, now.mono);
+                }
+                self.backend.close_shared(l.local, l.port);
+            }
+            return Err(reason);
+        }
+        self.install_adopted(id, call, now, moved);
+        phases.program += t2.elapsed();
         Ok(rebased)
     }
 

@@ -53,9 +53,9 @@ use super::{
 use crate::sdp::Direction;
 
 /// The record format this build writes.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 /// The formats it reads.
-pub const READS: [u8; 2] = [1, 2];
+pub const READS: [u8; 3] = [1, 2, 3];
 
 /// The store id of the engine's own record. A NUL byte: no SIP Call-ID can
 /// hold one (RFC 3261 §25.1, `word` is printable characters), and `offer`
@@ -119,6 +119,16 @@ struct CallExtension {
     /// Per party, per media: the RTP clock rate (Hz) of its first payload
     /// format, if known.
     clock_rates: Vec<Vec<Option<u32>>>,
+}
+
+/// What format 3 adds after format 2's extension.
+#[derive(Default, Serialize, Deserialize)]
+struct SharingExtension {
+    /// The call's pairs are shared (`port-sharing`).
+    shared: bool,
+    /// Per party, per media: the slot on its shared pair (see
+    /// `Media::slot`). Its expected or latched source is the latch's.
+    slots: Vec<Vec<Option<SocketAddr>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -352,7 +362,12 @@ impl Times {
 
 /// `[FORMAT][header][body][extension]`, and the digest of body and
 /// extension.
-fn frame<T: Serialize, E: Serialize>(body: &T, extension: &E, now: Now) -> Option<(Vec<u8>, u64)> {
+fn frame<T: Serialize, E: Serialize, F: Serialize>(
+    body: &T,
+    extension: &E,
+    sharing: &F,
+    now: Now,
+) -> Option<(Vec<u8>, u64)> {
     let header = Header {
         mono_ns: now.mono_ns,
         wall_ms: unix_ms(now.wall),
@@ -361,15 +376,20 @@ fn frame<T: Serialize, E: Serialize>(body: &T, extension: &E, now: Now) -> Optio
     let start = out.len();
     let out = postcard::to_extend(body, out).ok()?;
     let out = postcard::to_extend(extension, out).ok()?;
+    let out = postcard::to_extend(sharing, out).ok()?;
     let d = digest(out.get(start..).unwrap_or_default());
     Some((out, d))
 }
 
 /// The header, the body and the body's digest of a framed record, with
 /// format 2's extension `E` (its default for format 1).
-fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default>(
+#[expect(
+    clippy::type_complexity,
+    reason = "the framing's parts, named at the two call sites"
+)]
+fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default, F: Deserialize<'a> + Default>(
     bytes: &'a [u8],
-) -> Result<(Header, T, E, u64), RecordError> {
+) -> Result<(Header, T, E, F, u64), RecordError> {
     let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
     if !READS.contains(&format) {
         return Err(RecordError::Format { found: format });
@@ -381,10 +401,14 @@ fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default>(
     if format >= 2 {
         (extension, extra) = postcard::take_from_bytes(extra).map_err(malformed)?;
     }
+    let mut sharing = F::default();
+    if format >= 3 {
+        (sharing, extra) = postcard::take_from_bytes(extra).map_err(malformed)?;
+    }
     if !extra.is_empty() {
         return Err(RecordError::Trailing { extra: extra.len() });
     }
-    Ok((header, value, extension, digest(body)))
+    Ok((header, value, extension, sharing, digest(body)))
 }
 
 // ---- calls ---------------------------------------------------------------
@@ -392,7 +416,7 @@ fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default>(
 /// The record of `call` written at `now`, and the digest of its body
 /// (`Call::persisted`). `None` only if serialization failed, which these
 /// types cannot make it do.
-pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
+pub(super) fn encode_call(call: &Call, shared_pairs: bool, now: Now) -> Option<(Vec<u8>, u64)> {
     let Call {
         id: _,
         created,
@@ -502,7 +526,18 @@ pub(super) fn encode_call(call: &Call, now: Now) -> Option<(Vec<u8>, u64)> {
             .map(|m| m.media.iter().map(|media| media.clock_rate).collect())
             .collect(),
     };
-    frame(&record, &extension, now)
+    let shared = monos
+        .iter()
+        .flat_map(|m| &m.media)
+        .any(|m| m.slot.is_some());
+    let sharing = SharingExtension {
+        shared: shared || shared_pairs,
+        slots: monos
+            .iter()
+            .map(|m| m.media.iter().map(|media| media.slot).collect())
+            .collect(),
+    };
+    frame(&record, &extension, &sharing, now)
 }
 
 /// A call read back from its record.
@@ -513,6 +548,9 @@ pub(super) struct Decoded {
     /// The record came from an earlier boot: its times were moved (see
     /// `Times::of`).
     pub(super) rebased: bool,
+    /// The call's pairs are shared (`port-sharing`): its slots are in
+    /// its media (`Media::slot`).
+    pub(super) shared: bool,
 }
 
 /// Call `id` as its record describes it, at `now`. Checks what would make
@@ -520,7 +558,13 @@ pub(super) struct Decoded {
 /// this build does not know); ports and interfaces are the adopter's to
 /// check against its own configuration.
 pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, RecordError> {
-    let (header, r, ext, body_digest): (_, CallRecord, CallExtension, _) = unframe(bytes)?;
+    let (header, r, ext, sharing, body_digest): (
+        _,
+        CallRecord,
+        CallExtension,
+        SharingExtension,
+        _,
+    ) = unframe(bytes)?;
     let (times, rebased) = Times::of(&header, now);
     let n = r.monos.len();
     let latch = |l: LatchRecord| -> Result<Latch, RecordError> {
@@ -589,6 +633,11 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             media.clock_rate = rate;
         }
     }
+    for (mono, slots) in monos.iter_mut().zip(sharing.slots) {
+        for (media, slot) in mono.media.iter_mut().zip(slots) {
+            media.slot = slot;
+        }
+    }
     let call = Call {
         id: id.to_owned(),
         created: wall_of(r.created_ms)?,
@@ -603,7 +652,11 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
         watch: Vec::new(),
         persisted: Some(body_digest),
     };
-    Ok(Decoded { call, rebased })
+    Ok(Decoded {
+        call,
+        rebased,
+        shared: sharing.shared,
+    })
 }
 
 /// A call record as the build before this one wrote it: format 1, the
@@ -616,6 +669,20 @@ pub(super) fn as_format_1(bytes: &[u8]) -> Vec<u8> {
     let (_, ext): (CallRecord, _) = postcard::take_from_bytes(body).expect("a body");
     let end = rest.len() - ext.len();
     let mut out = vec![1];
+    out.extend_from_slice(&rest[..end]);
+    out
+}
+
+/// A call record as the build before this one wrote it: format 2, without
+/// format 3's sharing extension (tests of adoption across an upgrade).
+#[cfg(test)]
+pub(super) fn as_format_2(bytes: &[u8]) -> Vec<u8> {
+    let rest = &bytes[1..];
+    let (_, body): (Header, _) = postcard::take_from_bytes(rest).expect("a header");
+    let (_, ext): (CallRecord, _) = postcard::take_from_bytes(body).expect("a body");
+    let (_, sharing): (CallExtension, _) = postcard::take_from_bytes(ext).expect("format 2's");
+    let end = rest.len() - sharing.len();
+    let mut out = vec![2];
     out.extend_from_slice(&rest[..end]);
     out
 }
@@ -694,7 +761,7 @@ pub(super) fn encode_engine(
             .collect(),
         finished: recent,
     };
-    frame(&record, &(), now)
+    frame(&record, &(), &(), now)
 }
 
 /// What the engine's record holds, ready to merge into a new engine.
@@ -706,7 +773,7 @@ pub(super) struct EngineState {
 }
 
 pub(super) fn decode_engine(bytes: &[u8]) -> Result<EngineState, RecordError> {
-    let (_, r, (), _): (Header, EngineRecord, (), _) = unframe(bytes)?;
+    let (_, r, (), (), _): (Header, EngineRecord, (), (), _) = unframe(bytes)?;
     let by_name = |v: Vec<(String, u64)>| {
         v.into_iter()
             .filter_map(|(k, n)| COMMANDS.iter().find(|c| **c == k).map(|c| (*c, n)))

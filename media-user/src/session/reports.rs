@@ -280,7 +280,11 @@ impl<B: Backend> Engine<B> {
     pub(super) fn statistics(&self, now: Instant) -> Reply {
         let t = &self.totals;
         let (lp, lb, le) = self.live_totals();
-        let (p, b, e) = (t.ended_packets + lp, t.ended_bytes + lb, t.ended_errors + le);
+        let (p, b, e) = (
+            t.ended_packets + lp,
+            t.ended_bytes + lb,
+            t.ended_errors + le,
+        );
         let current = dict(vec![
             ("sessionsown", int(self.calls.len() as u64)),
             ("sessionsforeign", int(0)),

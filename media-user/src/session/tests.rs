@@ -22,6 +22,7 @@ mod bridging;
 mod random_sequences;
 mod regressions;
 mod restart;
+mod sharing;
 mod stun;
 mod watch;
 
@@ -43,6 +44,12 @@ pub(super) struct Fake {
     /// Records written and forgotten.
     pub(super) writes: usize,
     pub(super) forgets: usize,
+    /// Shared pairs open (by RTP port) and their references.
+    pub(super) shared: HashMap<SocketAddr, usize>,
+    /// Routes of streams on shared ports, by (local, slot).
+    pub(super) shared_routes: HashMap<(SocketAddr, SocketAddr), Route>,
+    /// Packets forwarded for shared streams, by (local, slot).
+    pub(super) shared_sent: Vec<((SocketAddr, SocketAddr), SocketAddr, SocketAddr)>,
 }
 
 impl Fake {
@@ -139,6 +146,81 @@ impl Backend for Fake {
 
     fn take_persisted(&mut self) -> Vec<(String, Vec<u8>)> {
         self.persisted.take().unwrap_or_default()
+    }
+
+    fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        let rtp = SocketAddr::new(addr, port);
+        if let Some(n) = self.shared.get_mut(&rtp) {
+            *n += 1;
+            return Ok(());
+        }
+        self.open_pair(addr, port)?;
+        self.shared.insert(rtp, 1);
+        Ok(())
+    }
+
+    fn close_shared(&mut self, addr: IpAddr, port: u16) {
+        let rtp = SocketAddr::new(addr, port);
+        let n = self
+            .shared
+            .get_mut(&rtp)
+            .expect("closing a shared pair not open");
+        *n -= 1;
+        if *n == 0 {
+            self.shared.remove(&rtp);
+            assert!(
+                !self
+                    .shared_routes
+                    .keys()
+                    .any(|(l, _)| l.ip() == addr && (l.port() == port || l.port() == port + 1)),
+                "a shared pair closed with routes on it"
+            );
+            self.close_pair(addr, port);
+        }
+    }
+
+    fn set_route_at(&mut self, at: super::At, route: Option<Route>) {
+        match at {
+            super::At::Own(local) => self.set_route(local, route),
+            super::At::Shared { local, slot } => {
+                assert!(self.open.contains(&local), "route on unbound {local}");
+                match route {
+                    Some(r) => {
+                        assert!(self.open.contains(&r.out), "route out of unbound {}", r.out);
+                        self.shared_routes.insert((local, slot), r);
+                    }
+                    None => {
+                        self.shared_routes.remove(&(local, slot));
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_stream(&mut self, at: super::At) {
+        match at {
+            super::At::Own(local) => self.set_route(local, None),
+            super::At::Shared { local, slot } => {
+                self.shared_routes.remove(&(local, slot));
+            }
+        }
+    }
+
+    fn counters_at(&self, at: super::At) -> Counters {
+        match at {
+            super::At::Own(local) => self.counters(local),
+            super::At::Shared { .. } => Counters::default(),
+        }
+    }
+
+    fn forward_at(&mut self, arrived: super::At, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        match arrived {
+            super::At::Own(a) => self.forward(a, from, to, data),
+            super::At::Shared { local, slot } => {
+                self.shared_sent.push(((local, slot), from, to));
+                self.sent.push((from, to, data.to_vec()));
+            }
+        }
     }
 }
 

@@ -531,7 +531,7 @@ fn bad_records_are_skipped_counted_and_forgotten() {
     assert_eq!(
         reasons["future-format"].to_string(),
         format!(
-            "record format {} is not one this build reads (it reads [1, 2]): written by another version of media-relay",
+            "record format {} is not one this build reads (it reads [1, 2, 3]): written by another version of media-relay",
             FORMAT + 1
         )
     );
@@ -690,7 +690,7 @@ fn a_record_from_an_earlier_boot_keeps_its_ages() {
         mono_ns: t0.mono_ns + day,
         ..t0
     };
-    let (bytes, _) = record::encode_call(call, then).unwrap();
+    let (bytes, _) = record::encode_call(call, false, then).unwrap();
     // Restored ten seconds (by the wall clock) after it was written.
     let now = t0 + Duration::from_secs(10);
     let back = record::decode_call("c", &bytes, now).unwrap();
