@@ -31,8 +31,8 @@ struct Tier {
 const ROOT_TIERS: &[Tier] = &[
     Tier {
         what: "XDP program (BPF_PROG_TEST_RUN), forwarding, sessions and IPv4↔IPv6 bridging \
-               end to end, daemon, operator surface, bench paths, learning window and attack \
-               matrix",
+               end to end, daemon, operator surface, bench paths, learning window, attack \
+               matrix and port sharing",
         targets: &[
             "xdp_test_run",
             "xdp_bridge_test_run",
@@ -48,6 +48,7 @@ const ROOT_TIERS: &[Tier] = &[
             "restart",
             "quality",
             "attack_matrix",
+            "port_sharing",
         ],
         threads: 2,
     },

@@ -383,10 +383,6 @@ fn frame<T: Serialize, E: Serialize, F: Serialize>(
 
 /// The header, the body and the body's digest of a framed record, with
 /// format 2's extension `E` (its default for format 1).
-#[expect(
-    clippy::type_complexity,
-    reason = "the framing's parts, named at the two call sites"
-)]
 fn unframe<'a, T: Deserialize<'a>, E: Deserialize<'a> + Default, F: Deserialize<'a> + Default>(
     bytes: &'a [u8],
 ) -> Result<(Header, T, E, F, u64), RecordError> {

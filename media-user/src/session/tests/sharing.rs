@@ -19,8 +19,10 @@ use crate::{
 /// An engine over 6 ports (3 shared pairs) on one interface.
 fn shared_engine() -> Engine<Fake> {
     let e = engine();
-    let mut fake = Fake::default();
-    fake.route_source = e.backend().route_source.clone();
+    let fake = Fake {
+        route_source: e.backend().route_source.clone(),
+        ..Fake::default()
+    };
     Engine::new(
         SessionConfig::default(),
         fake,
