@@ -404,7 +404,9 @@ impl RunConfig {
                 return Err(ConfigError::Invalid {
                     key: "port-sharing-max-per-port",
                     value: n.to_string(),
-                    expected: format!("2 to {MAX_PORT_SHARING_PER_PORT} streams per port pair"),
+                    expected: format!(
+                        "from 2 to {MAX_PORT_SHARING_PER_PORT} (streams per shared port pair)"
+                    ),
                 });
             }
             (false, _) => None,

@@ -233,6 +233,14 @@ fn errors_name_the_key() {
             "config t.toml, line 1 (`ng-allow`): invalid type: string \"198.18.2.0/24\", expected a sequence",
         ),
         (
+            "port-sharing = true\nport-sharing-max-per-port = 1",
+            "config key `port-sharing-max-per-port` = 1: from 2 to 4096 (streams per shared port pair)",
+        ),
+        (
+            "port-sharing = \"yes\"",
+            "config t.toml, line 1 (`port-sharing`): invalid type: string \"yes\", expected a boolean",
+        ),
+        (
             "log-format = \"xml\"",
             "config t.toml, line 1 (`log-format`): unknown variant `xml`",
         ),
@@ -245,4 +253,33 @@ fn errors_name_the_key() {
         assert!(e.starts_with(want), "{text:?}\n  got  {e}\n  want {want}…");
         assert!(!e.contains('\n'), "one line: {e}");
     }
+}
+
+#[test]
+fn port_sharing_is_off_by_default_and_takes_its_cap() {
+    let parse = |text: &str| {
+        RunConfig::resolve(
+            FileConfig::parse(text, Path::new("t.toml")).unwrap(),
+            FileConfig::default(),
+            10,
+        )
+        .unwrap()
+    };
+    assert_eq!(parse("").port_sharing, None);
+    assert_eq!(
+        parse("port-sharing = true").port_sharing,
+        Some(crate::session::sharing::DEFAULT_MAX_PER_PORT)
+    );
+    assert_eq!(
+        parse("port-sharing = true\nport-sharing-max-per-port = 100").port_sharing,
+        Some(100)
+    );
+    // The cap alone does not switch it on; the flag does.
+    assert_eq!(parse("port-sharing-max-per-port = 100").port_sharing, None);
+    let on = FileConfig {
+        port_sharing: Some(true),
+        ..FileConfig::default()
+    };
+    let c = RunConfig::resolve(FileConfig::default(), on, 10).unwrap();
+    assert_eq!(c.port_sharing, Some(64));
 }
