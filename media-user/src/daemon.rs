@@ -505,9 +505,19 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
             ("offer_rejected", t.rejected_sessions),
             ("ports_exhausted", t.port_exhaustions),
         ],
-        ports_in_use: ports.in_use() as u64 * 2,
-        ports_free: ports.free() as u64 * 2,
-        ports_total: ports.capacity() as u64 * 2,
+        // With port sharing: pairs carrying at least one stream.
+        ports_in_use: engine
+            .shared_figures()
+            .map_or(ports.in_use(), |f| f.pairs_in_use) as u64
+            * 2,
+        ports_free: engine
+            .shared_figures()
+            .map_or(ports.free(), |f| f.pairs - f.pairs_in_use) as u64
+            * 2,
+        ports_total: engine
+            .shared_figures()
+            .map_or(ports.capacity(), |f| f.pairs) as u64
+            * 2,
         commands: t.commands.iter().map(|(k, v)| (*k, *v)).collect(),
         command_errors: t.command_errors.iter().map(|(k, v)| (*k, *v)).collect(),
         ng_undecodable: control.undecodable.load(Relaxed),

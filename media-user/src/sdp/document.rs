@@ -73,6 +73,8 @@ pub(super) struct Media {
     /// The clock rate of the first (preferred) payload format, from its
     /// `a=rtpmap` or, for a static payload type, RFC 3551's tables.
     pub(super) clock_rate: Option<u32>,
+    /// SSRCs the section announces (`a=ssrc`, RFC 5576 §4.1).
+    pub(super) ssrcs: Vec<u32>,
     pub(super) section: Section,
 }
 
@@ -342,8 +344,31 @@ fn media(
         port_at,
         protocol: model.proto.clone(),
         clock_rate: clock_rate(model),
+        ssrcs: ssrcs(model),
         section: section(lines, scanned, &model.connections, &model.attributes, true)?,
     })
+}
+
+/// The SSRCs of a media section's `a=ssrc:<ssrc-id> <attribute>` lines
+/// (RFC 5576 §4.1), each once; a malformed id is skipped (the line passes
+/// through untouched either way).
+fn ssrcs(model: &sdp_types::Media) -> Vec<u32> {
+    let mut out = Vec::new();
+    for a in &model.attributes {
+        if !a.attribute.eq_ignore_ascii_case("ssrc") {
+            continue;
+        }
+        let id = a
+            .value
+            .as_deref()
+            .and_then(|v| v.split_ascii_whitespace().next());
+        if let Some(x) = id.and_then(|s| s.parse::<u32>().ok())
+            && !out.contains(&x)
+        {
+            out.push(x);
+        }
+    }
+    out
 }
 
 /// The RTP clock rate of an `m=` line's first payload format: its

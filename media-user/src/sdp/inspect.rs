@@ -36,6 +36,7 @@ pub(super) fn info(document: &Document<'_>) -> SdpInfo {
                     // RFC 8839 §5: ice-lite, ice-options, ice-ufrag/pwd may be
                     // session-level and then apply to every media.
                     has_ice: session_ice || own.has(Attr::Ice),
+                    ssrcs: media.ssrcs.clone(),
                 }
             })
             .collect(),

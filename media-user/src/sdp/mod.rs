@@ -108,6 +108,9 @@ pub struct MediaInfo {
     ///
     /// `ice-pacing` (RFC 8839 §5.5) counts too.
     pub has_ice: bool,
+    /// SSRCs the media section announces (`a=ssrc`, RFC 5576 §4.1): port
+    /// sharing attributes packets from a new source by them.
+    pub ssrcs: Vec<u32>,
 }
 
 /// An `a=rtcp` attribute (RFC 3605 §2.1). Without an address, RTCP goes

@@ -135,6 +135,9 @@ pub struct Media {
     /// its answer). It names the stream on the shared pair for the
     /// stream's life; `None` on a port of its own, or not known yet.
     pub slot: Option<SocketAddr>,
+    /// SSRCs the party's SDP announced for this media (`a=ssrc`): port
+    /// sharing attributes packets from a new source by them.
+    pub ssrcs: Vec<u32>,
 }
 
 impl Media {

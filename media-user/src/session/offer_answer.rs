@@ -486,6 +486,7 @@ impl<B: Backend> Engine<B> {
                 m.protocol.clone_from(&mi.protocol);
                 m.port = port;
                 m.slot = slot;
+                m.ssrcs.clone_from(&mi.ssrcs);
                 m.mux_in_sdp = mi.rtcp_mux;
                 m.direction = mi.direction;
                 m.zero_address = zero;
@@ -519,6 +520,7 @@ impl<B: Backend> Engine<B> {
                     rtcp: latch(rtcp_adv, forwarded[1]),
                     clock_rate: mi.clock_rate,
                     slot,
+                    ssrcs: mi.ssrcs.clone(),
                 });
             }
         }
@@ -621,6 +623,7 @@ impl<B: Backend> Engine<B> {
                     rtcp: Latch::new(policy, None, window),
                     clock_rate: None,
                     slot,
+                    ssrcs: Vec::new(),
                 });
             }
         }

@@ -129,6 +129,8 @@ struct SharingExtension {
     /// Per party, per media: the slot on its shared pair (see
     /// `Media::slot`). Its expected or latched source is the latch's.
     slots: Vec<Vec<Option<SocketAddr>>>,
+    /// Per party, per media: the SSRCs its SDP announced.
+    ssrcs: Vec<Vec<Vec<u32>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -464,6 +466,7 @@ pub(super) fn encode_call(call: &Call, shared_pairs: bool, now: Now) -> Option<(
             rtcp,
             clock_rate: _,
             slot: _,
+            ssrcs: _,
         } = m;
         MediaRecord {
             kind: kind.clone(),
@@ -532,6 +535,10 @@ pub(super) fn encode_call(call: &Call, shared_pairs: bool, now: Now) -> Option<(
             .iter()
             .map(|m| m.media.iter().map(|media| media.slot).collect())
             .collect(),
+        ssrcs: monos
+            .iter()
+            .map(|m| m.media.iter().map(|media| media.ssrcs.clone()).collect())
+            .collect(),
     };
     frame(&record, &extension, &sharing, now)
 }
@@ -598,6 +605,7 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             rtcp: latch(m.rtcp)?,
             clock_rate: None,
             slot: None,
+            ssrcs: Vec::new(),
         })
     };
     let mut monos = Vec::with_capacity(n);
@@ -632,6 +640,11 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
     for (mono, slots) in monos.iter_mut().zip(sharing.slots) {
         for (media, slot) in mono.media.iter_mut().zip(slots) {
             media.slot = slot;
+        }
+    }
+    for (mono, ssrcs) in monos.iter_mut().zip(sharing.ssrcs) {
+        for (media, ssrcs) in mono.media.iter_mut().zip(ssrcs) {
+            media.ssrcs = ssrcs;
         }
     }
     let call = Call {

@@ -25,14 +25,15 @@ struct Todo {
     key: Option<SocketAddr>,
 }
 
-/// What a stream on a shared port expects, for attribution.
-fn expecting(l: &Latch) -> Expecting {
+/// What a stream on a shared port expects, for attribution (`ssrcs`: the
+/// SSRCs its party announced, for the RTP stream).
+fn expecting(l: &Latch, ssrcs: &[u32]) -> Expecting {
     let parts = l.parts();
     let source = l.source();
     Expecting {
         advertised: parts.advertised,
         sip_source: parts.sip_source,
-        ssrcs: Vec::new(),
+        ssrcs: ssrcs.to_vec(),
         learning: l.is_learning(),
         relatch_ssrc: match source {
             Source::Latched { relatch_ssrc, .. } => relatch_ssrc,
@@ -122,7 +123,10 @@ impl<B: Backend> Engine<B> {
                                 component: component as u8,
                             },
                             slot: ma.slot,
-                            expecting: expecting(latch),
+                            expecting: expecting(
+                                latch,
+                                if component == 0 { &ma.ssrcs } else { &[] },
+                            ),
                             key: key_of(latch),
                         });
                     }

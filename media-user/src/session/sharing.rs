@@ -400,24 +400,6 @@ pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> 
     }
 }
 
-/// SSRCs of `a=ssrc:<id> ...` lines (RFC 5576 §4.1) in one media
-/// section's lines; anything malformed is skipped.
-pub fn announced_ssrcs<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
-    let mut out = Vec::new();
-    for line in lines {
-        let Some(rest) = line.trim().strip_prefix("a=ssrc:") else {
-            continue;
-        };
-        let id = rest.split(|c: char| c.is_ascii_whitespace()).next();
-        if let Some(x) = id.and_then(|s| s.parse::<u32>().ok())
-            && !out.contains(&x)
-        {
-            out.push(x);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,18 +583,5 @@ mod tests {
             attribute(&streams, sa("198.18.0.1:5100"), Some(42)),
             Attribution::To(0)
         );
-    }
-
-    #[test]
-    fn ssrc_lines() {
-        let lines = [
-            "a=ssrc:12345 cname:x",
-            "a=ssrc:12345 msid:y",
-            "a=ssrc:99",
-            "a=ssrc:notanumber cname:z",
-            "a=ssrc-group:FID 1 2",
-            "a=rtpmap:0 PCMU/8000",
-        ];
-        assert_eq!(announced_ssrcs(lines), vec![12345, 99]);
     }
 }

@@ -23,6 +23,7 @@ fn plain(kind: &str, port: u16, protocol: &str, connection: &str) -> MediaInfo {
         rtcp_mux: false,
         direction: Direction::SendRecv,
         has_ice: false,
+        ssrcs: Vec::new(),
         clock_rate: protocol.contains("RTP/").then_some(if kind == "video" {
             90_000
         } else {

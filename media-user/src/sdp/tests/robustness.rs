@@ -326,3 +326,14 @@ fn odd_inputs_never_panic() {
         exercise(&format!("nasty {i}"), sdp);
     }
 }
+
+#[test]
+fn announced_ssrcs_are_read_per_media_section() {
+    let sdp = b"v=0\r\no=- 1 1 IN IP4 198.18.1.2\r\ns=-\r\nc=IN IP4 198.18.1.2\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 0\r\na=ssrc:12345 cname:x\r\na=ssrc:12345 msid:y\r\na=SSRC:99\r\n\
+        a=ssrc:notanumber cname:z\r\na=ssrc-group:FID 1 2\r\n\
+        m=video 5002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+    let info = inspect(sdp).unwrap();
+    assert_eq!(info.media[0].ssrcs, vec![12345, 99]);
+    assert!(info.media[1].ssrcs.is_empty());
+}

@@ -273,3 +273,43 @@ fn a_format_2_record_of_the_build_before_is_adopted_on_pairs_of_its_own() {
     assert_same_call(&e.calls["old"], &b.calls["old"]);
     assert_eq!(b.backend().routes, e.backend().routes);
 }
+
+#[test]
+fn a_caller_behind_a_nat_that_changes_its_ip_is_known_by_its_announced_ssrc() {
+    let mut e = shared_engine();
+    let now = Now::read();
+    let mut sdp = String::from_utf8(offer_sdp("198.18.99.5", 4000)).unwrap();
+    sdp.push_str("a=ssrc:305419896 cname:caller\r\n");
+    let r = e.handle(Command::Offer(oa("ssrc", "a", None, sdp.into_bytes())), now);
+    let to_b = media_endpoint(&sdp_of(&r));
+    let r = e.handle(
+        Command::Answer(oa("ssrc", "a", Some("b"), offer_sdp("198.18.2.2", 6000))),
+        now,
+    );
+    let to_a = media_endpoint(&sdp_of(&r));
+    // Another IP, another port: only the announced SSRC says whose it is.
+    let nat = "198.18.77.1:40000";
+    e.on_packet(packet(to_a, nat, 0x9999, 1), Now::read());
+    assert_eq!(
+        e.shared_figures().unwrap().unattributed,
+        1,
+        "a stranger's SSRC"
+    );
+    e.on_packet(packet(to_a, nat, 305_419_896, 1), Now::read());
+    assert_eq!(e.shared_figures().unwrap().unattributed, 1);
+    let r = &e.backend().shared_routes[&(to_b, sa("198.18.2.2:6000"))];
+    assert_eq!(r.dest, sa(nat), "B's media follows A to its NAT");
+    // The announced SSRCs survive a restart (record format 3).
+    let t = Now::read();
+    let fake = e.backend().restarted();
+    let mut b = Engine::new(
+        e.cfg.clone(),
+        fake,
+        e.interfaces.clone(),
+        PortAllocator::new(30000, 30005, Duration::from_secs(2)).unwrap(),
+        t,
+    )
+    .with_sharing(SharedPorts::seeded(30000, 30005, 64, Duration::from_secs(2), 2).unwrap());
+    assert_eq!(b.restore(t).adopted, 1);
+    assert_eq!(b.calls["ssrc"].monos[0].media[0].ssrcs, vec![305_419_896]);
+}
