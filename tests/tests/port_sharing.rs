@@ -6,7 +6,8 @@
 //! into another call. Among the callers some are behind a NAT (their media
 //! comes from another port than their SDP names): the relay attributes
 //! their first packet by their IP (the only stream on that port expecting
-//! it), latches and moves the exact flow. A third party sending to shared
+//! it), latches and moves the exact flow; some of them come from another
+//! IP too, and are known by the SSRC their SDP announced (`a=ssrc`). A third party sending to shared
 //! ports receives nothing, steals nothing, and every one of its packets is
 //! counted as unattributed. Then the daemon is killed (`kill -9`) and
 //! started again: it adopts every call, and media flows as before.
@@ -31,26 +32,30 @@ use media_relay_tests::{
 use media_user::ng::Value;
 
 const CALLS: usize = 1000;
-/// Callers behind a NAT (each with an IP of its own).
+/// Callers behind a NAT (each with an IP of its own): the first
+/// `NATTED - NEW_IP` keep their IP and change the port, the last `NEW_IP`
+/// change both (their SDP names a private address) and are known by the
+/// SSRC their SDP announces (`a=ssrc`).
 const NATTED: usize = 100;
+const NEW_IP: usize = 20;
 const PORT_MIN: u16 = 40000;
 const PORT_MAX: u16 = 40149;
 /// Packets per call and direction, per round of media.
 const PER_ROUND: u16 = 3;
 
-/// Caller `i`'s address, the port its SDP names, and the port its media
-/// comes from (another one behind a NAT).
-fn caller(i: usize) -> (Ipv4Addr, u16, u16) {
-    if i < NATTED {
-        (
-            Ipv4Addr::new(198, 18, 1, 100 + i as u8),
-            4000,
-            20000 + i as u16,
-        )
+/// Caller `i`'s endpoint in its SDP, and the one its media comes from
+/// (another one behind a NAT).
+fn caller(i: usize) -> (SocketAddr, SocketAddr) {
+    let at = |ip: Ipv4Addr, port: u16| SocketAddr::new(IpAddr::V4(ip), port);
+    let media = || at(Ipv4Addr::new(198, 18, 1, 100 + i as u8), 20000 + i as u16);
+    if i < NATTED - NEW_IP {
+        (at(Ipv4Addr::new(198, 18, 1, 100 + i as u8), 4000), media())
+    } else if i < NATTED {
+        (at(Ipv4Addr::new(198, 18, 99, i as u8), 4000), media())
     } else {
         let ip = Ipv4Addr::new(198, 18, 1, 10 + (i % 20) as u8);
         let port = 10000 + 2 * (i / 20) as u16;
-        (ip, port, port)
+        (at(ip, port), at(ip, port))
     }
 }
 
@@ -72,7 +77,7 @@ fn ssrc_b(i: usize) -> u32 {
     0xb000_0000 | i as u32
 }
 
-fn sdp(addr: Ipv4Addr, port: u16) -> String {
+fn sdp(addr: IpAddr, port: u16) -> String {
     format!(
         "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
     )
@@ -274,7 +279,10 @@ fn port_sharing(t: &TestDir, mode: &str) -> anyhow::Result<()> {
             "a0",
             (0..20)
                 .map(|k| Ipv4Addr::new(198, 18, 1, 10 + k))
-                .chain((0..NATTED).map(|i| caller(i).0))
+                .chain((0..NATTED).filter_map(|i| match caller(i).1.ip() {
+                    IpAddr::V4(ip) => Some(ip),
+                    IpAddr::V6(_) => None,
+                }))
                 .chain([INTRUDER]),
         )?;
         add_addresses(
@@ -282,15 +290,7 @@ fn port_sharing(t: &TestDir, mode: &str) -> anyhow::Result<()> {
             "b0",
             (0..20).map(|k| Ipv4Addr::new(198, 18, 2, 10 + k)),
         )?;
-        let a_socks = sockets(
-            &bed.a,
-            (0..CALLS)
-                .map(|i| {
-                    let (ip, _, media_port) = caller(i);
-                    SocketAddr::new(IpAddr::V4(ip), media_port)
-                })
-                .collect(),
-        )?;
+        let a_socks = sockets(&bed.a, (0..CALLS).map(|i| caller(i).1).collect())?;
         let b_socks = sockets(
             &bed.b,
             (0..CALLS)
@@ -306,20 +306,24 @@ fn port_sharing(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         let mut calls = Vec::with_capacity(CALLS);
         for (i, (a, b)) in a_socks.into_iter().zip(b_socks).enumerate() {
             let id = format!("share-{i}");
-            let (a_ip, a_port, _) = caller(i);
+            let (a_sdp, _) = caller(i);
             let (b_ip, b_port) = callee(i);
+            let mut offer_sdp = sdp(a_sdp.ip(), a_sdp.port());
+            if (NATTED - NEW_IP..NATTED).contains(&i) {
+                offer_sdp.push_str(&format!("a=ssrc:{} cname:caller-{i}\r\n", ssrc_a(i)));
+            }
             let offer = ng.ok(&Value::dict()
                 .with("command", "offer")
                 .with("call-id", id.as_str())
                 .with("from-tag", "a")
-                .with("sdp", sdp(a_ip, a_port).as_str()))?;
+                .with("sdp", offer_sdp.as_str()))?;
             let relay_b = relay_of(offer.get("sdp").and_then(Value::as_str).context("sdp")?)?;
             let answer = ng.ok(&Value::dict()
                 .with("command", "answer")
                 .with("call-id", id.as_str())
                 .with("from-tag", "a")
                 .with("to-tag", "b")
-                .with("sdp", sdp(b_ip, b_port).as_str()))?;
+                .with("sdp", sdp(IpAddr::V4(b_ip), b_port).as_str()))?;
             let relay_a = relay_of(answer.get("sdp").and_then(Value::as_str).context("sdp")?)?;
             calls.push(Call {
                 a,
@@ -422,7 +426,7 @@ fn port_sharing(t: &TestDir, mode: &str) -> anyhow::Result<()> {
         // not one per call): media flows at once.
         packets += round(&calls, seq, pace, false)?;
         eprintln!(
-            "{mode}: {CALLS} calls on {} ports, {NATTED} behind NAT: {packets} RTP packets each at its own call's receiver; {} s in all",
+            "{mode}: {CALLS} calls on {} ports, {NATTED} behind NAT ({NEW_IP} of them known by a=ssrc): {packets} RTP packets each at its own call's receiver; {} s in all",
             PORT_MAX - PORT_MIN + 1,
             started.elapsed().as_secs()
         );
