@@ -600,6 +600,16 @@ pub fn stats_table(s: &Value) -> String {
         num(&ports, "total"),
         num(&ports, "exhaustions"),
     ));
+    if let Some(sharing) = s.get("port sharing").and_then(Value::as_dict) {
+        out.push_str(&format!(
+            "sharing    {} streams on {} of {} shared pairs (at most {} on one); {} packets unattributed\n",
+            num(sharing, "streams"),
+            num(sharing, "pairs in use"),
+            num(sharing, "pairs"),
+            num(sharing, "max streams on a pair"),
+            num(sharing, "unattributed"),
+        ));
+    }
     out.push_str(&format!(
         "ng         offer {} answer {} delete {} query {} list {} ping {} statistics {}; errors {}\n",
         num(&ctl, "totaloffercount"),
@@ -763,5 +773,23 @@ mod tests {
         assert_eq!(age(5), "5s");
         assert_eq!(age(65), "1m05s");
         assert_eq!(age(7300), "2h01m");
+    }
+
+    #[test]
+    fn stats_show_port_sharing_when_on() {
+        let off = Value::dict().with("ports", Value::dict().with("total", Value::Int(150)));
+        assert!(!stats_table(&off).contains("sharing"));
+        let on = Value::dict().with(
+            "port sharing",
+            Value::dict()
+                .with("pairs", Value::Int(75))
+                .with("pairs in use", Value::Int(75))
+                .with("streams", Value::Int(2000))
+                .with("max streams on a pair", Value::Int(27))
+                .with("unattributed", Value::Int(75)),
+        );
+        assert!(stats_table(&on).contains(
+            "sharing    2000 streams on 75 of 75 shared pairs (at most 27 on one); 75 packets unattributed"
+        ));
     }
 }

@@ -324,10 +324,15 @@ impl<B: Backend> Engine<B> {
             ("totalstatistics", count("statistics")),
             ("totalerrorcount", int(t.errors)),
         ]);
+        // With port sharing: the shared pairs (carrying a stream or not).
+        let (pairs, pairs_used) = self.shared_figures().map_or_else(
+            || (self.ports.capacity(), self.ports.in_use()),
+            |f| (f.pairs, f.pairs_in_use),
+        );
         let ports = dict(vec![
-            ("total", int(self.ports.capacity() as u64 * 2)),
-            ("used", int(self.ports.in_use() as u64 * 2)),
-            ("free", int(self.ports.free() as u64 * 2)),
+            ("total", int(pairs as u64 * 2)),
+            ("used", int(pairs_used as u64 * 2)),
+            ("free", int(pairs.saturating_sub(pairs_used) as u64 * 2)),
             ("exhaustions", int(t.port_exhaustions)),
         ]);
         let plane = Value::Dict(
