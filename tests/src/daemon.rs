@@ -325,13 +325,26 @@ impl Daemon {
     /// one, by its own account (the `took_us` of its "calls of the earlier
     /// run adopted" line); `None` when it adopted none.
     pub fn adoption_time(&self) -> Option<Duration> {
+        self.adoption_field("took_us").map(Duration::from_micros)
+    }
+
+    /// How many calls the current run adopted, by its own account (the
+    /// `adopted` of the same line); `None` when it adopted none.
+    pub fn adopted_calls(&self) -> Option<u64> {
+        self.adoption_field("adopted")
+    }
+
+    /// A numeric field of the current run's "calls of the earlier run
+    /// adopted" line.
+    fn adoption_field(&self, field: &str) -> Option<u64> {
         let log = strip_ansi(&self.log_text());
         let line = log
             .lines()
             .find(|l| l.contains("calls of the earlier run adopted"))?;
-        let rest = &line[line.find("took_us=")? + "took_us=".len()..];
+        let key = format!(" {field}=");
+        let rest = &line[line.find(&key)? + key.len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok().map(Duration::from_micros)
+        digits.parse().ok()
     }
 
     /// How long the restarted daemon took to bind the adopted calls'

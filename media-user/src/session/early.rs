@@ -15,8 +15,10 @@
 //! packet from the answerer's SDP address or IP is forwarded; anyone
 //! else's is refused and counted then. A packet held longer than
 //! [`MAX_AGE`] is refused (late media is worse than none), and the hold is
-//! bounded per call and in all, so a stranger spraying unanswered ports
-//! gains nothing and costs a fixed amount of memory.
+//! bounded per call, per source address within a call, and in all, so a
+//! stranger spraying unanswered ports gains nothing, costs a fixed amount
+//! of memory, and cannot take the slots the answerer's own first packets
+//! need (one address fills half a call's hold at most).
 
 use std::{
     collections::HashMap,
@@ -29,6 +31,8 @@ use super::engine::PacketEvent;
 pub const MAX_AGE: Duration = Duration::from_millis(200);
 /// Packets held per call (a stream's first ones; the race is a few ms).
 pub const MAX_PER_CALL: usize = 8;
+/// Packets held per call from one source IP address.
+pub const MAX_PER_SOURCE_IP: usize = MAX_PER_CALL / 2;
 /// Packets held over all calls.
 pub const MAX_TOTAL: usize = 2048;
 
@@ -47,7 +51,13 @@ impl EarlyHold {
             return false;
         }
         let held = self.by_call.entry(call.to_owned()).or_default();
-        if held.len() >= MAX_PER_CALL {
+        if held.len() >= MAX_PER_CALL
+            || held
+                .iter()
+                .filter(|(_, h)| h.from.ip() == ev.from.ip())
+                .count()
+                >= MAX_PER_SOURCE_IP
+        {
             return false;
         }
         held.push((now, ev));
@@ -104,22 +114,36 @@ mod tests {
     use super::*;
 
     fn ev(n: u16) -> PacketEvent {
+        from(n, "198.18.2.2:6000")
+    }
+
+    fn from(n: u16, source: &str) -> PacketEvent {
         PacketEvent {
             local: "198.18.2.1:30000".parse().unwrap(),
-            from: "198.18.2.2:6000".parse().unwrap(),
+            from: source.parse().unwrap(),
             rtp: Some((1, n)),
             data: vec![0; 12],
         }
     }
 
     #[test]
-    fn bounded_per_call_and_in_all() {
+    fn bounded_per_call_per_source_and_in_all() {
         let mut h = EarlyHold::default();
         let t = Instant::now();
         for n in 0..MAX_PER_CALL {
-            assert!(h.hold("a", ev(u16::try_from(n).unwrap()), t));
+            // Two sources, each up to its half.
+            let source = if n % 2 == 0 {
+                "198.18.2.2:6000"
+            } else {
+                "198.18.2.3:6000"
+            };
+            assert!(h.hold("a", from(u16::try_from(n).unwrap(), source), t));
         }
         assert!(!h.hold("a", ev(99), t), "a ninth packet for one call");
+        assert!(
+            !h.hold("a", from(99, "198.18.2.9:6000"), t),
+            "a ninth packet for one call, from a third source"
+        );
         assert_eq!(h.len(), MAX_PER_CALL);
         let mut calls = 1;
         while h.len() < MAX_TOTAL {
@@ -127,6 +151,24 @@ mod tests {
             calls += 1;
         }
         assert!(!h.hold("another", ev(0), t), "past the total bound");
+    }
+
+    #[test]
+    fn a_stranger_spraying_cannot_take_the_answerers_slots() {
+        let mut h = EarlyHold::default();
+        let t = Instant::now();
+        // A stranger sprays from one address, several ports.
+        let held = (0..100u16)
+            .filter(|n| h.hold("a", from(*n, &format!("198.18.9.9:{}", 1000 + n)), t))
+            .count();
+        assert_eq!(held, MAX_PER_SOURCE_IP);
+        // The answerer's first packets still fit.
+        for n in 0..u16::try_from(MAX_PER_CALL - MAX_PER_SOURCE_IP).unwrap() {
+            assert!(h.hold("a", ev(n), t), "the answerer's packet {n}");
+        }
+        let (fresh, stale) = h.take("a", t);
+        assert_eq!(stale, 0);
+        assert_eq!(fresh.len(), MAX_PER_CALL);
     }
 
     #[test]
