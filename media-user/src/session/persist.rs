@@ -165,8 +165,9 @@ impl<B: Backend> Engine<B> {
             return;
         }
         self.own_record.0 = Some(now.mono);
+        let unattributed = self.sharing.as_ref().map_or(0, |s| s.owners.unattributed);
         let Some((bytes, digest)) =
-            record::encode_engine(&self.totals, &self.ended, &self.finished, now)
+            record::encode_engine(&self.totals, &self.ended, &self.finished, unattributed, now)
         else {
             return;
         };
@@ -432,8 +433,12 @@ impl<B: Backend> Engine<B> {
             totals,
             ended,
             finished,
+            unattributed,
         } = s;
         merge(&mut self.totals, totals);
+        if let Some(s) = self.sharing.as_mut() {
+            s.owners.unattributed = s.owners.unattributed.saturating_add(unattributed);
+        }
         for e in ended.into_iter().rev() {
             if self.ended.len() == ENDED_KEPT {
                 break;

@@ -705,6 +705,7 @@ pub(super) fn encode_engine(
     totals: &Totals,
     ended: &VecDeque<Ended>,
     finished: &VecDeque<Finished>,
+    unattributed: u64,
     now: Now,
 ) -> Option<(Vec<u8>, u64)> {
     let Totals {
@@ -770,7 +771,8 @@ pub(super) fn encode_engine(
             .collect(),
         finished: recent,
     };
-    frame(&record, &(), &(), now)
+    // Format 3's extension: port sharing's unattributed packets.
+    frame(&record, &(), &unattributed, now)
 }
 
 /// What the engine's record holds, ready to merge into a new engine.
@@ -779,10 +781,12 @@ pub(super) struct EngineState {
     pub(super) totals: Totals,
     pub(super) ended: Vec<Ended>,
     pub(super) finished: Vec<Finished>,
+    /// Port sharing's unattributed packets (0 before format 3).
+    pub(super) unattributed: u64,
 }
 
 pub(super) fn decode_engine(bytes: &[u8]) -> Result<EngineState, RecordError> {
-    let (_, r, (), (), _): (Header, EngineRecord, (), (), _) = unframe(bytes)?;
+    let (_, r, (), unattributed, _): (Header, EngineRecord, (), u64, _) = unframe(bytes)?;
     let by_name = |v: Vec<(String, u64)>| {
         v.into_iter()
             .filter_map(|(k, n)| COMMANDS.iter().find(|c| **c == k).map(|c| (*c, n)))
@@ -827,6 +831,7 @@ pub(super) fn decode_engine(bytes: &[u8]) -> Result<EngineState, RecordError> {
     }
     Ok(EngineState {
         totals,
+        unattributed,
         ended,
         finished,
     })

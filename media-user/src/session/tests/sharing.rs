@@ -187,6 +187,10 @@ fn a_sharing_call_survives_a_restart() {
     call(&mut e, "other", "198.18.1.20:5000", "198.18.2.2:6002");
     let nat = "198.18.99.5:31000";
     e.on_packet(packet(to_a, nat, 0x55, 1), Now::read());
+    // A stranger, counted; the count is kept with the engine's record.
+    e.on_packet(packet(to_a, "198.18.9.9:9", 1, 1), Now::read());
+    e.tick(Now::read());
+    assert_eq!(e.shared_figures().unwrap().unattributed, 1);
     let t = Now::read();
     let fake = e.backend().restarted();
     let mut b = Engine::new(
