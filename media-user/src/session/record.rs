@@ -831,8 +831,8 @@ pub(super) fn decode_engine(bytes: &[u8]) -> Result<EngineState, RecordError> {
     }
     Ok(EngineState {
         totals,
-        unattributed,
         ended,
         finished,
+        unattributed,
     })
 }
