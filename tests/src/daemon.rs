@@ -148,6 +148,18 @@ impl Daemon {
         Self::start_ng(dir, ns, args, "127.0.0.1:2223".parse()?)
     }
 
+    /// [`Daemon::start`] with `key=value` in its environment from the
+    /// first run on (e.g. `RUST_LOG=info`: a bench setting up 100 000
+    /// calls logs as a deployed daemon does, not a line per route).
+    pub fn start_env(
+        dir: &TestDir,
+        ns: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(dir, ns, args, "127.0.0.1:2223".parse()?, env)
+    }
+
     /// [`Daemon::start`] on the bed's two legs (`-i ra -i rb`: A's side
     /// and B's) with the data plane in XDP `mode` (`native`, `generic`, or
     /// `off` for the userspace path) and `extra` arguments.
@@ -172,6 +184,16 @@ impl Daemon {
         args: &[&str],
         ng: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_inner(dir, ns, args, ng, &[])
+    }
+
+    fn start_inner(
+        dir: &TestDir,
+        ns: &Netns,
+        args: &[&str],
+        ng: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
@@ -194,7 +216,10 @@ impl Daemon {
             log: PathBuf::new(),
             netns: ns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             logs: dir.create_dir("media-relay")?,
             runs: 0,
         };

@@ -124,6 +124,12 @@ pub(super) const ENDED_LISTED: usize = 100;
 pub(super) const LEARNING_CHECK: Duration = Duration::from_secs(1);
 /// How often it reads those of any other call (timeouts).
 pub(super) const TIMEOUT_CHECK: Duration = Duration::from_secs(5);
+/// Calls one tick ends at most, and the time it may spend ending them: a
+/// mass timeout (an outage silences thousands of calls at once) is spread
+/// over ticks so that ng and the media path keep being served meanwhile;
+/// the calls left over are ended at the next ticks.
+pub(super) const ENDS_PER_TICK: usize = 500;
+pub(super) const END_BUDGET: Duration = Duration::from_millis(25);
 /// How often packet/byte/error rates are sampled for `statistics`.
 pub(super) const RATE_SAMPLE: Duration = Duration::from_secs(10);
 

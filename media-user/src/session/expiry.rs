@@ -4,12 +4,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{
     backend::{Backend, Counters},
     clock::Now,
-    engine::{ENDED_KEPT, EndReason, Ended, Engine, LEARNING_CHECK, RATE_SAMPLE, TIMEOUT_CHECK},
+    engine::{
+        END_BUDGET, ENDED_KEPT, ENDS_PER_TICK, EndReason, Ended, Engine, LEARNING_CHECK,
+        RATE_SAMPLE, TIMEOUT_CHECK,
+    },
 };
 
 impl<B: Backend> Engine<B> {
@@ -23,7 +26,17 @@ impl<B: Backend> Engine<B> {
                 ended.push((id, reason));
             }
         }
-        for (id, reason) in ended {
+        let started = Instant::now();
+        let mut deferred = 0usize;
+        for (n, (id, reason)) in ended.into_iter().enumerate() {
+            if n >= ENDS_PER_TICK || started.elapsed() >= END_BUDGET {
+                // Due still: looked at again by the next tick.
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.next_check = now;
+                }
+                deferred += 1;
+                continue;
+            }
             match reason {
                 None => self.drop_call(&id, clock, Some("deleted")),
                 Some(reason) => {
@@ -44,6 +57,13 @@ impl<B: Backend> Engine<B> {
                     });
                 }
             }
+        }
+        if deferred > 0 {
+            debug!(
+                calls = deferred,
+                "calls due to end left for the next tick (at most {ENDS_PER_TICK} or {} ms a tick)",
+                END_BUDGET.as_millis()
+            );
         }
         self.totals.refused_sources += self.early.expire(now) as u64;
         self.watch_quality(clock);

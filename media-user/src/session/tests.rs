@@ -932,6 +932,38 @@ fn offer_timeout_and_media_timeout_end_calls_and_are_reported() {
     }
 }
 
+/// A mass timeout (an outage silences every call at once) is spread over
+/// ticks: one tick ends at most `ENDS_PER_TICK` calls, the rest at the
+/// next ticks, none is forgotten.
+#[test]
+fn a_mass_timeout_is_spread_over_ticks() {
+    let mut e = engine_with(vec![iface("eth0", CARRIER)], 20000, 29999);
+    let t0 = Now::read();
+    let calls = super::engine::ENDS_PER_TICK * 2 + 100;
+    for i in 0..calls {
+        basic_call(&mut e, &format!("quiet-{i}"));
+    }
+    e.tick(t0 + Duration::from_secs(65));
+    let left = e.call_count();
+    assert!(
+        left >= calls - super::engine::ENDS_PER_TICK && left < calls,
+        "one tick ended {} of {calls}",
+        calls - left
+    );
+    let mut t = t0 + Duration::from_secs(65);
+    // The time budget may end fewer a tick on a slow or busy machine.
+    for _ in 0..1000 {
+        if e.call_count() == 0 {
+            break;
+        }
+        t = t + Duration::from_millis(250);
+        e.tick(t);
+    }
+    assert_eq!(e.call_count(), 0, "every call ended at later ticks");
+    assert_eq!(e.ended().count(), calls.min(super::engine::ENDED_KEPT));
+    assert!(e.backend().open.is_empty());
+}
+
 #[test]
 fn media_keeps_a_call_alive_and_hold_uses_the_silent_timeout() {
     let mut e = engine();

@@ -118,14 +118,16 @@ fn setup(calls: u32, ports: Ports) -> anyhow::Result<(Bed, Daemon, Vec<SocketAdd
         "524288",
         "--learning-window",
         "1",
+        // No call times out while 100 000 are set up without media.
+        "--timeout",
+        "86400",
     ];
     if ports == Ports::Shared {
         args.push("--port-sharing");
     }
-    let mut daemon = Daemon::start(crate::files(), &bed.relay, &args)?;
     // The tests log the media daemon's debug lines (one per route, say);
-    // the runs measured after a disruption log as a deployed daemon does.
-    daemon.set_env("RUST_LOG", "info");
+    // the bench's daemons log as a deployed daemon does.
+    let daemon = Daemon::start_env(crate::files(), &bed.relay, &args, &[("RUST_LOG", "info")])?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let mut a_to = Vec::with_capacity(calls as usize);
     let started = Instant::now();
