@@ -130,6 +130,11 @@ pub(super) const TIMEOUT_CHECK: Duration = Duration::from_secs(5);
 /// the calls left over are ended at the next ticks.
 pub(super) const ENDS_PER_TICK: usize = 500;
 pub(super) const END_BUDGET: Duration = Duration::from_millis(25);
+/// The time one tick may spend reading calls' counters (learning windows,
+/// timeouts): due calls past it wait for the next tick, so at 100 000
+/// calls the checks spread out (each call a few seconds later) instead of
+/// holding the engine — and ng — for seconds.
+pub(super) const CHECK_BUDGET: Duration = Duration::from_millis(40);
 /// How often packet/byte/error rates are sampled for `statistics`.
 pub(super) const RATE_SAMPLE: Duration = Duration::from_secs(10);
 

@@ -10,8 +10,8 @@ use super::{
     backend::{Backend, Counters},
     clock::Now,
     engine::{
-        END_BUDGET, ENDED_KEPT, ENDS_PER_TICK, EndReason, Ended, Engine, LEARNING_CHECK,
-        RATE_SAMPLE, TIMEOUT_CHECK,
+        CHECK_BUDGET, END_BUDGET, ENDED_KEPT, ENDS_PER_TICK, EndReason, Ended, Engine,
+        LEARNING_CHECK, RATE_SAMPLE, TIMEOUT_CHECK,
     },
 };
 
@@ -19,12 +19,36 @@ impl<B: Backend> Engine<B> {
     /// Periodic work: learning windows, timeouts, delayed deletes, rates.
     pub fn tick(&mut self, clock: Now) {
         let now = clock.mono;
-        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        // Only the calls due: a delayed delete, or a counter check.
+        let due: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.delete_at.is_some_and(|t| now >= t) || now >= c.next_check)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut ended = Vec::new();
-        for id in ids {
+        let checking = Instant::now();
+        let mut unchecked = 0usize;
+        for id in due {
+            let delete_due = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.delete_at.is_some_and(|t| now >= t));
+            if !delete_due && checking.elapsed() >= CHECK_BUDGET {
+                // Still due: the next tick reads it.
+                unchecked += 1;
+                continue;
+            }
             if let Some(reason) = self.tick_call(&id, clock) {
                 ended.push((id, reason));
             }
+        }
+        if unchecked > 0 {
+            debug!(
+                calls = unchecked,
+                "calls due a counter check left for the next tick (at most {} ms a tick)",
+                CHECK_BUDGET.as_millis()
+            );
         }
         let started = Instant::now();
         let mut deferred = 0usize;
@@ -122,6 +146,12 @@ impl<B: Backend> Engine<B> {
             }
         }
         let call = self.calls.get_mut(id)?;
+        call.seen = counters
+            .iter()
+            .flat_map(|(_, _, c)| c)
+            .fold((0, 0, 0), |(p, b, e), c| {
+                (p + c.packets, b + c.bytes, e + c.errors)
+            });
         let mut touched = false;
         for (mi, i, [crtp, crtcp]) in counters {
             for c in [&crtp, &crtcp] {
@@ -189,8 +219,11 @@ impl<B: Backend> Engine<B> {
         if now.duration_since(t0) < RATE_SAMPLE {
             return;
         }
-        // Ended calls included, so rates do not dip when calls end.
-        let (lp, lb, le) = self.live_totals();
+        // Ended calls included, so rates do not dip when calls end; live
+        // ones as the tick last read them (every second or few).
+        let (lp, lb, le) = self.calls.values().fold((0, 0, 0), |(p, b, e), c| {
+            (p + c.seen.0, b + c.seen.1, e + c.seen.2)
+        });
         let (p, b, e) = (
             self.totals.ended_packets + lp,
             self.totals.ended_bytes + lb,

@@ -145,6 +145,7 @@ impl<B: Backend> Engine<B> {
                     answered: false,
                     delete_at: None,
                     next_check: now,
+                    seen: (0, 0, 0),
                     next_quality: now,
                     watch: Vec::new(),
                     persisted: None,

@@ -50,6 +50,10 @@ pub(super) struct Fake {
     pub(super) shared_routes: HashMap<(SocketAddr, SocketAddr), Route>,
     /// Packets forwarded for shared streams, by (local, slot).
     pub(super) shared_sent: Vec<((SocketAddr, SocketAddr), SocketAddr, SocketAddr)>,
+    /// How long a counter read takes (a map lookup at scale), and how many
+    /// were made.
+    pub(super) read_delay: Duration,
+    pub(super) reads: std::cell::Cell<usize>,
 }
 
 impl Fake {
@@ -120,6 +124,10 @@ impl Backend for Fake {
     }
 
     fn counters(&self, local: SocketAddr) -> Counters {
+        self.reads.set(self.reads.get() + 1);
+        if !self.read_delay.is_zero() {
+            std::thread::sleep(self.read_delay);
+        }
         self.counters.get(&local).copied().unwrap_or_default()
     }
 
@@ -962,6 +970,48 @@ fn a_mass_timeout_is_spread_over_ticks() {
     assert_eq!(e.call_count(), 0, "every call ended at later ticks");
     assert_eq!(e.ended().count(), calls.min(super::engine::ENDED_KEPT));
     assert!(e.backend().open.is_empty());
+}
+
+/// Counter checks are bounded per tick: with reads that cost 1 ms and 200
+/// calls due, one tick reads for about `CHECK_BUDGET`, not 800 ms; the
+/// calls left are read at the next ticks, and timeouts still end them all.
+#[test]
+fn counter_checks_are_spread_over_ticks() {
+    let mut e = engine_with(vec![iface("eth0", CARRIER)], 20000, 29999);
+    let t0 = Now::read();
+    let calls = 200;
+    for i in 0..calls {
+        basic_call(&mut e, &format!("c-{i}"));
+    }
+    // The quality watch (budgeted by calls, not time) kept out of this.
+    for c in e.calls.values_mut() {
+        c.next_quality = t0.mono + Duration::from_secs(3600);
+    }
+    e.backend_mut().read_delay = Duration::from_millis(1);
+    e.backend().reads.set(0);
+    let started = std::time::Instant::now();
+    e.tick(t0 + Duration::from_secs(1));
+    let took = started.elapsed();
+    let reads = e.backend().reads.get();
+    // Four ports a call (RTP and RTCP of both legs).
+    assert!(
+        reads > 0 && reads < calls * 4 / 2,
+        "one tick read {reads} counters of {}",
+        calls * 4
+    );
+    assert!(
+        took < super::engine::CHECK_BUDGET * 4,
+        "one tick took {took:?}"
+    );
+    // The rest at later ticks: after a minute without media every call
+    // has been read and timed out.
+    e.backend_mut().read_delay = Duration::ZERO;
+    let mut t = t0 + Duration::from_secs(65);
+    for _ in 0..100 {
+        t = t + Duration::from_millis(250);
+        e.tick(t);
+    }
+    assert_eq!(e.call_count(), 0);
 }
 
 #[test]

@@ -246,6 +246,12 @@ fn one_run(how: Disruption, secs: f64) -> anyhow::Result<Run> {
     })
 }
 
+/// Whether `RESTART_PARTS` (comma-separated: `disruptions`, `own`,
+/// `shared`; all when unset) selects `part`.
+fn selected(part: &str) -> bool {
+    std::env::var("RESTART_PARTS").map_or(true, |p| p.split(',').any(|p| p == part))
+}
+
 /// One measurement of adoption at scale.
 struct Adoption {
     /// The daemon's own figure for adopting the calls.
@@ -308,7 +314,12 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     );
     let mut parts = Vec::new();
     let mut all_lost = 0;
-    for how in [Disruption::Kill, Disruption::Restart, Disruption::Upgrade] {
+    let disruptions: &[Disruption] = if selected("disruptions") {
+        &[Disruption::Kill, Disruption::Restart, Disruption::Upgrade]
+    } else {
+        &[]
+    };
+    for &how in disruptions {
         let mut runs = Vec::new();
         for n in 0..MIN_RUNS {
             eprintln!("==> restart: {} (run {} of {MIN_RUNS})", how.label(), n + 1);
@@ -384,9 +395,13 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             Ports::Shared,
             shared_calls,
             "shared (2000–9999, `--port-sharing`)",
-            8000,
+            // 4 000 pairs on each side's address.
+            16_000,
         ),
     ] {
+        if !selected(if ports == Ports::Own { "own" } else { "shared" }) {
+            continue;
+        }
         eprintln!(
             "==> restart: adoption of {} calls, {label}",
             group(f64::from(calls))
