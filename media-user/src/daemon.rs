@@ -317,7 +317,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         rx: crate::media::bind_all(unbound, cfg.io.threads),
     });
 
-    let socket = ng_server::bind(cfg.listen_ng).await?;
+    let socket = ng_server::bind(cfg.listen_ng)?;
     let (req_tx, mut requests) = mpsc::channel::<Request>(1024);
     let stats = Arc::new(ControlStats::default());
     let server = tokio::spawn(ng_server::serve(

@@ -81,9 +81,40 @@ impl NgAllow {
     }
 }
 
-/// At most one warning about refused sources per this long (each one is
-/// counted regardless).
+/// At most one warning about refused sources (and one about undecodable
+/// datagrams) per this long; each datagram is counted regardless.
 pub const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The ng socket's receive buffer: a controller's burst (a SIP proxy
+/// replaying its retransmissions after a pause, or garbage from a source
+/// inside `ng-allow`) queues instead of being dropped by the kernel before
+/// the server reads it. The kernel caps it at `net.core.rmem_max` unless
+/// the daemon may force it (CAP_NET_ADMIN).
+pub const RECV_BUFFER: usize = 4 << 20;
+
+/// A warning that goes out at most once per [`REFUSAL_WARNING_EVERY`],
+/// with how many events it stands for.
+#[derive(Debug, Default)]
+struct Throttled {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttled {
+    /// Count one event; `Some(events since the last warning)` when a
+    /// warning is due now.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_WARNING_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
 
 /// Replies kept at most, whatever the TTL and the byte budget.
 const CACHE_ENTRIES: usize = 65_536;
@@ -109,9 +140,8 @@ pub async fn serve(
 ) {
     let mut cache = ReplyCache::new(CACHE_ENTRIES, limits.bytes, limits.ttl);
     let mut buf = vec![0u8; 65_536];
-    // When the last refusal warning went out, and refusals since.
-    let mut last_warning: Option<Instant> = None;
-    let mut unwarned = 0u64;
+    let mut refusals = Throttled::default();
+    let mut undecodable = Throttled::default();
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -123,19 +153,15 @@ pub async fn serve(
         };
         if !allow.permits(from.ip()) {
             let total = stats.source_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            unwarned += 1;
-            let now = Instant::now();
-            if last_warning.is_none_or(|t| now.duration_since(t) >= REFUSAL_WARNING_EVERY) {
+            if let Some(refused) = refusals.due(Instant::now()) {
                 // An IPv4 controller on a dual-stack socket: shown as IPv4.
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                 warn!(
                     %from,
-                    refused = unwarned,
+                    refused,
                     refused_total = total,
                     "ng datagrams from a source outside ng-allow dropped unanswered; add the controller's network to ng-allow if it is one"
                 );
-                last_warning = Some(now);
-                unwarned = 0;
             }
             continue;
         }
@@ -144,8 +170,19 @@ pub async fn serve(
         let (cookie, command) = match ng::parse_datagram(datagram) {
             Ok(parsed) => parsed,
             Err(e) => {
-                stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                debug!(%from, error = %e, "undecodable ng datagram dropped");
+                let total = stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per interval, not per datagram: a flood of
+                // garbage must not become a flood of log lines (writing
+                // them would slow the server for the requests that count).
+                if let Some(dropped) = undecodable.due(Instant::now()) {
+                    warn!(
+                        %from,
+                        error = %e,
+                        dropped,
+                        dropped_total = total,
+                        "undecodable ng datagrams dropped unanswered (the last one's source and error shown); is something other than an ng controller sending here?"
+                    );
+                }
                 continue;
             }
         };
@@ -227,13 +264,35 @@ fn add_control_figures(reply: &mut Reply, stats: &ControlStats) {
     }
 }
 
-/// Bind the ng socket, with a clear error.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    UdpSocket::bind(addr).await.map_err(|e| {
+/// Bind the ng socket with a [`RECV_BUFFER`] receive buffer, with a clear
+/// error.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let cannot = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot listen for ng on {addr}: {e}; choose another --listen-ng (is another media-relay or rtpengine running?)"
         )
-    })
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(cannot)?;
+    if addr.is_ipv6() {
+        // `[::]` answers IPv4 controllers too, as a std bind would.
+        let _ = socket.set_only_v6(false);
+    }
+    // SO_RCVBUFFORCE needs CAP_NET_ADMIN (the daemon has it); without it
+    // the kernel caps the size at net.core.rmem_max.
+    if nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECV_BUFFER,
+    )
+    .is_err()
+    {
+        let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    }
+    socket.set_nonblocking(true).map_err(cannot)?;
+    socket.bind(&addr.into()).map_err(cannot)?;
+    UdpSocket::from_std(socket.into()).map_err(cannot)
 }
 
 #[cfg(test)]

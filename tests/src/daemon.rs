@@ -498,6 +498,16 @@ impl NgClient {
         })
     }
 
+    /// Send each request up to `n` times (same cookie, 2 s apart) as SIP
+    /// proxies do: for tests where the relay's ng socket is flooded and a
+    /// datagram may be dropped, as on a real network.
+    #[must_use]
+    pub fn attempts(self, n: u32) -> Self {
+        Self {
+            client: self.client.attempts(n),
+        }
+    }
+
     /// Send `dict` and wait (2 s) for the reply dictionary.
     pub fn request(&self, dict: &Value) -> anyhow::Result<Value> {
         self.request_timeout(dict, Duration::from_secs(2))
