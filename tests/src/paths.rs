@@ -210,7 +210,8 @@ pub fn setup_family(
 }
 
 /// [`setup_family`] with `extra` arguments for the media-relay daemon (e.g.
-/// `--no-quality-telemetry`; ignored by the other paths).
+/// `--no-quality-telemetry`, or `--port-sharing` with a `--port-min` and
+/// `--port-max` of its own; ignored by the other paths).
 #[expect(clippy::too_many_arguments, reason = "setup_family's, plus one")]
 pub fn setup_with(
     dir: &TestDir,
@@ -294,15 +295,17 @@ pub fn setup_with(
                 "rb",
                 "--xdp-mode",
                 mode,
-                "--port-min",
-                "20000",
-                "--port-max",
-                "59999",
                 "--max-flows",
                 "262144",
                 "--learning-window",
                 "1",
             ];
+            // The port range, unless `extra` names its own.
+            for (flag, default) in [("--port-min", "20000"), ("--port-max", "59999")] {
+                if !extra.contains(&flag) {
+                    args.extend([flag, default]);
+                }
+            }
             args.extend_from_slice(extra);
             let daemon = Daemon::start(dir, &bed.relay, &args)?;
             let ng = NgClient::new(&bed.relay, daemon.ng)?;

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 /// The parts, in report order.
 const PARTS: &[&str] = &[
-    "xdp", "sessions", "sip", "capacity", "latency", "overload", "scale", "restart",
+    "xdp", "sessions", "sip", "capacity", "latency", "overload", "scale", "sharing", "restart",
 ];
 
 /// The font the plots' text is drawn with (Debian: fonts-dejavu-core).
@@ -437,6 +437,7 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "capacity" => "Capacity per path",
             "latency" => "Latency and jitter under load",
             "scale" => "Scale: installed calls",
+            "sharing" => "Port sharing: 1 000 calls on 150 ports",
             "restart" => "Reliability: restarts during calls",
             other => other,
         };

@@ -90,14 +90,14 @@ impl Plan {
 }
 
 /// One measured run.
-struct Measured {
+pub(crate) struct Measured {
     kind: PathKind,
     rate: f64,
     busy: bool,
     repeat: u32,
     offered_pps: f64,
-    sent: u64,
-    report: SinkReport,
+    pub(crate) sent: u64,
+    pub(crate) report: SinkReport,
     profile: Profile,
 }
 
@@ -108,7 +108,7 @@ impl Measured {
         self.sent.saturating_sub(self.report.unique())
     }
 
-    fn loss(&self) -> f64 {
+    pub(crate) fn loss(&self) -> f64 {
         if self.sent == 0 {
             0.0
         } else {
@@ -116,14 +116,15 @@ impl Measured {
         }
     }
 
-    fn p(&self, q: f64) -> f64 {
+    pub(crate) fn p(&self, q: f64) -> f64 {
         self.report.percentile_us(q)
     }
 }
 
 /// A path set up with its generator (in `a`) and sink (in `b`).
-struct Rig {
+pub(crate) struct Rig {
     kind: PathKind,
+    calls: u32,
     generator: Generator,
     sink: Sink,
     sampler: Sampler,
@@ -134,11 +135,26 @@ struct Rig {
 
 impl Rig {
     fn new(kind: PathKind) -> anyhow::Result<Self> {
+        Self::with(kind, CALLS, &[])
+    }
+
+    /// `calls` calls on `kind`, media-relay's daemon started with `extra`
+    /// arguments (e.g. `--port-sharing` and a narrow port range).
+    pub(crate) fn with(kind: PathKind, calls: u32, extra: &[&str]) -> anyhow::Result<Self> {
         let bed = Bed::new(BedOptions {
             peer_xdp: kind == PathKind::XdpNative,
             static_neighbours: false,
         })?;
-        let path = paths::setup(crate::files(), &bed, kind, CALLS, A_PORT0, B_PORT0)?;
+        let path = paths::setup_with(
+            crate::files(),
+            &bed,
+            kind,
+            calls,
+            A_PORT0,
+            B_PORT0,
+            false,
+            extra,
+        )?;
         let ssrc = |i: usize| 0x5eed_0000 + i as u32;
         let flows = |to_relay: bool| -> Vec<Flow> {
             path.calls
@@ -157,7 +173,7 @@ impl Rig {
         // neighbours resolve), then let the relays' learning window close.
         generator.run(&GenConfig {
             rate: Some(2000.0),
-            count: 4 * u64::from(CALLS),
+            count: 4 * u64::from(calls),
             duration: Duration::from_secs(2),
             ..GenConfig::default()
         })?;
@@ -166,6 +182,7 @@ impl Rig {
         let sampler = Sampler::new(path.pid());
         Ok(Self {
             kind,
+            calls,
             generator,
             sink,
             sampler,
@@ -214,7 +231,7 @@ impl Rig {
     }
 
     /// One run: `rate` pps for `secs`, with the host's profile over it.
-    fn measure(&mut self, rate: f64, secs: f64, busy: bool) -> anyhow::Result<Measured> {
+    pub(crate) fn measure(&mut self, rate: f64, secs: f64, busy: bool) -> anyhow::Result<Measured> {
         self.settle();
         let count = (rate * secs).ceil() as u64;
         let gen_cfg = GenConfig {
@@ -230,7 +247,7 @@ impl Rig {
             max_duration: Duration::from_secs_f64(secs * 1.5 + 3.0),
             idle: Duration::from_millis(300),
             grace: RUN_GRACE,
-            rtp_clock_hz: 160.0 * rate / f64::from(CALLS),
+            rtp_clock_hz: 160.0 * rate / f64::from(self.calls),
             realtime: true,
             cpu: Some(cpu::SINK),
         };
