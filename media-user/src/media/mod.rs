@@ -116,7 +116,9 @@ pub struct MediaPlane {
     /// Shared pairs (by RTP port): how many leases hold each.
     shared_refs: HashMap<SocketAddr, usize>,
     /// Streams on shared ports, by (local, slot).
-    streams: HashMap<(SocketAddr, SocketAddr), SharedStream>,
+    /// Boxed: the table stays small (it grows to hundreds of thousands
+    /// of entries with port sharing, and is rehashed as it grows).
+    streams: HashMap<(SocketAddr, SocketAddr), Box<SharedStream>>,
 }
 
 /// The flow that holds a port the data plane does not forward for (no
@@ -753,6 +755,10 @@ impl Backend for MediaPlane {
         }
         self.shared_refs.insert(rtp, 1);
         Ok(())
+    }
+
+    fn reserve_shared(&mut self, additional: usize) {
+        self.streams.reserve(additional);
     }
 
     fn close_shared(&mut self, addr: IpAddr, port: u16) {

@@ -269,6 +269,11 @@ pub trait Backend {
     fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
         self.open_pair(addr, port)
     }
+    /// Room for `additional` more shared streams (adopting many calls at
+    /// once); a hint, nothing by default.
+    fn reserve_shared(&mut self, additional: usize) {
+        let _ = additional;
+    }
     /// One reference to a shared pair less.
     fn close_shared(&mut self, addr: IpAddr, port: u16) {
         self.close_pair(addr, port);

@@ -188,6 +188,13 @@ impl<B: Backend> Engine<B> {
         let started = Instant::now();
         let records = self.backend.take_persisted();
         let total = records.len();
+        if let Some(s) = self.sharing.as_mut() {
+            // A call's two sides' RTP and RTCP streams, as a rule: the
+            // tables sized once rather than grown (and rehashed) as
+            // hundreds of thousands of streams come back.
+            s.owners.reserve(4 * total);
+            self.backend.reserve_shared(4 * total);
+        }
         let mut out = Restored::default();
         for (i, (id, bytes)) in records.into_iter().enumerate() {
             if id == ENGINE_ID {

@@ -44,16 +44,49 @@ pub struct KeyTaken {
 
 #[derive(Debug, Default)]
 pub struct SharedOwners {
-    streams: HashMap<SocketAddr, Vec<(Owner, Expecting)>>,
+    /// The streams on each shared local address (a pair's port holds at
+    /// most `port-sharing-max-per-port`), each with the one exact key it
+    /// holds.
+    streams: HashMap<SocketAddr, Vec<Stream>>,
     exact: HashMap<(SocketAddr, SocketAddr), Owner>,
-    /// The key each stream holds by [`key`](Self::key), by (local, owner).
-    keyed: HashMap<(SocketAddr, Owner), SocketAddr>,
     /// Packets refused because no stream, or more than one, could take
     /// them (`media_relay_shared_port_unattributed_total`).
     pub unattributed: u64,
 }
 
+/// A stream on a shared local address.
+#[derive(Debug)]
+struct Stream {
+    /// A hash of `owner`: a port's streams are told apart by it before
+    /// their call-ids (which live elsewhere on the heap) are compared.
+    tag: u64,
+    owner: Owner,
+    expecting: Expecting,
+    /// The exact key it holds (the source its route accepts, where its
+    /// XDP flow is keyed).
+    key: Option<SocketAddr>,
+}
+
+fn tag(owner: &Owner) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(owner)
+}
+
+/// The index of `owner` (tagged `tag`) among `streams`.
+fn find(streams: &[Stream], tag: u64, owner: &Owner) -> Option<usize> {
+    streams
+        .iter()
+        .position(|s| s.tag == tag && s.owner == *owner)
+}
+
 impl SharedOwners {
+    /// Room for `additional` more streams (and their keys) without
+    /// growing the tables one by one: adopting 100 000 calls' 400 000
+    /// streams at once.
+    pub fn reserve(&mut self, additional: usize) {
+        self.exact.reserve(additional);
+    }
+
     /// Streams on `local`.
     pub fn streams_on(&self, local: SocketAddr) -> usize {
         self.streams.get(&local).map_or(0, Vec::len)
@@ -71,90 +104,90 @@ impl SharedOwners {
 
     /// Add a stream on `local`, or update what it expects.
     pub fn set(&mut self, local: SocketAddr, owner: &Owner, expecting: Expecting) {
+        let t = tag(owner);
         let v = self.streams.entry(local).or_default();
-        match v.iter_mut().find(|(o, _)| o == owner) {
-            Some((_, e)) => *e = expecting,
-            None => v.push((owner.clone(), expecting)),
-        }
-    }
-
-    /// Give `owner` the exact key (local, remote); refused if another
-    /// stream holds it.
-    pub fn set_exact(
-        &mut self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        owner: &Owner,
-    ) -> Result<(), KeyTaken> {
-        match self.exact.get(&(local, remote)) {
-            Some(o) if o != owner => Err(KeyTaken {
-                local,
-                remote,
-                holder: o.call.clone(),
+        match find(v, t, owner) {
+            Some(i) => v[i].expecting = expecting,
+            None => v.push(Stream {
+                tag: t,
+                owner: owner.clone(),
+                expecting,
+                key: None,
             }),
-            Some(_) => Ok(()),
-            None => {
-                self.exact.insert((local, remote), owner.clone());
-                Ok(())
-            }
         }
     }
 
-    /// Make `remote` the one key `owner` holds on `local` by this method
-    /// (the source its route accepts, where its XDP flow is keyed): the
-    /// key it held before is dropped; `None` drops it. Refused, leaving
-    /// the old key, if another stream holds `remote`.
+    /// Make `remote` the one exact key `owner` (a stream [`set`] on
+    /// `local`) holds there (the source its route accepts, where its XDP
+    /// flow is keyed): the key it held before is dropped; `None` drops
+    /// it. Refused, leaving the old key, if another stream holds `remote`.
+    ///
+    /// [`set`]: Self::set
     pub fn key(
         &mut self,
         local: SocketAddr,
         owner: &Owner,
         remote: Option<SocketAddr>,
     ) -> Result<(), KeyTaken> {
-        let id = (local, owner.clone());
-        let old = self.keyed.get(&id).copied();
+        let t = tag(owner);
+        let Some(stream) = self
+            .streams
+            .get_mut(&local)
+            .and_then(|v| find(v, t, owner).map(|i| &mut v[i]))
+        else {
+            // Not a stream of this port: it holds nothing here.
+            return Ok(());
+        };
+        let old = stream.key;
         if old == remote {
             return Ok(());
         }
         if let Some(r) = remote {
-            self.set_exact(local, r, owner)?;
+            match self.exact.get(&(local, r)) {
+                Some(o) if o != owner => {
+                    return Err(KeyTaken {
+                        local,
+                        remote: r,
+                        holder: o.call.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.exact.insert((local, r), owner.clone());
+                }
+            }
         }
-        if let Some(o) = old {
-            self.clear_exact(local, o, owner);
+        if let Some(o) = old
+            && self.exact.get(&(local, o)) == Some(owner)
+        {
+            self.exact.remove(&(local, o));
         }
-        match remote {
-            Some(r) => self.keyed.insert(id, r),
-            None => self.keyed.remove(&id),
-        };
+        stream.key = remote;
         Ok(())
     }
 
-    /// Drop `owner`'s exact key (local, remote), if it holds it.
-    pub fn clear_exact(&mut self, local: SocketAddr, remote: SocketAddr, owner: &Owner) {
-        if self.exact.get(&(local, remote)) == Some(owner) {
-            self.exact.remove(&(local, remote));
-        }
-    }
-
-    /// Remove a stream from `local` with its exact keys; returns the
-    /// remotes whose keys (flows) it held.
+    /// Remove a stream from `local` with its exact key; returns the
+    /// remote whose key (flow) it held, if any.
     pub fn remove(&mut self, local: SocketAddr, owner: &Owner) -> Vec<SocketAddr> {
-        self.keyed.remove(&(local, owner.clone()));
-        if let Some(v) = self.streams.get_mut(&local) {
-            v.retain(|(o, _)| o != owner);
-            if v.is_empty() {
-                self.streams.remove(&local);
-            }
+        let t = tag(owner);
+        let Some(v) = self.streams.get_mut(&local) else {
+            return Vec::new();
+        };
+        let Some(i) = find(v, t, owner) else {
+            return Vec::new();
+        };
+        let stream = v.swap_remove(i);
+        if v.is_empty() {
+            self.streams.remove(&local);
         }
-        let keys: Vec<SocketAddr> = self
-            .exact
-            .iter()
-            .filter(|((l, _), o)| *l == local && *o == owner)
-            .map(|((_, r), _)| *r)
-            .collect();
-        for r in &keys {
-            self.exact.remove(&(local, *r));
+        let Some(r) = stream.key else {
+            return Vec::new();
+        };
+        if self.exact.get(&(local, r)) == Some(owner) {
+            self.exact.remove(&(local, r));
+            return vec![r];
         }
-        keys
+        Vec::new()
     }
 
     /// The owner of a packet from `from` (RTP SSRC `ssrc`) arriving on
@@ -167,10 +200,9 @@ impl SharedOwners {
             self.unattributed += 1;
             return Resolved::Refused(Attribution::Unknown);
         };
-        let expecting: Vec<Expecting> = v.iter().map(|(_, e)| e.clone()).collect();
-        match attribute(&expecting, from, ssrc) {
+        match attribute(v.iter().map(|s| &s.expecting), from, ssrc) {
             Attribution::To(i) => match v.get(i) {
-                Some((o, _)) => Resolved::Attributed(o.clone()),
+                Some(s) => Resolved::Attributed(s.owner.clone()),
                 None => {
                     self.unattributed += 1;
                     Resolved::Refused(Attribution::Unknown)
@@ -219,7 +251,7 @@ mod tests {
         s.set(local, &a, expecting("198.18.1.1:5000", &[]));
         s.set(local, &b, expecting("198.18.1.2:5000", &[]));
         s.set(local, &c, expecting("198.18.1.2:5002", &[77]));
-        s.set_exact(local, sa("198.18.1.1:5000"), &a).unwrap();
+        s.key(local, &a, Some(sa("198.18.1.1:5000"))).unwrap();
         assert_eq!(
             s.resolve(local, sa("198.18.1.1:5000"), None),
             Resolved::Known(a.clone())
@@ -261,17 +293,18 @@ mod tests {
         let (a, b) = (owner("a"), owner("b"));
         s.set(local, &a, expecting("198.18.1.1:5000", &[]));
         s.set(local, &b, expecting("198.18.1.3:5000", &[]));
-        s.set_exact(local, remote, &a).unwrap();
+        s.key(local, &a, Some(remote)).unwrap();
         // b cannot take a's key: never two calls on one flow.
         assert_eq!(
-            s.set_exact(local, remote, &b),
+            s.key(local, &b, Some(remote)),
             Err(KeyTaken {
                 local,
                 remote,
                 holder: "a".into()
             })
         );
-        s.clear_exact(local, remote, &b);
+        // b dropping the key it does not hold leaves a's.
+        s.key(local, &b, None).unwrap();
         assert_eq!(s.exact_keys(), 1);
         assert_eq!(s.remove(local, &a), vec![remote]);
         assert_eq!(s.exact_keys(), 0);
@@ -290,6 +323,8 @@ mod tests {
         let local = sa("198.18.0.1:40000");
         let (a, b) = (owner("a"), owner("b"));
         let mut s = SharedOwners::default();
+        s.set(local, &a, expecting("198.18.1.1:5000", &[]));
+        s.set(local, &b, expecting("198.18.1.2:5000", &[]));
         s.key(local, &a, Some(sa("198.18.1.1:5000"))).unwrap();
         s.key(local, &b, Some(sa("198.18.1.2:5000"))).unwrap();
         // a latches on its NAT's source: the old key goes.
@@ -313,7 +348,7 @@ mod tests {
             let o = owner(&format!("call-{i}"));
             let r = SocketAddr::new(sa("198.18.1.1:1").ip(), 10000 + i);
             s.set(local, &o, expecting(&r.to_string(), &[]));
-            s.set_exact(local, r, &o).unwrap();
+            s.key(local, &o, Some(r)).unwrap();
         }
         for i in (0..1000u16).step_by(97) {
             let r = SocketAddr::new(sa("198.18.1.1:1").ip(), 10000 + i);

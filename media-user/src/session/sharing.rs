@@ -346,11 +346,16 @@ pub enum Attribution {
 /// port to one of the streams sharing it (see the module's rule). Cost:
 /// one pass over the port's streams, for packets that reach the daemon
 /// only (a known source is forwarded by its exact flow).
-pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> Attribution {
+pub fn attribute<'a>(
+    streams: impl IntoIterator<Item = &'a Expecting>,
+    from: SocketAddr,
+    ssrc: Option<u32>,
+) -> Attribution {
     let mut exact = None;
     let mut by_ssrc = Vec::new();
     let mut by_ip = Vec::new();
-    for (i, s) in streams.iter().enumerate() {
+    let mut by_ip_announced = false;
+    for (i, s) in streams.into_iter().enumerate() {
         if !s.learning {
             if ssrc.is_some() && s.relatch_ssrc == ssrc {
                 by_ssrc.push(i);
@@ -370,6 +375,8 @@ pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> 
         }
         if s.advertised.is_some_and(|a| a.ip() == from.ip()) || s.sip_source == Some(from.ip()) {
             by_ip.push(i);
+            // Whether it announced SSRCs (the only thing read of it later).
+            by_ip_announced = by_ip_announced || !s.ssrcs.is_empty();
         }
     }
     if let Some(i) = exact {
@@ -387,8 +394,7 @@ pub fn attribute(streams: &[Expecting], from: SocketAddr, ssrc: Option<u32>) -> 
         ([i], ips) if ips.is_empty() || ips.contains(i) => Attribution::To(*i),
         ([], [i]) => {
             // The party announced its SSRCs and this is not one of them.
-            let s = &streams[*i];
-            if s.ssrcs.is_empty() || ssrc.is_none() {
+            if !by_ip_announced || ssrc.is_none() {
                 Attribution::To(*i)
             } else {
                 Attribution::Unknown
