@@ -126,18 +126,25 @@ impl FlowCounters {
     }
 }
 
+/// An installed flow, as the table keeps it.
+#[derive(Clone, Copy, Debug)]
+struct Installed {
+    slot: u32,
+    found: Option<Flow>,
+}
+
 pub struct FlowTable {
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, FlowStats>,
     quality: Array<MapData, StreamQuality>,
     rtcp: Array<MapData, RtcpSeen>,
-    /// Userspace mirror: key → stats slot of every installed flow.
-    slots: StdHashMap<FlowKey, u32>,
-    /// Flows found installed when the table was opened (pinned by an
-    /// earlier daemon), as found, until first updated: an update that
-    /// would write the same value is skipped (the XDP program never
-    /// writes flows), so a restart re-programs only what changed.
-    found: StdHashMap<FlowKey, Flow>,
+    /// Userspace mirror: every installed flow's stats slot, and (one
+    /// lookup for both: a restart updates hundreds of thousands) the flow
+    /// as found installed when the table was opened (pinned by an earlier
+    /// daemon), until first updated: an update that would write the same
+    /// value is skipped (the XDP program never writes flows), so a restart
+    /// re-programs only what changed.
+    slots: StdHashMap<FlowKey, Installed>,
     /// Free stats slots, handed out from the end.
     free: Vec<u32>,
     /// Slots of removed flows and when they were freed, oldest first: they
@@ -158,14 +165,20 @@ impl FlowTable {
         capacity: u32,
         ncpus: usize,
     ) -> Result<Self, FlowError> {
-        let mut slots = StdHashMap::new();
-        let mut found = StdHashMap::new();
-        for kv in &flows {
-            let (k, f) = kv?;
-            slots.insert(k, f.slot());
-            found.insert(k, f);
+        // Read first, so that the mirror is sized once (hundreds of
+        // thousands of flows after a restart at scale).
+        let pinned = flows.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut slots = StdHashMap::with_capacity(pinned.len());
+        for (k, f) in pinned {
+            slots.insert(
+                k,
+                Installed {
+                    slot: f.slot(),
+                    found: Some(f),
+                },
+            );
         }
-        let used: std::collections::HashSet<u32> = slots.values().copied().collect();
+        let used: std::collections::HashSet<u32> = slots.values().map(|i| i.slot).collect();
         let free = (0..capacity).rev().filter(|s| !used.contains(s)).collect();
         Ok(Self {
             flows,
@@ -173,7 +186,6 @@ impl FlowTable {
             quality,
             rtcp,
             slots,
-            found,
             free,
             resting: VecDeque::new(),
             capacity,
@@ -265,7 +277,7 @@ impl FlowTable {
             .and_then(|()| self.flows.insert(key, flow, BPF_NOEXIST));
         match result {
             Ok(()) => {
-                self.slots.insert(key, slot);
+                self.slots.insert(key, Installed { slot, found: None });
                 Ok(())
             }
             Err(e) => {
@@ -291,11 +303,12 @@ impl FlowTable {
     /// stats slot, counters kept.
     pub fn update(&mut self, key: FlowKey, mut flow: Flow) -> Result<(), FlowError> {
         Self::check(&key, &flow)?;
-        let Some(&slot) = self.slots.get(&key) else {
+        let Some(installed) = self.slots.get_mut(&key) else {
             return Err(FlowError::NotFound { local: key.local() });
         };
+        let slot = installed.slot;
         flow.stats_slot = slot.to_ne_bytes();
-        if self.found.remove(&key) == Some(flow) {
+        if installed.found.take() == Some(flow) {
             return Ok(());
         }
         // The quality slot holds a sequence window and stream figures for
@@ -318,22 +331,20 @@ impl FlowTable {
 
     /// Install or update.
     pub fn set(&mut self, key: FlowKey, flow: Flow) -> Result<(), FlowError> {
-        if self.slots.contains_key(&key) {
-            self.update(key, flow)
-        } else {
-            self.install(key, flow)
+        match self.update(key, flow) {
+            Err(FlowError::NotFound { .. }) => self.install(key, flow),
+            done => done,
         }
     }
 
     /// Remove a flow; forwarding stops with the next packet. Returns its
     /// final counters.
     pub fn remove(&mut self, key: &FlowKey) -> Result<FlowCounters, FlowError> {
-        let Some(&slot) = self.slots.get(key) else {
+        let Some(slot) = self.slots.get(key).map(|i| i.slot) else {
             return Err(FlowError::NotFound { local: key.local() });
         };
         self.flows.remove(key)?;
         self.slots.remove(key);
-        self.found.remove(key);
         let last = self.read(slot);
         self.resting.push_back((Instant::now(), slot));
         last
@@ -349,7 +360,7 @@ impl FlowTable {
 
     /// Counters of an installed flow.
     pub fn counters(&self, key: &FlowKey) -> Result<FlowCounters, FlowError> {
-        let Some(&slot) = self.slots.get(key) else {
+        let Some(slot) = self.slots.get(key).map(|i| i.slot) else {
             return Err(FlowError::NotFound { local: key.local() });
         };
         self.read(slot)

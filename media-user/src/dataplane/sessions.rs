@@ -190,13 +190,16 @@ impl SessionStore {
     /// no valid head points at (a write cut short, a torn record) are
     /// removed, and so are records that do not reassemble.
     pub fn load(&mut self) -> Result<Vec<(String, Vec<u8>)>, SessionStoreError> {
-        let mut entries: StdHashMap<SessionKey, SessionChunk> = StdHashMap::new();
-        for kv in &self.map {
-            let (k, v) = kv?;
-            entries.insert(k, v);
-        }
+        // Read first, so that the tables are sized once (a restart at
+        // scale reads hundreds of thousands of chunks).
+        let chunks = (&self.map).into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut entries: StdHashMap<SessionKey, SessionChunk> =
+            StdHashMap::with_capacity(chunks.len());
+        entries.extend(chunks);
         let mut records = Vec::new();
-        let mut keep: std::collections::HashSet<SessionKey> = std::collections::HashSet::new();
+        let mut keep: std::collections::HashSet<SessionKey> =
+            std::collections::HashSet::with_capacity(entries.len());
+        self.heads.reserve(entries.len());
         for (k, head) in entries.iter().filter(|(k, _)| k.chunk == 0) {
             let len = head.len as usize;
             let chunks = len.div_ceil(CHUNK_DATA) as u32;

@@ -468,6 +468,32 @@ impl MediaPlane {
         (self.shared_refs.len(), self.streams.len())
     }
 
+    /// One more reference to the shared pair at `port`, opened if it is
+    /// the first: bound now, or (`later`) by the daemon in the background
+    /// ([`take_unbound`](Self::take_unbound)).
+    fn share(&mut self, addr: IpAddr, port: u16, later: bool) -> io::Result<()> {
+        let rtp = SocketAddr::new(addr, port);
+        if let Some(n) = self.shared_refs.get_mut(&rtp) {
+            *n += 1;
+            return Ok(());
+        }
+        if later {
+            self.adopt_pair(addr, port)?;
+        } else {
+            self.open_pair(addr, port)?;
+        }
+        for p in [port, port + 1] {
+            if let Some(s) = self.ports.get(&SocketAddr::new(addr, p)) {
+                // No any-source flow: unknown sources reach this socket
+                // (the port stays in `unheld`, so the program passes
+                // them), and the engine attributes them.
+                s.state.set_shared();
+            }
+        }
+        self.shared_refs.insert(rtp, 1);
+        Ok(())
+    }
+
     /// Remove a shared stream's XDP flow, keeping its counters.
     fn remove_shared_flow(&mut self, local: SocketAddr, slot: SocketAddr) {
         let Some(st) = self.streams.get_mut(&(local, slot)) else {
@@ -739,22 +765,13 @@ impl Backend for MediaPlane {
     }
 
     fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
-        let rtp = SocketAddr::new(addr, port);
-        if let Some(n) = self.shared_refs.get_mut(&rtp) {
-            *n += 1;
-            return Ok(());
-        }
-        self.open_pair(addr, port)?;
-        for p in [port, port + 1] {
-            if let Some(s) = self.ports.get(&SocketAddr::new(addr, p)) {
-                // No any-source flow: unknown sources reach this socket
-                // (the port stays in `unheld`, so the program passes
-                // them), and the engine attributes them.
-                s.state.set_shared();
-            }
-        }
-        self.shared_refs.insert(rtp, 1);
-        Ok(())
+        self.share(addr, port, false)
+    }
+
+    fn adopt_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        // Bound after ng answers, with the own-port calls' sockets
+        // (`take_unbound`): XDP forwards the known sources meanwhile.
+        self.share(addr, port, true)
     }
 
     fn reserve_shared(&mut self, additional: usize) {

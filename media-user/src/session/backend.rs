@@ -269,6 +269,12 @@ pub trait Backend {
     fn open_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
         self.open_pair(addr, port)
     }
+    /// [`open_shared`](Self::open_shared) for an adopted call: like
+    /// [`adopt_pair`](Self::adopt_pair), a backend may bind a newly opened
+    /// pair's sockets later, in the background. By default at once.
+    fn adopt_shared(&mut self, addr: IpAddr, port: u16) -> io::Result<()> {
+        self.open_shared(addr, port)
+    }
     /// Room for `additional` more shared streams (adopting many calls at
     /// once); a hint, nothing by default.
     fn reserve_shared(&mut self, additional: usize) {

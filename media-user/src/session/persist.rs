@@ -395,7 +395,7 @@ impl<B: Backend> Engine<B> {
                 });
                 break;
             }
-            if let Err(source) = self.backend.open_shared(l.local, l.port) {
+            if let Err(source) = self.backend.adopt_shared(l.local, l.port) {
                 s.ports.release(l.port, l.slot, now.mono);
                 failed = Some(SkipReason::Bind {
                     local: l.local,
@@ -465,6 +465,15 @@ impl<B: Backend> Engine<B> {
     /// served on it, and ends (reason `port lost`).
     pub fn port_lost(&mut self, local: SocketAddr, error: &io::Error, now: Now) {
         let Some(id) = self.owners.get(&local).map(|o| o.call.clone()) else {
+            let streams = self
+                .sharing
+                .as_ref()
+                .map_or(0, |s| s.owners.streams_on(local));
+            if streams > 0 {
+                // Its calls' known sources keep their XDP flows; a source
+                // not known yet cannot reach the daemon there. They go on.
+                warn!(%local, %error, streams, "a shared port of adopted calls could not be bound again: new sources on it cannot be attributed and the userspace path cannot serve it; free the port and restart the daemon");
+            }
             return;
         };
         warn!(call_id = %id, %local, %error, "a port of an adopted call could not be bound again: the call ends");

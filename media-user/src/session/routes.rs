@@ -168,8 +168,7 @@ impl<B: Backend> Engine<B> {
                 expecting,
                 key,
             } = t;
-            s.owners.set(local, &owner, expecting);
-            if let Err(e) = s.owners.key(local, &owner, key) {
+            if let Err(e) = s.owners.set_keyed(local, &owner, expecting, key) {
                 warn!(call_id = %owner.call, %local, error = %e, "shared port: source taken by another call; no route");
                 route = None;
             }

@@ -67,6 +67,42 @@ struct Stream {
     key: Option<SocketAddr>,
 }
 
+/// Move `stream`'s exact key on `local` to `remote` (see
+/// [`SharedOwners::key`]).
+fn rekey(
+    exact: &mut HashMap<(SocketAddr, SocketAddr), Owner>,
+    local: SocketAddr,
+    stream: &mut Stream,
+    remote: Option<SocketAddr>,
+) -> Result<(), KeyTaken> {
+    let old = stream.key;
+    if old == remote {
+        return Ok(());
+    }
+    if let Some(r) = remote {
+        match exact.get(&(local, r)) {
+            Some(o) if *o != stream.owner => {
+                return Err(KeyTaken {
+                    local,
+                    remote: r,
+                    holder: o.call.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                exact.insert((local, r), stream.owner.clone());
+            }
+        }
+    }
+    if let Some(o) = old
+        && exact.get(&(local, o)) == Some(&stream.owner)
+    {
+        exact.remove(&(local, o));
+    }
+    stream.key = remote;
+    Ok(())
+}
+
 fn tag(owner: &Owner) -> u64 {
     use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
     BuildHasherDefault::<DefaultHasher>::default().hash_one(owner)
@@ -104,17 +140,49 @@ impl SharedOwners {
 
     /// Add a stream on `local`, or update what it expects.
     pub fn set(&mut self, local: SocketAddr, owner: &Owner, expecting: Expecting) {
+        self.stream_mut(local, owner).expecting = expecting;
+    }
+
+    /// [`set`](Self::set) and [`key`](Self::key) at once (one search of
+    /// the port's streams): what routes programming does for every
+    /// stream.
+    pub fn set_keyed(
+        &mut self,
+        local: SocketAddr,
+        owner: &Owner,
+        expecting: Expecting,
+        remote: Option<SocketAddr>,
+    ) -> Result<(), KeyTaken> {
+        let stream = Self::entry(&mut self.streams, local, owner);
+        stream.expecting = expecting;
+        rekey(&mut self.exact, local, stream, remote)
+    }
+
+    fn stream_mut(&mut self, local: SocketAddr, owner: &Owner) -> &mut Stream {
+        Self::entry(&mut self.streams, local, owner)
+    }
+
+    /// `owner`'s stream on `local`, added (expecting nothing) if new.
+    fn entry<'a>(
+        streams: &'a mut HashMap<SocketAddr, Vec<Stream>>,
+        local: SocketAddr,
+        owner: &Owner,
+    ) -> &'a mut Stream {
         let t = tag(owner);
-        let v = self.streams.entry(local).or_default();
-        match find(v, t, owner) {
-            Some(i) => v[i].expecting = expecting,
-            None => v.push(Stream {
-                tag: t,
-                owner: owner.clone(),
-                expecting,
-                key: None,
-            }),
-        }
+        let v = streams.entry(local).or_default();
+        let i = match find(v, t, owner) {
+            Some(i) => i,
+            None => {
+                v.push(Stream {
+                    tag: t,
+                    owner: owner.clone(),
+                    expecting: Expecting::default(),
+                    key: None,
+                });
+                v.len() - 1
+            }
+        };
+        &mut v[i]
     }
 
     /// Make `remote` the one exact key `owner` (a stream [`set`] on
@@ -138,32 +206,7 @@ impl SharedOwners {
             // Not a stream of this port: it holds nothing here.
             return Ok(());
         };
-        let old = stream.key;
-        if old == remote {
-            return Ok(());
-        }
-        if let Some(r) = remote {
-            match self.exact.get(&(local, r)) {
-                Some(o) if o != owner => {
-                    return Err(KeyTaken {
-                        local,
-                        remote: r,
-                        holder: o.call.clone(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    self.exact.insert((local, r), owner.clone());
-                }
-            }
-        }
-        if let Some(o) = old
-            && self.exact.get(&(local, o)) == Some(owner)
-        {
-            self.exact.remove(&(local, o));
-        }
-        stream.key = remote;
-        Ok(())
+        rekey(&mut self.exact, local, stream, remote)
     }
 
     /// Remove a stream from `local` with its exact key; returns the

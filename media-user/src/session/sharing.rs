@@ -315,7 +315,7 @@ impl SharedPorts {
 }
 
 /// What a stream on a shared port expects, for [`attribute`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expecting {
     /// Where signalling said the party is (SDP address and port).
     pub advertised: Option<SocketAddr>,

@@ -256,6 +256,9 @@ fn selected(part: &str) -> bool {
 struct Adoption {
     /// The daemon's own figure for adopting the calls.
     took: Duration,
+    /// From the start to answering ng: reading the pinned maps, then
+    /// adopting.
+    answering: Duration,
     /// Then binding their sockets in the background.
     /// `None`: bound during adoption (shared pairs: a few sockets each).
     bound: Option<Duration>,
@@ -272,25 +275,22 @@ fn adoption_at_scale(calls: u32, ports: Ports) -> anyhow::Result<Vec<Adoption>> 
     let mut runs = Vec::with_capacity(MIN_RUNS);
     for _ in 0..MIN_RUNS {
         daemon.kill()?;
-        daemon.restart()?;
+        let answering = daemon.restart()?;
         let took = daemon
             .adoption_time()
             .context("the restarted daemon logged no adoption")?;
         let adopted = daemon
             .adopted_calls()
             .context("the restarted daemon's adoption line names no count")?;
-        // Calls on ports of their own have their sockets bound after ng
-        // answers; shared pairs open theirs while they are adopted.
-        let bound = match ports {
-            Ports::Own => Some(
-                daemon
-                    .sockets_bound_time(Duration::from_secs(120))
-                    .context(
-                        "the restarted daemon did not log its adopted sockets bound within 120 s",
-                    )?,
-            ),
-            Ports::Shared => None,
-        };
+        // Adopted calls have their sockets bound after ng answers (a
+        // shared pair: two sockets, whatever the calls on it).
+        let bound = Some(
+            daemon
+                .sockets_bound_time(Duration::from_secs(120))
+                .context(
+                    "the restarted daemon did not log its adopted sockets bound within 120 s",
+                )?,
+        );
         let ng = NgClient::new(&bed.relay, daemon.ng)?;
         for i in [0, calls - 1] {
             ng.ok(&media_user::ng::Value::dict()
@@ -299,12 +299,14 @@ fn adoption_at_scale(calls: u32, ports: Ports) -> anyhow::Result<Vec<Adoption>> 
                 .with_context(|| format!("query of adopted call restart-{i}"))?;
         }
         eprintln!(
-            "    {adopted} calls adopted in {took:?}, their sockets bound {} later, daemon RSS {} KiB",
+            "    {adopted} calls adopted in {took:?} (answering ng {answering:?} after the start), \
+             their sockets bound {} later, daemon RSS {} KiB",
             bound.map_or_else(|| "during adoption, not".to_owned(), |b| format!("{b:?}")),
             daemon.rss_kib()
         );
         runs.push(Adoption {
             took,
+            answering,
             bound,
             adopted,
             rss_kib: daemon.rss_kib(),
@@ -388,11 +390,12 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "\nAdoption at scale: the calls set up once, then {MIN_RUNS} times `kill -9` and a start on the same pins. \
-         On ports of their own the sockets are bound in the background after ng answers (until then the data plane \
-         forwards every call and drops what it would pass to the daemon, as while no daemon ran); shared pairs \
-         open theirs while they are adopted.\n\n\
-         | ports | calls | adopted | adoption | per call | sockets | bound after | daemon RSS |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|"
+         *Adoption* is the daemon's own figure for taking the calls back from their records; *answering ng* runs \
+         from the start of the process and adds reading the pinned maps (flows, records). The sockets are bound in \
+         the background after ng answers (until then the data plane forwards every call and drops what it would \
+         pass to the daemon, as while no daemon ran).\n\n\
+         | ports | calls | adopted | adoption | answering ng | per call | sockets | bound after | daemon RSS |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut scale_json = Vec::new();
     let mut shared_s = None;
@@ -420,6 +423,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         );
         let runs = adoption_at_scale(calls, ports)?;
         let took = Figure::new(runs.iter().map(|r| r.took.as_secs_f64()));
+        let answering = Figure::new(runs.iter().map(|r| r.answering.as_secs_f64()));
         let bound = Figure::new(runs.iter().filter_map(|r| r.bound).map(|b| b.as_secs_f64()));
         let bound_text = if runs.iter().any(|r| r.bound.is_none()) {
             "during adoption".to_owned()
@@ -431,10 +435,11 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         let per_call_us = took.median() * 1e6 / f64::from(calls);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} s | {per_call_us:.1} µs | {} | {bound_text} | {} KiB |",
+            "| {label} | {} | {} | {} s | {} s | {per_call_us:.1} µs | {} | {bound_text} | {} KiB |",
             group(f64::from(calls)),
             adopted.show_int(),
             took.show(3),
+            answering.show(3),
             group(sockets as f64),
             rss.show_int(),
         );
@@ -446,6 +451,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "calls": calls,
             "adopted": adopted.json(),
             "adoption_s": took.json(),
+            "answering_ng_s": answering.json(),
             "per_call_us": per_call_us,
             "sockets_bound_s": bound.json(),
             "rss_kib": rss.json(),
