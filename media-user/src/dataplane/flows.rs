@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
 use media_ebpf::{
     Flow, FlowKey, FlowStats, RtcpSeen, SeqWindow, StreamQuality,
     flow::{CHECK_SOURCE_ADDR, STATS_RTP_SEEN},
@@ -167,7 +167,13 @@ impl FlowTable {
     ) -> Result<Self, FlowError> {
         // Read first, so that the mirror is sized once (hundreds of
         // thousands of flows after a restart at scale).
-        let pinned = flows.iter().collect::<Result<Vec<_>, _>>()?;
+        let pinned = match super::batch::read_all::<FlowKey, Flow>(flows.map()) {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "batch lookup refused: reading the pinned flows one by one");
+                flows.iter().collect::<Result<Vec<_>, _>>()?
+            }
+        };
         let mut slots = StdHashMap::with_capacity(pinned.len());
         for (k, f) in pinned {
             slots.insert(

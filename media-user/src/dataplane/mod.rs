@@ -9,6 +9,7 @@
 //! (`media-relay teardown`) detaches and removes them.
 
 mod attach;
+mod batch;
 mod flows;
 pub mod lock;
 mod log;

@@ -20,7 +20,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
 use thiserror::Error;
 
 /// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
@@ -192,26 +192,35 @@ impl SessionStore {
     pub fn load(&mut self) -> Result<Vec<(String, Vec<u8>)>, SessionStoreError> {
         // Read first, so that the tables are sized once (a restart at
         // scale reads hundreds of thousands of chunks).
-        let chunks = (&self.map).into_iter().collect::<Result<Vec<_>, _>>()?;
-        let mut entries: StdHashMap<SessionKey, SessionChunk> =
-            StdHashMap::with_capacity(chunks.len());
-        entries.extend(chunks);
+        let chunks = match super::batch::read_all::<SessionKey, SessionChunk>(self.map.map()) {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "batch lookup refused: reading the records one by one");
+                (&self.map).into_iter().collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        // Chunks stay where they were read (a kilobyte each): the table
+        // holds their places, `keep` marks the ones a whole record uses.
+        let index: StdHashMap<SessionKey, usize> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        let mut keep = vec![false; chunks.len()];
         let mut records = Vec::new();
-        let mut keep: std::collections::HashSet<SessionKey> =
-            std::collections::HashSet::with_capacity(entries.len());
-        self.heads.reserve(entries.len());
-        for (k, head) in entries.iter().filter(|(k, _)| k.chunk == 0) {
+        for (h, (k, head)) in chunks.iter().enumerate().filter(|(_, (k, _))| k.chunk == 0) {
             let len = head.len as usize;
-            let chunks = len.div_ceil(CHUNK_DATA) as u32;
+            let parts = len.div_ceil(CHUNK_DATA) as u32;
             let mut bytes = Vec::with_capacity(len);
-            let mut whole = chunks <= MAX_CHUNKS && matches!(head.range, RANGE_A | RANGE_B);
-            for i in 0..chunks {
-                let ck = key(k.call, head.range + i);
-                match entries.get(&ck) {
-                    Some(c) if c.generation == head.generation && whole => {
+            let mut whole = parts <= MAX_CHUNKS && matches!(head.range, RANGE_A | RANGE_B);
+            let mut used = Vec::with_capacity(parts as usize);
+            for i in 0..parts {
+                let at = index.get(&key(k.call, head.range + i)).copied();
+                match at.map(|at| (at, &chunks[at].1)) {
+                    Some((at, c)) if c.generation == head.generation && whole => {
                         let n = (c.len as usize).min(CHUNK_DATA);
                         bytes.extend_from_slice(&c.data[..n]);
-                        keep.insert(ck);
+                        used.push(at);
                     }
                     _ => whole = false,
                 }
@@ -222,14 +231,17 @@ impl SessionStore {
                 .filter(|_| bytes.len() == len);
             match parsed {
                 Some((id, record)) if call_hash(&id) == k.call => {
-                    keep.insert(*k);
+                    keep[h] = true;
+                    for at in used {
+                        keep[at] = true;
+                    }
                     self.heads.insert(
                         k.call,
                         (
                             id.clone(),
                             Head {
                                 range: head.range,
-                                chunks,
+                                chunks: parts,
                                 generation: head.generation,
                             },
                         ),
@@ -239,7 +251,7 @@ impl SessionStore {
                 _ => tracing::warn!(call = k.call, "a torn session record was dropped"),
             }
         }
-        for k in entries.keys().filter(|k| !keep.contains(k)) {
+        for ((k, _), _) in chunks.iter().zip(&keep).filter(|(_, kept)| !**kept) {
             let _ = self.map.remove(k);
         }
         Ok(records)
