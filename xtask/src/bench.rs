@@ -3,7 +3,7 @@
 
 use crate::util::{self, step};
 
-pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
+pub fn run(quick: bool, only: &[String], compare: Option<&str>) -> anyhow::Result<()> {
     if !util::is_root() {
         util::banner(
             "the benchmarks need root (network namespaces, XDP): run `sudo cargo xtask bench`",
@@ -33,6 +33,17 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     for part in only {
         args.push("--only");
         args.push(part);
+    }
+    // Relative to the workspace, as the rest of the command's paths.
+    let compare = compare.map(|c| {
+        util::workspace_root()
+            .join(c)
+            .to_string_lossy()
+            .into_owned()
+    });
+    if let Some(c) = &compare {
+        args.push("--compare");
+        args.push(c);
     }
     util::run(bin, &args)
 }

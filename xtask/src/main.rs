@@ -107,10 +107,14 @@ enum Command {
         /// A short run for CI smoke use.
         #[arg(long)]
         quick: bool,
-        /// Only these parts (xdp, sessions, sip, capacity, latency, overload, scale, restart;
-        /// repeatable); the report always runs.
+        /// Only these parts (xdp, sessions, sip, capacity, latency, overload, scale, sharing,
+        /// restart; repeatable); the report always runs.
         #[arg(long)]
         only: Vec<String>,
+        /// Compare the targets with another run's report.json (e.g.
+        /// docs/bench/report.json): whether they agree within their spread.
+        #[arg(long)]
+        compare: Option<String>,
     },
 }
 
@@ -125,7 +129,11 @@ fn main() -> ExitCode {
             rest,
         } => build_and_load(&interfaces, config.as_deref(), xdp_mode.as_deref(), &rest),
         Command::Test { no_setup, repeat } => test::run(no_setup, repeat),
-        Command::Bench { quick, only } => bench::run(quick, &only),
+        Command::Bench {
+            quick,
+            only,
+            compare,
+        } => bench::run(quick, &only, compare.as_deref()),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
         Command::Fuzz {

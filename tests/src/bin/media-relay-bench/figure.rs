@@ -155,12 +155,38 @@ impl Verdict {
     }
 }
 
+/// What a target is judged on: one number, or a [`Figure`] (its median,
+/// with the runs' spread kept beside it, so that two reports can be
+/// compared within it: `--compare`).
+pub enum Reading<'a> {
+    Value(Option<f64>),
+    Runs(&'a Figure),
+}
+
+impl From<Option<f64>> for Reading<'_> {
+    fn from(v: Option<f64>) -> Self {
+        Self::Value(v)
+    }
+}
+
+impl<'a> From<&'a Figure> for Reading<'a> {
+    fn from(f: &'a Figure) -> Self {
+        Self::Runs(f)
+    }
+}
+
 /// A target's JSON: `met` is `true`/`false` when judged, `null` when not;
-/// `verdict` one of met, MISSED, not judged, not measurable.
-pub fn target(name: &str, value: Option<f64>, wanted: &str, verdict: &Verdict) -> Value {
-    json!({
+/// `verdict` one of met, MISSED, not judged, not measurable; `value` the
+/// median, with `min`, `max` and `runs` when it is a figure's.
+pub fn target<'a>(
+    name: &str,
+    value: impl Into<Reading<'a>>,
+    wanted: &str,
+    verdict: &Verdict,
+) -> Value {
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let mut t = json!({
         "name": name,
-        "value": value.filter(|v| v.is_finite()),
         "target": wanted,
         "met": match verdict {
             Verdict::Met => Some(true),
@@ -169,7 +195,17 @@ pub fn target(name: &str, value: Option<f64>, wanted: &str, verdict: &Verdict) -
         },
         "verdict": verdict.word(),
         "reason": verdict.reason(),
-    })
+    });
+    match value.into() {
+        Reading::Value(v) => t["value"] = json!(v.and_then(finite)),
+        Reading::Runs(f) => {
+            t["value"] = json!(finite(f.median()));
+            t["min"] = json!(finite(f.min()));
+            t["max"] = json!(finite(f.max()));
+            t["runs"] = json!(f.runs);
+        }
+    }
+    t
 }
 
 /// `a / b` of two medians, or why it cannot be told: `b` ≤ 0, or `b`
@@ -235,5 +271,11 @@ mod tests {
         assert_eq!(t["value"], Value::Null);
         assert_eq!(t["verdict"], "not judged");
         assert_eq!(t["reason"], "quick");
+        let t = target("x", &Figure::new([3.0, 1.0, 2.0]), "< 2", &Verdict::Missed);
+        assert_eq!(
+            (&t["value"], &t["min"], &t["max"]),
+            (&json!(2.0), &json!(1.0), &json!(3.0))
+        );
+        assert_eq!(t["runs"], json!([3.0, 1.0, 2.0]));
     }
 }

@@ -32,6 +32,7 @@
 //! machine only.
 
 mod capacity;
+mod compare;
 mod figure;
 mod host;
 mod latency;
@@ -73,6 +74,11 @@ struct Args {
     /// runs.
     #[arg(long = "only")]
     only: Vec<String>,
+    /// Compare this run's targets with another run's `report.json` (e.g.
+    /// `docs/bench/report.json`, the run the README's figures come from):
+    /// whether the two agree within their spread, in the report.
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 fn describe_machine() -> String {
@@ -221,6 +227,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         restart::run(args.quick, &machine, &args.out)?;
     }
     // Always: the report over whatever parts have results in `out`.
-    report::run(args.quick, &machine, &args.out)?;
+    report::run(args.quick, &machine, &args.out, args.compare.as_deref())?;
     Ok(())
 }

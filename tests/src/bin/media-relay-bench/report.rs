@@ -12,6 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use anyhow::Context as _;
 use plotters::{
     coord::Shift,
     prelude::*,
@@ -327,7 +328,23 @@ fn plot_scale(scale: &Value, path: &Path) -> Option<PlotResult> {
     ))
 }
 
-pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+pub fn run(
+    _quick: bool,
+    machine: &str,
+    out: &Path,
+    reference: Option<&Path>,
+) -> anyhow::Result<()> {
+    // Read before anything is written: the reference may be this very
+    // directory's report.json, the previous run's.
+    let reference = reference
+        .map(|p| -> anyhow::Result<(String, Value)> {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the report to compare with, {}", p.display()))?;
+            let v = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a bench report.json", p.display()))?;
+            Ok((p.display().to_string(), v))
+        })
+        .transpose()?;
     let mut parts = serde_json::Map::new();
     let mut skipped = Vec::new();
     for &part in PARTS {
@@ -401,6 +418,9 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     }
 
     let generated_at = now_utc();
+    let comparison = reference
+        .as_ref()
+        .map(|(name, r)| crate::compare::compare(&targets, r, name));
     let report = json!({
         "machine": machine,
         "generated_at": generated_at,
@@ -409,6 +429,7 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         "skipped": skipped,
         "plots": plots,
         "targets": targets,
+        "comparison": comparison.as_ref().map(|(_, j)| j),
     });
     let json_path = out.join("report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
@@ -505,6 +526,9 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     for n in &plot_notes {
         let _ = writeln!(md, "\nNote: {n}.");
     }
+    if let Some((section, _)) = &comparison {
+        let _ = write!(md, "\n{section}");
+    }
     let md_path = out.join("report.md");
     std::fs::write(&md_path, &md)?;
 
@@ -534,6 +558,15 @@ pub fn run(_quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         count("not judged"),
         count("not measurable")
     );
+    if let Some((_, j)) = &comparison {
+        println!(
+            "compared with {}: {} agree, {} differ, {} without a figure in both (report.md says which)",
+            s(j, "reference"),
+            j["agree"],
+            j["differ"],
+            j["unmatched"]
+        );
+    }
     for p in &plots {
         println!("plot: {}", out.join(p).display());
     }
