@@ -140,7 +140,7 @@ impl SharedOwners {
 
     /// Add a stream on `local`, or update what it expects.
     pub fn set(&mut self, local: SocketAddr, owner: &Owner, expecting: Expecting) {
-        self.stream_mut(local, owner).expecting = expecting;
+        Self::entry(&mut self.streams, local, owner).expecting = expecting;
     }
 
     /// [`set`](Self::set) and [`key`](Self::key) at once (one search of
@@ -156,10 +156,6 @@ impl SharedOwners {
         let stream = Self::entry(&mut self.streams, local, owner);
         stream.expecting = expecting;
         rekey(&mut self.exact, local, stream, remote)
-    }
-
-    fn stream_mut(&mut self, local: SocketAddr, owner: &Owner) -> &mut Stream {
-        Self::entry(&mut self.streams, local, owner)
     }
 
     /// `owner`'s stream on `local`, added (expecting nothing) if new.
