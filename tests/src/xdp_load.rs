@@ -96,7 +96,18 @@ pub const PORT_LIST_MAX: usize = 65536;
 
 /// Paced sending: one burst (one BPF_PROG_TEST_RUN call) every this long,
 /// at most.
-const PACE_INTERVAL: Duration = Duration::from_micros(250);
+///
+/// Why not shorter: each call with live frames creates a page pool, and a
+/// pool whose frames are still queued when the call returns (the userspace
+/// paths: they sit in the relay's sockets until it reads them) is released
+/// by a kernel worker on a 1 s retry, which walks every pool waiting the
+/// same way — a cost that grows with the square of the calls per second,
+/// on the generator's CPU. At one call every 0.25 ms that worker took 20
+/// to 60 % of that CPU (`perf`: `page_pool_release_retry` →
+/// `mem_allocator_disconnect`), time both userspace relays lost, and
+/// after hours of it the kernel ran out of pool ids (`bpf_prog_test_run`:
+/// ENOSPC). One call per millisecond is a sixteenth of that cost.
+const PACE_INTERVAL: Duration = Duration::from_millis(1);
 /// Burst size bounds: below this the syscall and live-frame setup cost
 /// dominate; above it the bursts would overrun the veth rings.
 const PACE_MIN_BURST: u32 = 16;
@@ -277,7 +288,7 @@ impl Generator {
         })
     }
 
-    /// Send `frames` at `pps`: bursts of on average `pps` × 0.25 ms frames
+    /// Send `frames` at `pps`: bursts of on average `pps` × [`PACE_INTERVAL`] frames
     /// (16 to 4 096; each 0.5 to 1.5 times that, at random), each due when
     /// the frames before it are, sleeping in between. Returns the frames sent (fewer than `frames` only if the
     /// generator fell so far behind that the run would have taken more

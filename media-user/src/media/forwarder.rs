@@ -120,6 +120,15 @@ impl PortState {
         )
     }
 
+    /// Hold the route's write lock: a worker deciding for this port waits
+    /// (a stand-in for a thread the scheduler does not run).
+    #[cfg(test)]
+    pub(super) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, Option<UserRoute>> {
+        self.route
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Mark the port shared (see [`PortState::shared`]).
     pub(super) fn set_shared(&self) {
         self.shared.store(true, Ordering::Relaxed);

@@ -1,18 +1,28 @@
-//! The userspace path's I/O: a few threads, each polling its share of the
-//! media sockets, reading them in batches and forwarding in batches.
+//! The userspace path's I/O: a few threads that share one epoll set of
+//! every media socket, reading each ready socket in a batch and
+//! forwarding in batches.
 //!
 //! Why not one task per socket: at a few thousand packets a second per
 //! core a task per socket means a wake-up, a `recvfrom` and a `sendto`
 //! per packet, and the scheduler is what fills the queue (the benchmark
-//! measured p99 1.2 s near the limit). Here each worker thread owns an
-//! edge-triggered epoll set (mio) of sockets and keeps the sockets that
-//! are readable in a ready queue, served round robin: each turn takes at
-//! most [`BATCH`] datagrams from one socket with one `recvmmsg` and sends
-//! those it forwards with one `sendmmsg` per outgoing socket. A socket
-//! that still has data goes to the back of the queue, so under overload
-//! every call gets its turn in order and none starves; a socket's
-//! datagrams are taken in order and sent in order by one thread, so the
-//! relay reorders nothing.
+//! measured p99 1.2 s near the limit).
+//!
+//! Why one set for all threads, not a share of the sockets per thread:
+//! a thread that the scheduler does not run holds up every socket it owns.
+//! With a share each, two busy threads that ended up on one CPU (the
+//! other taken by interrupts or another process) ran in turns of 10–14 ms
+//! (`perf sched`: 12.9 ms the longest wait), so half the calls waited past
+//! the staleness bound while the other half flowed — the userspace path
+//! lost 0.1 % at a quarter of the rate it carried flat out. Here a socket
+//! is registered `EPOLLONESHOT`: whichever thread is running takes the
+//! next ready socket, serves one turn (at most [`BATCH`] datagrams with one
+//! `recvmmsg`, those it forwards sent with one `sendmmsg` per outgoing
+//! socket) and arms it again. A thread holds at most [`EVENTS`] sockets at
+//! a time, so one that is preempted holds up few. A socket is served by
+//! one thread at a time and its datagrams are taken and sent in order:
+//! the relay reorders nothing. A socket that still has data is reported
+//! again at the back of the ready list, so under overload every call gets
+//! its turn in order and none starves.
 //!
 //! Bounded delay: every datagram carries the kernel's receive time
 //! (`SO_TIMESTAMPNS`); one that waited longer than the configured bound
@@ -21,19 +31,25 @@
 //! media ([`RECV_BUFFER`]): past the bound a packet is worth nothing.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, SystemTime},
 };
 
-use mio::{Events, Interest, Poll, Registry, Token, Waker, unix::SourceFd};
+use nix::{
+    errno::Errno,
+    sys::{
+        epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout},
+        eventfd::{EfdFlags, EventFd},
+    },
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -42,6 +58,9 @@ use crate::session::PacketEvent;
 
 /// Datagrams read from one socket per turn (and sent per `sendmmsg`).
 pub const BATCH: usize = 32;
+/// Ready sockets a thread takes per wait: few, so that a thread the
+/// scheduler preempts holds up few sockets (the others take the rest).
+pub const EVENTS: usize = 4;
 /// The largest datagram taken whole: a UDP payload over IPv4 can be no
 /// larger. A longer one (IPv6 jumbograms) is counted as an error.
 const SLOT: usize = 65_507;
@@ -51,8 +70,8 @@ const SLOT: usize = 65_507;
 pub const RECV_BUFFER: usize = 64 << 10;
 /// The default staleness bound.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(5);
-/// The waker's token; sockets count up from 1.
-const WAKE: Token = Token(0);
+/// The stop event's token; sockets count up from 1.
+const WAKE: u64 = 0;
 
 /// The default nice value of the I/O threads: media waits for nothing a
 /// batch job on the same host does.
@@ -87,74 +106,43 @@ pub(super) struct Served {
     pub state: Arc<PortState>,
 }
 
-/// What a worker shares with the pool.
+/// What the workers share: the epoll set and what its tokens name.
 struct Shared {
-    ports: Mutex<HashMap<usize, Arc<Served>>>,
+    epoll: Epoll,
+    /// Written under the write lock together with the epoll set (add,
+    /// delete); a worker arms a socket again only under the read lock and
+    /// while its token is here, so it never arms a descriptor that was
+    /// closed and reused.
+    ports: RwLock<HashMap<u64, Arc<Served>>>,
     stop: AtomicBool,
+    /// Readable once the pool stops (level-triggered: wakes every worker).
+    wake: EventFd,
 }
 
-/// One worker as the pool sees it (shared by every socket it serves).
-struct WorkerRef {
-    shared: Arc<Shared>,
-    registry: Registry,
-    waker: Waker,
-    /// RTP sockets it serves, by local address (what the pool balances).
-    rtp_by_ip: Mutex<HashMap<IpAddr, usize>>,
+/// The interest of a served socket: readable, reported to one worker,
+/// then off until that worker arms it again.
+fn armed(token: u64) -> EpollEvent {
+    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token)
 }
 
-impl WorkerRef {
-    fn rtp_on(&self, ip: IpAddr) -> usize {
-        self.rtp_by_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&ip)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn count_rtp(&self, ip: IpAddr, added: bool) {
-        let mut by_ip = self
-            .rtp_by_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = by_ip.entry(ip).or_insert(0);
-        if added {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                by_ip.remove(&ip);
-            }
-        }
-    }
-}
-
-/// A socket served by a worker; dropping it stops serving it (the socket
+/// A socket served by the pool; dropping it stops serving it (the socket
 /// itself closes when its last user lets go).
 pub(super) struct Registration {
-    worker: Arc<WorkerRef>,
-    token: usize,
-    /// The local address, when it is an RTP socket counted for balance.
-    rtp_ip: Option<IpAddr>,
+    shared: Arc<Shared>,
+    token: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(ip) = self.rtp_ip {
-            self.worker.count_rtp(ip, false);
-        }
-        let served = self
-            .worker
+        let mut ports = self
             .shared
             .ports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.token);
-        if let Some(s) = served {
-            let fd = s.socket.as_raw_fd();
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = ports.remove(&self.token) {
             // Closing the descriptor would remove it from the epoll set
             // too, but other holders (routes) may keep it open.
-            let _ = self.worker.registry.deregister(&mut SourceFd(&fd));
+            let _ = self.shared.epoll.delete(s.socket.as_ref());
         }
     }
 }
@@ -174,59 +162,28 @@ pub(super) struct IoTotals {
 }
 
 pub(super) struct IoPool {
-    workers: Vec<(Arc<WorkerRef>, Option<JoinHandle<()>>)>,
-    tokens: AtomicUsize,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    tokens: AtomicU64,
     pub totals: Arc<IoTotals>,
 }
 
 impl IoPool {
-    /// The worker that serves `local`. RTP ports (even: pairs start on an
-    /// even port) go to the worker with the fewest RTP sockets on the same
-    /// local address, ties broken at random; an RTP port's pair (odd, RTCP,
-    /// little traffic) goes by its number.
-    ///
-    /// Why per address and not simply in turn: the media of one direction
-    /// arrives on the ports of one side, and a call opens its sides in
-    /// order, so dealing RTP ports in turn put every caller-side port on
-    /// the first of two threads — a one-way load (the capacity bench, a
-    /// direction whose other side is silent) was served by one core while
-    /// the other idled (seen with `perf`: 99.7 % of the path's samples on
-    /// `media-io-0`). Counting per local address balances each side (each
-    /// interface) on its own; the random tie-break keeps a fixed opening
-    /// order from lining the sides up where both share one address.
-    fn worker_for(&mut self, local: SocketAddr) -> usize {
-        let n = self.workers.len();
-        if !local.port().is_multiple_of(2) {
-            return usize::from(local.port() / 2) % n;
-        }
-        let loads: Vec<usize> = self
-            .workers
-            .iter()
-            .map(|(w, _)| w.rtp_on(local.ip()))
-            .collect();
-        let least = loads.iter().copied().min().unwrap_or(0);
-        let candidates: Vec<usize> = (0..n).filter(|&i| loads[i] == least).collect();
-        candidates[rand::random_range(0..candidates.len())]
-    }
-
     pub fn start(cfg: IoConfig, events: &mpsc::Sender<PacketEvent>) -> io::Result<Self> {
         let totals = Arc::new(IoTotals::default());
-        let mut workers = Vec::new();
+        let shared = Arc::new(Shared {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            ports: RwLock::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        });
+        shared
+            .epoll
+            .add(&shared.wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+        let mut threads = Vec::new();
         for i in 0..cfg.threads.max(1) {
-            let poll = Poll::new()?;
-            let shared = Arc::new(Shared {
-                ports: Mutex::new(HashMap::new()),
-                stop: AtomicBool::new(false),
-            });
-            let worker = Arc::new(WorkerRef {
-                shared: shared.clone(),
-                registry: poll.registry().try_clone()?,
-                waker: Waker::new(poll.registry(), WAKE)?,
-                rtp_by_ip: Mutex::new(HashMap::new()),
-            });
             let run = Worker {
-                poll,
-                shared,
+                shared: shared.clone(),
                 events: events.clone(),
                 max_delay: cfg.max_delay,
                 totals: totals.clone(),
@@ -238,133 +195,117 @@ impl IoPool {
                     set_nice(nice, i == 0);
                     run.run();
                 })?;
-            workers.push((worker, Some(thread)));
+            threads.push(thread);
         }
         Ok(Self {
-            workers,
-            tokens: AtomicUsize::new(1),
+            shared,
+            threads,
+            tokens: AtomicU64::new(WAKE + 1),
             totals,
         })
     }
 
-    /// Serve `served` from one of the workers (in turn).
+    /// Serve `served` (by whichever worker is free when it is ready).
     pub fn add(&mut self, served: Served) -> io::Result<Registration> {
-        let index = self.worker_for(served.local);
-        let rtp_ip = served
-            .local
-            .port()
-            .is_multiple_of(2)
-            .then_some(served.local.ip());
-        let (worker, _) = &self.workers[index];
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let fd = served.socket.as_raw_fd();
-        // Known to the worker before its first event can name it.
-        worker
+        let socket = served.socket.clone();
+        let mut ports = self
             .shared
             .ports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(token, Arc::new(served));
-        if let Some(ip) = rtp_ip {
-            worker.count_rtp(ip, true);
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Known to the workers before its first event can name it.
+        ports.insert(token, Arc::new(served));
+        if let Err(e) = self.shared.epoll.add(socket.as_ref(), armed(token)) {
+            ports.remove(&token);
+            return Err(e.into());
         }
-        let registration = Registration {
-            worker: worker.clone(),
+        Ok(Registration {
+            shared: self.shared.clone(),
             token,
-            rtp_ip,
-        };
-        worker
-            .registry
-            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)?;
-        Ok(registration)
+        })
     }
 }
 
 impl Drop for IoPool {
     fn drop(&mut self) {
-        for (w, _) in &self.workers {
-            w.shared.stop.store(true, Ordering::Relaxed);
-            let _ = w.waker.wake();
-        }
-        for (_, thread) in &mut self.workers {
-            if let Some(t) = thread.take() {
-                let _ = t.join();
-            }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.shared.wake.write(1);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
 
 struct Worker {
-    poll: Poll,
     shared: Arc<Shared>,
     events: mpsc::Sender<PacketEvent>,
     max_delay: Duration,
     totals: Arc<IoTotals>,
 }
 
-/// Whether a socket may have more to read.
-enum Drained {
-    Yes,
-    Maybe,
-}
-
 impl Worker {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
-        let mut ready: VecDeque<usize> = VecDeque::new();
-        let mut queued: HashSet<usize> = HashSet::new();
+    fn run(self) {
+        let mut events = [EpollEvent::empty(); EVENTS];
         let mut batch = Batch::new();
         loop {
-            // Block only when no socket is known to have data.
-            let timeout = (!ready.is_empty()).then_some(Duration::ZERO);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
+            let n = match self.shared.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
                     warn!(error = %e, "polling media sockets failed");
                     std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                continue;
-            }
+            };
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
-            for ev in &events {
-                let t = ev.token().0;
-                if t != WAKE.0 && queued.insert(t) {
-                    ready.push_back(t);
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token == WAKE {
+                    continue;
                 }
-            }
-            // One turn for each socket that is ready now.
-            for _ in 0..ready.len() {
-                let Some(t) = ready.pop_front() else { break };
                 let served = self
                     .shared
                     .ports
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&t)
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&token)
                     .cloned();
-                let more =
-                    served.is_some_and(|s| matches!(self.serve(&s, &mut batch), Drained::Maybe));
-                if more {
-                    ready.push_back(t);
-                } else {
-                    queued.remove(&t);
+                let Some(s) = served else { continue };
+                self.serve(&s, &mut batch);
+                // Armed again: reported again (at the back of the ready
+                // list) if it still has data.
+                let ports = self
+                    .shared
+                    .ports
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if ports.contains_key(&token)
+                    && let Err(e) = self
+                        .shared
+                        .epoll
+                        .modify(s.socket.as_ref(), &mut armed(token))
+                {
+                    warn!(local = %s.local, error = %e, "a media socket could not be polled again");
                 }
             }
         }
     }
 
     /// Read up to [`BATCH`] datagrams from one socket and dispose of each.
-    fn serve(&self, s: &Served, batch: &mut Batch) -> Drained {
+    fn serve(&self, s: &Served, batch: &mut Batch) {
         let n = match batch.receive(&s.socket) {
-            Ok(0) => return Drained::Yes,
+            Ok(0) => return,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Yes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // An ICMP error queued on the socket and the like: it is
-                // consumed by the failed call; try again next turn.
+                // consumed by the failed call; the socket is reported
+                // again if it has data.
                 debug!(local = %s.local, error = %e, "receiving failed");
-                return Drained::Maybe;
+                return;
             }
         };
         self.totals.reads.fetch_add(1, Ordering::Relaxed);
@@ -417,11 +358,6 @@ impl Worker {
         batch.send(s);
         // Hold no socket past the batch: a closed port's socket must close.
         batch.out.clear();
-        if n == BATCH {
-            Drained::Maybe
-        } else {
-            Drained::Yes
-        }
     }
 }
 
@@ -707,83 +643,88 @@ mod tests {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
     }
 
-    /// What `add` does for the balance, without sockets.
-    fn place(pool: &mut IoPool, local: SocketAddr) -> usize {
-        let w = pool.worker_for(local);
-        if local.port().is_multiple_of(2) {
-            pool.workers[w].0.count_rtp(local.ip(), true);
-        }
-        w
+    /// A route on `out` to `dest` that takes any source.
+    fn route_to(out: &Arc<UdpSocket>, dest: SocketAddr) -> Arc<PortState> {
+        let state = Arc::new(PortState::default());
+        state.set_route(Some(UserRoute {
+            out: out.clone(),
+            dest,
+            source: Source::Any,
+            demux: None,
+            rtp: true,
+            clock_rate: 8000,
+        }));
+        state
     }
 
-    /// Calls open their sides in order (caller's RTP and RTCP, then the
-    /// callee's): each side's RTP ports spread evenly over the workers
-    /// (a one-way load uses every core), whatever the port numbers; each
-    /// RTCP port has a worker too; removing sockets frees their share.
+    /// Two workers, 20 ports. The worker that takes port 0 is stuck
+    /// deciding for it (its route is locked, as a thread the scheduler
+    /// does not run): the other worker still serves the 19 others, each
+    /// packet. With a share of the ports per worker, about half of them
+    /// would wait for the stuck one. Once it runs again, port 0's packet
+    /// goes out too.
     #[test]
-    fn each_sides_rtp_ports_are_dealt_evenly_over_the_workers() {
-        let (tx, _rx) = mpsc::channel(16);
-        let (a, b) = (
-            IpAddr::from(Ipv4Addr::new(198, 18, 1, 1)),
-            IpAddr::from(Ipv4Addr::new(198, 18, 2, 1)),
-        );
-        for threads in [2, 3, 4] {
-            let mut pool = IoPool::start(
-                IoConfig {
-                    threads,
-                    max_delay: Duration::from_secs(1),
-                    nice: 0,
-                },
-                &tx,
-            )
-            .unwrap();
-            let mut rtp = [vec![0usize; threads], vec![0usize; threads]];
-            // Random-looking even ports, as the allocator hands them out.
-            for k in 0..120u32 {
-                for (side, ip) in [a, b].into_iter().enumerate() {
-                    let port = 30_000 + ((k * 7_919 + side as u32) % 5_000) as u16 * 2;
-                    for p in [port, port + 1] {
-                        let w = place(&mut pool, SocketAddr::new(ip, p));
-                        assert!(w < threads);
-                        if p % 2 == 0 {
-                            rtp[side][w] += 1;
-                        }
-                    }
-                }
-            }
-            for side in &rtp {
-                assert_eq!(side, &vec![120 / threads; threads], "{threads} workers");
-            }
-            // Sockets closed on worker 0 make it the next choice.
-            pool.workers[0].0.count_rtp(a, false);
-            pool.workers[0].0.count_rtp(a, false);
-            assert_eq!(pool.worker_for(SocketAddr::new(a, 40_000)), 0);
-        }
-    }
-
-    /// Both sides on one address (one interface): the caller's RTP ports
-    /// do not line up on one worker (a fixed tie-break would put every
-    /// first-opened port on the first thread).
-    #[test]
-    fn one_address_both_sides_still_spread_each_side() {
+    fn a_stuck_worker_holds_up_only_the_socket_it_serves() {
         let (tx, _rx) = mpsc::channel(16);
         let mut pool = IoPool::start(
             IoConfig {
                 threads: 2,
-                max_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(10),
                 nice: 0,
             },
             &tx,
         )
         .unwrap();
-        let ip = IpAddr::from(Ipv4Addr::new(198, 18, 1, 1));
-        let mut caller = [0usize; 2];
-        for k in 0..120u16 {
-            caller[place(&mut pool, SocketAddr::new(ip, 30_000 + 4 * k))] += 1;
-            place(&mut pool, SocketAddr::new(ip, 30_002 + 4 * k));
+        let out = Arc::new(bind(local()).unwrap());
+        let dest = UdpSocket::bind(local()).unwrap();
+        dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let peer = UdpSocket::bind(local()).unwrap();
+        let ports: Vec<(Arc<UdpSocket>, Arc<PortState>)> = (0..20)
+            .map(|_| {
+                (
+                    Arc::new(bind(local()).unwrap()),
+                    route_to(&out, dest.local_addr().unwrap()),
+                )
+            })
+            .collect();
+        let _served: Vec<Registration> = ports
+            .iter()
+            .map(|(socket, state)| {
+                pool.add(Served {
+                    local: socket.local_addr().unwrap(),
+                    socket: socket.clone(),
+                    state: state.clone(),
+                })
+                .unwrap()
+            })
+            .collect();
+        let held = ports[0].1.hold();
+        peer.send_to(&rtp(0), ports[0].0.local_addr().unwrap())
+            .unwrap();
+        // A worker has taken port 0's packet and waits for its route.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pool.totals.datagrams.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "port 0 not read");
+            std::thread::sleep(Duration::from_millis(1));
         }
-        // Binomial(120, ½): below 30 has a probability of about 1e-8.
-        assert!(caller.iter().all(|&n| n >= 30), "{caller:?}");
+        for (i, (socket, _)) in ports.iter().enumerate().skip(1) {
+            peer.send_to(&rtp(i as u16), socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut seen = Vec::new();
+        for _ in 1..20 {
+            let (n, _) = dest.recv_from(&mut buf).unwrap_or_else(|e| {
+                panic!("only {} of the 19 free ports were served ({e})", seen.len())
+            });
+            seen.push(u16::from_be_bytes([buf[2], buf[3]]));
+            assert!(n > 12);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..20).collect::<Vec<u16>>());
+        drop(held);
+        let (_, _) = dest.recv_from(&mut buf).expect("port 0 served once free");
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 0);
     }
 
     /// Loopback: 300 packets in bursts queued on a port (more than a
