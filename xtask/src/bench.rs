@@ -21,8 +21,8 @@ pub fn run(quick: bool, only: &[String], compare: Option<&str>) -> anyhow::Resul
         "media-user",
         "--bins",
     ])?;
-    let bin = util::workspace_root().join("target/release/media-relay-bench");
-    let out = util::workspace_root().join("target/bench");
+    let bin = util::target_dir().join("release/media-relay-bench");
+    let out = util::target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
     step("running the benchmark");
     let out_s = out.to_string_lossy().into_owned();

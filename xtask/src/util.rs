@@ -25,6 +25,15 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set (relative to the
+/// workspace, as cargo takes it), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace_root().join(d),
+        _ => workspace_root().join("target"),
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -64,7 +73,7 @@ pub fn build_release(bins: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
         args.extend(["--package", package, "--bin", bin]);
     }
     cargo(&args)?;
-    Ok(workspace_root().join("target/release"))
+    Ok(target_dir().join("release"))
 }
 
 /// Replace this process with `program` (so signals reach it directly).

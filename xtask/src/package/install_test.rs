@@ -133,7 +133,7 @@ fn capture(program: &str, args: &[&str]) -> anyhow::Result<(bool, String, String
 fn build_driver() -> anyhow::Result<PathBuf> {
     step(&format!("building the install test ({DRIVER})"));
     util::cargo(&["build", "--package", "media-relay-tests", "--bin", DRIVER])?;
-    Ok(workspace_root().join("target/debug").join(DRIVER))
+    Ok(util::target_dir().join("debug").join(DRIVER))
 }
 
 /// Run the driver, its output passed through; its failure (its last line)
