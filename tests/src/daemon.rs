@@ -359,6 +359,13 @@ impl Daemon {
         self.adoption_field("adopted")
     }
 
+    /// Where the adoption's time went, by its own account: decoding the
+    /// records, claiming their ports, programming their routes.
+    pub fn adoption_phases(&self) -> Option<[Duration; 3]> {
+        let us = |f: &str| self.adoption_field(f).map(Duration::from_micros);
+        Some([us("decode_us")?, us("claim_us")?, us("program_us")?])
+    }
+
     /// A numeric field of the current run's "calls of the earlier run
     /// adopted" line.
     fn adoption_field(&self, field: &str) -> Option<u64> {

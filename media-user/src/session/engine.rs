@@ -477,11 +477,12 @@ impl<B: Backend> Engine<B> {
         if self.sharing.is_some() {
             return;
         }
+        let call: std::sync::Arc<str> = call.into();
         for component in 0..2u8 {
             self.owners.insert(
                 SocketAddr::new(local, port + u16::from(component)),
                 Owner {
-                    call: call.to_owned(),
+                    call: call.clone(),
                     mono,
                     media,
                     component,
@@ -505,7 +506,7 @@ impl<B: Backend> Engine<B> {
             for component in 0..2u8 {
                 let at = SocketAddr::new(local, port + u16::from(component));
                 let owner = Owner {
-                    call: call.to_owned(),
+                    call: call.into(),
                     mono,
                     media,
                     component,
@@ -647,7 +648,7 @@ impl<B: Backend> Engine<B> {
             };
             owner
         };
-        let Some(call) = self.calls.get_mut(&owner.call) else {
+        let Some(call) = self.calls.get_mut(&*owner.call) else {
             return;
         };
         let answered = call.dialogue_answered(owner.mono) && !replay;
@@ -689,14 +690,14 @@ impl<B: Backend> Engine<B> {
         }
         let after = (latch.endpoint(), latch.source());
         if !latch.same_but_sequence(&was) {
-            self.dirty.insert(owner.call.clone());
+            self.dirty.insert(owner.call.to_string());
         }
         if before != after {
             debug!(call_id = %owner.call, local = %ev.local, from = %ev.from, "latched");
             self.program(&owner.call, owner.mono, now);
         }
         if verdict == Verdict::Forward
-            && let Some(call) = self.calls.get(&owner.call)
+            && let Some(call) = self.calls.get(&*owner.call)
             && let Some(mono) = call.monos.get(owner.mono)
             && let Some(peer) = mono.peer.and_then(|p| call.monos.get(p))
         {

@@ -165,7 +165,10 @@ impl Media {
 /// Which stream of which media of which party owns a local port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
-    pub call: String,
+    /// The call's id, shared by its streams' entries (a restart at scale
+    /// registers hundreds of thousands: one allocation per call, not per
+    /// entry).
+    pub call: std::sync::Arc<str>,
     pub mono: usize,
     pub media: usize,
     /// 0 = RTP, 1 = RTCP.

@@ -10,12 +10,12 @@ use super::{
     backend::{At, Backend, Route},
     engine::Engine,
     latch::{Latch, Source},
-    model::{Mono, Owner},
+    model::{Call, Mono, Owner},
     sharing::Expecting,
 };
 
 /// A route to program, and (port sharing) whose it is.
-struct Todo {
+pub(super) struct Todo {
     local: SocketAddr,
     route: Option<Route>,
     owner: Owner,
@@ -96,15 +96,23 @@ impl<B: Backend> Engine<B> {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
+        let todo = Self::todo(call, call_id, x);
+        self.apply(call_id, todo);
+    }
+
+    /// The routes of the dialogue of party `x` of `call` (not yet in the
+    /// engine's table, for one: an adopted call).
+    pub(super) fn todo(call: &Call, call_id: &str, x: usize) -> Vec<Todo> {
         let Some(xm) = call.monos.get(x) else {
-            return;
+            return Vec::new();
         };
         let Some(ym) = xm.peer.and_then(|y| call.monos.get(y)) else {
-            return;
+            return Vec::new();
         };
         let n = xm.media.len().max(ym.media.len());
         let y = xm.peer.unwrap_or_default();
         let mut todo = Vec::new();
+        let id: std::sync::Arc<str> = call_id.into();
         for i in 0..n {
             for (who, a, b) in [(x, xm, ym), (y, ym, xm)] {
                 let Some(ma) = a.media.get(i) else {
@@ -117,7 +125,7 @@ impl<B: Backend> Engine<B> {
                             local,
                             route,
                             owner: Owner {
-                                call: call_id.to_owned(),
+                                call: id.clone(),
                                 mono: who,
                                 media: i,
                                 component: component as u8,
@@ -133,6 +141,11 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
+        todo
+    }
+
+    /// Program routes [`todo`](Self::todo) computed.
+    pub(super) fn apply(&mut self, call_id: &str, todo: Vec<Todo>) {
         if self.sharing.is_some() {
             self.program_shared(todo);
             return;

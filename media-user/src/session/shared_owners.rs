@@ -47,19 +47,52 @@ pub struct SharedOwners {
     /// The streams on each shared local address (a pair's port holds at
     /// most `port-sharing-max-per-port`), each with the one exact key it
     /// holds.
-    streams: HashMap<SocketAddr, Vec<Stream>>,
+    streams: HashMap<SocketAddr, OnPort>,
     exact: HashMap<(SocketAddr, SocketAddr), Owner>,
     /// Packets refused because no stream, or more than one, could take
     /// them (`media_relay_shared_port_unattributed_total`).
     pub unattributed: u64,
 }
 
+/// The streams on one shared local address.
+#[derive(Debug, Default)]
+struct OnPort {
+    /// A hash of each stream's owner, in the order of `list`: a port's
+    /// streams are told apart by it before their call-ids (which live
+    /// elsewhere on the heap) are compared, and a search reads these few
+    /// cache lines rather than every stream (adopting 100 000 calls adds
+    /// 400 000 streams, each after a search of its port's).
+    tags: Vec<u64>,
+    list: Vec<Stream>,
+}
+
+impl OnPort {
+    /// The index of `owner` (tagged `tag`).
+    fn find(&self, tag: u64, owner: &Owner) -> Option<usize> {
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|&(_, t)| *t == tag)
+            .map(|(i, _)| i)
+            .find(|&i| self.list[i].owner == *owner)
+    }
+
+    fn push(&mut self, tag: u64, stream: Stream) -> &mut Stream {
+        self.tags.push(tag);
+        self.list.push(stream);
+        let last = self.list.len() - 1;
+        &mut self.list[last]
+    }
+
+    fn swap_remove(&mut self, i: usize) -> Stream {
+        self.tags.swap_remove(i);
+        self.list.swap_remove(i)
+    }
+}
+
 /// A stream on a shared local address.
 #[derive(Debug)]
 struct Stream {
-    /// A hash of `owner`: a port's streams are told apart by it before
-    /// their call-ids (which live elsewhere on the heap) are compared.
-    tag: u64,
     owner: Owner,
     expecting: Expecting,
     /// The exact key it holds (the source its route accepts, where its
@@ -85,7 +118,7 @@ fn rekey(
                 return Err(KeyTaken {
                     local,
                     remote: r,
-                    holder: o.call.clone(),
+                    holder: o.call.to_string(),
                 });
             }
             Some(_) => {}
@@ -108,13 +141,6 @@ fn tag(owner: &Owner) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(owner)
 }
 
-/// The index of `owner` (tagged `tag`) among `streams`.
-fn find(streams: &[Stream], tag: u64, owner: &Owner) -> Option<usize> {
-    streams
-        .iter()
-        .position(|s| s.tag == tag && s.owner == *owner)
-}
-
 impl SharedOwners {
     /// Room for `additional` more streams (and their keys) without
     /// growing the tables one by one: adopting 100 000 calls' 400 000
@@ -125,7 +151,7 @@ impl SharedOwners {
 
     /// Streams on `local`.
     pub fn streams_on(&self, local: SocketAddr) -> usize {
-        self.streams.get(&local).map_or(0, Vec::len)
+        self.streams.get(&local).map_or(0, |p| p.list.len())
     }
 
     /// Whether some stream holds the exact key (local, remote).
@@ -160,25 +186,23 @@ impl SharedOwners {
 
     /// `owner`'s stream on `local`, added (expecting nothing) if new.
     fn entry<'a>(
-        streams: &'a mut HashMap<SocketAddr, Vec<Stream>>,
+        streams: &'a mut HashMap<SocketAddr, OnPort>,
         local: SocketAddr,
         owner: &Owner,
     ) -> &'a mut Stream {
         let t = tag(owner);
-        let v = streams.entry(local).or_default();
-        let i = match find(v, t, owner) {
-            Some(i) => i,
-            None => {
-                v.push(Stream {
-                    tag: t,
+        let p = streams.entry(local).or_default();
+        match p.find(t, owner) {
+            Some(i) => &mut p.list[i],
+            None => p.push(
+                t,
+                Stream {
                     owner: owner.clone(),
                     expecting: Expecting::default(),
                     key: None,
-                });
-                v.len() - 1
-            }
-        };
-        &mut v[i]
+                },
+            ),
+        }
     }
 
     /// Make `remote` the one exact key `owner` (a stream [`set`] on
@@ -197,7 +221,7 @@ impl SharedOwners {
         let Some(stream) = self
             .streams
             .get_mut(&local)
-            .and_then(|v| find(v, t, owner).map(|i| &mut v[i]))
+            .and_then(|p| p.find(t, owner).map(|i| &mut p.list[i]))
         else {
             // Not a stream of this port: it holds nothing here.
             return Ok(());
@@ -209,14 +233,14 @@ impl SharedOwners {
     /// remote whose key (flow) it held, if any.
     pub fn remove(&mut self, local: SocketAddr, owner: &Owner) -> Vec<SocketAddr> {
         let t = tag(owner);
-        let Some(v) = self.streams.get_mut(&local) else {
+        let Some(p) = self.streams.get_mut(&local) else {
             return Vec::new();
         };
-        let Some(i) = find(v, t, owner) else {
+        let Some(i) = p.find(t, owner) else {
             return Vec::new();
         };
-        let stream = v.swap_remove(i);
-        if v.is_empty() {
+        let stream = p.swap_remove(i);
+        if p.list.is_empty() {
             self.streams.remove(&local);
         }
         let Some(r) = stream.key else {
@@ -235,7 +259,7 @@ impl SharedOwners {
         if let Some(o) = self.exact.get(&(local, from)) {
             return Resolved::Known(o.clone());
         }
-        let Some(v) = self.streams.get(&local) else {
+        let Some(v) = self.streams.get(&local).map(|p| &p.list) else {
             self.unattributed += 1;
             return Resolved::Refused(Attribution::Unknown);
         };
@@ -265,7 +289,7 @@ mod tests {
 
     fn owner(call: &str) -> Owner {
         Owner {
-            call: call.to_owned(),
+            call: call.into(),
             mono: 0,
             media: 0,
             component: 0,

@@ -298,8 +298,13 @@ fn adoption_at_scale(calls: u32, ports: Ports) -> anyhow::Result<Vec<Adoption>> 
                 .with("call-id", format!("restart-{i}").as_str()))
                 .with_context(|| format!("query of adopted call restart-{i}"))?;
         }
+        let phases = daemon
+            .adoption_phases()
+            .map_or_else(String::new, |[d, c, p]| {
+                format!(" (decoding {d:?}, claiming ports {c:?}, programming routes {p:?})")
+            });
         eprintln!(
-            "    {adopted} calls adopted in {took:?} (answering ng {answering:?} after the start), \
+            "    {adopted} calls adopted in {took:?}{phases} (answering ng {answering:?} after the start), \
              their sockets bound {} later, daemon RSS {} KiB",
             bound.map_or_else(|| "during adoption, not".to_owned(), |b| format!("{b:?}")),
             daemon.rss_kib()
