@@ -94,6 +94,15 @@ pub fn compare(targets: &[Value], reference: &Value, reference_name: &str) -> (S
             .unwrap_or("at an unknown time"),
         SINGLE_TOLERANCE * 100.0
     );
+    let probe = |r: &Value| {
+        r.get("build")
+            .and_then(|b| b.get("host_probe"))
+            .and_then(crate::host::describe_probe)
+    };
+    md.push_str(&format!(
+        "Host speed, reference: {}.\n\n",
+        probe(reference).unwrap_or_else(|| "not measured (a run before the host probe)".to_owned())
+    ));
     let mut rows = Vec::new();
     let (mut agreeing, mut differing, mut unmatched) = (0, 0, 0);
     for t in targets {

@@ -176,6 +176,76 @@ pub fn rss_kib() -> i64 {
         .unwrap_or(0)
 }
 
+/// How fast this host is right now, by three fixed workloads timed three
+/// times each (medians): the runs of one VM differ more between them than
+/// within them, and this says by how much the host itself moved.
+/// - `cpu_ms`: 50 million steps of an integer hash, one thread;
+/// - `first_touch_ms`: 256 MiB allocated and written once (page faults:
+///   most of adopting calls at scale);
+/// - `random_read_ns`: one dependent read at a random place of 64 MiB
+///   (a cache miss: most of programming 400 000 streams).
+pub fn probe() -> serde_json::Value {
+    use std::{hint::black_box, time::Instant};
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    // One random cycle through 8 Mi slots (64 MiB; Sattolo's shuffle):
+    // each read's place is the last read's value, so reads cannot overlap.
+    const SLOTS: usize = 8 << 20;
+    let mut next: Vec<u32> = (0..SLOTS as u32).collect();
+    let mut x = 0x2545_f491_u64;
+    for i in (1..SLOTS).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let mut cpu = Vec::new();
+    let mut touch = Vec::new();
+    let mut read = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut h = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..50_000_000_u64 {
+            h = (h ^ i).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(5);
+        }
+        black_box(h);
+        cpu.push(t.elapsed().as_secs_f64() * 1e3);
+
+        let t = Instant::now();
+        let v = vec![1_u8; 256 << 20];
+        black_box(&v);
+        touch.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(v);
+
+        const READS: usize = 2_000_000;
+        let t = Instant::now();
+        let mut at = 0_usize;
+        for _ in 0..READS {
+            at = next[at] as usize;
+        }
+        black_box(at);
+        read.push(t.elapsed().as_secs_f64() * 1e9 / READS as f64);
+    }
+    serde_json::json!({
+        "cpu_ms": median(cpu),
+        "first_touch_ms": median(touch),
+        "random_read_ns": median(read),
+    })
+}
+
+/// [`probe`]'s figures in a line.
+pub fn describe_probe(p: &serde_json::Value) -> Option<String> {
+    let f = |k: &str| p.get(k).and_then(serde_json::Value::as_f64);
+    Some(format!(
+        "integer hash {:.0} ms, first touch of 256 MiB {:.0} ms, random read {:.0} ns",
+        f("cpu_ms")?,
+        f("first_touch_ms")?,
+        f("random_read_ns")?
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

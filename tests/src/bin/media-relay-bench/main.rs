@@ -186,8 +186,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         if args.quick { " (quick)" } else { "" }
     );
     std::fs::create_dir_all(&args.out)?;
-    let build = describe_build(args.quick);
+    let mut build = describe_build(args.quick);
     println!("measuring: {}\n", build["summary"].as_str().unwrap_or("?"));
+    let probe = host::probe();
+    if let Some(line) = host::describe_probe(&probe) {
+        println!("host speed now: {line}\n");
+    }
+    build["host_probe"] = probe;
     if build["profile"] != "release" {
         eprintln!(
             "\n*** WARNING: media-relay is a {} build: the figures do not describe the release build; run `cargo xtask bench` ***\n",

@@ -443,6 +443,16 @@ pub fn run(
          figures describe this machine only. Every figure is the median (min–max) of its runs.\n",
         s(&build, "summary")
     );
+    if let Some(line) = build
+        .get("host_probe")
+        .and_then(crate::host::describe_probe)
+    {
+        let _ = writeln!(
+            md,
+            "Host speed at the start: {line} (`host::probe`: the same fixed work in every run, so two runs' hosts \
+             can be compared).\n"
+        );
+    }
     if !skipped.is_empty() {
         let _ = writeln!(
             md,
