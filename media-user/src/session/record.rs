@@ -561,6 +561,20 @@ pub(super) struct Decoded {
 /// the model inconsistent (parties naming parties that do not exist, codes
 /// this build does not know); ports and interfaces are the adopter's to
 /// check against its own configuration.
+/// The items of `items`, or its first error, in a vector of exactly their
+/// number: collecting fallible items starts a vector at four (their number
+/// is not known up front), and a party's one or two media took four
+/// times 392 bytes each: a third of an adopted call's memory.
+fn exact<T>(
+    items: impl ExactSizeIterator<Item = Result<T, RecordError>>,
+) -> Result<Vec<T>, RecordError> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        out.push(item?);
+    }
+    Ok(out)
+}
+
 pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, RecordError> {
     let (header, r, ext, sharing, body_digest): (
         _,
@@ -622,7 +636,7 @@ pub(super) fn decode_call(id: &str, bytes: &[u8], now: Now) -> Result<Decoded, R
             iface: m.iface as usize,
             local: m.local,
             peer,
-            media: m.media.into_iter().map(media).collect::<Result<_, _>>()?,
+            media: exact(m.media.into_iter().map(media))?,
             sent_sdp: m
                 .sent_sdp
                 .map(|(digest, version)| SentSdp { digest, version }),

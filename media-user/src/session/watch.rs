@@ -442,6 +442,10 @@ impl<B: Backend> Engine<B> {
             call.next_quality = now + CHECK;
             for (mi, leg, side) in legs {
                 if call.watch.len() <= mi {
+                    // One per party, no spare room (a Vec grows to four
+                    // at least: at 100 000 calls that doubled it).
+                    call.watch
+                        .reserve_exact(call.monos.len().max(mi + 1) - call.watch.len());
                     call.watch.resize_with(mi + 1, LegWatch::default);
                 }
                 let w = &mut call.watch[mi];
