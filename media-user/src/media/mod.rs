@@ -69,6 +69,20 @@ impl SharedStream {
     }
 }
 
+/// Remove shared stream `st`'s XDP flow (on `local`), keeping its
+/// counters.
+fn remove_shared_flow(dataplane: Option<&mut DataPlane>, local: SocketAddr, st: &mut SharedStream) {
+    let Some(remote) = st.flow.take() else {
+        return;
+    };
+    if let Some(dp) = dataplane {
+        match dp.flows_mut().remove(&FlowKey::shared(local, remote)) {
+            Ok(last) => retire(st.retired.get_or_insert_default(), last),
+            Err(e) => warn!(%local, %remote, error = %e, "removing a shared port's XDP flow"),
+        }
+    }
+}
+
 /// Fold a removed flow's counters into `retired`.
 fn retire(retired: &mut FlowCounters, last: FlowCounters) {
     retired.packets += last.packets;
@@ -512,17 +526,8 @@ impl MediaPlane {
 
     /// Remove a shared stream's XDP flow, keeping its counters.
     fn remove_shared_flow(&mut self, local: SocketAddr, slot: SocketAddr) {
-        let Some(st) = self.streams.get_mut(&(local, slot)) else {
-            return;
-        };
-        let Some(remote) = st.flow.take() else {
-            return;
-        };
-        if let Some(dp) = self.dataplane.as_mut() {
-            match dp.flows_mut().remove(&FlowKey::shared(local, remote)) {
-                Ok(last) => retire(st.retired.get_or_insert_default(), last),
-                Err(e) => warn!(%local, %remote, error = %e, "removing a shared port's XDP flow"),
-            }
+        if let Some(st) = self.streams.get_mut(&(local, slot)) {
+            remove_shared_flow(self.dataplane.as_mut(), local, st);
         }
     }
 
@@ -540,11 +545,12 @@ impl MediaPlane {
             .as_ref()
             .zip(key)
             .and_then(|(r, k)| Some((k, xdp_flow(local, r)?)));
-        let current = self.streams.get(&(local, slot)).and_then(|s| s.flow);
-        if current.is_some() && current != flow.as_ref().map(|(k, _)| *k) {
-            self.remove_shared_flow(local, slot);
-        }
+        // One search of the table (hundreds of thousands of streams with
+        // port sharing, each programmed again on a restart).
         let st = self.streams.entry((local, slot)).or_default();
+        if st.flow.is_some() && st.flow != flow.as_ref().map(|(k, _)| *k) {
+            remove_shared_flow(self.dataplane.as_mut(), local, st);
+        }
         st.route = route;
         let Some((remote, flow)) = flow else {
             return;

@@ -198,6 +198,7 @@ impl<B: Backend> Engine<B> {
             // tables sized once rather than grown (and rehashed) as
             // hundreds of thousands of streams come back.
             s.owners.reserve(4 * total);
+            s.ports.reserve(2 * total);
             self.backend.reserve_shared(4 * total);
         }
         let mut out = Restored::default();

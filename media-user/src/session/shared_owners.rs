@@ -14,7 +14,10 @@
 //! An exact key belongs to one stream: a second stream asking for a key
 //! another holds is refused (never two calls' media on one key).
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::SocketAddr,
+};
 
 use super::{
     model::Owner,
@@ -113,17 +116,18 @@ fn rekey(
         return Ok(());
     }
     if let Some(r) = remote {
-        match exact.get(&(local, r)) {
-            Some(o) if *o != stream.owner => {
+        // One search, whether the key is free or held.
+        match exact.entry((local, r)) {
+            Entry::Occupied(o) if *o.get() != stream.owner => {
                 return Err(KeyTaken {
                     local,
                     remote: r,
-                    holder: o.call.to_string(),
+                    holder: o.get().call.to_string(),
                 });
             }
-            Some(_) => {}
-            None => {
-                exact.insert((local, r), stream.owner.clone());
+            Entry::Occupied(_) => {}
+            Entry::Vacant(v) => {
+                v.insert(stream.owner.clone());
             }
         }
     }
