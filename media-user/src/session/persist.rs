@@ -40,6 +40,16 @@ use super::{
 
 /// How often the engine's own record is written at most.
 const ENGINE_RECORD_EVERY: Duration = Duration::from_secs(1);
+/// Records decoded ahead of their adoption at most (on the decoding
+/// thread, see [`Engine::restore`]).
+const DECODE_AHEAD: usize = 256;
+/// A record and, for a call's, its decoding and how long that took.
+type Item = (
+    String,
+    Vec<u8>,
+    Option<Result<Decoded, RecordError>>,
+    Duration,
+);
 /// Skipped records logged one by one; the rest are only counted.
 const SKIPS_LOGGED: usize = 20;
 
@@ -60,8 +70,10 @@ pub struct Restored {
     /// How long adoption took (measured for the report only: nothing in
     /// the engine depends on it).
     pub took: Duration,
-    /// Of which: decoding records, claiming (and, for a backend that does
-    /// not defer it, binding) ports, re-programming routes.
+    /// Where it went: decoding records (on a second thread, overlapping
+    /// the other two: the three add up to more than `took`), claiming (and, for a
+    /// backend that does not defer it, binding) ports, re-programming
+    /// routes.
     pub phases: Phases,
 }
 
@@ -202,33 +214,30 @@ impl<B: Backend> Engine<B> {
             self.backend.reserve_shared(4 * total);
         }
         let mut out = Restored::default();
-        for (i, (id, bytes)) in records.into_iter().enumerate() {
-            if id == ENGINE_ID {
-                let result = record::decode_engine(&bytes).map(|s| self.adopt_engine(s));
-                if let Err(e) = &result {
-                    warn!(reason = %e, "the engine's record from the earlier run is unreadable: totals start again");
-                    self.backend.persist(ENGINE_ID, None);
-                }
-                out.engine_record = Some(result);
-                continue;
-            }
-            match self.adopt(&id, &bytes, &mut out.phases, (i, total), now) {
-                Ok(rebased) => {
-                    out.adopted += 1;
-                    out.rebased += usize::from(rebased);
-                }
-                Err(reason) => {
-                    if out.skipped.len() < SKIPS_LOGGED {
-                        warn!(call_id = %id.escape_debug(), %reason, "a call of the earlier run is not adopted: it is lost");
+        // Records are decoded on a second thread, one step ahead of the
+        // adoption that takes them in order here: decoding is a pure
+        // function of a record's bytes (allocating its call), and it
+        // overlaps claiming and programming the calls before it.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(DECODE_AHEAD);
+            let decoder = scope.spawn(move || {
+                for (id, bytes) in records {
+                    let t0 = Instant::now();
+                    let decoded = (id != ENGINE_ID).then(|| record::decode_call(&id, &bytes, now));
+                    let took = t0.elapsed();
+                    if tx.send((id, bytes, decoded, took)).is_err() {
+                        return;
                     }
-                    self.backend.persist(&id, None);
-                    out.skipped.push(Skipped {
-                        call_id: id,
-                        reason,
-                    });
                 }
+            });
+            for (i, (id, bytes, decoded, took)) in rx.into_iter().enumerate() {
+                out.phases.decode += took;
+                self.restore_one(id, &bytes, decoded, &mut out, (i, total), now);
             }
-        }
+            if decoder.join().is_err() {
+                warn!("decoding the earlier run's records failed: the calls not adopted are lost");
+            }
+        });
         self.flush(now);
         out.took = started.elapsed();
         if out.rebased > 0 {
@@ -251,12 +260,50 @@ impl<B: Backend> Engine<B> {
         out
     }
 
+    /// Take one record back: the engine's own, or a call's (`decoded`
+    /// already, on the decoding thread).
+    fn restore_one(
+        &mut self,
+        id: String,
+        bytes: &[u8],
+        decoded: Option<Result<Decoded, RecordError>>,
+        out: &mut Restored,
+        (i, total): (usize, usize),
+        now: Now,
+    ) {
+        let Some(decoded) = decoded else {
+            let result = record::decode_engine(bytes).map(|s| self.adopt_engine(s));
+            if let Err(e) = &result {
+                warn!(reason = %e, "the engine's record from the earlier run is unreadable: totals start again");
+                self.backend.persist(ENGINE_ID, None);
+            }
+            out.engine_record = Some(result);
+            return;
+        };
+        match self.adopt(&id, decoded, &mut out.phases, (i, total), now) {
+            Ok(rebased) => {
+                out.adopted += 1;
+                out.rebased += usize::from(rebased);
+            }
+            Err(reason) => {
+                if out.skipped.len() < SKIPS_LOGGED {
+                    warn!(call_id = %id.escape_debug(), %reason, "a call of the earlier run is not adopted: it is lost");
+                }
+                self.backend.persist(&id, None);
+                out.skipped.push(Skipped {
+                    call_id: id,
+                    reason,
+                });
+            }
+        }
+    }
+
     /// Adopt one call from its record, the `i`th of `n`. Returns whether
     /// its times were rebased.
     fn adopt(
         &mut self,
         id: &str,
-        bytes: &[u8],
+        decoded: Result<Decoded, RecordError>,
         phases: &mut Phases,
         (i, n): (usize, usize),
         now: Now,
@@ -267,14 +314,12 @@ impl<B: Backend> Engine<B> {
         if self.calls.contains_key(id) {
             return Err(SkipReason::Duplicate);
         }
-        let t0 = Instant::now();
         let Decoded {
             mut call,
             rebased,
             shared,
-        } = record::decode_call(id, bytes, now)?;
+        } = decoded?;
         let t1 = Instant::now();
-        phases.decode += t1 - t0;
         spread_first_check(&mut call, i, n, now.mono);
         if shared != self.sharing.is_some() {
             return Err(SkipReason::SharingMode { shared });
