@@ -3,8 +3,14 @@
 
 use crate::util::{self, step};
 
-pub fn run(quick: bool, only: &[String], compare: Option<&str>) -> anyhow::Result<()> {
-    if !util::is_root() {
+pub fn run(
+    quick: bool,
+    only: &[String],
+    compare: Option<&str>,
+    report_only: bool,
+) -> anyhow::Result<()> {
+    // Writing the report again needs no privileges.
+    if !report_only && !util::is_root() {
         util::banner(
             "the benchmarks need root (network namespaces, XDP): run `sudo cargo xtask bench`",
         );
@@ -44,6 +50,9 @@ pub fn run(quick: bool, only: &[String], compare: Option<&str>) -> anyhow::Resul
     if let Some(c) = &compare {
         args.push("--compare");
         args.push(c);
+    }
+    if report_only {
+        args.push("--report-only");
     }
     util::run(bin, &args)
 }

@@ -115,6 +115,11 @@ enum Command {
         /// docs/bench/report.json): whether they agree within their spread.
         #[arg(long)]
         compare: Option<String>,
+        /// Measure nothing: write target/bench's report again from the
+        /// results already there (with --compare: a finished run set
+        /// beside another).
+        #[arg(long)]
+        report_only: bool,
     },
 }
 
@@ -133,7 +138,8 @@ fn main() -> ExitCode {
             quick,
             only,
             compare,
-        } => bench::run(quick, &only, compare.as_deref()),
+            report_only,
+        } => bench::run(quick, &only, compare.as_deref(), report_only),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
         Command::Fuzz {

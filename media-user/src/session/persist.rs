@@ -218,24 +218,45 @@ impl<B: Backend> Engine<B> {
         // adoption that takes them in order here: decoding is a pure
         // function of a record's bytes (allocating its call), and it
         // overlaps claiming and programming the calls before it.
+        let pending = std::sync::Mutex::new(Some(records));
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(DECODE_AHEAD);
-            let decoder = scope.spawn(move || {
-                for (id, bytes) in records {
-                    let t0 = Instant::now();
-                    let decoded = (id != ENGINE_ID).then(|| record::decode_call(&id, &bytes, now));
-                    let took = t0.elapsed();
-                    if tx.send((id, bytes, decoded, took)).is_err() {
-                        return;
+            let taken = &pending;
+            // `move`: the sender goes with the thread, so the loop below
+            // ends when it does.
+            let decoder = std::thread::Builder::new()
+                .name("adopt-decode".to_owned())
+                .spawn_scoped(scope, move || {
+                    let records = taken.lock().ok().and_then(|mut p| p.take());
+                    for (id, bytes) in records.unwrap_or_default() {
+                        if tx.send(decode(id, bytes, now)).is_err() {
+                            return;
+                        }
                     }
-                }
-            });
+                });
             for (i, (id, bytes, decoded, took)) in rx.into_iter().enumerate() {
                 out.phases.decode += took;
                 self.restore_one(id, &bytes, decoded, &mut out, (i, total), now);
             }
-            if decoder.join().is_err() {
-                warn!("decoding the earlier run's records failed: the calls not adopted are lost");
+            match decoder {
+                Ok(d) => {
+                    if d.join().is_err() {
+                        warn!(
+                            "decoding the earlier run's records failed: the calls not adopted are lost"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // No thread to be had: the records are decoded here,
+                    // one by one (the closure, and its sender, are gone).
+                    warn!(error = %e, "no thread to decode the earlier run's records on: decoding them in turn");
+                    let records = pending.lock().ok().and_then(|mut p| p.take());
+                    for (i, (id, bytes)) in records.unwrap_or_default().into_iter().enumerate() {
+                        let (id, bytes, decoded, took) = decode(id, bytes, now);
+                        out.phases.decode += took;
+                        self.restore_one(id, &bytes, decoded, &mut out, (i, total), now);
+                    }
+                }
             }
         });
         self.flush(now);
@@ -540,6 +561,13 @@ impl<B: Backend> Engine<B> {
             (None, _) => self.owns(local),
         }
     }
+}
+
+/// Decode one record (a call's; the engine's own is read in turn), timed.
+fn decode(id: String, bytes: Vec<u8>, now: Now) -> Item {
+    let t0 = Instant::now();
+    let decoded = (id != ENGINE_ID).then(|| record::decode_call(&id, &bytes, now));
+    (id, bytes, decoded, t0.elapsed())
 }
 
 /// Adopted calls would all be looked at by the same tick, and every few

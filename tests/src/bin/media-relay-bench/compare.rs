@@ -82,8 +82,7 @@ pub fn compare(targets: &[Value], reference: &Value, reference_name: &str) -> (S
     let mut md = format!(
         "## Compared with {reference_name}\n\n\
          Reference: {}, generated {}. Two figures agree when their runs' ranges overlap; \
-         a figure without a spread agrees within {:.0} % of the reference's.\n\n\
-         | part | target | reference | this run | agree | verdicts |\n|---|---|---:|---:|---|---|\n",
+         a figure without a spread agrees within {:.0} % of the reference's.\n\n",
         reference
             .get("machine")
             .and_then(Value::as_str)
@@ -99,8 +98,10 @@ pub fn compare(targets: &[Value], reference: &Value, reference_name: &str) -> (S
             .and_then(|b| b.get("host_probe"))
             .and_then(crate::host::describe_probe)
     };
+    // Before the table: a line inside it would end it.
     md.push_str(&format!(
-        "Host speed, reference: {}.\n\n",
+        "Host speed, reference: {}.\n\n\
+         | part | target | reference | this run | agree | verdicts |\n|---|---|---:|---:|---|---|\n",
         probe(reference).unwrap_or_else(|| "not measured (a run before the host probe)".to_owned())
     ));
     let mut rows = Vec::new();
@@ -207,6 +208,14 @@ mod tests {
             md.contains("| a | far | 10.000 (9.500–10.500) | 12.000 (11.000–13.000) | **no** |")
         );
         assert!(md.contains("(new) met"));
+        // One table: from its header to its last row, every line a row.
+        let table: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| part |"))
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert!(table.iter().all(|l| l.starts_with('|')), "{md}");
+        assert!(table.iter().any(|l| l.starts_with("| a | far |")), "{md}");
     }
 
     #[test]

@@ -79,6 +79,11 @@ struct Args {
     /// whether the two agree within their spread, in the report.
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Measure nothing: write the report again from the parts' results
+    /// already in `--out` (with `--compare`: set a finished run beside
+    /// another, e.g. two fresh clones' runs).
+    #[arg(long)]
+    report_only: bool,
 }
 
 fn describe_machine() -> String {
@@ -181,6 +186,11 @@ fn describe_build(quick: bool) -> serde_json::Value {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let machine = describe_machine();
+    if args.report_only {
+        // The measured run's `build.json` (its binary, commit, host probe)
+        // stays as it was.
+        return report::run(args.quick, &machine, &args.out, args.compare.as_deref());
+    }
     println!(
         "media-relay bench: {machine}{}\n",
         if args.quick { " (quick)" } else { "" }
