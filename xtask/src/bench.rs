@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: builds and runs the benchmark binary (release, as
 //! root) from the tests crate, which owns the test bed.
 
-use crate::util::{self, step};
+use crate::{
+    setup,
+    util::{self, step},
+};
 
 pub fn run(
     quick: bool,
@@ -15,6 +18,11 @@ pub fn run(
             "the benchmarks need root (network namespaces, XDP): run `sudo cargo xtask bench`",
         );
         anyhow::bail!("not root");
+    }
+    if !report_only {
+        // One command on a fresh clone: the XDP object's toolchain and the
+        // peers measured beside the relay (rtpengine, SIPp) first.
+        setup::run()?;
     }
     step("building the benchmark (release)");
     // The benchmark drives the `media-relay` daemon too.

@@ -97,7 +97,7 @@ impl<B: Backend> Engine<B> {
             return;
         };
         let todo = Self::todo(call, call_id, x);
-        self.apply(call_id, todo);
+        self.apply(call_id, todo, false);
     }
 
     /// The routes of the dialogue of party `x` of `call` (not yet in the
@@ -144,10 +144,14 @@ impl<B: Backend> Engine<B> {
         todo
     }
 
-    /// Program routes [`todo`](Self::todo) computed.
-    pub(super) fn apply(&mut self, call_id: &str, todo: Vec<Todo>) {
+    /// Program routes [`todo`](Self::todo) computed; `adopted`: a call
+    /// just taken back from its record, whose streams are new to the
+    /// engine (see [`SharedOwners::add_keyed`]).
+    ///
+    /// [`SharedOwners::add_keyed`]: super::shared_owners::SharedOwners::add_keyed
+    pub(super) fn apply(&mut self, call_id: &str, todo: Vec<Todo>, adopted: bool) {
         if self.sharing.is_some() {
-            self.program_shared(todo);
+            self.program_shared(todo, adopted);
             return;
         }
         for Todo { local, route, .. } in todo {
@@ -168,7 +172,7 @@ impl<B: Backend> Engine<B> {
     /// moved to the source it accepts, its route set under its slot. A
     /// source another stream of the port holds is refused (the stream
     /// keeps no route meanwhile): never two calls' media on one key.
-    fn program_shared(&mut self, todo: Vec<Todo>) {
+    fn program_shared(&mut self, todo: Vec<Todo>, adopted: bool) {
         let Some(s) = self.sharing.as_mut() else {
             return;
         };
@@ -181,7 +185,12 @@ impl<B: Backend> Engine<B> {
                 expecting,
                 key,
             } = t;
-            if let Err(e) = s.owners.set_keyed(local, &owner, expecting, key) {
+            let keyed = if adopted {
+                s.owners.add_keyed(local, &owner, expecting, key)
+            } else {
+                s.owners.set_keyed(local, &owner, expecting, key)
+            };
+            if let Err(e) = keyed {
                 warn!(call_id = %owner.call, %local, error = %e, "shared port: source taken by another call; no route");
                 route = None;
             }

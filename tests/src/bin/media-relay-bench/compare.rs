@@ -4,9 +4,12 @@
 //!
 //! Two figures agree when their runs' ranges (min–max) overlap: each run
 //! of the benchmark says how far its own repetitions spread, and a second
-//! run that lands inside that spread reproduces it. A target without a
-//! spread (a ratio of two medians, a count) agrees within
-//! [`SINGLE_TOLERANCE`] of the reference. Verdicts are compared too: a
+//! run that lands inside that spread reproduces it. A ratio or difference
+//! of figures has the range it takes over every pairing of their runs
+//! (`figure::Derived`). Where one report has a range and the other a
+//! single value (a report from before ratios had ranges), the value agrees
+//! if it lies in the range; two single values (a count) agree within
+//! [`SINGLE_TOLERANCE`] of the reference's. Verdicts are compared too: a
 //! target met in one run and missed in the other is shown whatever the
 //! figures.
 
@@ -53,12 +56,13 @@ impl Reading {
 
 /// Whether `now` reproduces `then` (see the module's rule).
 fn agree(then: Reading, now: Reading) -> bool {
+    let scale = then.value.abs().max(now.value.abs()).max(f64::MIN_POSITIVE);
+    let close = (now.value - then.value).abs() <= SINGLE_TOLERANCE * scale;
     match (then.range, now.range) {
         (Some((a_lo, a_hi)), Some((b_lo, b_hi))) => a_lo <= b_hi && b_lo <= a_hi,
-        _ => {
-            let scale = then.value.abs().max(now.value.abs()).max(f64::MIN_POSITIVE);
-            (now.value - then.value).abs() <= SINGLE_TOLERANCE * scale
-        }
+        (Some((lo, hi)), None) => (lo..=hi).contains(&now.value) || close,
+        (None, Some((lo, hi))) => (lo..=hi).contains(&then.value) || close,
+        (None, None) => close,
     }
 }
 
@@ -81,8 +85,9 @@ pub fn compare(targets: &[Value], reference: &Value, reference_name: &str) -> (S
         .unwrap_or_default();
     let mut md = format!(
         "## Compared with {reference_name}\n\n\
-         Reference: {}, generated {}. Two figures agree when their runs' ranges overlap; \
-         a figure without a spread agrees within {:.0} % of the reference's.\n\n",
+         Reference: {}, generated {}. Two figures agree when their runs' ranges overlap (a ratio's range: \
+         over every pairing of its figures' runs); a single value agrees with a range it lies in, two single \
+         values within {:.0} % of the reference's.\n\n",
         reference
             .get("machine")
             .and_then(Value::as_str)
@@ -178,6 +183,8 @@ mod tests {
             t("a", "spread", json!({"value": 10.0, "min": 9.0, "max": 11.0})),
             t("a", "ratio", json!({"value": 2.0})),
             t("a", "far", json!({"value": 10.0, "min": 9.5, "max": 10.5})),
+            t("a", "inside", json!({"value": 0.04})),
+            t("a", "outside", json!({"value": 7.0})),
         ]});
         let now = [
             t(
@@ -187,6 +194,18 @@ mod tests {
             ),
             t("a", "ratio", json!({"value": 2.15})),
             t("a", "far", json!({"value": 12.0, "min": 11.0, "max": 13.0})),
+            // A reference from before ratios had ranges: its value inside
+            // this run's range agrees, however far from the median.
+            t(
+                "a",
+                "inside",
+                json!({"value": 0.0, "min": -0.1, "max": 0.2}),
+            ),
+            t(
+                "a",
+                "outside",
+                json!({"value": 37.0, "min": 20.0, "max": 50.0}),
+            ),
             t("a", "new", json!({"value": 1.0})),
         ];
         let (md, j) = compare(&now, &reference, "ref.json");
@@ -198,11 +217,18 @@ mod tests {
             .collect();
         assert_eq!(
             agree,
-            vec![json!(true), json!(true), json!(false), Value::Null]
+            vec![
+                json!(true),
+                json!(true),
+                json!(false),
+                json!(true),
+                json!(false),
+                Value::Null
+            ]
         );
         assert_eq!(
             (j["agree"].clone(), j["differ"].clone()),
-            (json!(2), json!(1))
+            (json!(3), json!(2))
         );
         assert!(
             md.contains("| a | far | 10.000 (9.500–10.500) | 12.000 (11.000–13.000) | **no** |")

@@ -155,12 +155,111 @@ impl Verdict {
     }
 }
 
-/// What a target is judged on: one number, or a [`Figure`] (its median,
+/// A figure worked out from others (a ratio, a difference of two
+/// figures): its value from their medians, and its spread, the range it
+/// takes over every pairing of their runs (interval arithmetic on their
+/// min–max). What two reports are compared within, as a measured
+/// figure's spread is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Derived {
+    pub value: f64,
+    /// `None` where it has none: a denominator whose runs reach zero.
+    pub range: Option<(f64, f64)>,
+}
+
+impl Derived {
+    /// A figure's own median and range.
+    pub fn of(f: &Figure) -> Self {
+        Self {
+            value: f.median(),
+            range: Some((f.min(), f.max())),
+        }
+    }
+
+    /// `a / b`, with the range of every run of `a` over every run of `b`
+    /// (none if some run of `b` is not above zero). `value` is `a / b`
+    /// whatever its judging ([`ratio`] decides whether it means anything).
+    pub fn ratio(a: Self, b: Self) -> Self {
+        let range = a.range.zip(b.range).and_then(|((a0, a1), (b0, b1))| {
+            (b0 > 0.0).then(|| {
+                let q = [a0 / b0, a0 / b1, a1 / b0, a1 / b1];
+                (
+                    q.into_iter().fold(f64::INFINITY, f64::min),
+                    q.into_iter().fold(f64::NEG_INFINITY, f64::max),
+                )
+            })
+        });
+        Self {
+            value: a.value / b.value,
+            range,
+        }
+    }
+
+    /// `a − b`, ranging from `a`'s lowest run less `b`'s highest to the
+    /// other way round.
+    pub fn difference(a: Self, b: Self) -> Self {
+        Self {
+            value: a.value - b.value,
+            range: a
+                .range
+                .zip(b.range)
+                .map(|((a0, a1), (b0, b1))| (a0 - b1, a1 - b0)),
+        }
+    }
+
+    /// Times `k` (> 0), its range alike.
+    pub fn scaled(self, k: f64) -> Self {
+        Self {
+            value: self.value * k,
+            range: self.range.map(|(lo, hi)| (lo * k, hi * k)),
+        }
+    }
+
+    /// No lower than `floor` (a clamped figure's range clamped alike).
+    pub fn at_least(self, floor: f64) -> Self {
+        Self {
+            value: self.value.max(floor),
+            range: self.range.map(|(lo, hi)| (lo.max(floor), hi.max(floor))),
+        }
+    }
+
+    /// The lower of two, and of their ranges' ends.
+    pub fn min(self, other: Self) -> Self {
+        Self {
+            value: self.value.min(other.value),
+            range: self
+                .range
+                .zip(other.range)
+                .map(|((a0, a1), (b0, b1))| (a0.min(b0), a1.min(b1))),
+        }
+    }
+
+    /// `1.23 (0.98–1.51)`; the value alone without a range.
+    pub fn show(&self, decimals: usize) -> String {
+        match self.range {
+            Some((lo, hi)) => format!(
+                "{:.decimals$} ({lo:.decimals$}–{hi:.decimals$})",
+                self.value
+            ),
+            None => format!("{:.decimals$}", self.value),
+        }
+    }
+}
+
+/// What a target is judged on: one number, a [`Figure`] (its median,
 /// with the runs' spread kept beside it, so that two reports can be
-/// compared within it: `--compare`).
+/// compared within it: `--compare`), or a figure [`Derived`] from others
+/// (with the spread it takes from theirs).
 pub enum Reading<'a> {
     Value(Option<f64>),
     Runs(&'a Figure),
+    Derived(Option<Derived>),
+}
+
+impl From<Option<Derived>> for Reading<'_> {
+    fn from(d: Option<Derived>) -> Self {
+        Self::Derived(d)
+    }
 }
 
 impl From<Option<f64>> for Reading<'_> {
@@ -203,6 +302,16 @@ pub fn target<'a>(
             t["min"] = json!(finite(f.min()));
             t["max"] = json!(finite(f.max()));
             t["runs"] = json!(f.runs);
+        }
+        Reading::Derived(d) => {
+            t["value"] = json!(d.map(|d| d.value).and_then(finite));
+            if let Some((lo, hi)) = d.and_then(|d| d.range)
+                && lo.is_finite()
+                && hi.is_finite()
+            {
+                t["min"] = json!(lo);
+                t["max"] = json!(hi);
+            }
         }
     }
     t
@@ -255,6 +364,38 @@ mod tests {
         assert!(ratio(1.0, -3.0, 0.0, "b").is_err());
         assert!(ratio(1.0, 2.0, 5.0, "b").unwrap_err().contains("spread"));
         assert!(ratio(f64::NAN, 2.0, 0.0, "b").is_err());
+    }
+
+    #[test]
+    fn derived_figures_range_over_every_pairing_of_runs() {
+        let a = Derived::of(&Figure::new([2.0, 4.0, 3.0]));
+        let b = Derived::of(&Figure::new([1.0, 2.0, 1.5]));
+        let r = Derived::ratio(a, b);
+        assert_eq!(r.value, 2.0);
+        assert_eq!(r.range, Some((1.0, 4.0)));
+        // A numerator that crosses zero: its negative end over the smallest
+        // denominator.
+        let n = Derived::of(&Figure::new([-1.0, 2.0]));
+        assert_eq!(Derived::ratio(n, b).range, Some((-1.0, 2.0)));
+        // A denominator whose runs reach zero: no range.
+        let z = Derived::of(&Figure::new([0.0, 1.0]));
+        assert_eq!(Derived::ratio(a, z).range, None);
+        let d = Derived::difference(a, b);
+        assert_eq!((d.value, d.range), (1.5, Some((0.0, 3.0))));
+        let m = a.min(b);
+        assert_eq!((m.value, m.range), (1.5, Some((1.0, 2.0))));
+        let s = b.scaled(2.0);
+        assert_eq!((s.value, s.range), (3.0, Some((2.0, 4.0))));
+        let c = Derived::of(&Figure::new([-3.0, 1.0])).at_least(0.0);
+        assert_eq!((c.value, c.range), (0.0, Some((0.0, 1.0))));
+        assert_eq!(r.show(1), "2.0 (1.0–4.0)");
+        let t = target("x", Some(r), "< 2", &Verdict::Missed);
+        assert_eq!(
+            (&t["value"], &t["min"], &t["max"]),
+            (&json!(2.0), &json!(1.0), &json!(4.0))
+        );
+        let t = target("x", Some(Derived::ratio(a, z)), "< 2", &Verdict::Missed);
+        assert!(t.get("min").is_none());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use media_relay_tests::{
 };
 use serde_json::json;
 
-use crate::figure::{Figure, MIN_RUNS, Verdict, group, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, target};
 
 /// Calls carrying media through the disruption.
 const CALLS: u32 = 1000;
@@ -449,7 +449,8 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             rss.show_int(),
         );
         if ports == Ports::Shared {
-            shared_s = Some(took.median() * f64::from(SHARED_SCALE_CALLS) / f64::from(calls));
+            shared_s =
+                Some(Derived::of(&took).scaled(f64::from(SHARED_SCALE_CALLS) / f64::from(calls)));
         }
         scale_json.push(json!({
             "ports": label,
@@ -469,7 +470,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             group(f64::from(shared_calls))
         ))
     } else {
-        Verdict::of(shared_s.is_some_and(|s| s < 2.0))
+        Verdict::of(shared_s.is_some_and(|s| s.value < 2.0))
     };
     let targets = vec![
         target(

@@ -56,7 +56,7 @@ use media_relay_tests::{bed::A_V6, paths::PathKind, xdp_load::Sink};
 use search::{CALLS, Load, PAYLOAD, Plan, Rig, Trial, baseline, bed_for, bring_up, refine, search};
 use serde_json::{Value, json};
 
-use crate::figure::{Figure, MIN_RUNS, Verdict, group, ratio, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, ratio, target};
 
 /// One run of one path.
 struct RunResult {
@@ -394,7 +394,11 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             Ok(x) => Verdict::of(*x >= want),
             Err(e) => Verdict::NotMeasurable(e.clone()),
         };
-        target(name, r.ok(), &format!("≥ {want}×"), &verdict)
+        // With the range of every native run over every run of `other`.
+        let spread = r
+            .is_ok()
+            .then(|| Derived::ratio(Derived::of(&native), Derived::of(other)));
+        target(name, spread, &format!("≥ {want}×"), &verdict)
     };
     let mut targets = vec![
         target_of(

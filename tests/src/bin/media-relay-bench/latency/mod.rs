@@ -53,7 +53,7 @@ use media_relay_tests::{
 use profile::{BusyHost, Profile, ProfileMedians, Sampler, mechanism};
 use serde_json::{Value, json};
 
-use crate::figure::{Figure, MIN_RUNS, Verdict, group, ratio, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, ratio, target};
 
 const CALLS: u32 = 100;
 const A_PORT0: u16 = 5000;
@@ -353,8 +353,10 @@ impl BusyCheck {
         })
     }
 
-    fn ratio(&self) -> f64 {
-        self.busy.median() / self.idle.median()
+    /// Busy over idle, with the range of every busy run over every idle
+    /// one.
+    fn ratio(&self) -> Derived {
+        Derived::ratio(Derived::of(&self.busy), Derived::of(&self.idle))
     }
 
     /// The promise is that a loaded host adds no delay: busy at most
@@ -385,12 +387,12 @@ impl BusyCheck {
     fn sentence(&self) -> String {
         let (i, b) = (&self.idle_profile, &self.busy_profile);
         let mut s = format!(
-            "{}: p99 idle {} µs, busy {} µs (ratio {:.2}); ksoftirqd ran {:.1} ms and waited {:.1} ms for a CPU \
+            "{}: p99 idle {} µs, busy {} µs (ratio {}); ksoftirqd ran {:.1} ms and waited {:.1} ms for a CPU \
              per busy run vs {:.1} / {:.1} ms idle; steal {:.0} vs {:.0} ms",
             self.kind.label(),
             self.idle.show(1),
             self.busy.show(1),
-            self.ratio(),
+            self.ratio().show(2),
             b.ksoftirqd_ms,
             b.ksoftirqd_wait_ms,
             i.ksoftirqd_ms,
@@ -415,14 +417,14 @@ impl BusyCheck {
         let userspace = matches!(self.kind, PathKind::Userspace | PathKind::Rtpengine);
         let why = mechanism(i, b, userspace);
         s += &match (self.verdict(), why.is_empty()) {
-            (Verdict::Met, _) if self.ratio() < 0.8 => {
+            (Verdict::Met, _) if self.ratio().value < 0.8 => {
                 ". Faster when busy: busy CPUs never go idle, so no wake-up from idle (a halted vCPU) delays the path.".to_owned()
             }
             (Verdict::Met, true) => ". Unchanged within 20 %.".to_owned(),
             (Verdict::Met, false) => format!(". Within 20 %, although {why}."),
             (Verdict::NotMeasurable(r), _) => format!(". Not measurable: {r}."),
             (_, false) => format!(". Slower when busy: {why}."),
-            (_, true) if self.ratio() > 1.0 => {
+            (_, true) if self.ratio().value > 1.0 => {
                 ". Slower when busy, but neither deferral to ksoftirqd nor run-queue wait of a relay process shows in the counters.".to_owned()
             }
             (_, true) => ". Faster when busy: busy CPUs never go idle, so no wake-up from idle (a halted vCPU) delays the path.".to_owned(),
@@ -436,7 +438,7 @@ impl BusyCheck {
             "label": self.kind.label(),
             "idle_p99_us": self.idle.json(),
             "busy_p99_us": self.busy.json(),
-            "ratio": self.ratio(),
+            "ratio": self.ratio().value,
             "verdict": self.verdict().word(),
             "idle_profile": self.idle_profile.json(),
             "busy_profile": self.busy_profile.json(),
@@ -591,6 +593,15 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         Ok(r) => Verdict::of(*r <= 0.2),
         Err(why) => Verdict::NotMeasurable(why.clone()),
     };
+    // Its spread: each path's runs less the kernel's, every pairing.
+    let over_kernel = |k: PathKind| Derived::difference(Derived::of(&p99(k)), Derived::of(&kernel));
+    let added_spread = added.as_ref().ok().map(|&r| Derived {
+        value: r,
+        ..Derived::ratio(
+            over_kernel(PathKind::XdpNative).at_least(0.0),
+            over_kernel(PathKind::Rtpengine),
+        )
+    });
     let _ = writeln!(
         md,
         "\nAt {} pps: XDP native adds {native_added:.1} µs at p99 over plain kernel forwarding ({} µs), rtpengine \
@@ -612,7 +623,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "XDP native p99 busy / idle: {} (target ≤ 1.2, busy no more than 20 % slower: {}).\n",
-        busy_ratio.map_or("–".into(), |r| format!("{r:.2}")),
+        busy_ratio.map_or("–".into(), |r| r.show(2)),
         busy_verdict.sentence()
     );
     // The cost of telemetry: p99 with it on − off, against the runs'
@@ -626,7 +637,8 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         )
     };
     let (tel_on, tel_off) = (tel(true), tel(false));
-    let tel_diff = tel_on.median() - tel_off.median();
+    let tel_change = Derived::difference(Derived::of(&tel_on), Derived::of(&tel_off));
+    let tel_diff = tel_change.value;
     let tel_noise = tel_on.spread().max(tel_off.spread());
     let tel_verdict = if tel_on.runs.is_empty() || tel_off.runs.is_empty() {
         Verdict::NotJudged("XDP native was not measured".into())
@@ -653,7 +665,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
                 "p99 added latency at {} pps, XDP native / rtpengine",
                 group(REFERENCE_PPS)
             ),
-            added.as_ref().ok().copied(),
+            added_spread,
             "<= 0.2",
             &added_verdict,
         ),
@@ -671,7 +683,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
                 "XDP native p99 at {} pps, quality telemetry on − off (µs)",
                 group(REFERENCE_PPS)
             ),
-            tel_diff.is_finite().then_some(tel_diff),
+            tel_diff.is_finite().then_some(tel_change),
             "≤ the runs' spread (unchanged within noise)",
             &tel_verdict,
         ),

@@ -136,7 +136,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
     if quick {
         let targets = vec![target(
             "userspace p99 at 10/50/90 % of its maximum vs rtpengine",
-            None,
+            None::<f64>,
             "<= rtpengine",
             &Verdict::NotJudged("--quick does not run the overload part".into()),
         )];
@@ -239,7 +239,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
         ),
         target(
             "userspace p99 at 10/50/90 % of its maximum, media-relay <= rtpengine",
-            None,
+            None::<f64>,
             "all three",
             &Verdict::of(p99_ok),
         ),
@@ -251,7 +251,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
         ),
         target(
             "userspace recovery within 1 s after an overload",
-            None,
+            None::<f64>,
             "no loss, p99 under the bound",
             &Verdict::of(recovered),
         ),
