@@ -20,6 +20,7 @@ pub mod http;
 pub mod install;
 pub mod media;
 pub mod netns;
+pub mod packet_gen;
 pub mod paths;
 pub mod privilege;
 pub mod relay;

@@ -1,8 +1,12 @@
 //! Load for the benchmarks: the `xdp_gen` live-frame generator in one
 //! namespace and the `xdp_sink` counter in another (see docs/toolchain.md,
-//! "Generating load").
+//! "Generating load"). Where the kernel refuses live frames, the generator
+//! sends the same frames with AF_PACKET instead ([`crate::packet_gen`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::{
@@ -12,7 +16,11 @@ use aya::{
 };
 use media_user::dataplane::object;
 
-use crate::{frame::xdp_md, netns::Netns};
+use crate::{
+    frame::xdp_md,
+    netns::Netns,
+    packet_gen::{PacketSender, Spread},
+};
 
 /// The test-bed object with `program` loaded.
 fn testbed(program: &str) -> anyhow::Result<Ebpf> {
@@ -76,6 +84,44 @@ pub struct Generator {
     md: [u8; 24],
     /// (namespace, device) where `xdp_gen` is parked, removed on drop.
     parked: (String, String),
+    /// The device's index, and how the frames' ports are spread (what
+    /// `xdp_gen` reads from its maps), for the AF_PACKET fallback.
+    ifindex: u32,
+    spread: Spread,
+    /// Frames the fallback sent (its place in `spread`).
+    sent: AtomicU64,
+}
+
+/// Set once a test run with live frames was refused (EPERM): every
+/// generator of this process then sends with AF_PACKET.
+static LIVE_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `e` is the kernel refusing the test run (EPERM).
+fn refused(e: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::EPERM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// How this process's generators send, for the reports.
+pub fn generator() -> &'static str {
+    if live_frames_refused() {
+        "AF_PACKET sendmmsg: this kernel refuses BPF_PROG_TEST_RUN live frames (EPERM)"
+    } else {
+        "BPF_PROG_TEST_RUN live frames"
+    }
+}
+
+/// Whether this process's generators send with AF_PACKET (the kernel
+/// refused BPF_PROG_TEST_RUN live frames): their rate is lower, so a path
+/// faster than the generator shows the generator's rate.
+pub fn live_frames_refused() -> bool {
+    LIVE_REFUSED.load(Ordering::Relaxed)
 }
 
 static PARKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -133,6 +179,7 @@ impl Generator {
         let first = u16::from_be_bytes([frame[at], frame[at + 1]]);
         let mut g = Self::load(ns, dev, frame)?;
         set_ports(&mut g.ebpf, first, n, step)?;
+        g.spread = Spread::Step { first, n, step };
         Ok(g)
     }
 
@@ -161,6 +208,7 @@ impl Generator {
         }
         let mut p: Array<_, u32> = Array::try_from(g.ebpf.map_mut("PORTS").context("PORTS")?)?;
         p.set(3, ports.len() as u32, 0)?;
+        g.spread = Spread::List(ports.to_vec());
         Ok(g)
     }
 
@@ -221,6 +269,13 @@ impl Generator {
             frame,
             md,
             parked,
+            ifindex,
+            spread: Spread::Step {
+                first: 0,
+                n: 1,
+                step: 1,
+            },
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -240,21 +295,46 @@ impl Generator {
     ) -> anyhow::Result<T> {
         let program = self.program()?;
         let (frame, md, ns) = (&self.frame, &self.md, &self.ns_fd);
+        let (ifindex, spread, sent) = (self.ifindex, &self.spread, &self.sent);
         std::thread::scope(|s| {
             s.spawn(move || {
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
                 // On veth the frames' whole path through the relay runs in
                 // softirq on the sending CPU: always the same one.
                 let _cpu = crate::cpu::Pinned::to(crate::cpu::GENERATOR);
+                // Opened (in this namespace) on the first fallback send.
+                let packets: std::cell::RefCell<Option<PacketSender>> = None.into();
                 let send = |n: u32| -> anyhow::Result<()> {
-                    program.test_run(TestRunOptions {
-                        data_in: Some(frame),
-                        ctx_in: Some(md),
-                        repeat: n,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::default()
-                    })?;
-                    Ok(())
+                    if !LIVE_REFUSED.load(Ordering::Relaxed) {
+                        match program.test_run(TestRunOptions {
+                            data_in: Some(frame),
+                            ctx_in: Some(md),
+                            repeat: n,
+                            attrs: TestRunAttrs::new().xdp_live_frames(64),
+                            ..TestRunOptions::default()
+                        }) {
+                            Ok(_) => return Ok(()),
+                            Err(e) if refused(&e) => {
+                                if !LIVE_REFUSED.swap(true, Ordering::Relaxed) {
+                                    eprintln!(
+                                        "\n*** NOTE: this kernel refuses BPF_PROG_TEST_RUN live frames (EPERM): the load \
+                                         generator sends with AF_PACKET instead. Its rate is lower, so paths faster than it \
+                                         show its rate (see the report's generator line) ***\n"
+                                    );
+                                }
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    let mut p = packets.borrow_mut();
+                    if p.is_none() {
+                        *p = Some(
+                            PacketSender::open(ifindex, frame, header_len(frame) - 8)
+                                .context("opening the AF_PACKET generator")?,
+                        );
+                    }
+                    let p = p.as_mut().context("the AF_PACKET generator")?;
+                    p.send(n, spread, sent).context("sending with AF_PACKET")
                 };
                 f(&send)
             })

@@ -146,9 +146,9 @@ impl<B: Backend> Engine<B> {
 
     /// Program routes [`todo`](Self::todo) computed; `adopted`: a call
     /// just taken back from its record, whose streams are new to the
-    /// engine (see [`SharedOwners::add_keyed`]).
+    /// engine (see [`SharedOwners::set_keyed`]).
     ///
-    /// [`SharedOwners::add_keyed`]: super::shared_owners::SharedOwners::add_keyed
+    /// [`SharedOwners::set_keyed`]: super::shared_owners::SharedOwners::set_keyed
     pub(super) fn apply(&mut self, call_id: &str, todo: Vec<Todo>, adopted: bool) {
         if self.sharing.is_some() {
             self.program_shared(todo, adopted);
@@ -185,12 +185,7 @@ impl<B: Backend> Engine<B> {
                 expecting,
                 key,
             } = t;
-            let keyed = if adopted {
-                s.owners.add_keyed(local, &owner, expecting, key)
-            } else {
-                s.owners.set_keyed(local, &owner, expecting, key)
-            };
-            if let Err(e) = keyed {
+            if let Err(e) = s.owners.set_keyed(local, &owner, expecting, key, adopted) {
                 warn!(call_id = %owner.call, %local, error = %e, "shared port: source taken by another call; no route");
                 route = None;
             }

@@ -241,6 +241,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if wants("restart") {
         restart::run(args.quick, &machine, &args.out)?;
     }
+    // How the rate load was sent (known once a part has sent some).
+    let rate_parts = ["xdp", "capacity", "latency", "scale", "sharing", "restart"];
+    if rate_parts.iter().any(|p| wants(p)) {
+        build["load_generator"] = media_relay_tests::xdp_load::generator().into();
+        std::fs::write(
+            args.out.join("build.json"),
+            serde_json::to_string_pretty(&build)?,
+        )?;
+    }
     // Always: the report over whatever parts have results in `out`.
     report::run(args.quick, &machine, &args.out, args.compare.as_deref())?;
     Ok(())

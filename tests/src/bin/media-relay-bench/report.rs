@@ -453,6 +453,9 @@ pub fn run(
              can be compared).\n"
         );
     }
+    if let Some(g) = build.get("load_generator").and_then(Value::as_str) {
+        let _ = writeln!(md, "Rate load: {g}.\n");
+    }
     if !skipped.is_empty() {
         let _ = writeln!(
             md,

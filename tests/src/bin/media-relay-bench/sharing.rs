@@ -258,10 +258,11 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     );
     let mut md = format!(
         "1 000 calls' RTP flows installed through the API, every call hit round-robin from its own \
-         source port; {frames} frames per run (BPF_PROG_TEST_RUN live frames), 172-byte RTP \
+         source port; {frames} frames per run ({}), 172-byte RTP \
          payload, IPv4, XDP native; median (min–max) of {ROUNDS} runs each, alternating, after \
          a warm-up.\n\n\
-         | ports | flow key | forwarded pps | ns/packet | loss |\n|---|---|---:|---:|---:|\n"
+         | ports | flow key | forwarded pps | ns/packet | loss |\n|---|---|---:|---:|---:|\n",
+        media_relay_tests::xdp_load::generator()
     );
     for (name, key, r) in [
         ("1 000 of their own", "local port (1 lookup)", &own),

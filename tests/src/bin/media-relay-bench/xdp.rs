@@ -136,9 +136,10 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let pps = |r: &[Run]| Figure::new(r.iter().map(Run::pps));
     let generic = pps(&modes[1].1).median();
     let mut md = format!(
-        "Flows installed through the API, 1 000 hit; {frames} frames per run (BPF_PROG_TEST_RUN live frames), \
+        "Flows installed through the API, 1 000 hit; {frames} frames per run ({}), \
          172-byte RTP payload, IPv4; median (min–max) of {reps} runs after a warm-up.\n\n\
-         | path | forwarded pps | ns/packet | loss | vs generic |\n|---|---:|---:|---:|---:|\n"
+         | path | forwarded pps | ns/packet | loss | vs generic |\n|---|---:|---:|---:|---:|\n",
+        media_relay_tests::xdp_load::generator()
     );
     for (name, r) in &modes {
         let p = pps(r);
