@@ -108,6 +108,9 @@ fn refused(e: &aya::programs::ProgramError) -> bool {
     false
 }
 
+/// Set once a generator of this process has sent.
+static USED: AtomicBool = AtomicBool::new(false);
+
 /// How this process's generators send, for the reports.
 pub fn generator() -> &'static str {
     if live_frames_refused() {
@@ -115,6 +118,11 @@ pub fn generator() -> &'static str {
     } else {
         "BPF_PROG_TEST_RUN live frames"
     }
+}
+
+/// [`generator`], if a generator of this process has sent anything.
+pub fn generator_used() -> Option<&'static str> {
+    USED.load(Ordering::Relaxed).then(generator)
 }
 
 /// Whether this process's generators send with AF_PACKET (the kernel
@@ -305,6 +313,7 @@ impl Generator {
                 // Opened (in this namespace) on the first fallback send.
                 let packets: std::cell::RefCell<Option<PacketSender>> = None.into();
                 let send = |n: u32| -> anyhow::Result<()> {
+                    USED.store(true, Ordering::Relaxed);
                     if !LIVE_REFUSED.load(Ordering::Relaxed) {
                         match program.test_run(TestRunOptions {
                             data_in: Some(frame),

@@ -242,9 +242,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         restart::run(args.quick, &machine, &args.out)?;
     }
     // How the rate load was sent (known once a part has sent some).
-    let rate_parts = ["xdp", "capacity", "latency", "scale", "sharing", "restart"];
-    if rate_parts.iter().any(|p| wants(p)) {
-        build["load_generator"] = media_relay_tests::xdp_load::generator().into();
+    if let Some(g) = media_relay_tests::xdp_load::generator_used() {
+        build["load_generator"] = g.into();
         std::fs::write(
             args.out.join("build.json"),
             serde_json::to_string_pretty(&build)?,
