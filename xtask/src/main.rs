@@ -176,6 +176,9 @@ fn build_and_load(
                 .with_context(|| format!("configuration file {c}: cannot read it"))
         })
         .transpose()?;
+    // A fresh machine: the XDP object's toolchain first (not the test
+    // peers `cargo xtask setup` adds).
+    setup::ensure_build()?;
     util::step("building media-relay (release, with the XDP object)");
     let bin = util::build_release(&[("media-user", "media-relay")])?.join("media-relay");
     let mut args = vec!["run".to_owned()];

@@ -40,6 +40,9 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
+/// What the build alone needs of [`PACKAGES`] (bpf-linker links LLVM 22).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// cargo-deb's major version: 3.x needs Rust 1.85 (the workspace's is
@@ -54,34 +57,59 @@ fn installed(pkg: &str) -> bool {
 
 pub fn run() -> anyhow::Result<()> {
     step("checking prerequisites");
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    packages(PACKAGES)?;
+    // rust-src for `-Z build-std=core`; clippy for `cargo xtask lint-bpf`.
+    nightly_components(&["rust-src", "clippy"])?;
+    bpf_linker()?;
+    ensure_cargo_deb()?;
+    ensure_fuzzing()?;
+    step("prerequisites ready");
+    Ok(())
+}
+
+/// What building the daemon with its XDP object needs, and no more (no
+/// test peers: `cargo xtask build-and-load` runs on the appliance):
+/// LLVM 22 for bpf-linker, the nightly `rust-src`, bpf-linker.
+pub fn ensure_build() -> anyhow::Result<()> {
+    step("checking the build's prerequisites");
+    packages(BUILD_PACKAGES)?;
+    nightly_components(&["rust-src"])?;
+    bpf_linker()
+}
+
+/// Install the Debian packages of `wanted` that are missing (as root).
+fn packages(wanted: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         eprintln!("    Debian packages: all present");
-    } else {
-        if !util::is_root() {
-            bail!(
-                "missing Debian packages {}: run `sudo cargo xtask setup` (or apt-get install them)",
-                missing.join(" ")
-            );
-        }
-        step(&format!(
-            "installing Debian packages: {}",
-            missing.join(" ")
-        ));
-        util::run("apt-get", &["update", "-q"])?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(&missing);
-        util::run("apt-get", &args).context("apt-get install")?;
+        return Ok(());
     }
+    if !util::is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo cargo xtask setup` (or apt-get install them)",
+            missing.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    util::run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    util::run("apt-get", &args).context("apt-get install")?;
+    Ok(())
+}
 
-    let components = output(
+/// Add the nightly toolchain's `components` that are missing.
+fn nightly_components(components: &[&str]) -> anyhow::Result<()> {
+    let installed = output(
         "rustup",
         &["component", "list", "--installed", "--toolchain", "nightly"],
     )
     .context("rustup with a nightly toolchain is required to build the XDP program")?;
-    // rust-src for `-Z build-std=core`; clippy for `cargo xtask lint-bpf`.
-    for component in ["rust-src", "clippy"] {
-        if components.lines().any(|l| l.starts_with(component)) {
+    for component in components {
+        if installed.lines().any(|l| l.starts_with(component)) {
             eprintln!("    nightly {component}: present");
         } else {
             step(&format!("installing {component} for the nightly toolchain"));
@@ -91,7 +119,11 @@ pub fn run() -> anyhow::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
 
+/// bpf-linker [`BPF_LINKER_VERSION`], built against LLVM 22 if missing.
+fn bpf_linker() -> anyhow::Result<()> {
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if linker.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
         eprintln!("    {}: present", linker.trim());
@@ -123,9 +155,6 @@ pub fn run() -> anyhow::Result<()> {
             bail!("installing bpf-linker failed ({status}); see the output above");
         }
     }
-    ensure_cargo_deb()?;
-    ensure_fuzzing()?;
-    step("prerequisites ready");
     Ok(())
 }
 
