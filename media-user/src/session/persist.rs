@@ -423,7 +423,9 @@ impl<B: Backend> Engine<B> {
     /// the call joins the table: one search of it per call, which at
     /// 100 000 calls costs microseconds.)
     fn install_adopted(&mut self, id: &str, call: Call, moved: bool) {
-        let dialogues: Vec<_> = call
+        // Every dialogue's routes in one list, so that a party in two
+        // dialogues (its peer's peer another party) is seen as new once.
+        let todo: Vec<_> = call
             .monos
             .iter()
             .enumerate()
@@ -431,12 +433,10 @@ impl<B: Backend> Engine<B> {
                 m.peer
                     .is_some_and(|y| y > *x || call.monos.get(y).and_then(|p| p.peer) != Some(*x))
             })
-            .map(|(x, _)| Self::todo(&call, id, x))
+            .flat_map(|(x, _)| Self::todo(&call, id, x))
             .collect();
         self.calls.insert(id.to_owned(), call);
-        for todo in dialogues {
-            self.apply(id, todo, true);
-        }
+        self.apply(id, todo, true);
         if moved {
             self.dirty.insert(id.to_owned());
         }

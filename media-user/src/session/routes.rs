@@ -144,9 +144,10 @@ impl<B: Backend> Engine<B> {
         todo
     }
 
-    /// Program routes [`todo`](Self::todo) computed; `adopted`: a call
-    /// just taken back from its record, whose streams are new to the
-    /// engine (see [`SharedOwners::set_keyed`]).
+    /// Program routes [`todo`](Self::todo) computed; `adopted`: all the
+    /// routes of a call just taken back from its record, whose streams are
+    /// new to the engine the first time `todo` names them (see
+    /// [`SharedOwners::set_keyed`]).
     ///
     /// [`SharedOwners::set_keyed`]: super::shared_owners::SharedOwners::set_keyed
     pub(super) fn apply(&mut self, call_id: &str, todo: Vec<Todo>, adopted: bool) {
@@ -176,6 +177,8 @@ impl<B: Backend> Engine<B> {
         let Some(s) = self.sharing.as_mut() else {
             return;
         };
+        // An adopted call's streams named so far (a handful).
+        let mut added: Vec<(usize, usize, u8)> = Vec::new();
         for t in todo {
             let Todo {
                 local,
@@ -185,7 +188,12 @@ impl<B: Backend> Engine<B> {
                 expecting,
                 key,
             } = t;
-            if let Err(e) = s.owners.set_keyed(local, &owner, expecting, key, adopted) {
+            let which = (owner.mono, owner.media, owner.component);
+            let new = adopted && !added.contains(&which);
+            if new {
+                added.push(which);
+            }
+            if let Err(e) = s.owners.set_keyed(local, &owner, expecting, key, new) {
                 warn!(call_id = %owner.call, %local, error = %e, "shared port: source taken by another call; no route");
                 route = None;
             }
