@@ -114,6 +114,11 @@ impl Path {
         self.daemon.as_mut()
     }
 
+    /// The media-relay daemon of the path, if it has one.
+    pub fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
+    }
+
     /// media-relay's log, for error reports.
     pub fn log_text(&self) -> String {
         self.daemon

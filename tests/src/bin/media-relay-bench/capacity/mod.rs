@@ -70,6 +70,7 @@ struct RunResult {
 /// A path's runs.
 struct Capacity {
     kind: PathKind,
+    v6: bool,
     /// False for `--quick`'s IPv6 runs that lost flat out (no search).
     searched: bool,
     runs: Vec<RunResult>,
@@ -172,11 +173,11 @@ fn one_run(
             flat_ok: false,
         }
     } else if let Some(start) = first {
-        let (mut trials, mut best) = refine(rig, plan, start)?;
+        let (mut trials, mut best) = refine(rig, plan, &flat, start)?;
         if best.is_none() {
             // Nothing passed near the first run's rate: this run
             // searches from scratch rather than reporting nothing.
-            let (t, b, _) = search(rig, plan, &flat)?;
+            let (t, b, _) = search(rig, plan, &flat, None)?;
             trials.extend(t);
             best = b;
         }
@@ -187,7 +188,7 @@ fn one_run(
             flat_ok: false,
         }
     } else {
-        let (trials, best, _) = search(rig, plan, &flat)?;
+        let (trials, best, _) = search(rig, plan, &flat, None)?;
         RunResult {
             flat,
             trials,
@@ -244,10 +245,63 @@ fn measure(kind: PathKind, plan: &Plan, v6: bool, flat_only: bool) -> anyhow::Re
     drop(bed);
     Ok(Capacity {
         kind,
+        v6,
         searched: !flat_only || runs.iter().all(|r| r.flat_ok),
         runs,
         rebuilds,
     })
+}
+
+/// Where each path's flat-out losses went (every run's flat-out trial):
+/// the relay's own drops (media-relay's stale drops, past its delay bound)
+/// or the kernel's queues (the relay's sockets' receive buffers, the
+/// veths).
+fn lost_where<'a>(md: &mut String, results: impl Iterator<Item = &'a Capacity>) {
+    let mut lines = Vec::new();
+    for r in results {
+        let flats: Vec<&Trial> = r.runs.iter().map(|x| &x.flat).filter(|t| !t.ok()).collect();
+        let lost: u64 = flats.iter().map(|t| t.sent - t.delivered).sum();
+        let Some(causes) = flats
+            .iter()
+            .map(|t| t.lost)
+            .collect::<Option<Vec<search::Lost>>>()
+            .filter(|_| lost > 0)
+        else {
+            continue;
+        };
+        let sum = |f: fn(&search::Lost) -> u64| causes.iter().map(f).sum::<u64>();
+        let share = |n: u64| format!("{:.1} %", 100.0 * n as f64 / lost as f64);
+        let mut parts = Vec::new();
+        if causes.iter().all(|c| c.stale.is_some()) {
+            parts.push(format!(
+                "stale (waited past the delay bound) {}",
+                share(sum(|c| c.stale.unwrap_or(0)))
+            ));
+        }
+        parts.push(format!(
+            "the relay's receive buffers {}",
+            share(sum(|c| c.rcvbuf))
+        ));
+        parts.push(format!("send errors {}", share(sum(|c| c.sndbuf))));
+        parts.push(format!(
+            "the veths {}",
+            share(sum(|c| c.veth_in + c.veth_out))
+        ));
+        lines.push(format!(
+            "- {}{}: {} packets lost; {}.",
+            r.kind.label(),
+            if r.v6 { " (IPv6)" } else { "" },
+            group(lost as f64),
+            parts.join(", ")
+        ));
+    }
+    if !lines.is_empty() {
+        md.push_str("\nWhere the packets lost flat out went (every run's flat-out trial; the rest the relay dropped unseen, or the generator's device refused):\n\n");
+        for l in lines {
+            md.push_str(&l);
+            md.push('\n');
+        }
+    }
 }
 
 fn times(r: Result<f64, String>) -> String {
@@ -372,6 +426,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             r.rebuilds
         );
     }
+    lost_where(&mut md, results.iter().chain(&results_v6));
     let _ = writeln!(
         md,
         "\nBaseline, generator + sink with nothing forwarded: {:.2} CPU s / Mpkt at {} pps paced, {:.2} flat out ({} pps).",

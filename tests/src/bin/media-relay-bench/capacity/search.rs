@@ -8,7 +8,7 @@ use std::{
 };
 
 use media_relay_tests::{
-    Bed, BedOptions,
+    Bed, BedOptions, Netns,
     bed::{A_MAC, A_V4, A_V6, RA_MAC, RA_V4},
     frame::UdpFrame,
     paths::{self, PathKind},
@@ -77,6 +77,36 @@ pub struct Trial {
     pub secs: f64,
     pub machine_cpu: f64,
     pub process_cpu: Option<f64>,
+    /// Where its lost packets went (a trial on a [`Rig`]).
+    pub lost: Option<Lost>,
+}
+
+/// Where a trial's lost packets went, as the kernel and media-relay count
+/// them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lost {
+    /// Refused by the veth into the relay (its queue full).
+    pub veth_in: u64,
+    /// The relay's sockets' receive buffers overflowing.
+    pub rcvbuf: u64,
+    /// Sends the relay's kernel refused.
+    pub sndbuf: u64,
+    /// Dropped on the veth out of the relay.
+    pub veth_out: u64,
+    /// media-relay's stale drops (waited past `userspace-max-delay`).
+    pub stale: Option<u64>,
+}
+
+impl Lost {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "veth_in": self.veth_in,
+            "receive_buffers": self.rcvbuf,
+            "send_errors": self.sndbuf,
+            "veth_out": self.veth_out,
+            "stale": self.stale,
+        })
+    }
 }
 
 impl Trial {
@@ -105,6 +135,7 @@ impl Trial {
             "offered_pps": self.offered(),
             "delivered_pps": self.pps(),
             "loss": self.loss(),
+            "lost_where": self.lost.as_ref().map(Lost::json),
         })
     }
 }
@@ -160,6 +191,7 @@ pub fn run_trial(
         secs,
         machine_cpu: cpu0.until(cpu1).busy,
         process_cpu: p0.zip(p1).map(|(a, b)| b - a),
+        lost: None,
     };
     eprintln!(
         "      {}: offered {:.0} pps, delivered {:.0} pps, loss {:.3} %",
@@ -315,7 +347,53 @@ impl Rig<'_> {
     pub fn trial(&mut self, load: Load) -> anyhow::Result<Trial> {
         self.ensure_live()?;
         let pid = self.path.as_ref().and_then(paths::Path::pid);
-        run_trial(&self.generator, self.sink, pid, load)
+        let stale = |rig: &Self| {
+            rig.path
+                .as_ref()
+                .and_then(paths::Path::daemon)
+                .and_then(|d| stale_dropped(&rig.bed.relay, d.ng))
+        };
+        let drops0 = Drops::read(self.bed);
+        let stale0 = stale(self);
+        let mut t = run_trial(&self.generator, self.sink, pid, load)?;
+        // Where the lost packets went, as far as the kernel and media-relay
+        // can tell. What none of them counts was dropped by the relay
+        // itself (rtpengine) or before it.
+        if let (Ok(a), Ok(b)) = (drops0, Drops::read(self.bed)) {
+            let lost = Lost {
+                veth_in: b.veth_in - a.veth_in,
+                rcvbuf: b.rcvbuf - a.rcvbuf,
+                sndbuf: b.sndbuf - a.sndbuf,
+                veth_out: b.veth_out - a.veth_out,
+                stale: stale0.zip(stale(self)).map(|(a, b)| b - a),
+            };
+            if t.sent > t.delivered {
+                eprintln!(
+                    "        lost {}: veth into the relay {}, receive buffers {}, send errors {}, veth out {}{}",
+                    t.sent - t.delivered,
+                    lost.veth_in,
+                    lost.rcvbuf,
+                    lost.sndbuf,
+                    lost.veth_out,
+                    lost.stale
+                        .map_or(String::new(), |s| format!(", stale (media-relay) {s}")),
+                );
+            }
+            t.lost = Some(lost);
+        }
+        Ok(t)
+    }
+}
+
+/// What the search drives: paced trials of `frames` at `pps` (a [`Rig`];
+/// a model path in the tests).
+pub trait Paced {
+    fn paced(&mut self, frames: u64, pps: f64) -> anyhow::Result<Trial>;
+}
+
+impl Paced for Rig<'_> {
+    fn paced(&mut self, frames: u64, pps: f64) -> anyhow::Result<Trial> {
+        self.trial(Load::Paced { frames, pps })
     }
 }
 
@@ -324,25 +402,42 @@ impl Rig<'_> {
 /// generator fell behind, the machine could not carry the rate, but what
 /// it carried without loss still counts as a result.
 ///
+/// The flat-out trial, if it lost, is a rate known to fail: the search
+/// bisects (geometrically) between the highest rate that passed and the
+/// lowest that failed, so it finds the boundary wherever the first trial
+/// lands. (Stepping up 10 % a trial from the flat-out delivered rate fell
+/// short when that rate was far below capacity: rtpengine delivers a
+/// seventh of its capacity flat out, every stream stopped, and eight
+/// passing steps later the search reported a rate it had never failed
+/// above.) `known_pass`: a rate already carried (a repeated run's).
+///
 /// Then the rate found is tried once more (noise can flatter one trial);
 /// if it loses now, 5 % lower. Returns the trials, the best one, and
 /// whether the best was reproduced.
 pub fn search(
-    rig: &mut Rig,
+    rig: &mut impl Paced,
     plan: &Plan,
     flat: &Trial,
+    known_pass: Option<f64>,
 ) -> anyhow::Result<(Vec<Trial>, Option<Trial>, bool)> {
     let mut trials: Vec<Trial> = Vec::new();
     let mut best: Option<Trial> = None;
-    // Highest passing and lowest failing rate asked for.
-    let (mut pass, mut fail): (Option<f64>, Option<f64>) = (None, None);
     let ceiling = flat.offered();
-    let mut rate = flat.pps().min(ceiling);
+    // Highest passing and lowest failing rate asked for.
+    let (mut pass, mut fail): (Option<f64>, Option<f64>) =
+        (known_pass, (!flat.ok()).then_some(ceiling));
+    let mut rate = match (pass, fail) {
+        (Some(p), Some(f)) => (p * f).sqrt(),
+        (Some(p), None) => (p * 1.1).min(ceiling),
+        _ => flat.pps().min(ceiling),
+    };
     for _ in 0..plan.max_trials {
-        let t = rig.trial(Load::Paced {
-            frames: plan.frames(rate),
-            pps: rate,
-        })?;
+        if let (Some(p), Some(f)) = (pass, fail)
+            && f <= p * plan.precision
+        {
+            break;
+        }
+        let t = rig.paced(plan.frames(rate), rate)?;
         if t.ok() && best.as_ref().is_none_or(|b| t.pps() > b.pps()) {
             best = Some(t.clone());
         }
@@ -362,12 +457,7 @@ pub fn search(
                 }
                 (p * 1.1).min(ceiling)
             }
-            (Some(p), Some(f)) => {
-                if f <= p * plan.precision {
-                    break;
-                }
-                (p * f).sqrt()
-            }
+            (Some(p), Some(f)) => (p * f).sqrt(),
             (None, None) => unreachable!("a trial either passes or fails"),
         };
         anyhow::ensure!(rate >= 1000.0, "rate search went below 1 000 pps");
@@ -375,10 +465,7 @@ pub fn search(
     let mut confirmed = false;
     if let Some(mut rate) = best.as_ref().map(Trial::offered) {
         for _ in 0..2 {
-            let t = rig.trial(Load::Paced {
-                frames: plan.frames(rate),
-                pps: rate,
-            })?;
+            let t = rig.paced(plan.frames(rate), rate)?;
             let ok = t.ok() && t.offered() >= 0.97 * rate;
             trials.push(t.clone());
             if ok {
@@ -390,6 +477,79 @@ pub fn search(
         }
     }
     Ok((trials, best, confirmed))
+}
+
+/// media-relay's `userspace stale dropped` (ng `statistics`).
+fn stale_dropped(ns: &Netns, ng: SocketAddr) -> Option<u64> {
+    let client = media_relay_tests::daemon::NgClient::new(ns, ng).ok()?;
+    let r = client
+        .ok(&media_user::ng::Value::dict().with("command", "statistics"))
+        .ok()?;
+    let v = r
+        .get("statistics")?
+        .get("media plane")?
+        .get("userspace stale dropped")?
+        .as_int()?;
+    u64::try_from(v).ok()
+}
+
+/// Kernel drop counters along the path (see [`Rig::trial`]): totals
+/// since the bed was made.
+#[derive(Clone, Copy)]
+struct Drops {
+    veth_in: u64,
+    rcvbuf: u64,
+    sndbuf: u64,
+    veth_out: u64,
+}
+
+impl Drops {
+    fn read(bed: &Bed) -> anyhow::Result<Self> {
+        let stat = |ns: &Netns, dev: &str, what: &str| -> anyhow::Result<u64> {
+            let file = format!("/sys/class/net/{dev}/statistics/{what}");
+            Ok(ns.exec("cat", &[&file])?.trim().parse()?)
+        };
+        let (rcvbuf, sndbuf) = udp_drops(&bed.relay)?;
+        Ok(Self {
+            veth_in: stat(&bed.a, "a0", "tx_dropped")? + stat(&bed.relay, "ra", "rx_dropped")?,
+            rcvbuf,
+            sndbuf,
+            veth_out: stat(&bed.relay, "rb", "tx_dropped")? + stat(&bed.b, "b0", "rx_dropped")?,
+        })
+    }
+}
+
+/// The UDP (IPv4 and IPv6 together) receive-buffer overflows and send
+/// buffer errors counted in `ns`.
+fn udp_drops(ns: &Netns) -> anyhow::Result<(u64, u64)> {
+    let mut rcv = 0;
+    let mut snd = 0;
+    for (file, udp) in [("/proc/net/snmp", "Udp:"), ("/proc/net/snmp6", "Udp6")] {
+        let text = ns.exec("cat", &[file])?;
+        if udp == "Udp:" {
+            // A line of names, then a line of values.
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(udp)).collect();
+            if let [names, values] = lines[..] {
+                for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                    match n {
+                        "RcvbufErrors" => rcv += v.parse::<u64>().unwrap_or(0),
+                        "SndbufErrors" => snd += v.parse::<u64>().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        } else {
+            for l in text.lines() {
+                let mut f = l.split_whitespace();
+                match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
+                    (Some("Udp6RcvbufErrors"), Some(v)) => rcv += v,
+                    (Some("Udp6SndbufErrors"), Some(v)) => snd += v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok((rcv, snd))
 }
 
 /// A's frame to `dst`, from A's address of `dst`'s family.
@@ -468,8 +628,9 @@ pub fn baseline(plan: &Plan, pps: f64) -> anyhow::Result<(Trial, Trial)> {
 /// and the best passing one. Each run judges its own trials, so runs can
 /// disagree — their spread is what the report shows.
 pub fn refine(
-    rig: &mut Rig,
+    rig: &mut impl Paced,
     plan: &Plan,
+    flat: &Trial,
     rate: f64,
 ) -> anyhow::Result<(Vec<Trial>, Option<Trial>)> {
     let mut trials = Vec::new();
@@ -477,10 +638,7 @@ pub fn refine(
     let mut rate = rate;
     let mut direction = 0i8;
     for _ in 0..4 {
-        let t = rig.trial(Load::Paced {
-            frames: plan.frames(rate),
-            pps: rate,
-        })?;
+        let t = rig.paced(plan.frames(rate), rate)?;
         let pass = t.ok() && t.offered() >= 0.97 * rate;
         if t.ok() && best.as_ref().is_none_or(|b| t.pps() > b.pps()) {
             best = Some(t.clone());
@@ -494,5 +652,100 @@ pub fn refine(
         };
         rate *= if pass { 1.04 } else { 0.96 };
     }
+    if direction == 1 {
+        // Every step passed: the boundary is higher still. Search for it
+        // above the highest rate carried, as a first run does.
+        let (t, b, _) = search(rig, plan, flat, best.as_ref().map(Trial::offered))?;
+        trials.extend(t);
+        if let Some(b) = b
+            && best.as_ref().is_none_or(|x| b.pps() > x.pps())
+        {
+            best = Some(b);
+        }
+    }
     Ok((trials, best))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that carries up to `capacity` pps; above it, it delivers
+    /// `collapse` of its capacity (rtpengine stops reading most sockets).
+    struct Model {
+        capacity: f64,
+        collapse: f64,
+        trials: usize,
+    }
+
+    impl Model {
+        fn trial(&self, frames: u64, pps: f64) -> Trial {
+            let secs = frames as f64 / pps;
+            let carried = if pps <= self.capacity {
+                pps
+            } else {
+                self.capacity * self.collapse
+            };
+            Trial {
+                sent: frames,
+                delivered: (carried * secs) as u64,
+                secs,
+                machine_cpu: 0.0,
+                process_cpu: None,
+                lost: None,
+            }
+        }
+    }
+
+    impl Paced for Model {
+        fn paced(&mut self, frames: u64, pps: f64) -> anyhow::Result<Trial> {
+            self.trials += 1;
+            Ok(self.trial(frames, pps))
+        }
+    }
+
+    /// Flat out, a path whose streams collapse delivers a seventh of its
+    /// capacity: the search must still find the capacity (within its
+    /// precision), not stop at a rate it never failed above.
+    #[test]
+    fn search_finds_the_capacity_of_a_path_that_collapses_flat_out() {
+        let plan = Plan::new(false);
+        for (capacity, collapse) in [(180_000.0, 0.28), (250_000.0, 0.9), (120_000.0, 0.05)] {
+            let mut m = Model {
+                capacity,
+                collapse,
+                trials: 0,
+            };
+            let flat = m.trial(1_000_000, 350_000.0);
+            assert!(!flat.ok());
+            let (_, best, confirmed) = search(&mut m, &plan, &flat, None).unwrap();
+            let best = best.expect("a rate carried").pps();
+            assert!(
+                best <= capacity && best * plan.precision * 1.05 >= capacity,
+                "capacity {capacity}, collapse {collapse}: found {best:.0} in {} trials",
+                m.trials
+            );
+            assert!(confirmed);
+        }
+    }
+
+    /// A repeated run that starts well below the capacity (the first run
+    /// was unlucky) climbs to it rather than stopping after four steps.
+    #[test]
+    fn refine_climbs_past_its_four_steps() {
+        let plan = Plan::new(false);
+        let mut m = Model {
+            capacity: 200_000.0,
+            collapse: 0.3,
+            trials: 0,
+        };
+        let flat = m.trial(1_000_000, 350_000.0);
+        let (_, best) = refine(&mut m, &plan, &flat, 100_000.0).unwrap();
+        let best = best.expect("a rate carried").pps();
+        assert!(
+            best * plan.precision * 1.05 >= 200_000.0,
+            "found {best:.0} in {} trials",
+            m.trials
+        );
+    }
 }
