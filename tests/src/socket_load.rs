@@ -610,6 +610,17 @@ impl SinkReport {
         percentile_us(&self.app_latencies_ns, p)
     }
 
+    /// The share of the packets delivered whose path latency exceeded
+    /// `us` (0 when none was delivered).
+    pub fn share_above_us(&self, us: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return 0.0;
+        }
+        let bound = (us * 1000.0).min(f64::from(u32::MAX)) as u32;
+        let within = self.latencies_ns.partition_point(|&l| l <= bound);
+        (self.latencies_ns.len() - within) as f64 / self.latencies_ns.len() as f64
+    }
+
     pub fn max_us(&self) -> f64 {
         self.latencies_ns
             .last()
@@ -962,6 +973,19 @@ impl Sink {
 
 #[cfg(test)]
 mod tests {
+    use super::SinkReport;
+
+    #[test]
+    fn share_above_counts_the_late_packets() {
+        let r = SinkReport {
+            latencies_ns: vec![1_000, 4_000_000, 5_000_000, 5_000_001, 9_000_000],
+            ..SinkReport::default()
+        };
+        assert_eq!(r.share_above_us(5_000.0), 0.4);
+        assert_eq!(r.share_above_us(10_000.0), 0.0);
+        assert_eq!(SinkReport::default().share_above_us(5_000.0), 0.0);
+    }
+
     use super::*;
 
     /// `n` flows between loopback ports the kernel reports free right now
