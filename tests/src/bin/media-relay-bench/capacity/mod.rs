@@ -23,13 +23,17 @@
 //!    machine (a lower bound: the generator's own limit).
 //! 5. Otherwise search the rate: paced trials (bursts of 0.25 ms worth of
 //!    frames from a SCHED_FIFO thread that sleeps in between), starting at
-//!    the flat-out delivered rate, stepping down while loss ≥ 0.1 %, up
-//!    while below, then bisecting; the rate found is tried once more (5 %
-//!    lower if it loses now).
+//!    the flat-out delivered rate and bisecting between the highest rate
+//!    carried and the lowest lost, the flat-out offered rate being the
+//!    first lost (stepping down while nothing passed); the rate found is
+//!    tried once more (5 % lower if it loses now). Each trial reports where
+//!    its lost packets went (`search::Lost`), and the report sums the
+//!    flat-out trials' per path.
 //! 6. **Repeated**: the whole measurement is one run; [`MIN_RUNS`] runs per
 //!    path (`--quick` too, with shorter trials). Runs after the first
 //!    start from its rate and refine it (`search::refine`): up in 4 % steps
-//!    while trials pass, down while they lose. The figure is the median of
+//!    while trials pass, down while they lose; if every step passed, on
+//!    with the search above the highest rate carried. The figure is the median of
 //!    the runs' best rates with their spread.
 //!
 //! CPU: whole-machine busy time from /proc/stat over the trial at the rate
