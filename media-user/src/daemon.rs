@@ -532,6 +532,7 @@ fn snapshot(engine: &Engine<MediaPlane>, control: &ControlStats) -> Snapshot {
         refused_sources_userspace: t.refused_sources + engine.backend().userspace_refused(),
         userspace_forwarded: engine.backend().userspace_totals(),
         userspace_io: engine.backend().userspace_io(),
+        userspace_waited: engine.backend().userspace_waited(),
         degraded_legs: engine
             .watch_totals()
             .degraded_legs

@@ -103,6 +103,15 @@ fn describe() {
         "media_relay_ng_cache_bytes",
         "Bytes held by the ng reply cache"
     );
+    describe_counter!(
+        "media_relay_userspace_wait_seconds_bucket",
+        Unit::Seconds,
+        "Datagrams the userspace path read after waiting at most `le` seconds since the kernel received them (cumulative histogram buckets)"
+    );
+    describe_counter!(
+        "media_relay_userspace_wait_seconds_count",
+        "Datagrams the userspace path read with a receive timestamp"
+    );
     describe_histogram!(
         "media_relay_ng_duration_seconds",
         Unit::Seconds,
@@ -252,6 +261,8 @@ pub struct Snapshot {
     pub userspace_forwarded: (u64, u64),
     /// Stale drops, reads, datagrams read (the userspace path's I/O).
     pub userspace_io: (u64, u64, u64),
+    /// Datagrams per wait bucket (`media::WAIT_BOUNDS_US`, then longer).
+    pub userspace_waited: [u64; crate::media::WAIT_BOUNDS_US.len() + 1],
     /// Degraded legs now, by side.
     pub degraded_legs: Vec<(&'static str, u64)>,
     /// Quality alerts, by side and figure.
@@ -313,6 +324,17 @@ impl Snapshot {
         counter!("media_relay_userspace_stale_dropped_total").absolute(self.userspace_io.0);
         counter!("media_relay_userspace_reads_total").absolute(self.userspace_io.1);
         counter!("media_relay_userspace_datagrams_total").absolute(self.userspace_io.2);
+        // A histogram's buckets (cumulative, `le` in seconds) and count,
+        // from the I/O threads' own counts.
+        let mut below = 0;
+        for (i, n) in self.userspace_waited.iter().enumerate() {
+            below += n;
+            let le = crate::media::WAIT_BOUNDS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+            counter!("media_relay_userspace_wait_seconds_bucket", "le" => le).absolute(below);
+        }
+        counter!("media_relay_userspace_wait_seconds_count").absolute(below);
         for side in ["trunk", "pbx"] {
             if !self.degraded_legs.iter().any(|(s, _)| *s == side) {
                 gauge!("media_relay_quality_degraded_legs", "side" => side).set(0.0);

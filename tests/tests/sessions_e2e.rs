@@ -16,6 +16,7 @@ use media_relay_tests::{
     bed::{A_V4, A_V6, B_V4, B_V6, RA_V4, RA_V6, RB_V4, RB_V6},
     calls::{a_calls_b, relay_of, stream_stats},
     daemon::{Daemon, NgClient, new_sdp, ng_client},
+    http,
     media::{drain, rtp, udp_socket},
     root_test,
 };
@@ -671,6 +672,8 @@ fn stale_media(t: &TestDir) -> anyhow::Result<()> {
             "1",
             "--userspace-max-delay",
             "5",
+            "--metrics-listen",
+            "127.0.0.1:9464",
         ],
     )?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
@@ -728,6 +731,43 @@ fn stale_media(t: &TestDir) -> anyhow::Result<()> {
             total == i64::from(HELD),
             "statistics: userspace stale dropped {total}, want {HELD}"
         );
+        // Every datagram read is counted with its wait; the held ones
+        // waited 50 ms, past the last bucket's bound.
+        let mut buckets = Vec::new();
+        for b in media_user::media::WAIT_BOUNDS_US {
+            buckets.push(stat(&ng, &format!("userspace waited <= {b} us"))?);
+        }
+        let last = media_user::media::WAIT_BOUNDS_US[media_user::media::WAIT_BOUNDS_US.len() - 1];
+        let over = stat(&ng, &format!("userspace waited > {last} us"))?;
+        let read = buckets.iter().sum::<i64>() + over;
+        anyhow::ensure!(
+            over >= i64::from(HELD) && read == i64::from(2 * WARM + HELD + AFTER),
+            "statistics: userspace waited {buckets:?}, over {last} µs {over}: want {HELD} or more over, {} in all",
+            2 * WARM + HELD + AFTER
+        );
+        // The same as a Prometheus histogram (cumulative buckets), copied
+        // to /metrics once a second.
+        let want = (read as f64, (read - over) as f64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, body) = http::get(&bed.relay, "127.0.0.1:9464".parse()?, "/metrics")?;
+            anyhow::ensure!(status == 200, "/metrics answered {status}");
+            let bucket = |le: &str| {
+                http::sample(
+                    &body,
+                    &format!("media_relay_userspace_wait_seconds_bucket{{le=\"{le}\"}}"),
+                )
+            };
+            let got = (bucket("+Inf"), bucket(&format!("{}", last as f64 / 1e6)));
+            if got == (Some(want.0), Some(want.1)) {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "/metrics: wait buckets +Inf and {last} µs {got:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     })();
     daemon.report_failure(&result);

@@ -147,9 +147,37 @@ impl Drop for Registration {
     }
 }
 
+/// Upper bounds (µs) of the buckets of [`IoTotals::waited`]; the last
+/// bucket holds what waited longer than the last bound.
+pub const WAIT_BOUNDS_US: [u64; 7] = [50, 100, 250, 500, 1_000, 2_500, 5_000];
+
+/// How long datagrams waited in the userspace path: from the kernel's
+/// receive timestamp to the I/O thread's read, in buckets.
+#[derive(Default)]
+pub(super) struct Waited {
+    /// Datagrams per bucket ([`WAIT_BOUNDS_US`], then one more).
+    buckets: [AtomicU64; WAIT_BOUNDS_US.len() + 1],
+}
+
+impl Waited {
+    fn add(&self, wait: Duration) {
+        let us = wait.as_micros();
+        let i = WAIT_BOUNDS_US.partition_point(|&b| u128::from(b) < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams per bucket.
+    pub fn read(&self) -> [u64; WAIT_BOUNDS_US.len() + 1] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+}
+
 /// Totals of the userspace path's own decisions.
 #[derive(Default)]
 pub(super) struct IoTotals {
+    /// How long the datagrams read had waited (those with a receive
+    /// timestamp, stale ones included).
+    pub waited: Waited,
     /// Datagrams dropped because they waited longer than the bound.
     pub stale: AtomicU64,
     /// `recvmmsg` calls and the datagrams they returned (batching).
@@ -322,9 +350,13 @@ impl Worker {
                     continue;
                 }
                 // A clock step back makes the age negative: fresh.
-                if m.received
-                    .is_some_and(|t| now.duration_since(t).is_ok_and(|age| age > self.max_delay))
-                {
+                let age = m
+                    .received
+                    .map(|t| now.duration_since(t).unwrap_or_default());
+                if let Some(age) = age {
+                    self.totals.waited.add(age);
+                }
+                if age.is_some_and(|age| age > self.max_delay) {
                     s.state.stale(&batch.slots[i][..m.len], m.received);
                     stale += 1;
                     continue;
@@ -722,9 +754,87 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (1..20).collect::<Vec<u16>>());
+        // Held at least 10 ms before its route is free.
+        std::thread::sleep(Duration::from_millis(10));
         drop(held);
         let (_, _) = dest.recv_from(&mut buf).expect("port 0 served once free");
         assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 0);
+        // Port 0's packet was read at once, so it waited in the socket no
+        // longer than the others; all 20 are counted, with a receive time.
+        let waited = pool.totals.waited.read();
+        assert_eq!(waited.iter().sum::<u64>(), 20, "{waited:?}");
+    }
+
+    /// The wait buckets: a wait goes to the first bucket whose bound it
+    /// does not exceed, past the last bound to the last bucket.
+    #[test]
+    fn waits_land_in_their_buckets() {
+        let w = Waited::default();
+        for us in [0, 50, 51, 999, 1_000, 4_999, 5_000, 5_001, 2_000_000] {
+            w.add(Duration::from_micros(us));
+        }
+        assert_eq!(w.read(), [2, 1, 0, 0, 2, 0, 2, 2]);
+    }
+
+    /// A datagram that sat in its socket while no worker could read it is
+    /// counted with the wait it had: 30 ms, past the last bound (and
+    /// forwarded, the bound being 10 s here).
+    #[test]
+    fn a_datagram_that_sat_in_its_socket_counts_its_wait() {
+        let (tx, _rx) = mpsc::channel(16);
+        let mut pool = IoPool::start(
+            IoConfig {
+                threads: 1,
+                max_delay: Duration::from_secs(10),
+                nice: 0,
+            },
+            &tx,
+        )
+        .unwrap();
+        let out = Arc::new(bind(local()).unwrap());
+        let dest = UdpSocket::bind(local()).unwrap();
+        dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let peer = UdpSocket::bind(local()).unwrap();
+        let (a, b) = (
+            Arc::new(bind(local()).unwrap()),
+            Arc::new(bind(local()).unwrap()),
+        );
+        let (sa, sb) = (
+            route_to(&out, dest.local_addr().unwrap()),
+            route_to(&out, dest.local_addr().unwrap()),
+        );
+        let _ra = pool
+            .add(Served {
+                local: a.local_addr().unwrap(),
+                socket: a.clone(),
+                state: sa.clone(),
+            })
+            .unwrap();
+        let _rb = pool
+            .add(Served {
+                local: b.local_addr().unwrap(),
+                socket: b.clone(),
+                state: sb,
+            })
+            .unwrap();
+        // The only worker is stuck on a's packet; b's waits in its socket.
+        let held = sa.hold();
+        peer.send_to(&rtp(0), a.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pool.totals.datagrams.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "a not read");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peer.send_to(&rtp(1), b.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(held);
+        let mut buf = [0u8; 2048];
+        for _ in 0..2 {
+            dest.recv_from(&mut buf).expect("forwarded");
+        }
+        let waited = pool.totals.waited.read();
+        assert_eq!(waited.iter().sum::<u64>(), 2, "{waited:?}");
+        assert_eq!(waited[WAIT_BOUNDS_US.len()], 1, "{waited:?}");
     }
 
     /// Loopback: 300 packets in bursts queued on a port (more than a

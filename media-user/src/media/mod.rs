@@ -12,7 +12,7 @@ mod forwarder;
 mod fuzz_seeds;
 mod io_threads;
 
-pub use io_threads::{DEFAULT_MAX_DELAY, DEFAULT_NICE, IoConfig};
+pub use io_threads::{DEFAULT_MAX_DELAY, DEFAULT_NICE, IoConfig, WAIT_BOUNDS_US};
 
 /// The userspace path's packet decisions, pure, for the fuzz targets
 /// (`fuzz/`). Not an API.
@@ -351,6 +351,13 @@ impl MediaPlane {
         let t = &self.io.totals;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         (get(&t.stale), get(&t.reads), get(&t.datagrams))
+    }
+
+    /// How long the datagrams the userspace path read had waited (from
+    /// the kernel's receive timestamp), per bucket of [`WAIT_BOUNDS_US`]
+    /// (the last: longer than its last bound), since the daemon started.
+    pub fn userspace_waited(&self) -> [u64; WAIT_BOUNDS_US.len() + 1] {
+        self.io.totals.waited.read()
     }
 
     fn open(&mut self, local: SocketAddr) -> io::Result<()> {
@@ -908,6 +915,15 @@ impl Backend for MediaPlane {
         out.push(("userspace forwarded".to_owned(), packets));
         out.push(("userspace forwarded bytes".to_owned(), bytes));
         out.push(("userspace stale dropped".to_owned(), self.userspace_stale()));
+        // How long what it read had waited, per bucket.
+        let waited = self.userspace_waited();
+        for (i, n) in waited.iter().enumerate() {
+            let name = match WAIT_BOUNDS_US.get(i) {
+                Some(b) => format!("userspace waited <= {b} us"),
+                None => format!("userspace waited > {} us", WAIT_BOUNDS_US[i - 1]),
+            };
+            out.push((name, *n));
+        }
         out.push((
             "userspace refused sources".to_owned(),
             self.userspace_refused(),
