@@ -53,6 +53,8 @@ use media_relay_tests::{
 use profile::{BusyHost, Profile, ProfileMedians, Sampler, mechanism};
 use serde_json::{Value, json};
 
+use media_user::media::WAIT_BOUNDS_US;
+
 use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, ratio, target};
 
 const CALLS: u32 = 100;
@@ -99,9 +101,18 @@ pub(crate) struct Measured {
     pub(crate) sent: u64,
     pub(crate) report: SinkReport,
     profile: Profile,
+    /// media-relay's userspace path: the datagrams it read during the run
+    /// per wait bucket (`statistics`, see [`relay_waits`]).
+    relay_waits: Option<Vec<u64>>,
 }
 
 impl Measured {
+    /// The bucket of media-relay's own wait (receive to read) that holds
+    /// its 99th percentile.
+    fn relay_wait_p99(&self) -> Option<String> {
+        p99_bucket(self.relay_waits.as_ref()?)
+    }
+
     fn lost(&self) -> u64 {
         // Exact: the generator knows what it sent (sequence numbers alone
         // cannot see loss at the very end of a run).
@@ -251,6 +262,7 @@ impl Rig {
             realtime: true,
             cpu: Some(cpu::SINK),
         };
+        let waits0 = relay_waits(&self._bed, &self.path);
         let busy_host = busy.then(|| BusyHost::start(Duration::from_secs_f64(secs * 1.5 + 5.0)));
         let before = self.sampler.read();
         let t0 = Instant::now();
@@ -273,6 +285,9 @@ impl Rig {
         let after = self.sampler.read();
         let elapsed = t0.elapsed().as_secs_f64();
         let share = busy_host.and_then(BusyHost::finish);
+        let relay_waits = waits0
+            .zip(relay_waits(&self._bed, &self.path))
+            .map(|(a, b)| b.iter().zip(&a).map(|(b, a)| b - a).collect());
         let (g, r) = (g?, r?);
         Ok(Measured {
             kind: self.kind,
@@ -283,6 +298,7 @@ impl Rig {
             sent: g.sent,
             report: r,
             profile: Profile::new(&before, &after, elapsed, share),
+            relay_waits,
         })
     }
 
@@ -304,8 +320,46 @@ impl Rig {
             m.report.max_us(),
             m.profile.compact(),
         );
+        if let Some(w) = m.relay_wait_p99() {
+            eprintln!("        media-relay's own wait (receive to read) p99 {w}");
+        }
         Ok(m)
     }
+}
+
+/// The wait bucket ([`WAIT_BOUNDS_US`], then longer) that holds the 99th
+/// percentile of `counts`: "≤ 250 µs", "> 5000 µs"; `None` for no count.
+fn p99_bucket(counts: &[u64]) -> Option<String> {
+    let total: u64 = counts.iter().sum();
+    let mut below = 0;
+    for (i, n) in counts.iter().enumerate() {
+        below += n;
+        if total > 0 && below as f64 >= 0.99 * total as f64 {
+            return Some(match WAIT_BOUNDS_US.get(i) {
+                Some(b) => format!("≤ {b} µs"),
+                None => format!("> {} µs", WAIT_BOUNDS_US[WAIT_BOUNDS_US.len() - 1]),
+            });
+        }
+    }
+    None
+}
+
+/// media-relay's userspace wait buckets (ng `statistics`: `userspace
+/// waited <= … us`, then `> … us`), if the path has a daemon.
+fn relay_waits(bed: &Bed, path: &paths::Path) -> Option<Vec<u64>> {
+    let daemon = path.daemon()?;
+    let ng = media_relay_tests::daemon::NgClient::new(&bed.relay, daemon.ng).ok()?;
+    let s = ng
+        .ok(&media_user::ng::Value::dict().with("command", "statistics"))
+        .ok()?;
+    let plane = s.get("statistics")?.get("media plane")?;
+    let last = WAIT_BOUNDS_US[WAIT_BOUNDS_US.len() - 1];
+    WAIT_BOUNDS_US
+        .iter()
+        .map(|b| format!("userspace waited <= {b} us"))
+        .chain([format!("userspace waited > {last} us")])
+        .map(|k| plane.get(&k)?.as_int().and_then(|v| u64::try_from(v).ok()))
+        .collect()
 }
 
 /// The runs of one (path, rate, host state).
@@ -712,6 +766,7 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             "app_latency_us": {"p50": m.report.app_percentile_us(0.5), "p99": m.report.app_percentile_us(0.99)},
             "jitter_us": m.report.jitter_us().0,
             "profile": m.profile.json(),
+            "relay_wait_buckets": m.relay_waits,
         })).collect::<Vec<_>>(),
         "busy_check": checks.iter().map(BusyCheck::json).collect::<Vec<_>>(),
         "telemetry": {
@@ -733,4 +788,26 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::p99_bucket;
+
+    #[test]
+    fn the_p99_bucket_holds_the_99th_percentile() {
+        assert_eq!(p99_bucket(&[0; 8]), None);
+        assert_eq!(
+            p99_bucket(&[990, 9, 1, 0, 0, 0, 0, 0]).as_deref(),
+            Some("≤ 50 µs")
+        );
+        assert_eq!(
+            p99_bucket(&[980, 15, 5, 0, 0, 0, 0, 0]).as_deref(),
+            Some("≤ 100 µs")
+        );
+        assert_eq!(
+            p99_bucket(&[90, 0, 0, 0, 0, 0, 0, 10]).as_deref(),
+            Some("> 5000 µs")
+        );
+    }
 }
