@@ -141,7 +141,7 @@ pub(crate) struct Rig {
     sampler: Sampler,
     // Dropped last, after the path's daemon.
     path: paths::Path,
-    _bed: Bed,
+    bed: Bed,
 }
 
 impl Rig {
@@ -198,7 +198,7 @@ impl Rig {
             sink,
             sampler,
             path,
-            _bed: bed,
+            bed,
         })
     }
 
@@ -262,7 +262,7 @@ impl Rig {
             realtime: true,
             cpu: Some(cpu::SINK),
         };
-        let waits0 = relay_waits(&self._bed, &self.path);
+        let waits0 = relay_waits(&self.bed, &self.path);
         let busy_host = busy.then(|| BusyHost::start(Duration::from_secs_f64(secs * 1.5 + 5.0)));
         let before = self.sampler.read();
         let t0 = Instant::now();
@@ -286,7 +286,7 @@ impl Rig {
         let elapsed = t0.elapsed().as_secs_f64();
         let share = busy_host.and_then(BusyHost::finish);
         let relay_waits = waits0
-            .zip(relay_waits(&self._bed, &self.path))
+            .zip(relay_waits(&self.bed, &self.path))
             .map(|(a, b)| b.iter().zip(&a).map(|(b, a)| b - a).collect());
         let (g, r) = (g?, r?);
         Ok(Measured {
