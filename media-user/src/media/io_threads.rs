@@ -689,6 +689,41 @@ mod tests {
         state
     }
 
+    /// A pool of `threads` workers with a bound no datagram of these tests
+    /// reaches (10 s), and the engine's end of its events.
+    fn pool(threads: usize) -> (IoPool, mpsc::Receiver<PacketEvent>) {
+        let (tx, rx) = mpsc::channel(16);
+        let pool = IoPool::start(
+            IoConfig {
+                threads,
+                max_delay: Duration::from_secs(10),
+                nice: 0,
+            },
+            &tx,
+        )
+        .unwrap();
+        (pool, rx)
+    }
+
+    /// Serve `socket` with `state`.
+    fn serve(pool: &mut IoPool, socket: &Arc<UdpSocket>, state: &Arc<PortState>) -> Registration {
+        pool.add(Served {
+            local: socket.local_addr().unwrap(),
+            socket: socket.clone(),
+            state: state.clone(),
+        })
+        .unwrap()
+    }
+
+    /// Wait (at most 2 s) until the pool has read a datagram.
+    fn wait_for_a_read(pool: &IoPool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pool.totals.datagrams.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing read");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Two workers, 20 ports. The worker that takes port 0 is stuck
     /// deciding for it (its route is locked, as a thread the scheduler
     /// does not run): the other worker still serves the 19 others, each
@@ -697,16 +732,7 @@ mod tests {
     /// goes out too.
     #[test]
     fn a_stuck_worker_holds_up_only_the_socket_it_serves() {
-        let (tx, _rx) = mpsc::channel(16);
-        let mut pool = IoPool::start(
-            IoConfig {
-                threads: 2,
-                max_delay: Duration::from_secs(10),
-                nice: 0,
-            },
-            &tx,
-        )
-        .unwrap();
+        let (mut pool, _rx) = pool(2);
         let out = Arc::new(bind(local()).unwrap());
         let dest = UdpSocket::bind(local()).unwrap();
         dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -721,24 +747,13 @@ mod tests {
             .collect();
         let _served: Vec<Registration> = ports
             .iter()
-            .map(|(socket, state)| {
-                pool.add(Served {
-                    local: socket.local_addr().unwrap(),
-                    socket: socket.clone(),
-                    state: state.clone(),
-                })
-                .unwrap()
-            })
+            .map(|(socket, state)| serve(&mut pool, socket, state))
             .collect();
         let held = ports[0].1.hold();
         peer.send_to(&rtp(0), ports[0].0.local_addr().unwrap())
             .unwrap();
         // A worker has taken port 0's packet and waits for its route.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while pool.totals.datagrams.load(Ordering::Relaxed) == 0 {
-            assert!(std::time::Instant::now() < deadline, "port 0 not read");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_read(&pool);
         for (i, (socket, _)) in ports.iter().enumerate().skip(1) {
             peer.send_to(&rtp(i as u16), socket.local_addr().unwrap())
                 .unwrap();
@@ -781,16 +796,7 @@ mod tests {
     /// forwarded, the bound being 10 s here).
     #[test]
     fn a_datagram_that_sat_in_its_socket_counts_its_wait() {
-        let (tx, _rx) = mpsc::channel(16);
-        let mut pool = IoPool::start(
-            IoConfig {
-                threads: 1,
-                max_delay: Duration::from_secs(10),
-                nice: 0,
-            },
-            &tx,
-        )
-        .unwrap();
+        let (mut pool, _rx) = pool(1);
         let out = Arc::new(bind(local()).unwrap());
         let dest = UdpSocket::bind(local()).unwrap();
         dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -803,28 +809,12 @@ mod tests {
             route_to(&out, dest.local_addr().unwrap()),
             route_to(&out, dest.local_addr().unwrap()),
         );
-        let _ra = pool
-            .add(Served {
-                local: a.local_addr().unwrap(),
-                socket: a.clone(),
-                state: sa.clone(),
-            })
-            .unwrap();
-        let _rb = pool
-            .add(Served {
-                local: b.local_addr().unwrap(),
-                socket: b.clone(),
-                state: sb,
-            })
-            .unwrap();
+        let _ra = serve(&mut pool, &a, &sa);
+        let _rb = serve(&mut pool, &b, &sb);
         // The only worker is stuck on a's packet; b's waits in its socket.
         let held = sa.hold();
         peer.send_to(&rtp(0), a.local_addr().unwrap()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while pool.totals.datagrams.load(Ordering::Relaxed) == 0 {
-            assert!(std::time::Instant::now() < deadline, "a not read");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_read(&pool);
         peer.send_to(&rtp(1), b.local_addr().unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         drop(held);
@@ -843,16 +833,7 @@ mod tests {
     /// counted, a learning port's handed to the engine.
     #[test]
     fn batches_forward_everything_in_order_and_refuse_strangers() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut pool = IoPool::start(
-            IoConfig {
-                threads: 1,
-                max_delay: Duration::from_secs(10),
-                nice: 0,
-            },
-            &tx,
-        )
-        .unwrap();
+        let (mut pool, mut rx) = pool(1);
         let port = Arc::new(bind(local()).unwrap());
         let out = Arc::new(bind(local()).unwrap());
         let learning = Arc::new(bind(local()).unwrap());
@@ -885,20 +866,8 @@ mod tests {
             rtp: true,
             clock_rate: 8000,
         }));
-        let _a = pool
-            .add(Served {
-                local: port.local_addr().unwrap(),
-                socket: port.clone(),
-                state: state.clone(),
-            })
-            .unwrap();
-        let _b = pool
-            .add(Served {
-                local: learning.local_addr().unwrap(),
-                socket: learning.clone(),
-                state: learning_state,
-            })
-            .unwrap();
+        let _a = serve(&mut pool, &port, &state);
+        let _b = serve(&mut pool, &learning, &learning_state);
         let to = port.local_addr().unwrap();
         // Bursts of 50: more than a batch, less than the receive buffer
         // holds (64 KiB, a burst by design).
