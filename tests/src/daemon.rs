@@ -524,6 +524,23 @@ impl NgClient {
         Ok(self.client.request(dict, timeout)?)
     }
 
+    /// The `media plane` section of ng `statistics`, keyed by name
+    /// (counters only).
+    pub fn media_plane(&self) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+        let r = self.ok(&Value::dict().with("command", "statistics"))?;
+        let Some(Value::Dict(plane)) = r.get("statistics").and_then(|s| s.get("media plane"))
+        else {
+            bail!("no media plane in statistics: {r:?}");
+        };
+        Ok(plane
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = u64::try_from(v.as_int()?).ok()?;
+                Some((String::from_utf8_lossy(k).into_owned(), n))
+            })
+            .collect())
+    }
+
     /// `request`, failing unless `result` is `ok` (or `pong`).
     pub fn ok(&self, dict: &Value) -> anyhow::Result<Value> {
         let r = self.request(dict)?;

@@ -159,11 +159,33 @@ pub(super) struct Waited {
     buckets: [AtomicU64; WAIT_BOUNDS_US.len() + 1],
 }
 
+/// The bucket of [`WAIT_BOUNDS_US`] a wait falls in.
+fn wait_bucket(wait: Duration) -> usize {
+    let us = wait.as_micros();
+    WAIT_BOUNDS_US.partition_point(|&b| u128::from(b) < us)
+}
+
+/// The name of wait bucket `i` in `statistics`: `userspace waited <= 50
+/// us`, …, `userspace waited > 5000 us`.
+pub fn waited_key(i: usize) -> String {
+    match WAIT_BOUNDS_US.get(i) {
+        Some(b) => format!("userspace waited <= {b} us"),
+        None => format!(
+            "userspace waited > {} us",
+            WAIT_BOUNDS_US[WAIT_BOUNDS_US.len() - 1]
+        ),
+    }
+}
+
 impl Waited {
-    fn add(&self, wait: Duration) {
-        let us = wait.as_micros();
-        let i = WAIT_BOUNDS_US.partition_point(|&b| u128::from(b) < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    /// Add a batch's counts per bucket (one atomic add per bucket used,
+    /// not per datagram: the workers share these counters).
+    fn add(&self, counts: &[u64; WAIT_BOUNDS_US.len() + 1]) {
+        for (b, &n) in self.buckets.iter().zip(counts) {
+            if n > 0 {
+                b.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Datagrams per bucket.
@@ -340,6 +362,7 @@ impl Worker {
         self.totals.datagrams.fetch_add(n as u64, Ordering::Relaxed);
         let now = SystemTime::now();
         let mut stale = 0u64;
+        let mut waited = [0u64; WAIT_BOUNDS_US.len() + 1];
         batch.out.clear();
         {
             let decide = s.state.decider();
@@ -354,7 +377,7 @@ impl Worker {
                     .received
                     .map(|t| now.duration_since(t).unwrap_or_default());
                 if let Some(age) = age {
-                    self.totals.waited.add(age);
+                    waited[wait_bucket(age)] += 1;
                 }
                 if age.is_some_and(|age| age > self.max_delay) {
                     s.state.stale(&batch.slots[i][..m.len], m.received);
@@ -384,6 +407,7 @@ impl Worker {
                 }
             }
         }
+        self.totals.waited.add(&waited);
         if stale > 0 {
             self.totals.stale.fetch_add(stale, Ordering::Relaxed);
         }
@@ -784,11 +808,15 @@ mod tests {
     /// does not exceed, past the last bound to the last bucket.
     #[test]
     fn waits_land_in_their_buckets() {
-        let w = Waited::default();
+        let mut counts = [0u64; WAIT_BOUNDS_US.len() + 1];
         for us in [0, 50, 51, 999, 1_000, 4_999, 5_000, 5_001, 2_000_000] {
-            w.add(Duration::from_micros(us));
+            counts[wait_bucket(Duration::from_micros(us))] += 1;
         }
-        assert_eq!(w.read(), [2, 1, 0, 0, 2, 0, 2, 2]);
+        assert_eq!(counts, [2, 1, 0, 0, 2, 0, 2, 2]);
+        let w = Waited::default();
+        w.add(&counts);
+        w.add(&counts);
+        assert_eq!(w.read(), [4, 2, 0, 0, 4, 0, 4, 4]);
     }
 
     /// A datagram that sat in its socket while no worker could read it is

@@ -12,7 +12,7 @@ mod forwarder;
 mod fuzz_seeds;
 mod io_threads;
 
-pub use io_threads::{DEFAULT_MAX_DELAY, DEFAULT_NICE, IoConfig, WAIT_BOUNDS_US};
+pub use io_threads::{DEFAULT_MAX_DELAY, DEFAULT_NICE, IoConfig, WAIT_BOUNDS_US, waited_key};
 
 /// The userspace path's packet decisions, pure, for the fuzz targets
 /// (`fuzz/`). Not an API.
@@ -918,11 +918,7 @@ impl Backend for MediaPlane {
         // How long what it read had waited, per bucket.
         let waited = self.userspace_waited();
         for (i, n) in waited.iter().enumerate() {
-            let name = match WAIT_BOUNDS_US.get(i) {
-                Some(b) => format!("userspace waited <= {b} us"),
-                None => format!("userspace waited > {} us", WAIT_BOUNDS_US[i - 1]),
-            };
-            out.push((name, *n));
+            out.push((waited_key(i), *n));
         }
         out.push((
             "userspace refused sources".to_owned(),

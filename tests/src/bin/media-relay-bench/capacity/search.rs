@@ -481,16 +481,10 @@ pub fn search(
 
 /// media-relay's `userspace stale dropped` (ng `statistics`).
 fn stale_dropped(ns: &Netns, ng: SocketAddr) -> Option<u64> {
-    let client = media_relay_tests::daemon::NgClient::new(ns, ng).ok()?;
-    let r = client
-        .ok(&media_user::ng::Value::dict().with("command", "statistics"))
+    let plane = media_relay_tests::daemon::NgClient::new(ns, ng)
+        .and_then(|c| c.media_plane())
         .ok()?;
-    let v = r
-        .get("statistics")?
-        .get("media plane")?
-        .get("userspace stale dropped")?
-        .as_int()?;
-    u64::try_from(v).ok()
+    plane.get("userspace stale dropped").copied()
 }
 
 /// Kernel drop counters along the path (see [`Rig::trial`]): totals

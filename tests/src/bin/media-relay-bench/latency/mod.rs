@@ -53,7 +53,7 @@ use media_relay_tests::{
 use profile::{BusyHost, Profile, ProfileMedians, Sampler, mechanism};
 use serde_json::{Value, json};
 
-use media_user::media::WAIT_BOUNDS_US;
+use media_user::media::{WAIT_BOUNDS_US, waited_key};
 
 use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, ratio, target};
 
@@ -348,17 +348,11 @@ fn p99_bucket(counts: &[u64]) -> Option<String> {
 /// waited <= … us`, then `> … us`), if the path has a daemon.
 fn relay_waits(bed: &Bed, path: &paths::Path) -> Option<Vec<u64>> {
     let daemon = path.daemon()?;
-    let ng = media_relay_tests::daemon::NgClient::new(&bed.relay, daemon.ng).ok()?;
-    let s = ng
-        .ok(&media_user::ng::Value::dict().with("command", "statistics"))
+    let plane = media_relay_tests::daemon::NgClient::new(&bed.relay, daemon.ng)
+        .and_then(|c| c.media_plane())
         .ok()?;
-    let plane = s.get("statistics")?.get("media plane")?;
-    let last = WAIT_BOUNDS_US[WAIT_BOUNDS_US.len() - 1];
-    WAIT_BOUNDS_US
-        .iter()
-        .map(|b| format!("userspace waited <= {b} us"))
-        .chain([format!("userspace waited > {last} us")])
-        .map(|k| plane.get(&k)?.as_int().and_then(|v| u64::try_from(v).ok()))
+    (0..=WAIT_BOUNDS_US.len())
+        .map(|i| plane.get(&waited_key(i)).copied())
         .collect()
 }
 
