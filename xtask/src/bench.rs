@@ -9,7 +9,7 @@ use crate::{
 pub fn run(
     quick: bool,
     only: &[String],
-    compare: Option<&str>,
+    compare: &[String],
     report_only: bool,
 ) -> anyhow::Result<()> {
     // Writing the report again needs no privileges.
@@ -49,13 +49,16 @@ pub fn run(
         args.push(part);
     }
     // Relative to the workspace, as the rest of the command's paths.
-    let compare = compare.map(|c| {
-        util::workspace_root()
-            .join(c)
-            .to_string_lossy()
-            .into_owned()
-    });
-    if let Some(c) = &compare {
+    let compare: Vec<String> = compare
+        .iter()
+        .map(|c| {
+            util::workspace_root()
+                .join(c)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for c in &compare {
         args.push("--compare");
         args.push(c);
     }

@@ -113,8 +113,9 @@ enum Command {
         only: Vec<String>,
         /// Compare the targets with another run's report.json (e.g.
         /// docs/bench/report.json): whether they agree within their spread.
+        /// Repeatable (three fresh clones' runs: two --compare and the run).
         #[arg(long)]
-        compare: Option<String>,
+        compare: Vec<String>,
         /// Measure nothing: write target/bench's report again from the
         /// results already there (with --compare: a finished run set
         /// beside another).
@@ -139,7 +140,7 @@ fn main() -> ExitCode {
             only,
             compare,
             report_only,
-        } => bench::run(quick, &only, compare.as_deref(), report_only),
+        } => bench::run(quick, &only, &compare, report_only),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
         Command::Fuzz {

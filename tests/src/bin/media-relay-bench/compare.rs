@@ -1,6 +1,7 @@
-//! `--compare <report.json>`: this run's targets against the same targets
-//! of another run (a reference kept in the repository, another machine's,
-//! yesterday's), to tell whether two runs agree.
+//! `--compare <report.json>` (repeatable): this run's targets against the
+//! same targets of other runs (a reference kept in the repository, another
+//! machine's, yesterday's, two other fresh clones'), to tell whether the
+//! runs agree.
 //!
 //! Two figures agree when their runs' ranges (min–max) overlap: each run
 //! of the benchmark says how far its own repetitions spread, and a second
@@ -9,8 +10,9 @@
 //! (`figure::Derived`). Where one report has a range and the other a
 //! single value (a report from before ratios had ranges), the value agrees
 //! if it lies in the range; two single values (a count) agree within
-//! [`SINGLE_TOLERANCE`] of the reference's. Verdicts are compared too: a
-//! target met in one run and missed in the other is shown whatever the
+//! [`SINGLE_TOLERANCE`] of the larger. With several reports, a target
+//! agrees when every pair of them does. Verdicts are compared too: a
+//! target met in one run and missed in another is shown whatever the
 //! figures.
 
 use std::fmt::Write as _;
@@ -18,7 +20,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 /// How far apart two single values (no spread) may be and still agree,
-/// relative to the reference's.
+/// relative to the larger.
 pub const SINGLE_TOLERANCE: f64 = 0.10;
 
 /// A target's reading in one report: median, and its runs' range if any.
@@ -75,86 +77,180 @@ fn verdict(t: &Value) -> &str {
     t.get("verdict").and_then(Value::as_str).unwrap_or("?")
 }
 
-/// The comparison of `targets` (this run's) with `reference` (a whole
-/// `report.json`): a Markdown section and its JSON.
-pub fn compare(targets: &[Value], reference: &Value, reference_name: &str) -> (String, Value) {
-    let theirs: Vec<&Value> = reference
-        .get("targets")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let mut md = format!(
-        "## Compared with {reference_name}\n\n\
-         Reference: {}, generated {}. Two figures agree when their runs' ranges overlap (a ratio's range: \
-         over every pairing of its figures' runs); a single value agrees with a range it lies in, two single \
-         values within {:.0} % of the reference's.\n\n",
-        reference
-            .get("machine")
-            .and_then(Value::as_str)
-            .unwrap_or("an unknown machine"),
-        reference
-            .get("generated_at")
-            .and_then(Value::as_str)
-            .unwrap_or("at an unknown time"),
-        SINGLE_TOLERANCE * 100.0
+/// The comparison of `targets` (this run's) with `references` (whole
+/// `report.json`s, each with the name it was given): a Markdown section and
+/// its JSON.
+pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Value) {
+    let theirs: Vec<Vec<&Value>> = references
+        .iter()
+        .map(|(_, r)| {
+            r.get("targets")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let names: Vec<&str> = references.iter().map(|(n, _)| n.as_str()).collect();
+    let single = references.len() == 1;
+    let mut md = if single {
+        format!("## Compared with {}\n\n", names[0])
+    } else {
+        format!(
+            "## Compared with {} other runs\n\nRun k is the k-th `--compare` report: {}.\n\n",
+            references.len(),
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("run {} = {n}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let _ = writeln!(
+        md,
+        "Two figures agree when their runs' ranges overlap (a ratio's range: over every pairing of its figures' \
+         runs); a single value agrees with a range it lies in, two single values within {:.0} % of the larger.{}\n",
+        SINGLE_TOLERANCE * 100.0,
+        if single {
+            ""
+        } else {
+            " A target agrees when every pair of runs does."
+        }
     );
     let probe = |r: &Value| {
         r.get("build")
             .and_then(|b| b.get("host_probe"))
             .and_then(crate::host::describe_probe)
+            .unwrap_or_else(|| "not measured (a run before the host probe)".to_owned())
+    };
+    let text = |r: &Value, k: &str, missing: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or(missing)
+            .to_owned()
     };
     // Before the table: a line inside it would end it.
-    md.push_str(&format!(
-        "Host speed, reference: {}.\n\n\
-         | part | target | reference | this run | agree | verdicts |\n|---|---|---:|---:|---|---|\n",
-        probe(reference).unwrap_or_else(|| "not measured (a run before the host probe)".to_owned())
-    ));
+    for (i, (_, r)) in references.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "- {}: {}, generated {}; {}. Host speed: {}.",
+            if single {
+                "Reference".to_owned()
+            } else {
+                format!("Run {}", i + 1)
+            },
+            text(r, "machine", "an unknown machine"),
+            text(r, "generated_at", "at an unknown time"),
+            r.get("build").map_or_else(
+                || "build not recorded".to_owned(),
+                |b| text(b, "summary", "build not recorded")
+            ),
+            probe(r)
+        );
+    }
+    let columns = if single {
+        "reference".to_owned()
+    } else {
+        (1..=references.len())
+            .map(|i| format!("run {i}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let _ = writeln!(
+        md,
+        "\n| part | target | {columns} | this run | agree | verdicts |\n|---|---|{}---:|---|---|",
+        "---:|".repeat(references.len())
+    );
     let mut rows = Vec::new();
     let (mut agreeing, mut differing, mut unmatched) = (0, 0, 0);
     for t in targets {
         let (part, name) = key(t);
-        let other = theirs
+        let others: Vec<Option<&Value>> = theirs
             .iter()
-            .find(|o| key(o) == (part.clone(), name.clone()));
-        let (then, now) = (other.and_then(|o| Reading::of(o)), Reading::of(t));
-        let agrees = then.zip(now).map(|(a, b)| agree(a, b));
+            .map(|ts| {
+                ts.iter()
+                    .find(|o| key(o) == (part.clone(), name.clone()))
+                    .copied()
+            })
+            .collect();
+        let readings: Vec<Option<Reading>> = others
+            .iter()
+            .map(|o| o.and_then(Reading::of))
+            .chain(std::iter::once(Reading::of(t)))
+            .collect();
+        let present: Vec<Reading> = readings.iter().flatten().copied().collect();
+        let agrees = (present.len() >= 2).then(|| {
+            present
+                .iter()
+                .enumerate()
+                .all(|(i, a)| present[i + 1..].iter().all(|b| agree(*a, *b)))
+        });
         match agrees {
             Some(true) => agreeing += 1,
             Some(false) => differing += 1,
             None => unmatched += 1,
         }
-        let verdicts = match other {
-            Some(o) if verdict(o) == verdict(t) => verdict(t).to_owned(),
-            Some(o) => format!("**{} → {}**", verdict(o), verdict(t)),
-            None => format!("(new) {}", verdict(t)),
+        let verdicts: Vec<Option<&str>> = others
+            .iter()
+            .map(|o| o.map(verdict))
+            .chain(std::iter::once(Some(verdict(t))))
+            .collect();
+        let known: Vec<&str> = verdicts.iter().flatten().copied().collect();
+        let verdicts_shown = if known.len() == 1 {
+            format!("(new) {}", verdict(t))
+        } else if known.iter().all(|v| *v == verdict(t)) {
+            verdict(t).to_owned()
+        } else {
+            format!(
+                "**{}**",
+                verdicts
+                    .iter()
+                    .map(|v| v.unwrap_or("–"))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            )
         };
         let _ = writeln!(
             md,
-            "| {part} | {name} | {} | {} | {} | {verdicts} |",
-            then.map_or_else(|| "–".to_owned(), Reading::show),
-            now.map_or_else(|| "–".to_owned(), Reading::show),
+            "| {part} | {name} | {} | {} | {verdicts_shown} |",
+            readings
+                .iter()
+                .map(|r| r.map_or_else(|| "–".to_owned(), Reading::show))
+                .collect::<Vec<_>>()
+                .join(" | "),
             match agrees {
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "–",
             }
         );
+        let value = |o: Option<&Value>| {
+            o.and_then(|o| o.get("value"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         rows.push(json!({
             "part": part,
             "name": name,
-            "reference": other.and_then(|o| o.get("value")).cloned().unwrap_or(Value::Null),
-            "value": t.get("value").cloned().unwrap_or(Value::Null),
+            "references": others.iter().map(|o| value(*o)).collect::<Vec<_>>(),
+            "value": value(Some(t)),
             "agree": agrees,
-            "reference_verdict": other.map(|o| verdict(o)),
+            "reference_verdicts": others.iter().map(|o| o.map(verdict)).collect::<Vec<_>>(),
             "verdict": verdict(t),
         }));
     }
     let _ = writeln!(
         md,
-        "\n{agreeing} agree, {differing} differ, {unmatched} without a figure in both runs."
+        "\n{agreeing} agree, {differing} differ, {unmatched} without a figure in {}.",
+        if single {
+            "both runs"
+        } else {
+            "two runs or more"
+        }
     );
     let json = json!({
-        "reference": reference_name,
+        "reference": names.join(", "),
+        "references": names,
         "agree": agreeing,
         "differ": differing,
         "unmatched": unmatched,
@@ -208,7 +304,7 @@ mod tests {
             ),
             t("a", "new", json!({"value": 1.0})),
         ];
-        let (md, j) = compare(&now, &reference, "ref.json");
+        let (md, j) = compare(&now, &[("ref.json".to_owned(), reference)]);
         let agree: Vec<Value> = j["targets"]
             .as_array()
             .unwrap()
@@ -249,7 +345,53 @@ mod tests {
         let reference = json!({"targets": [t("a", "x", json!({"value": 1.0}))]});
         let mut now = t("a", "x", json!({"value": 1.0}));
         now["verdict"] = json!("MISSED");
-        let (md, _) = compare(&[now], &reference, "r");
+        let (md, _) = compare(&[now], &[("r".to_owned(), reference)]);
         assert!(md.contains("**met → MISSED**"));
+    }
+
+    #[test]
+    fn several_runs_agree_only_when_every_pair_does() {
+        let run = |lo: f64, hi: f64, verdict: &str| {
+            json!({"targets": [
+                t("a", "x", json!({"value": (lo + hi) / 2.0, "min": lo, "max": hi, "verdict": verdict})),
+            ]})
+        };
+        // 1 overlaps 2 and 2 overlaps this run, but 1 and this run do not
+        // meet: a chain is not agreement.
+        let refs = [
+            ("one".to_owned(), run(1.0, 2.0, "met")),
+            ("two".to_owned(), run(1.8, 3.2, "met")),
+        ];
+        let now = t("a", "x", json!({"value": 3.0, "min": 2.9, "max": 3.1}));
+        let (md, j) = compare(std::slice::from_ref(&now), &refs);
+        assert_eq!(j["targets"][0]["agree"], json!(false), "{md}");
+        assert_eq!(j["differ"], json!(1));
+        assert!(md.contains("## Compared with 2 other runs"), "{md}");
+        assert!(
+            md.contains("| part | target | run 1 | run 2 | this run | agree | verdicts |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| a | x | 1.500 (1.000–2.000) | 2.500 (1.800–3.200) | 3.000 (2.900–3.100) | **no** |"),
+            "{md}"
+        );
+        // Three that overlap pairwise agree; a verdict that moved is shown
+        // in run order.
+        let refs = [
+            ("one".to_owned(), run(2.0, 3.0, "met")),
+            ("two".to_owned(), run(2.5, 3.2, "MISSED")),
+        ];
+        let (md, j) = compare(&[now], &refs);
+        assert_eq!(j["targets"][0]["agree"], json!(true), "{md}");
+        assert!(md.contains("**met → MISSED → met**"), "{md}");
+        // A target only one run has is not judged.
+        let (_, j) = compare(
+            &[t("a", "y", json!({"value": 1.0}))],
+            &[("one".to_owned(), run(1.0, 2.0, "met"))],
+        );
+        assert_eq!(
+            (j["unmatched"].clone(), j["targets"][0]["agree"].clone()),
+            (json!(1), Value::Null)
+        );
     }
 }

@@ -76,9 +76,10 @@ struct Args {
     only: Vec<String>,
     /// Compare this run's targets with another run's `report.json` (e.g.
     /// `docs/bench/report.json`, the run the README's figures come from):
-    /// whether the two agree within their spread, in the report.
+    /// whether they agree within their spread, in the report. Repeatable:
+    /// with several, a target agrees when every pair of runs does.
     #[arg(long)]
-    compare: Option<PathBuf>,
+    compare: Vec<PathBuf>,
     /// Measure nothing: write the report again from the parts' results
     /// already in `--out` (with `--compare`: set a finished run beside
     /// another, e.g. two fresh clones' runs).
@@ -189,7 +190,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.report_only {
         // The measured run's `build.json` (its binary, commit, host probe)
         // stays as it was.
-        return report::run(args.quick, &machine, &args.out, args.compare.as_deref());
+        return report::run(args.quick, &machine, &args.out, &args.compare);
     }
     println!(
         "media-relay bench: {machine}{}\n",
@@ -250,6 +251,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         )?;
     }
     // Always: the report over whatever parts have results in `out`.
-    report::run(args.quick, &machine, &args.out, args.compare.as_deref())?;
+    report::run(args.quick, &machine, &args.out, &args.compare)?;
     Ok(())
 }

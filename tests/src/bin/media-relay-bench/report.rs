@@ -7,7 +7,7 @@
 
 use std::{
     fmt::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     sync::OnceLock,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -328,15 +328,11 @@ fn plot_scale(scale: &Value, path: &Path) -> Option<PlotResult> {
     ))
 }
 
-pub fn run(
-    _quick: bool,
-    machine: &str,
-    out: &Path,
-    reference: Option<&Path>,
-) -> anyhow::Result<()> {
-    // Read before anything is written: the reference may be this very
+pub fn run(_quick: bool, machine: &str, out: &Path, references: &[PathBuf]) -> anyhow::Result<()> {
+    // Read before anything is written: a reference may be this very
     // directory's report.json, the previous run's.
-    let reference = reference
+    let references = references
+        .iter()
         .map(|p| -> anyhow::Result<(String, Value)> {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading the report to compare with, {}", p.display()))?;
@@ -344,7 +340,7 @@ pub fn run(
                 .with_context(|| format!("{} is not a bench report.json", p.display()))?;
             Ok((p.display().to_string(), v))
         })
-        .transpose()?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut parts = serde_json::Map::new();
     let mut skipped = Vec::new();
     for &part in PARTS {
@@ -418,9 +414,8 @@ pub fn run(
     }
 
     let generated_at = now_utc();
-    let comparison = reference
-        .as_ref()
-        .map(|(name, r)| crate::compare::compare(&targets, r, name));
+    let comparison =
+        (!references.is_empty()).then(|| crate::compare::compare(&targets, &references));
     let report = json!({
         "machine": machine,
         "generated_at": generated_at,
@@ -573,7 +568,7 @@ pub fn run(
     );
     if let Some((_, j)) = &comparison {
         println!(
-            "compared with {}: {} agree, {} differ, {} without a figure in both (report.md says which)",
+            "compared with {}: {} agree, {} differ, {} not in two runs or more (report.md says which)",
             s(j, "reference"),
             j["agree"],
             j["differ"],
