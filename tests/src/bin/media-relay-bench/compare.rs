@@ -353,7 +353,7 @@ mod tests {
     fn several_runs_agree_only_when_every_pair_does() {
         let run = |lo: f64, hi: f64, verdict: &str| {
             json!({"targets": [
-                t("a", "x", json!({"value": (lo + hi) / 2.0, "min": lo, "max": hi, "verdict": verdict})),
+                t("a", "x", json!({"value": f64::midpoint(lo, hi), "min": lo, "max": hi, "verdict": verdict})),
             ]})
         };
         // 1 overlaps 2 and 2 overlaps this run, but 1 and this run do not
