@@ -95,16 +95,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
     let mut md = if single {
         format!("## Compared with {}\n\n", names[0])
     } else {
-        format!(
-            "## Compared with {} other runs\n\nRun k is the k-th `--compare` report: {}.\n\n",
-            references.len(),
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("run {} = {n}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("## Compared with {} other runs\n\n", references.len())
     };
     let _ = writeln!(
         md,
@@ -130,14 +121,14 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             .to_owned()
     };
     // Before the table: a line inside it would end it.
-    for (i, (_, r)) in references.iter().enumerate() {
+    for (i, (name, r)) in references.iter().enumerate() {
         let _ = writeln!(
             md,
             "- {}: {}, generated {}; {}. Host speed: {}.",
             if single {
                 "Reference".to_owned()
             } else {
-                format!("Run {}", i + 1)
+                format!("Run {} ({name})", i + 1)
             },
             text(r, "machine", "an unknown machine"),
             text(r, "generated_at", "at an unknown time"),
@@ -164,14 +155,11 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
     let mut rows = Vec::new();
     let (mut agreeing, mut differing, mut unmatched) = (0, 0, 0);
     for t in targets {
-        let (part, name) = key(t);
+        let k = key(t);
+        let (part, name) = &k;
         let others: Vec<Option<&Value>> = theirs
             .iter()
-            .map(|ts| {
-                ts.iter()
-                    .find(|o| key(o) == (part.clone(), name.clone()))
-                    .copied()
-            })
+            .map(|ts| ts.iter().find(|o| key(o) == k).copied())
             .collect();
         let readings: Vec<Option<Reading>> = others
             .iter()
@@ -190,25 +178,18 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             Some(false) => differing += 1,
             None => unmatched += 1,
         }
-        let verdicts: Vec<Option<&str>> = others
-            .iter()
-            .map(|o| o.map(verdict))
-            .chain(std::iter::once(Some(verdict(t))))
-            .collect();
-        let known: Vec<&str> = verdicts.iter().flatten().copied().collect();
-        let verdicts_shown = if known.len() == 1 {
-            format!("(new) {}", verdict(t))
-        } else if known.iter().all(|v| *v == verdict(t)) {
-            verdict(t).to_owned()
+        let mine = verdict(t);
+        let verdicts_shown = if others.iter().all(Option::is_none) {
+            format!("(new) {mine}")
+        } else if others.iter().flatten().all(|o| verdict(o) == mine) {
+            mine.to_owned()
         } else {
-            format!(
-                "**{}**",
-                verdicts
-                    .iter()
-                    .map(|v| v.unwrap_or("–"))
-                    .collect::<Vec<_>>()
-                    .join(" → ")
-            )
+            let each: Vec<&str> = others
+                .iter()
+                .map(|o| o.map_or("–", |o| verdict(o)))
+                .chain(std::iter::once(mine))
+                .collect();
+            format!("**{}**", each.join(" → "))
         };
         let _ = writeln!(
             md,
@@ -236,7 +217,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             "value": value(Some(t)),
             "agree": agrees,
             "reference_verdicts": others.iter().map(|o| o.map(verdict)).collect::<Vec<_>>(),
-            "verdict": verdict(t),
+            "verdict": mine,
         }));
     }
     let _ = writeln!(
@@ -249,7 +230,6 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
         }
     );
     let json = json!({
-        "reference": names.join(", "),
         "references": names,
         "agree": agreeing,
         "differ": differing,

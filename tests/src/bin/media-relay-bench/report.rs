@@ -569,7 +569,13 @@ pub fn run(_quick: bool, machine: &str, out: &Path, references: &[PathBuf]) -> a
     if let Some((_, j)) = &comparison {
         println!(
             "compared with {}: {} agree, {} differ, {} not in two runs or more (report.md says which)",
-            s(j, "reference"),
+            j["references"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
             j["agree"],
             j["differ"],
             j["unmatched"]
