@@ -178,6 +178,9 @@ pub struct FileConfig {
     pub userspace_max_delay: Option<u64>,
     /// Nice value of the userspace path's threads.
     pub userspace_nice: Option<i32>,
+    /// Microseconds: a CPU wake-up latency request (PM QoS) held while
+    /// the daemon runs; absent: none.
+    pub cpu_wake_latency: Option<u32>,
     pub pin_root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     /// Prometheus `/metrics` and `/health` over HTTP (off when absent).
@@ -278,6 +281,10 @@ pub struct RunConfig {
     pub quality_telemetry: bool,
     /// The userspace path's threads and staleness bound.
     pub io: crate::media::IoConfig,
+    /// `cpu-wake-latency`: microseconds every CPU stays within of running
+    /// while the daemon runs (`host::hold_cpu_wake_latency`); `None`: the
+    /// host's own idle settings.
+    pub cpu_wake_latency: Option<u32>,
     pub pin_root: PathBuf,
     pub log_format: LogFormat,
     /// Where `/metrics` and `/health` are served, if anywhere.
@@ -305,6 +312,9 @@ pub const MAX_PORT_SHARING_PER_PORT: u64 = 4096;
 /// 8 MiB: some 300 ng requests a second (100 calls/s) for well over the
 /// seconds a controller retransmits in, at the size of a typical reply.
 pub const DEFAULT_NG_CACHE_BYTES: u64 = 8 << 20;
+/// `cpu-wake-latency` at most: past a millisecond every idle state of
+/// common hardware is allowed, so a request would change nothing.
+pub const MAX_CPU_WAKE_LATENCY_US: u32 = 1000;
 /// Below this one largest reply (a 64 KiB datagram) would not fit.
 pub const MIN_NG_CACHE_BYTES: u64 = 64 << 10;
 
@@ -545,6 +555,16 @@ impl RunConfig {
             }
             io
         };
+        let cpu_wake_latency = flags.cpu_wake_latency.or(file.cpu_wake_latency);
+        if let Some(us) = cpu_wake_latency.filter(|us| *us > MAX_CPU_WAKE_LATENCY_US) {
+            return Err(ConfigError::Invalid {
+                key: "cpu-wake-latency",
+                value: us.to_string(),
+                expected: format!(
+                    "between 0 (idle CPUs poll) and {MAX_CPU_WAKE_LATENCY_US} microseconds"
+                ),
+            });
+        }
         let ng_allow = parse_ng_allow(&flags.ng_allow.or(file.ng_allow).unwrap_or_default())?;
         Ok(Self {
             interfaces: specs,
@@ -563,6 +583,7 @@ impl RunConfig {
                 .or(file.quality_telemetry)
                 .unwrap_or(true),
             io,
+            cpu_wake_latency,
             pin_root: flags
                 .pin_root
                 .or(file.pin_root)

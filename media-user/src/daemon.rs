@@ -218,6 +218,33 @@ async fn next_bound(
     }
 }
 
+/// The `cpu-wake-latency` request; a host that refuses it costs latency,
+/// not media, so the daemon runs on and says why.
+fn hold_wake_latency(us: u32) -> Option<crate::host::CpuWakeLatency> {
+    match crate::host::hold_cpu_wake_latency(us) {
+        Ok(held) => {
+            // Lower when another process asks for less.
+            let in_force = crate::host::cpu_wake_latency_now()
+                .map_or_else(|e| format!("unknown ({e})"), |v| format!("{v} µs"));
+            info!(
+                requested_us = us,
+                %in_force,
+                "CPU wake-up latency request held: idle CPUs stay within it of running"
+            );
+            Some(held)
+        }
+        Err(e) => {
+            warn!(
+                requested_us = us,
+                error = %e,
+                path = crate::host::CPU_DMA_LATENCY,
+                "CPU wake-up latency request refused: the host's idle settings stay (run as root, or give the daemon write access to the path)"
+            );
+            None
+        }
+    }
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -230,6 +257,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Before anything touches the pins; held until this function returns
     // (declared first, dropped last).
     let _pin_lock = lock_pins(&cfg.pin_root)?;
+    // `cpu-wake-latency`: in force until this function returns.
+    let _wake_latency = cfg.cpu_wake_latency.and_then(hold_wake_latency);
     for i in &interfaces.0 {
         info!(
             name = %i.name,

@@ -339,6 +339,43 @@ pub fn raise_nofile(ports: u64) -> u64 {
     now
 }
 
+/// The kernel's PM QoS interface for CPU wake-up latency: while a process
+/// holds it open with a value written, no idle CPU enters a state that
+/// takes longer than that many microseconds to leave (0: idle CPUs poll).
+pub const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// A CPU wake-up latency request, in force while this value lives (the
+/// kernel drops it when the file is closed, also when the process dies).
+#[derive(Debug)]
+pub struct CpuWakeLatency {
+    _file: fs::File,
+    pub us: u32,
+}
+
+/// Ask the kernel to keep every CPU within `us` microseconds of running
+/// (`cpu-wake-latency`). On a VM whose vCPUs halt at once when idle
+/// (`haltpoll.guest_halt_poll_ns=0`, or no polling at all), every packet
+/// or message that wakes a thread otherwise waits for the hypervisor to
+/// run the vCPU again: the tails of latency move by hundreds of
+/// microseconds. Costs an idle core's power (or a burstable instance's
+/// CPU credit): for dedicated hosts.
+pub fn hold_cpu_wake_latency(us: u32) -> io::Result<CpuWakeLatency> {
+    use std::io::Write as _;
+    let value = i32::try_from(us).map_err(|_| io::Error::other("above i32::MAX µs"))?;
+    let mut file = fs::OpenOptions::new().write(true).open(CPU_DMA_LATENCY)?;
+    file.write_all(&value.to_ne_bytes())?;
+    Ok(CpuWakeLatency { _file: file, us })
+}
+
+/// The wake-up latency in force now, over every process's requests
+/// (microseconds; 2 000 000 000 when nobody asks).
+pub fn cpu_wake_latency_now() -> io::Result<i32> {
+    use std::io::Read as _;
+    let mut buf = [0_u8; 4];
+    fs::File::open(CPU_DMA_LATENCY)?.read_exact(&mut buf)?;
+    Ok(i32::from_ne_bytes(buf))
+}
+
 #[cfg(test)]
 mod reserved_tests {
     use super::{Reservation, reservation, reserved_with};

@@ -247,6 +247,11 @@ struct RunArgs {
     /// needs CAP_SYS_NICE).
     #[arg(long, allow_hyphen_values = true)]
     userspace_nice: Option<i32>,
+    /// Hold a CPU wake-up latency request of this many microseconds while
+    /// running (0: idle CPUs poll; for dedicated hosts, VMs whose idle
+    /// vCPUs halt at once above all).
+    #[arg(long)]
+    cpu_wake_latency: Option<u32>,
     /// bpffs directory for pinned maps (a layout version is appended).
     #[arg(long)]
     pin_root: Option<PathBuf>,
@@ -300,6 +305,7 @@ impl RunArgs {
             userspace_threads: self.userspace_threads,
             userspace_max_delay: self.userspace_max_delay,
             userspace_nice: self.userspace_nice,
+            cpu_wake_latency: self.cpu_wake_latency,
             pin_root: self.pin_root,
             log_format: self.log_format,
             metrics_listen: self.metrics_listen,

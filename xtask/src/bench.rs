@@ -11,6 +11,7 @@ pub fn run(
     only: &[String],
     compare: &[String],
     report_only: bool,
+    host_idle: bool,
 ) -> anyhow::Result<()> {
     // Writing the report again needs no privileges.
     if !report_only && !util::is_root() {
@@ -64,6 +65,9 @@ pub fn run(
     }
     if report_only {
         args.push("--report-only");
+    }
+    if host_idle {
+        args.push("--host-idle");
     }
     util::run(bin, &args)
 }

@@ -121,6 +121,10 @@ enum Command {
         /// beside another).
         #[arg(long)]
         report_only: bool,
+        /// Measure with the host's own CPU idle settings (by default the
+        /// bench holds a CPU wake-up latency of 0 µs: idle CPUs poll).
+        #[arg(long)]
+        host_idle: bool,
     },
 }
 
@@ -140,7 +144,8 @@ fn main() -> ExitCode {
             only,
             compare,
             report_only,
-        } => bench::run(quick, &only, &compare, report_only),
+            host_idle,
+        } => bench::run(quick, &only, &compare, report_only, host_idle),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
         Command::Fuzz {

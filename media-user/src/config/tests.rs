@@ -189,6 +189,14 @@ fn errors_name_the_key() {
             "config key `userspace-nice` = -21: a nice value between -20 and 19",
         ),
         (
+            "cpu-wake-latency = 1001",
+            "config key `cpu-wake-latency` = 1001: between 0 (idle CPUs poll) and 1000 microseconds",
+        ),
+        (
+            "cpu-wake-latency = -1",
+            "config t.toml, line 1 (`cpu-wake-latency`): invalid value: integer `-1`, expected u32",
+        ),
+        (
             "advertise = \"198.18.0.1\"",
             "config key `advertise` = 198.18.0.1: needs an interface",
         ),

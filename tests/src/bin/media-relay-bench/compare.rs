@@ -114,6 +114,12 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             .and_then(crate::host::describe_probe)
             .unwrap_or_else(|| "not measured (a run before the host probe)".to_owned())
     };
+    let idle = |r: &Value| {
+        r.get("build")
+            .and_then(|b| b.get("cpu_idle"))
+            .and_then(crate::host::describe_cpu_idle)
+            .unwrap_or_else(|| "not recorded (a run before the bench held a wake-up latency: the host's own settings)".to_owned())
+    };
     let text = |r: &Value, k: &str, missing: &str| {
         r.get(k)
             .and_then(Value::as_str)
@@ -124,7 +130,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
     for (i, (name, r)) in references.iter().enumerate() {
         let _ = writeln!(
             md,
-            "- {}: {}, generated {}; {}. Host speed: {}.",
+            "- {}: {}, generated {}; {}. Host speed: {}. CPU idle: {}.",
             if single {
                 "Reference".to_owned()
             } else {
@@ -136,7 +142,8 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
                 || "build not recorded".to_owned(),
                 |b| text(b, "summary", "build not recorded")
             ),
-            probe(r)
+            probe(r),
+            idle(r)
         );
     }
     let columns = if single {

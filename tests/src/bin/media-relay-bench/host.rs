@@ -246,6 +246,79 @@ pub fn describe_probe(p: &serde_json::Value) -> Option<String> {
     ))
 }
 
+/// How this host's CPUs idle, and the wake-up latency request in force
+/// (`requested_us`: the bench's own, `None` with `--host-idle`): an idle
+/// vCPU that halts at once makes every packet or message that wakes a
+/// thread wait for the hypervisor, which moves every tail. From sysfs.
+pub fn cpu_idle(requested_us: Option<u32>, refused: Option<String>) -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    let base = "/sys/devices/system/cpu/cpu0/cpuidle";
+    let states: Vec<String> = (0..16)
+        .map_while(|i| {
+            let name = read(&format!("{base}/state{i}/name"))?;
+            let latency = read(&format!("{base}/state{i}/latency")).unwrap_or_default();
+            let off = read(&format!("{base}/state{i}/disable")).is_some_and(|d| d == "1");
+            Some(format!(
+                "{name} {latency} µs{}",
+                if off { " (disabled)" } else { "" }
+            ))
+        })
+        .collect();
+    serde_json::json!({
+        "driver": read("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "governor": read("/sys/devices/system/cpu/cpuidle/current_governor_ro")
+            .or_else(|| read("/sys/devices/system/cpu/cpuidle/current_governor")),
+        "states": states,
+        "guest_halt_poll_ns": read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+        "requested_us": requested_us,
+        "refused": refused,
+        "in_force_us": media_user::host::cpu_wake_latency_now().ok(),
+    })
+}
+
+/// [`cpu_idle`]'s figures in a line.
+pub fn describe_cpu_idle(c: &serde_json::Value) -> Option<String> {
+    let text = |k: &str| c.get(k).and_then(serde_json::Value::as_str);
+    let held = match (
+        c.get("requested_us").and_then(serde_json::Value::as_u64),
+        text("refused"),
+    ) {
+        (Some(us), None) => format!(
+            "a wake-up latency of {us} µs held by the bench (PM QoS, every CPU: idle CPUs {})",
+            if us == 0 {
+                "poll"
+            } else {
+                "stay in shallow states"
+            }
+        ),
+        (Some(us), Some(why)) => {
+            format!("a wake-up latency of {us} µs asked for and refused ({why})")
+        }
+        (None, _) => {
+            "the host's own settings (`--host-idle`: no wake-up latency request)".to_owned()
+        }
+    };
+    let states: Vec<&str> = c
+        .get("states")?
+        .as_array()?
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    Some(format!(
+        "{held}; cpuidle driver {}, governor {}, states {}{}",
+        text("driver").unwrap_or("none"),
+        text("governor").unwrap_or("none"),
+        if states.is_empty() {
+            "none".to_owned()
+        } else {
+            states.join(", ")
+        },
+        text("guest_halt_poll_ns")
+            .map(|ns| format!(", guest_halt_poll_ns {ns}"))
+            .unwrap_or_default()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

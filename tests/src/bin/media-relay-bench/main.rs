@@ -80,6 +80,13 @@ struct Args {
     /// with several, a target agrees when every pair of runs does.
     #[arg(long)]
     compare: Vec<PathBuf>,
+    /// Measure with the host's own CPU idle settings. By default the bench
+    /// holds a CPU wake-up latency request of 0 µs for the whole run (PM
+    /// QoS; idle CPUs poll, for media-relay and rtpengine alike): a VM's
+    /// vCPU that halts when idle otherwise adds its wake-up, which varies
+    /// with the hypervisor, to every control-plane figure.
+    #[arg(long)]
+    host_idle: bool,
     /// Measure nothing: write the report again from the parts' results
     /// already in `--out` (with `--compare`: set a finished run beside
     /// another, e.g. two fresh clones' runs).
@@ -199,6 +206,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let mut build = describe_build(args.quick);
     println!("measuring: {}\n", build["summary"].as_str().unwrap_or("?"));
+    // Held until `run` returns: the parts and the report.
+    let (wake, refused) = if args.host_idle {
+        (None, None)
+    } else {
+        match media_user::host::hold_cpu_wake_latency(0) {
+            Ok(held) => (Some(held), None),
+            Err(e) => {
+                eprintln!(
+                    "\n*** WARNING: no CPU wake-up latency request ({}: {e}): the figures include idle vCPUs' wake-ups ***\n",
+                    media_user::host::CPU_DMA_LATENCY
+                );
+                (None, Some(e.to_string()))
+            }
+        }
+    };
+    let idle = host::cpu_idle((!args.host_idle).then_some(0), refused);
+    if let Some(line) = host::describe_cpu_idle(&idle) {
+        println!("CPU idle: {line}\n");
+    }
+    build["cpu_idle"] = idle;
     let probe = host::probe();
     if let Some(line) = host::describe_probe(&probe) {
         println!("host speed now: {line}\n");
@@ -252,5 +279,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Always: the report over whatever parts have results in `out`.
     report::run(args.quick, &machine, &args.out, &args.compare)?;
+    drop(wake);
     Ok(())
 }

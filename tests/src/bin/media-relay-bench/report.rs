@@ -448,6 +448,12 @@ pub fn run(_quick: bool, machine: &str, out: &Path, references: &[PathBuf]) -> a
              can be compared).\n"
         );
     }
+    if let Some(line) = build
+        .get("cpu_idle")
+        .and_then(crate::host::describe_cpu_idle)
+    {
+        let _ = writeln!(md, "CPU idle: {line}.\n");
+    }
     if let Some(g) = build.get("load_generator").and_then(Value::as_str) {
         let _ = writeln!(md, "Rate load: {g}.\n");
     }
