@@ -333,4 +333,38 @@ mod tests {
         assert!(TaskTimes::of("/proc/self").is_some());
         assert!(rss_kib() > 0);
     }
+
+    /// The report says whether the bench held the request, was refused
+    /// it, or measured the host's own settings, and how the CPUs idle.
+    #[test]
+    fn cpu_idle_is_described() {
+        let c = |requested: Option<u32>, refused: Option<&str>| {
+            serde_json::json!({
+                "driver": "haltpoll",
+                "governor": "haltpoll",
+                "states": ["POLL 0 µs", "haltpoll idle 1 µs"],
+                "guest_halt_poll_ns": "0",
+                "requested_us": requested,
+                "refused": refused,
+            })
+        };
+        assert_eq!(
+            describe_cpu_idle(&c(Some(0), None)).unwrap(),
+            "a wake-up latency of 0 µs held by the bench (PM QoS, every CPU: idle CPUs poll); \
+             cpuidle driver haltpoll, governor haltpoll, states POLL 0 µs, haltpoll idle 1 µs, \
+             guest_halt_poll_ns 0"
+        );
+        assert!(
+            describe_cpu_idle(&c(Some(0), Some("Permission denied")))
+                .unwrap()
+                .starts_with("a wake-up latency of 0 µs asked for and refused (Permission denied)")
+        );
+        assert!(
+            describe_cpu_idle(&c(None, None))
+                .unwrap()
+                .starts_with("the host's own settings")
+        );
+        // A report from before the bench recorded it says nothing.
+        assert_eq!(describe_cpu_idle(&serde_json::json!({})), None);
+    }
 }
