@@ -41,6 +41,35 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// `media-relay run -i lo --pin-root <root> <args>` inside `ns`, its
+    /// output piped.
+    fn start(ns: &Netns, root: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self {
+            child: Some(
+                ns.command(binary())
+                    .args(["run", "-i", "lo", "--pin-root"])
+                    .arg(root)
+                    .args(args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            ),
+            pin_root: root.to_owned(),
+        })
+    }
+
+    /// SIGTERM, and the daemon's output once it has exited (its pins stay,
+    /// for `Drop` or the test to remove).
+    fn stop(&mut self) -> anyhow::Result<Output> {
+        let child = self.child.take().context("the daemon")?;
+        // SAFETY: kill(2) on the child we spawned. `nsenter` execs the
+        // binary, so the pid is media-relay's.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        Ok(child.wait_with_output()?)
+    }
+}
+
 /// Run `media-relay run <args>` inside `ns` and wait (bounded) for it.
 fn run_in(ns: &Netns, args: &[&str]) -> anyhow::Result<Output> {
     let mut child = ns
@@ -130,17 +159,7 @@ fn auto_falls_back_and_stays_attached_until_teardown() -> anyhow::Result<()> {
     }
     let ns = Netns::new("auto")?;
     let root = pin_root("auto");
-    let mut running = Running {
-        child: Some(
-            ns.command(binary())
-                .args(["run", "-i", "lo", "--pin-root"])
-                .arg(&root)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?,
-        ),
-        pin_root: root.clone(),
-    };
+    let mut running = Running::start(&ns, &root, &[])?;
     // Wait (bounded) for the attachment to show up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -173,11 +192,7 @@ fn auto_falls_back_and_stays_attached_until_teardown() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&busy.stderr)
     );
-    let child = running.child.take().context("the daemon")?;
-    // SAFETY: kill(2) on the child we spawned. `nsenter` execs the binary,
-    // so the pid is media-relay's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output()?;
+    let out = running.stop()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
@@ -240,19 +255,12 @@ fn cpu_wake_latency_is_held_while_the_daemon_runs() -> anyhow::Result<()> {
     }
     let ns = Netns::new("wake")?;
     let root = pin_root("wake");
-    let mut running = Running {
-        child: Some(
-            ns.command(binary())
-                .args(["run", "-i", "lo", "--log-format", "json"])
-                .args(["--cpu-wake-latency", &ASKED.to_string()])
-                .arg("--pin-root")
-                .arg(&root)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?,
-        ),
-        pin_root: root.clone(),
-    };
+    let asked = ASKED.to_string();
+    let mut running = Running::start(
+        &ns,
+        &root,
+        &["--log-format", "json", "--cpu-wake-latency", &asked],
+    )?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while media_user::host::cpu_wake_latency_now()? != ASKED {
         anyhow::ensure!(
@@ -262,10 +270,7 @@ fn cpu_wake_latency_is_held_while_the_daemon_runs() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let child = running.child.take().context("the daemon")?;
-    // SAFETY: kill(2) on the child we spawned (`nsenter` execs the binary).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output()?;
+    let out = running.stop()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(out.status.success(), "{stderr}");
     anyhow::ensure!(
