@@ -19,6 +19,26 @@ use crate::{netns::Netns, testdir::TestDir};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The tests' `RUST_LOG` for every daemon: media_user's debug lines (a
+/// line per route, per flow) are there to read when a test fails.
+pub const TEST_LOG_FILTER: &str = "info,media_user=debug";
+
+static LOG_FILTER: OnceLock<&'static str> = OnceLock::new();
+
+/// Every daemon started from now on in this process logs with `filter`
+/// (`RUST_LOG`) instead of [`TEST_LOG_FILTER`]: a benchmark sets `info`,
+/// the daemon's own default, so it measures the daemon as deployed rather
+/// than one writing a debug line per route. Set once; false if it was set
+/// already.
+pub fn set_log_filter(filter: &'static str) -> bool {
+    LOG_FILTER.set(filter).is_ok()
+}
+
+/// The `RUST_LOG` daemons get (see [`set_log_filter`]).
+pub fn log_filter() -> &'static str {
+    LOG_FILTER.get().copied().unwrap_or(TEST_LOG_FILTER)
+}
+
 /// `target/<profile>/`, where the binaries of this build are.
 fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -148,18 +168,6 @@ impl Daemon {
         Self::start_ng(dir, ns, args, "127.0.0.1:2223".parse()?)
     }
 
-    /// [`Daemon::start`] with `key=value` in its environment from the
-    /// first run on (e.g. `RUST_LOG=info`: a bench setting up 100 000
-    /// calls logs as a deployed daemon does, not a line per route).
-    pub fn start_env(
-        dir: &TestDir,
-        ns: &Netns,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
-        Self::start_inner(dir, ns, args, "127.0.0.1:2223".parse()?, env)
-    }
-
     /// [`Daemon::start`] on the bed's two legs (`-i ra -i rb`: A's side
     /// and B's) with the data plane in XDP `mode` (`native`, `generic`, or
     /// `off` for the userspace path) and `extra` arguments.
@@ -184,16 +192,6 @@ impl Daemon {
         args: &[&str],
         ng: SocketAddr,
     ) -> anyhow::Result<Self> {
-        Self::start_inner(dir, ns, args, ng, &[])
-    }
-
-    fn start_inner(
-        dir: &TestDir,
-        ns: &Netns,
-        args: &[&str],
-        ng: SocketAddr,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/media-relay-test-d{}-{n}",
@@ -216,10 +214,7 @@ impl Daemon {
             log: PathBuf::new(),
             netns: ns.name().to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            env: Vec::new(),
             logs: dir.create_dir("media-relay")?,
             runs: 0,
         };
@@ -241,7 +236,7 @@ impl Daemon {
             .arg(self.ng.to_string())
             .arg("--pin-root")
             .arg(&self.pin_root)
-            .env("RUST_LOG", "info,media_user=debug")
+            .env("RUST_LOG", log_filter())
             .env("RUNTIME_DIRECTORY", &self.runtime_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -339,8 +334,8 @@ impl Daemon {
         self.args.iter().any(|a| a == arg)
     }
 
-    /// `key=value` in the environment of the next runs (it overrides the
-    /// tests' `RUST_LOG`, for one).
+    /// `key=value` in the environment of the next runs (it overrides
+    /// [`log_filter`]'s `RUST_LOG`, for one).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));

@@ -246,6 +246,97 @@ pub fn describe_probe(p: &serde_json::Value) -> Option<String> {
     ))
 }
 
+/// A machine this busy (share of all its CPUs) is idle enough to measure.
+const SETTLED_BUSY: f64 = 0.05;
+/// ... for this many consecutive 1 s windows.
+const SETTLED_WINDOWS: u32 = 3;
+/// Measure anyway after this long (saying so).
+const SETTLE_MAX_S: u32 = 120;
+
+/// `Dirty:` of `/proc/meminfo`, KiB: page cache still to be written back.
+fn dirty_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Dirty:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Before the first part: write back the page cache's dirty pages (a
+/// fresh build leaves gigabytes of them, and their writeback's I/O and
+/// kernel threads would land in the first parts' figures), then wait until
+/// the machine is idle: under [`SETTLED_BUSY`] of its CPUs for
+/// [`SETTLED_WINDOWS`] seconds in a row, at most [`SETTLE_MAX_S`]. Shows
+/// progress; returns what it found, for `build.json`.
+pub fn settle() -> serde_json::Value {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let dirty_before = dirty_kib();
+    eprintln!(
+        "==> settling the host: writing back {} MiB of dirty pages, then waiting for the CPUs to idle",
+        dirty_before.map_or("?".to_owned(), |k| (k / 1024).to_string())
+    );
+    nix::unistd::sync();
+    let synced_s = started.elapsed().as_secs_f64();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let mut quiet = 0;
+    let mut last = f64::NAN;
+    let mut windows = 0;
+    while quiet < SETTLED_WINDOWS && windows < SETTLE_MAX_S {
+        let Ok(a) = MachineCpu::read() else { break };
+        std::thread::sleep(Duration::from_secs(1));
+        let Ok(b) = MachineCpu::read() else { break };
+        windows += 1;
+        last = a.until(b).busy / cpus;
+        if last < SETTLED_BUSY {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            if windows % 10 == 0 {
+                eprintln!(
+                    "    still busy after {windows} s: {:.0} % of the CPUs",
+                    100.0 * last
+                );
+            }
+        }
+    }
+    let settled = quiet >= SETTLED_WINDOWS;
+    if !settled {
+        eprintln!(
+            "\n*** WARNING: the host did not idle within {SETTLE_MAX_S} s ({:.0} % busy in the last second): \
+             something else is running, and its load is in the figures ***\n",
+            100.0 * last
+        );
+    }
+    serde_json::json!({
+        "dirty_kib_before": dirty_before,
+        "sync_s": synced_s,
+        "waited_s": started.elapsed().as_secs_f64(),
+        "busy_last_s": last,
+        "settled": settled,
+    })
+}
+
+/// [`settle`]'s result in a line.
+pub fn describe_settle(s: &serde_json::Value) -> Option<String> {
+    let f = |k: &str| s.get(k).and_then(serde_json::Value::as_f64);
+    let settled = s.get("settled")?.as_bool()?;
+    Some(format!(
+        "{} MiB of dirty pages written back in {:.1} s; {} after {:.0} s ({:.1} % busy in the last second)",
+        s.get("dirty_kib_before")
+            .and_then(serde_json::Value::as_u64)
+            .map_or("?".to_owned(), |k| (k / 1024).to_string()),
+        f("sync_s")?,
+        if settled { "idle" } else { "NOT idle" },
+        f("waited_s")?,
+        100.0 * f("busy_last_s")?,
+    ))
+}
+
 /// How this host's CPUs idle, and the wake-up latency request in force
 /// (`requested_us`: the bench's own, `None` with `--host-idle`): an idle
 /// vCPU that halts at once makes every packet or message that wakes a
@@ -366,5 +457,24 @@ mod tests {
         );
         // A report from before the bench recorded it says nothing.
         assert_eq!(describe_cpu_idle(&serde_json::json!({})), None);
+    }
+
+    /// What settling found is read from this host and said in a line.
+    #[test]
+    fn settling_is_described() {
+        assert!(dirty_kib().is_some(), "Dirty: in /proc/meminfo");
+        let line = describe_settle(&serde_json::json!({
+            "dirty_kib_before": 2_097_152,
+            "sync_s": 4.31,
+            "waited_s": 9.0,
+            "busy_last_s": 0.012,
+            "settled": true,
+        }))
+        .unwrap();
+        assert_eq!(
+            line,
+            "2048 MiB of dirty pages written back in 4.3 s; idle after 9 s (1.2 % busy in the last second)"
+        );
+        assert_eq!(describe_settle(&serde_json::json!({})), None);
     }
 }

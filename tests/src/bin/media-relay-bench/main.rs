@@ -121,6 +121,10 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The `RUST_LOG` of every media-relay the bench starts: the daemon's
+/// default.
+const DAEMON_LOG: &str = "info";
+
 /// Set when [`files`] made the directory, so `main` can clean it up.
 static FILES_CREATED: OnceLock<PathBuf> = OnceLock::new();
 
@@ -169,7 +173,7 @@ fn describe_build(quick: bool) -> serde_json::Value {
     let rtpengine = output("dpkg-query", &["-W", "-f=${Version}", "rtpengine-daemon"])
         .filter(|v| !v.is_empty());
     let summary = format!(
-        "{} ({} build{}{}), rtpengine {}; {}",
+        "{} ({} build{}{}, RUST_LOG={DAEMON_LOG}), rtpengine {}; {}",
         bin.display(),
         profile,
         commit
@@ -187,6 +191,7 @@ fn describe_build(quick: bool) -> serde_json::Value {
         "commit": commit,
         "rustc": rustc,
         "rtpengine": rtpengine,
+        "media_relay_log": DAEMON_LOG,
         "quick": quick,
         "summary": summary,
     })
@@ -204,6 +209,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         if args.quick { " (quick)" } else { "" }
     );
     std::fs::create_dir_all(&args.out)?;
+    // Every media-relay the bench starts logs at the daemon's own default
+    // level, as deployed (the tests' debug lines cost the control plane a
+    // write per route).
+    media_relay_tests::daemon::set_log_filter(DAEMON_LOG);
     let mut build = describe_build(args.quick);
     println!("measuring: {}\n", build["summary"].as_str().unwrap_or("?"));
     // Held until `run` returns: the parts and the report.
@@ -226,6 +235,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         println!("CPU idle: {line}\n");
     }
     build["cpu_idle"] = idle;
+    let settle = host::settle();
+    if let Some(line) = host::describe_settle(&settle) {
+        println!("host settled: {line}\n");
+    }
+    build["settle"] = settle;
     let probe = host::probe();
     if let Some(line) = host::describe_probe(&probe) {
         println!("host speed now: {line}\n");
@@ -242,23 +256,47 @@ fn run(args: &Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&build)?,
     )?;
     let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    // The control plane's latency runs (ng, SIP setup delay) are spread
+    // over the bench: one after `xdp`, one after `capacity`, the last after
+    // `overload` (back to back when those parts are not run). Runs minutes
+    // apart on a shared host differ more than runs seconds apart; spread,
+    // a run's own range holds that drift and says what a user's run may see.
+    let mut ng = wants("sessions").then(|| sessions::Trials::new(args.quick));
+    let mut sip = wants("sip").then(|| sip::Trials::new(args.quick));
+    fn control_plane_runs(
+        ng: &mut Option<sessions::Trials>,
+        sip: &mut Option<sip::Trials>,
+    ) -> anyhow::Result<()> {
+        if let Some(t) = ng {
+            t.trial()?;
+        }
+        if let Some(t) = sip {
+            t.delay_trial()?;
+        }
+        Ok(())
+    }
     if wants("xdp") {
         xdp::run(args.quick, &machine, &args.out)?;
     }
-    if wants("sessions") {
-        sessions::run(args.quick, &machine, &args.out)?;
-    }
-    if wants("sip") {
-        sip::run(args.quick, &machine, &args.out)?;
+    control_plane_runs(&mut ng, &mut sip)?;
+    if let Some(t) = &mut sip {
+        t.calls_per_second()?;
     }
     if wants("capacity") {
         capacity::run(args.quick, &machine, &args.out)?;
+        control_plane_runs(&mut ng, &mut sip)?;
     }
     if wants("latency") {
         latency::run(args.quick, &machine, &args.out)?;
     }
     if wants("overload") {
         latency::overload::run(args.quick, &machine, &args.out)?;
+    }
+    if let Some(t) = ng.take() {
+        t.finish(&machine, &args.out)?;
+    }
+    if let Some(t) = sip.take() {
+        t.finish(&machine, &args.out)?;
     }
     if wants("scale") {
         scale::run(args.quick, &machine, &args.out)?;

@@ -454,6 +454,9 @@ pub fn run(_quick: bool, machine: &str, out: &Path, references: &[PathBuf]) -> a
     {
         let _ = writeln!(md, "CPU idle: {line}.\n");
     }
+    if let Some(line) = build.get("settle").and_then(crate::host::describe_settle) {
+        let _ = writeln!(md, "Before the first part: {line}.\n");
+    }
     if let Some(g) = build.get("load_generator").and_then(Value::as_str) {
         let _ = writeln!(md, "Rate load: {g}.\n");
     }

@@ -125,9 +125,7 @@ fn setup(calls: u32, ports: Ports) -> anyhow::Result<(Bed, Daemon, Vec<SocketAdd
     if ports == Ports::Shared {
         args.push("--port-sharing");
     }
-    // The tests log the media daemon's debug lines (one per route, say);
-    // the bench's daemons log as a deployed daemon does.
-    let daemon = Daemon::start_env(crate::files(), &bed.relay, &args, &[("RUST_LOG", "info")])?;
+    let daemon = Daemon::start(crate::files(), &bed.relay, &args)?;
     let ng = NgClient::new(&bed.relay, daemon.ng)?;
     let mut a_to = Vec::with_capacity(calls as usize);
     let started = Instant::now();

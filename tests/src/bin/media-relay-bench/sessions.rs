@@ -78,48 +78,91 @@ fn setup_rate(cycles: usize) -> anyhow::Result<Setup> {
     })
 }
 
-pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
-    let cycles = if quick { 500 } else { 2000 };
-    let mut rate = Figure::default();
-    let (mut p50, mut p99, mut p999) = (Figure::default(), Figure::default(), Figure::default());
-    for i in 0..MIN_RUNS {
-        eprintln!(
-            "==> ng: {cycles} offer+answer+delete cycles (run {} of {MIN_RUNS})",
-            i + 1
-        );
-        let s = setup_rate(cycles)?;
-        let (cps, a, b, c, _, _) = s.rate;
-        rate.push(cps);
-        p50.push(a);
-        p99.push(b);
-        p999.push(c);
+/// The ng figures, one run (2 000 cycles on a fresh daemon) at a time: the
+/// bench spreads the runs over its whole length (`main`), so that their
+/// spread holds the host's drift over a run, not only the seconds between
+/// runs back to back.
+pub struct Trials {
+    cycles: usize,
+    runs: usize,
+    rate: Figure,
+    p50: Figure,
+    p99: Figure,
+    p999: Figure,
+}
+
+impl Trials {
+    pub fn new(quick: bool) -> Self {
+        Self {
+            cycles: if quick { 500 } else { 2000 },
+            runs: 0,
+            rate: Figure::default(),
+            p50: Figure::default(),
+            p99: Figure::default(),
+            p999: Figure::default(),
+        }
     }
-    let verdict = Verdict::of(p99.median() < 1000.0);
-    let md = format!(
-        "ng over loopback, one client, {MIN_RUNS} runs of {cycles} offer+answer+delete cycles (a fresh daemon each); \
-         median (min–max): **{}** cycles/s; offer+answer latency p50 {} µs, p99 {} µs, p99.9 {} µs.\n",
-        rate.show_int(),
-        p50.show(0),
-        p99.show(0),
-        p999.show(0),
-    );
-    print!(
-        "## Media sessions over ng\n\n{md}\n(target p99 < 1 ms: {})\n\n",
-        verdict.word()
-    );
-    let json = serde_json::json!({
-        "machine": machine,
-        "ng": {
-            "cycles": cycles,
-            "runs": MIN_RUNS,
-            "cycles_per_sec": rate.json(),
-            "offer_answer_us": { "p50": p50.json(), "p99": p99.json(), "p999": p999.json() },
-        },
-        "targets": [target("ng offer+answer latency p99 (µs)", &p99, "< 1000", &verdict)],
-        "markdown": md,
-    });
-    let path = out.join("sessions.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("report: {}\n", path.display());
-    Ok(())
+
+    /// One run, unless [`MIN_RUNS`] are done.
+    pub fn trial(&mut self) -> anyhow::Result<()> {
+        if self.runs >= MIN_RUNS {
+            return Ok(());
+        }
+        self.runs += 1;
+        eprintln!(
+            "==> ng: {} offer+answer+delete cycles (run {} of {MIN_RUNS})",
+            self.cycles, self.runs
+        );
+        let s = setup_rate(self.cycles)?;
+        let (cps, a, b, c, _, _) = s.rate;
+        self.rate.push(cps);
+        self.p50.push(a);
+        self.p99.push(b);
+        self.p999.push(c);
+        Ok(())
+    }
+
+    /// The runs still missing, then `sessions.json`.
+    pub fn finish(mut self, machine: &str, out: &Path) -> anyhow::Result<()> {
+        while self.runs < MIN_RUNS {
+            self.trial()?;
+        }
+        let Self {
+            cycles,
+            rate,
+            p50,
+            p99,
+            p999,
+            ..
+        } = self;
+        let verdict = Verdict::of(p99.median() < 1000.0);
+        let md = format!(
+            "ng over loopback, one client, {MIN_RUNS} runs of {cycles} offer+answer+delete cycles (a fresh daemon each; \
+             spread over the bench's length when every part runs); median (min–max): **{}** cycles/s; offer+answer latency p50 {} µs, \
+             p99 {} µs, p99.9 {} µs.\n",
+            rate.show_int(),
+            p50.show(0),
+            p99.show(0),
+            p999.show(0),
+        );
+        print!(
+            "## Media sessions over ng\n\n{md}\n(target p99 < 1 ms: {})\n\n",
+            verdict.word()
+        );
+        let json = serde_json::json!({
+            "machine": machine,
+            "ng": {
+                "cycles": cycles,
+                "runs": MIN_RUNS,
+                "cycles_per_sec": rate.json(),
+                "offer_answer_us": { "p50": p50.json(), "p99": p99.json(), "p999": p999.json() },
+            },
+            "targets": [target("ng offer+answer latency p99 (µs)", &p99, "< 1000", &verdict)],
+            "markdown": md,
+        });
+        let path = out.join("sessions.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+        println!("report: {}\n", path.display());
+        Ok(())
+    }
 }

@@ -15,7 +15,7 @@ use media_relay_tests::{
     Bed, BedOptions,
     bed::{self, A_V4, B_V4, RA_V4},
     daemon::Daemon,
-    sipp::{SippOptions, run_pair},
+    sipp::{Sipp, SippOptions},
 };
 
 use crate::figure::{Figure, MIN_RUNS, Verdict, target};
@@ -210,20 +210,30 @@ fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<(u64, u64)> {
     client.call_length = Duration::from_millis(200);
     client.trace_msg = false;
     let started = Instant::now();
-    let result = run_pair(
-        crate::files(),
-        &bed.b,
-        &server,
-        &bed.a,
-        &client,
-        Duration::from_secs(u64::from(seconds) * 6 + 30),
-    );
+    let end = started + Duration::from_secs(u64::from(seconds) * 6 + 30);
+    let uas = Sipp::start(crate::files(), &bed.b, &server)?;
+    let uac = Sipp::start(crate::files(), &bed.a, &client)?;
+    // The calls are the UAC's: it counts every call it placed as
+    // successful or failed. The UAS only says whether it saw them all (it
+    // waits for calls that failed on the way, and is stopped then).
+    let result = uac.wait(end.saturating_duration_since(Instant::now()));
+    let grace = match &result {
+        Ok(r) if r.exit_code == 0 => end.saturating_duration_since(Instant::now()),
+        _ => Duration::ZERO,
+    };
+    if let Err(e) = uas.wait(grace.max(Duration::from_secs(3))) {
+        let e = e.to_string();
+        eprintln!(
+            "    {rate} calls/s, the UAS: {}",
+            e.lines().next().unwrap_or_default()
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     drop((daemon, bed));
     let (ok_calls, failed) = match result {
-        Ok((_, c)) => (c.successful, c.failed),
+        Ok(c) => (c.successful, u64::from(n) - c.successful.min(u64::from(n))),
         Err(e) => {
-            eprintln!("    {rate} calls/s: {e:#}");
+            eprintln!("    {rate} calls/s, the UAC: {e:#}");
             (0, u64::from(n))
         }
     };
@@ -231,47 +241,173 @@ fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<(u64, u64)> {
     Ok((ok_calls, failed))
 }
 
-pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
-    // 1. Added setup delay: MIN_RUNS runs, a fresh daemon each.
-    let calls = if quick { 100 } else { 700 };
-    let mut delay: [[Figure; 3]; 2] = Default::default();
-    for r in 0..MIN_RUNS {
-        eprintln!(
-            "==> sip: {calls} calls by a probe, timing the agent (run {} of {MIN_RUNS})",
-            r + 1
-        );
-        let (inv, ok) = delay_run(calls)?;
-        for k in 0..3 {
-            delay[0][k].push(inv[k]);
-            delay[1][k].push(ok[k]);
+/// (offered rate, successful, failed) per SIPp run; the sustained rate.
+type Cps = (Vec<(u32, u64, u64)>, Option<u32>);
+
+/// The SIP agent's figures. The setup delay is measured one run (a fresh
+/// daemon) at a time, and the bench spreads the runs over its whole length
+/// (`main`), so that their spread holds the host's drift over a run; calls
+/// per second is one search, at the part's own place.
+pub struct Trials {
+    quick: bool,
+    calls: usize,
+    runs: usize,
+    delay: [[Figure; 3]; 2],
+    cps: Option<Cps>,
+}
+
+impl Trials {
+    pub fn new(quick: bool) -> Self {
+        Self {
+            quick,
+            calls: if quick { 100 } else { 700 },
+            runs: 0,
+            delay: Default::default(),
+            cps: None,
         }
     }
-    let mut md = format!(
-        "Setup delay added by the agent (µs, one call at a time, including the media node's ng round trip; \
-         {MIN_RUNS} runs of {calls} calls, median (min–max)):\n\n| hop | p50 | p99 | p99.9 |\n|---|---:|---:|---:|\n"
-    );
-    for (name, d) in [
-        ("INVITE in → INVITE out (offer)", &delay[0]),
-        ("200 in → 200 out (answer)", &delay[1]),
-    ] {
-        let _ = writeln!(
-            md,
-            "| {name} | {} | {} | {} |",
-            d[0].show(0),
-            d[1].show(0),
-            d[2].show(0)
+
+    /// One run of the setup delay, unless [`MIN_RUNS`] are done.
+    pub fn delay_trial(&mut self) -> anyhow::Result<()> {
+        if self.runs >= MIN_RUNS {
+            return Ok(());
+        }
+        self.runs += 1;
+        eprintln!(
+            "==> sip: {} calls by a probe, timing the agent (run {} of {MIN_RUNS})",
+            self.calls, self.runs
         );
+        let (inv, ok) = delay_run(self.calls)?;
+        for k in 0..3 {
+            self.delay[0][k].push(inv[k]);
+            self.delay[1][k].push(ok[k]);
+        }
+        Ok(())
     }
 
-    // 2. Calls per second with SIPp: rising one run per rate until calls
-    // fail, then the highest passing rate again until it has MIN_RUNS
-    // runs without a failed call (one lower if it fails meanwhile).
-    let rates: &[u32] = if quick {
-        &[100, 200]
+    /// The calls-per-second search (once).
+    pub fn calls_per_second(&mut self) -> anyhow::Result<()> {
+        if self.cps.is_none() {
+            self.cps = Some(cps_search(self.quick)?);
+        }
+        Ok(())
+    }
+
+    /// What is still missing, then `sip.json`.
+    pub fn finish(mut self, machine: &str, out: &Path) -> anyhow::Result<()> {
+        while self.runs < MIN_RUNS {
+            self.delay_trial()?;
+        }
+        self.calls_per_second()?;
+        let Self {
+            quick,
+            calls,
+            delay,
+            cps,
+            ..
+        } = self;
+        let (results, sustained) = cps.unwrap_or_default();
+        let (rates, seconds) = cps_plan(quick);
+        let mut md = format!(
+            "Setup delay added by the agent (µs, one call at a time, including the media node's ng round trip; \
+             {MIN_RUNS} runs of {calls} calls, spread over the bench's length when every part runs; median (min–max)):\n\n\
+             | hop | p50 | p99 | p99.9 |\n|---|---:|---:|---:|\n"
+        );
+        for (name, d) in [
+            ("INVITE in → INVITE out (offer)", &delay[0]),
+            ("200 in → 200 out (answer)", &delay[1]),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                d[0].show(0),
+                d[1].show(0),
+                d[2].show(0)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nCalls per second through the agent with media anchoring (SIPp UAC → agent → SIPp UAS, {seconds} s per \
+             run, calls held 200 ms; SIPp, the agent and the media daemon share the machine's CPUs). The sustained rate is \
+             the highest one with no failed call in each of {MIN_RUNS} runs.\n\n| offered calls/s | runs | successful | failed |\n|---:|---:|---:|---:|"
+        );
+        let mut rows: Vec<u32> = results.iter().map(|r| r.0).collect();
+        rows.dedup();
+        for rate in &rows {
+            let rs: Vec<_> = results.iter().filter(|r| r.0 == *rate).collect();
+            let _ = writeln!(
+                md,
+                "| {rate} | {} | {} | {} |",
+                rs.len(),
+                rs.iter().map(|r| r.1).sum::<u64>(),
+                rs.iter().map(|r| r.2).sum::<u64>()
+            );
+        }
+        let top = *rates.last().unwrap_or(&0);
+        let cps_verdict = match sustained {
+            _ if quick => Verdict::NotJudged(format!("--quick offers at most {top} calls/s")),
+            Some(r) => Verdict::of(r >= 1000),
+            None => Verdict::Missed,
+        };
+        let _ = writeln!(
+            md,
+            "\nSustained: {} calls/s (target ≥ 1 000: {}).",
+            sustained.map_or("none".to_owned(), |r| r.to_string()),
+            cps_verdict.sentence()
+        );
+        let delay_verdict = |d: &[Figure; 3]| Verdict::of(d[1].median() < 2000.0);
+        let targets = vec![
+            target(
+                "SIP calls/s sustained with media anchoring",
+                sustained.map(f64::from),
+                ">= 1000",
+                &cps_verdict,
+            ),
+            target(
+                "SIP setup delay added, INVITE p99 (µs)",
+                &delay[0][1],
+                "< 2000",
+                &delay_verdict(&delay[0]),
+            ),
+            target(
+                "SIP setup delay added, 200 OK p99 (µs)",
+                &delay[1][1],
+                "< 2000",
+                &delay_verdict(&delay[1]),
+            ),
+        ];
+        print!("## SIP agent\n\n{md}\n");
+        let leg = |d: &[Figure; 3]| serde_json::json!({ "p50": d[0].json(), "p99": d[1].json(), "p999": d[2].json() });
+        let json = serde_json::json!({
+            "machine": machine,
+            "setup_delay_us": { "calls_per_run": calls, "runs": MIN_RUNS, "invite": leg(&delay[0]), "ok": leg(&delay[1]) },
+            "cps": results.iter().map(|(r, o, f)| serde_json::json!({ "rate": r, "successful": o, "failed": f })).collect::<Vec<_>>(),
+            "sustained_cps": sustained,
+            "targets": targets,
+            "markdown": md,
+        });
+        let path = out.join("sip.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+        println!("report: {}\n", path.display());
+        Ok(())
+    }
+}
+
+/// The SIPp rates tried, and seconds per run.
+fn cps_plan(quick: bool) -> (&'static [u32], u32) {
+    if quick {
+        (&[100, 200], 3)
     } else {
-        &[200, 400, 600, 800, 1000, 1200, 1500]
-    };
-    let seconds = if quick { 3 } else { 5 };
+        (&[200, 400, 600, 800, 1000, 1200, 1500], 5)
+    }
+}
+
+/// Calls per second with SIPp: rising one run per rate until calls fail,
+/// then the highest passing rate again until it has [`MIN_RUNS`] runs
+/// without a failed call (one lower if it fails meanwhile). Returns every
+/// run and the sustained rate.
+fn cps_search(quick: bool) -> anyhow::Result<Cps> {
+    let (rates, seconds) = cps_plan(quick);
     let mut results: Vec<(u32, u64, u64)> = Vec::new();
     let mut highest = None;
     for (i, &rate) in rates.iter().enumerate() {
@@ -307,69 +443,5 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         }
         highest = i.checked_sub(1);
     }
-    let _ = writeln!(
-        md,
-        "\nCalls per second through the agent with media anchoring (SIPp UAC → agent → SIPp UAS, {seconds} s per \
-         run, calls held 200 ms; SIPp, the agent and the media daemon share the machine's CPUs). The sustained rate is \
-         the highest one with no failed call in each of {MIN_RUNS} runs.\n\n| offered calls/s | runs | successful | failed |\n|---:|---:|---:|---:|"
-    );
-    let mut rows: Vec<u32> = results.iter().map(|r| r.0).collect();
-    rows.dedup();
-    for rate in &rows {
-        let rs: Vec<_> = results.iter().filter(|r| r.0 == *rate).collect();
-        let _ = writeln!(
-            md,
-            "| {rate} | {} | {} | {} |",
-            rs.len(),
-            rs.iter().map(|r| r.1).sum::<u64>(),
-            rs.iter().map(|r| r.2).sum::<u64>()
-        );
-    }
-    let top = *rates.last().unwrap_or(&0);
-    let cps_verdict = match sustained {
-        _ if quick => Verdict::NotJudged(format!("--quick offers at most {top} calls/s")),
-        Some(r) => Verdict::of(r >= 1000),
-        None => Verdict::Missed,
-    };
-    let _ = writeln!(
-        md,
-        "\nSustained: {} calls/s (target ≥ 1 000: {}).",
-        sustained.map_or("none".to_owned(), |r| r.to_string()),
-        cps_verdict.sentence()
-    );
-    let delay_verdict = |d: &[Figure; 3]| Verdict::of(d[1].median() < 2000.0);
-    let targets = vec![
-        target(
-            "SIP calls/s sustained with media anchoring",
-            sustained.map(f64::from),
-            ">= 1000",
-            &cps_verdict,
-        ),
-        target(
-            "SIP setup delay added, INVITE p99 (µs)",
-            &delay[0][1],
-            "< 2000",
-            &delay_verdict(&delay[0]),
-        ),
-        target(
-            "SIP setup delay added, 200 OK p99 (µs)",
-            &delay[1][1],
-            "< 2000",
-            &delay_verdict(&delay[1]),
-        ),
-    ];
-    print!("## SIP agent\n\n{md}\n");
-    let leg = |d: &[Figure; 3]| serde_json::json!({ "p50": d[0].json(), "p99": d[1].json(), "p999": d[2].json() });
-    let json = serde_json::json!({
-        "machine": machine,
-        "setup_delay_us": { "calls_per_run": calls, "runs": MIN_RUNS, "invite": leg(&delay[0]), "ok": leg(&delay[1]) },
-        "cps": results.iter().map(|(r, o, f)| serde_json::json!({ "rate": r, "successful": o, "failed": f })).collect::<Vec<_>>(),
-        "sustained_cps": sustained,
-        "targets": targets,
-        "markdown": md,
-    });
-    let path = out.join("sip.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("report: {}\n", path.display());
-    Ok(())
+    Ok((results, sustained))
 }

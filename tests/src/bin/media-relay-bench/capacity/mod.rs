@@ -20,7 +20,9 @@
 //! 4. Flat out for a while. On veth the first hops' softirq work runs on
 //!    the generator's CPU, so the generator is slowed by the path itself:
 //!    a flat-out run without loss measures the path's capacity on this
-//!    machine (a lower bound: the generator's own limit).
+//!    machine (a lower bound: the generator's own limit). XDP native losing
+//!    under 5 % flat out in every run is generator-bound too: a ratio over
+//!    it short of its target is "not measurable", not missed.
 //! 5. Otherwise search the rate: paced trials (bursts of 0.25 ms worth of
 //!    frames from a SCHED_FIFO thread that sleeps in between), starting at
 //!    the flat-out delivered rate and bisecting between the highest rate
@@ -94,6 +96,11 @@ impl Capacity {
     /// Every run lost nothing flat out: the figure is the generator's.
     fn flat_ok(&self) -> bool {
         self.runs.iter().all(|r| r.flat_ok)
+    }
+
+    /// The highest loss of any run's flat-out trial.
+    fn flat_loss_max(&self) -> f64 {
+        self.runs.iter().map(|r| r.flat.loss()).fold(0.0, f64::max)
     }
 
     fn best_trials(&self) -> impl Iterator<Item = &Trial> {
@@ -447,23 +454,15 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         b.markdown(&mut md);
     }
 
-    // XDP native lost nothing flat out: its figure is the generator's
-    // rate, a lower bound, and so is a ratio over it.
-    let native_bound = results
+    // XDP native's worst flat-out loss: near none, its figure is the
+    // generator's rate, a lower bound, and so is a ratio over it.
+    let native_flat_loss = results
         .iter()
         .find(|r| r.kind == PathKind::XdpNative)
-        .is_some_and(Capacity::flat_ok);
+        .map(Capacity::flat_loss_max);
     let target_of = |name: &str, other: &Figure, what: &str, want: f64| {
         let r = ratio(native.median(), other.median(), 0.0, what);
-        let verdict = match &r {
-            Ok(x) if *x < want && native_bound => Verdict::NotMeasurable(format!(
-                "XDP native carried all the generator sent ({} pps, {}): the ratio is at least {x:.1}",
-                group(native.median()),
-                media_relay_tests::xdp_load::generator()
-            )),
-            Ok(x) => Verdict::of(*x >= want),
-            Err(e) => Verdict::NotMeasurable(e.clone()),
-        };
+        let verdict = native_ratio_verdict(&r, want, native_flat_loss, native.median());
         // With the range of every native run over every run of `other`.
         let spread = r
             .is_ok()
@@ -523,4 +522,79 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Flat out, a path that lost less than this in every run carried (nearly)
+/// all the generator sent: on veth the generator and the path's first hops
+/// share a CPU, so the generator, not the path, set the rate. Below it a
+/// flat-out trial's loss flips with the generator's luck (0 to 4 % at about
+/// 385 000 pps for XDP native on a 2-vCPU bed), and so would a verdict that
+/// asked for none.
+const GENERATOR_BOUND_LOSS: f64 = 0.05;
+
+/// The verdict of "XDP native / `other` ≥ `want`×" for the ratio `r` of
+/// medians, given XDP native's worst flat-out loss (`None`: not measured)
+/// and its median max pps: a ratio short of the target while XDP native
+/// was generator-bound is a lower bound, not a miss.
+fn native_ratio_verdict(
+    r: &Result<f64, String>,
+    want: f64,
+    native_flat_loss: Option<f64>,
+    native_pps: f64,
+) -> Verdict {
+    match r {
+        Ok(x) if *x < want && native_flat_loss.is_some_and(|l| l < GENERATOR_BOUND_LOSS) => {
+            Verdict::NotMeasurable(format!(
+                "XDP native lost at most {:.1} % flat out in every run: it carried (nearly) all the generator \
+                 sent ({} pps, {}), so the rate is the generator's and the ratio is at least {x:.1}",
+                100.0 * native_flat_loss.unwrap_or(0.0),
+                group(native_pps),
+                media_relay_tests::xdp_load::generator()
+            ))
+        }
+        Ok(x) => Verdict::of(*x >= want),
+        Err(e) => Verdict::NotMeasurable(e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verdict does not flip on a few per cent of flat-out loss (the
+    /// generator's luck), and a native path that really lost is judged.
+    #[test]
+    fn a_generator_bound_ratio_is_not_judged() {
+        let short = Ok(1.8);
+        for loss in [0.0, 0.001, 0.04] {
+            assert!(
+                matches!(
+                    native_ratio_verdict(&short, 5.0, Some(loss), 385_000.0),
+                    Verdict::NotMeasurable(_)
+                ),
+                "flat-out loss {loss}"
+            );
+        }
+        for loss in [0.05, 0.3] {
+            assert!(
+                matches!(
+                    native_ratio_verdict(&short, 5.0, Some(loss), 385_000.0),
+                    Verdict::Missed
+                ),
+                "flat-out loss {loss}"
+            );
+        }
+        assert!(matches!(
+            native_ratio_verdict(&short, 5.0, None, 0.0),
+            Verdict::Missed
+        ));
+        assert!(matches!(
+            native_ratio_verdict(&Ok(6.0), 5.0, Some(0.0), 1_000_000.0),
+            Verdict::Met
+        ));
+        assert!(matches!(
+            native_ratio_verdict(&Err("no rate".into()), 5.0, Some(0.0), 0.0),
+            Verdict::NotMeasurable(_)
+        ));
+    }
 }
