@@ -68,6 +68,15 @@ fn agree(then: Reading, now: Reading) -> bool {
     }
 }
 
+/// Whether two targets' figures (their JSON) agree by [`agree`]'s rule;
+/// false when either has none.
+#[cfg(test)]
+pub fn readings_agree(then: &Value, now: &Value) -> bool {
+    Reading::of(then)
+        .zip(Reading::of(now))
+        .is_some_and(|(a, b)| agree(a, b))
+}
+
 fn key(t: &Value) -> (String, String) {
     let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     (s("part"), s("name"))

@@ -282,29 +282,12 @@ pub fn settle() -> serde_json::Value {
     );
     nix::unistd::sync();
     let synced_s = started.elapsed().as_secs_f64();
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
-    let mut quiet = 0;
-    let mut last = f64::NAN;
-    let mut windows = 0;
-    while quiet < SETTLED_WINDOWS && windows < SETTLE_MAX_S {
-        let Ok(a) = MachineCpu::read() else { break };
-        std::thread::sleep(Duration::from_secs(1));
-        let Ok(b) = MachineCpu::read() else { break };
-        windows += 1;
-        last = a.until(b).busy / cpus;
-        if last < SETTLED_BUSY {
-            quiet += 1;
-        } else {
-            quiet = 0;
-            if windows % 10 == 0 {
-                eprintln!(
-                    "    still busy after {windows} s: {:.0} % of the CPUs",
-                    100.0 * last
-                );
-            }
-        }
-    }
-    let settled = quiet >= SETTLED_WINDOWS;
+    let idle = wait_idle(
+        Duration::from_secs(1),
+        SETTLED_WINDOWS,
+        Duration::from_secs(SETTLE_MAX_S.into()),
+    );
+    let (settled, last) = (idle.settled, idle.busy_last);
     if !settled {
         eprintln!(
             "\n*** WARNING: the host did not idle within {SETTLE_MAX_S} s ({:.0} % busy in the last second): \
@@ -319,6 +302,48 @@ pub fn settle() -> serde_json::Value {
         "busy_last_s": last,
         "settled": settled,
     })
+}
+
+/// What [`wait_idle`] found.
+#[derive(Clone, Copy, Debug)]
+pub struct Idle {
+    pub settled: bool,
+    /// The share of the CPUs busy in the last window.
+    pub busy_last: f64,
+    pub waited: std::time::Duration,
+}
+
+/// Wait until the machine is under [`SETTLED_BUSY`] of its CPUs for
+/// `windows` windows of `window` in a row, at most `max` (then
+/// `settled` is false). Says every 10 s that it still waits.
+pub fn wait_idle(window: std::time::Duration, windows: u32, max: std::time::Duration) -> Idle {
+    let started = std::time::Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let (mut quiet, mut last, mut said) = (0, f64::NAN, 0);
+    while quiet < windows && started.elapsed() < max {
+        let Ok(a) = MachineCpu::read() else { break };
+        std::thread::sleep(window);
+        let Ok(b) = MachineCpu::read() else { break };
+        last = a.until(b).busy / (cpus * window.as_secs_f64());
+        if last < SETTLED_BUSY {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            let secs = started.elapsed().as_secs();
+            if secs / 10 > said {
+                said = secs / 10;
+                eprintln!(
+                    "    still busy after {secs} s: {:.0} % of the CPUs",
+                    100.0 * last
+                );
+            }
+        }
+    }
+    Idle {
+        settled: quiet >= windows,
+        busy_last: last,
+        waited: started.elapsed(),
+    }
 }
 
 /// [`settle`]'s result in a line.

@@ -18,7 +18,7 @@ use media_relay_tests::{
     sipp::{Sipp, SippOptions},
 };
 
-use crate::figure::{Figure, MIN_RUNS, Verdict, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, target};
 
 const SIP: u16 = 5060;
 
@@ -191,8 +191,12 @@ fn delay_run(calls: usize) -> anyhow::Result<([f64; 3], [f64; 3])> {
     Ok((p(&invite), p(&ok)))
 }
 
-/// One SIPp run of `rate` calls/s for `seconds`: (successful, failed).
-fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<(u64, u64)> {
+/// One SIPp run of `rate` calls/s for `seconds`, on an idle host.
+fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<CpsRun> {
+    // The previous run's namespaces are torn down by the kernel in the
+    // background (its sockets, veths, XDP programs): a run started
+    // meanwhile would share the CPUs with that. Wait for 1 s of idle.
+    let idle = crate::host::wait_idle(Duration::from_millis(250), 4, Duration::from_secs(30));
     let (bed, daemon) = start(&format!("cps{rate}"))?;
     let n = rate * seconds;
     let mut server = SippOptions::uas("load_uas.xml", sa(B_V4, SIP), B_V4.into(), 20000);
@@ -237,12 +241,30 @@ fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<(u64, u64)> {
             (0, u64::from(n))
         }
     };
-    eprintln!("    {rate} calls/s: {ok_calls} ok, {failed} failed in {secs:.1} s");
-    Ok((ok_calls, failed))
+    eprintln!(
+        "    {rate} calls/s: {ok_calls} ok, {failed} failed in {secs:.1} s (after {:.1} s for the host to idle)",
+        idle.waited.as_secs_f64()
+    );
+    Ok(CpsRun {
+        rate,
+        ok: ok_calls,
+        failed,
+        idle_wait_s: idle.waited.as_secs_f64(),
+    })
 }
 
-/// (offered rate, successful, failed) per SIPp run; the sustained rate.
-type Cps = (Vec<(u32, u64, u64)>, Option<u32>);
+/// One SIPp run.
+#[derive(Clone, Copy, Debug)]
+struct CpsRun {
+    rate: u32,
+    ok: u64,
+    failed: u64,
+    /// How long the host took to idle before it.
+    idle_wait_s: f64,
+}
+
+/// Every SIPp run; the sustained rate.
+type Cps = (Vec<CpsRun>, Option<u32>);
 
 /// The SIP agent's figures. The setup delay is measured one run (a fresh
 /// daemon) at a time, and the bench spreads the runs over its whole length
@@ -331,16 +353,18 @@ impl Trials {
              run, calls held 200 ms; SIPp, the agent and the media daemon share the machine's CPUs). The sustained rate is \
              the highest one with no failed call in each of {MIN_RUNS} runs.\n\n| offered calls/s | runs | successful | failed |\n|---:|---:|---:|---:|"
         );
-        let mut rows: Vec<u32> = results.iter().map(|r| r.0).collect();
+        // One row per rate, in order (the search revisits rates).
+        let mut rows: Vec<u32> = results.iter().map(|r| r.rate).collect();
+        rows.sort_unstable();
         rows.dedup();
         for rate in &rows {
-            let rs: Vec<_> = results.iter().filter(|r| r.0 == *rate).collect();
+            let rs: Vec<_> = results.iter().filter(|r| r.rate == *rate).collect();
             let _ = writeln!(
                 md,
                 "| {rate} | {} | {} | {} |",
                 rs.len(),
-                rs.iter().map(|r| r.1).sum::<u64>(),
-                rs.iter().map(|r| r.2).sum::<u64>()
+                rs.iter().map(|r| r.ok).sum::<u64>(),
+                rs.iter().map(|r| r.failed).sum::<u64>()
             );
         }
         let top = *rates.last().unwrap_or(&0);
@@ -349,17 +373,24 @@ impl Trials {
             Some(r) => Verdict::of(r >= 1000),
             None => Verdict::Missed,
         };
+        let reading = cps_reading(&results, sustained);
         let _ = writeln!(
             md,
-            "\nSustained: {} calls/s (target ≥ 1 000: {}).",
+            "\nSustained: {} calls/s{} (target ≥ 1 000: {}).",
             sustained.map_or("none".to_owned(), |r| r.to_string()),
+            match reading.and_then(|r| r.range) {
+                Some((lo, hi)) if hi > lo => format!(
+                    "; the limit lies between it and {hi:.0}, the lowest rate above it where calls failed"
+                ),
+                _ => String::new(),
+            },
             cps_verdict.sentence()
         );
         let delay_verdict = |d: &[Figure; 3]| Verdict::of(d[1].median() < 2000.0);
         let targets = vec![
             target(
                 "SIP calls/s sustained with media anchoring",
-                sustained.map(f64::from),
+                reading,
                 ">= 1000",
                 &cps_verdict,
             ),
@@ -381,7 +412,9 @@ impl Trials {
         let json = serde_json::json!({
             "machine": machine,
             "setup_delay_us": { "calls_per_run": calls, "runs": MIN_RUNS, "invite": leg(&delay[0]), "ok": leg(&delay[1]) },
-            "cps": results.iter().map(|(r, o, f)| serde_json::json!({ "rate": r, "successful": o, "failed": f })).collect::<Vec<_>>(),
+            "cps": results.iter().map(|r| serde_json::json!({
+                "rate": r.rate, "successful": r.ok, "failed": r.failed, "idle_wait_s": r.idle_wait_s,
+            })).collect::<Vec<_>>(),
             "sustained_cps": sustained,
             "targets": targets,
             "markdown": md,
@@ -391,6 +424,24 @@ impl Trials {
         println!("report: {}\n", path.display());
         Ok(())
     }
+}
+
+/// The sustained rate as a figure: its range runs up to the lowest rate
+/// above it where calls failed, for the limit lies somewhere between (the
+/// rates are steps, 200 calls/s apart: two runs a step apart may have the
+/// same limit). Without a failing rate above it, the range is the rate.
+fn cps_reading(results: &[CpsRun], sustained: Option<u32>) -> Option<Derived> {
+    let s = sustained?;
+    let failed_above = results
+        .iter()
+        .filter(|r| r.rate > s && r.failed > 0)
+        .map(|r| r.rate)
+        .min()
+        .unwrap_or(s);
+    Some(Derived {
+        value: f64::from(s),
+        range: Some((f64::from(s), f64::from(failed_above))),
+    })
 }
 
 /// The SIPp rates tried, and seconds per run.
@@ -408,13 +459,13 @@ fn cps_plan(quick: bool) -> (&'static [u32], u32) {
 /// run and the sustained rate.
 fn cps_search(quick: bool) -> anyhow::Result<Cps> {
     let (rates, seconds) = cps_plan(quick);
-    let mut results: Vec<(u32, u64, u64)> = Vec::new();
+    let mut results: Vec<CpsRun> = Vec::new();
     let mut highest = None;
     for (i, &rate) in rates.iter().enumerate() {
         eprintln!("==> sip: SIPp at {rate} calls/s for {seconds} s");
-        let (ok, failed) = cps_run(rate, seconds)?;
-        results.push((rate, ok, failed));
-        if failed > 0 {
+        let run = cps_run(rate, seconds)?;
+        results.push(run);
+        if run.failed > 0 {
             break;
         }
         highest = Some(i);
@@ -422,17 +473,17 @@ fn cps_search(quick: bool) -> anyhow::Result<Cps> {
     let mut sustained = None;
     while let Some(i) = highest {
         let rate = rates[i];
-        let mut runs = results.iter().filter(|r| r.0 == rate).count();
+        let mut runs = results.iter().filter(|r| r.rate == rate).count();
         let mut clean = true;
         while runs < MIN_RUNS {
             eprintln!(
                 "==> sip: SIPp at {rate} calls/s again ({} of {MIN_RUNS})",
                 runs + 1
             );
-            let (ok, failed) = cps_run(rate, seconds)?;
-            results.push((rate, ok, failed));
+            let run = cps_run(rate, seconds)?;
+            results.push(run);
             runs += 1;
-            if failed > 0 {
+            if run.failed > 0 {
                 clean = false;
                 break;
             }
@@ -444,4 +495,51 @@ fn cps_search(quick: bool) -> anyhow::Result<Cps> {
         highest = i.checked_sub(1);
     }
     Ok((results, sustained))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sustained rate's range reaches the lowest failing rate above
+    /// it, so runs a step apart agree; without one it is the rate alone.
+    #[test]
+    fn the_sustained_rate_spans_up_to_the_first_failing_rate() {
+        let run = |rate, ok, failed| CpsRun {
+            rate,
+            ok,
+            failed,
+            idle_wait_s: 1.0,
+        };
+        let run1 = [
+            run(800, 4000, 0),
+            run(1000, 5000, 0),
+            run(1200, 5978, 22),
+            run(1000, 4803, 197),
+            run(800, 4000, 0),
+            run(800, 4000, 0),
+        ];
+        let r = cps_reading(&run1, Some(800)).unwrap();
+        assert_eq!((r.value, r.range), (800.0, Some((800.0, 1000.0))));
+        let run2 = [
+            run(1000, 5000, 0),
+            run(1200, 6000, 0),
+            run(1500, 5605, 1895),
+            run(1200, 5147, 853),
+            run(1000, 5000, 0),
+            run(1000, 5000, 0),
+        ];
+        let r2 = cps_reading(&run2, Some(1000)).unwrap();
+        assert_eq!(r2.range, Some((1000.0, 1200.0)));
+        let t1 = target("cps", Some(r), ">= 1000", &Verdict::Missed);
+        let t2 = target("cps", Some(r2), ">= 1000", &Verdict::Met);
+        assert!(crate::compare::readings_agree(&t1, &t2));
+        // Every rate passed: nothing above it is known.
+        let all = [run(1500, 7500, 0)];
+        assert_eq!(
+            cps_reading(&all, Some(1500)).unwrap().range,
+            Some((1500.0, 1500.0))
+        );
+        assert!(cps_reading(&run1, None).is_none());
+    }
 }
