@@ -267,8 +267,8 @@ fn dirty_kib() -> Option<u64> {
 }
 
 /// Before the first part: write back the page cache's dirty pages (a
-/// fresh build leaves gigabytes of them, and their writeback's I/O and
-/// kernel threads would land in the first parts' figures), then wait until
+/// fresh build leaves hundreds of MiB of them, and their writeback's I/O
+/// and kernel threads would land in the first parts' figures), then wait until
 /// the machine is idle: under [`SETTLED_BUSY`] of its CPUs for
 /// [`SETTLED_WINDOWS`] seconds in a row, at most [`SETTLE_MAX_S`]. Shows
 /// progress; returns what it found, for `build.json`.

@@ -194,8 +194,9 @@ fn delay_run(calls: usize) -> anyhow::Result<([f64; 3], [f64; 3])> {
 /// One SIPp run of `rate` calls/s for `seconds`, on an idle host.
 fn cps_run(rate: u32, seconds: u32) -> anyhow::Result<CpsRun> {
     // The previous run's namespaces are torn down by the kernel in the
-    // background (its sockets, veths, XDP programs): a run started
-    // meanwhile would share the CPUs with that. Wait for 1 s of idle.
+    // background (its sockets, veths, XDP programs): wait for 1 s of idle
+    // host, so that no run shares the CPUs with that (on this project's
+    // machine every wait so far was the minimum: a guard, and a record).
     let idle = crate::host::wait_idle(Duration::from_millis(250), 4, Duration::from_secs(30));
     let (bed, daemon) = start(&format!("cps{rate}"))?;
     let n = rate * seconds;
