@@ -212,3 +212,183 @@ default = true
 "#
     )
 }
+
+/// Where the bed's kernels count packets they did not deliver: per veth
+/// end, the driver's drop and error counters (`ethtool -S`: XDP redirects
+/// into a peer that failed, ring overflows) and the link's dropped
+/// packets; per namespace, IP discards and UDP's receive errors; on the
+/// host (the ARP table's statistics are not per namespace), packets
+/// dropped while their neighbour was being resolved. Read before and
+/// after a run, [`drops_since`] says where packets a test missed went.
+pub type Counters = std::collections::BTreeMap<String, u64>;
+
+impl Bed {
+    /// The drop counters now (see [`Counters`]); a counter that cannot be
+    /// read is left out.
+    pub fn drop_counters(&self) -> Counters {
+        let mut c = Counters::new();
+        for (role, ns, dev) in [
+            ("a", &self.a, "a0"),
+            ("relay", &self.relay, "ra"),
+            ("relay", &self.relay, "rb"),
+            ("b", &self.b, "b0"),
+        ] {
+            if let Ok(out) = ns.exec("ethtool", &["-S", dev]) {
+                for (k, v) in out.lines().filter_map(|l| l.trim().split_once(": ")) {
+                    if (k.contains("drop") || k.contains("err"))
+                        && let Ok(v) = v.trim().parse()
+                    {
+                        c.insert(format!("{role} {dev} {k}"), v);
+                    }
+                }
+            }
+            if let Ok(out) = ns.ip(&["-j", "-s", "link", "show", "dev", dev])
+                && let Ok(j) = serde_json::from_str::<serde_json::Value>(&out)
+            {
+                for dir in ["rx", "tx"] {
+                    for k in ["dropped", "errors"] {
+                        if let Some(v) = j[0]["stats64"][dir][k].as_u64() {
+                            c.insert(format!("{role} {dev} {dir}_{k}"), v);
+                        }
+                    }
+                }
+            }
+        }
+        for (role, ns) in [("a", &self.a), ("relay", &self.relay), ("b", &self.b)] {
+            for (file, wanted) in [
+                (
+                    "/proc/net/snmp",
+                    &[
+                        "Ip:InDiscards",
+                        "Ip:InAddrErrors",
+                        "Udp:NoPorts",
+                        "Udp:InErrors",
+                        "Udp:RcvbufErrors",
+                        "Udp:InCsumErrors",
+                    ][..],
+                ),
+                (
+                    "/proc/net/snmp6",
+                    &["Udp6NoPorts", "Udp6InErrors", "Udp6RcvbufErrors"][..],
+                ),
+            ] {
+                if let Ok(out) = ns.exec("cat", &[file]) {
+                    for (k, v) in snmp(&out) {
+                        if wanted.contains(&k.as_str()) {
+                            c.insert(format!("{role} {k}"), v);
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(s) = std::fs::read_to_string("/proc/net/stat/arp_cache") {
+            let mut lines = s.lines();
+            let head: Vec<&str> = lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect();
+            if let Some(i) = head.iter().position(|h| *h == "unresolved_discards") {
+                let total = lines
+                    .filter_map(|l| l.split_whitespace().nth(i))
+                    .filter_map(|v| u64::from_str_radix(v, 16).ok())
+                    .sum();
+                c.insert(
+                    "host (every namespace) arp unresolved_discards".into(),
+                    total,
+                );
+            }
+        }
+        c
+    }
+}
+
+/// `name value` pairs of `/proc/net/snmp` (a header line of names, then
+/// one of values, per protocol: `Udp:InErrors`) or `/proc/net/snmp6`
+/// (one `Udp6InErrors value` per line).
+fn snmp(text: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let names: Vec<&str> = lines[i].split_whitespace().collect();
+        match names.first() {
+            Some(p) if p.ends_with(':') && i + 1 < lines.len() => {
+                let values: Vec<&str> = lines[i + 1].split_whitespace().collect();
+                for (n, v) in names.iter().zip(&values).skip(1) {
+                    if let Ok(v) = v.parse() {
+                        out.push((format!("{p}{n}"), v));
+                    }
+                }
+                i += 2;
+            }
+            _ => {
+                if let [n, v] = names[..]
+                    && let Ok(v) = v.parse()
+                {
+                    out.push((n.to_owned(), v));
+                }
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The counters that grew since `before`: one `name +delta` a line, or a
+/// line saying none did.
+pub fn drops_since(before: &Counters, now: &Counters) -> String {
+    let grew: Vec<String> = now
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| format!("  {k} +{d}"))
+        })
+        .collect();
+    if grew.is_empty() {
+        "no kernel drop counter of the bed grew".to_owned()
+    } else {
+        format!(
+            "kernel drop counters of the bed that grew:\n{}",
+            grew.join("\n")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snmp_tables_of_both_shapes_are_read() {
+        let v4 = "Ip: Forwarding InDiscards\nIp: 1 7\nUdp: InDatagrams InErrors\nUdp: 12 3\n";
+        let got = super::snmp(v4);
+        assert!(got.contains(&("Ip:InDiscards".to_owned(), 7)), "{got:?}");
+        assert!(got.contains(&("Udp:InErrors".to_owned(), 3)), "{got:?}");
+        let v6 = "Udp6InDatagrams                 \t5\nUdp6InErrors 2\n";
+        let got = super::snmp(v6);
+        assert_eq!(
+            got,
+            vec![
+                ("Udp6InDatagrams".to_owned(), 5),
+                ("Udp6InErrors".to_owned(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn only_counters_that_grew_are_named() {
+        let before = super::Counters::from([("a x".to_owned(), 1), ("b y".to_owned(), 4)]);
+        let now = super::Counters::from([
+            ("a x".to_owned(), 1),
+            ("b y".to_owned(), 6),
+            ("c z".to_owned(), 2),
+        ]);
+        assert_eq!(
+            super::drops_since(&before, &now),
+            "kernel drop counters of the bed that grew:\n  b y +2\n  c z +2"
+        );
+        assert_eq!(
+            super::drops_since(&now, &now),
+            "no kernel drop counter of the bed grew"
+        );
+    }
+}
