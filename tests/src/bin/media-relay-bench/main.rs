@@ -256,16 +256,24 @@ fn run(args: &Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&build)?,
     )?;
     let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
-    // The control plane's latency runs (ng, SIP setup delay) are spread
-    // over the bench: one after `xdp`, one after `capacity`, the last after
-    // `overload` (back to back when those parts are not run). Runs minutes
-    // apart on a shared host differ more than runs seconds apart; spread,
-    // a run's own range holds that drift and says what a user's run may see.
+    // The control plane's latency runs (ng, SIP setup delay) and the
+    // adoption runs at scale (`restart::Adoptions`: the calls set up at the
+    // first, no daemon between them) are spread over the bench: one after
+    // each of `xdp`, `capacity`, `latency`, `overload` and `sharing` (back to
+    // back where those parts are not run). Runs minutes apart on a shared
+    // host differ more than runs seconds apart; spread, a run's own range
+    // holds that drift and says what a user's run may see.
     let mut ng = wants("sessions").then(|| sessions::Trials::new(args.quick));
     let mut sip = wants("sip").then(|| sip::Trials::new(args.quick));
-    fn control_plane_runs(
+    let mut adoptions = if wants("restart") {
+        restart::Adoptions::new(args.quick)
+    } else {
+        None
+    };
+    fn spread_runs(
         ng: &mut Option<sessions::Trials>,
         sip: &mut Option<sip::Trials>,
+        adoptions: &mut Option<restart::Adoptions>,
     ) -> anyhow::Result<()> {
         if let Some(t) = ng {
             t.trial()?;
@@ -273,24 +281,36 @@ fn run(args: &Args) -> anyhow::Result<()> {
         if let Some(t) = sip {
             t.delay_trial()?;
         }
+        if let Some(t) = adoptions {
+            t.trial()?;
+        }
         Ok(())
     }
     if wants("xdp") {
         xdp::run(args.quick, &machine, &args.out)?;
     }
-    control_plane_runs(&mut ng, &mut sip)?;
+    spread_runs(&mut ng, &mut sip, &mut adoptions)?;
     if let Some(t) = &mut sip {
         t.calls_per_second()?;
     }
     if wants("capacity") {
         capacity::run(args.quick, &machine, &args.out)?;
-        control_plane_runs(&mut ng, &mut sip)?;
+        spread_runs(&mut ng, &mut sip, &mut adoptions)?;
     }
     if wants("latency") {
         latency::run(args.quick, &machine, &args.out)?;
+        spread_runs(&mut ng, &mut sip, &mut adoptions)?;
     }
     if wants("overload") {
         latency::overload::run(args.quick, &machine, &args.out)?;
+        spread_runs(&mut ng, &mut sip, &mut adoptions)?;
+    }
+    if wants("scale") {
+        scale::run(args.quick, &machine, &args.out)?;
+    }
+    if wants("sharing") {
+        sharing::run(args.quick, &machine, &args.out)?;
+        spread_runs(&mut ng, &mut sip, &mut adoptions)?;
     }
     if let Some(t) = ng.take() {
         t.finish(&machine, &args.out)?;
@@ -298,14 +318,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(t) = sip.take() {
         t.finish(&machine, &args.out)?;
     }
-    if wants("scale") {
-        scale::run(args.quick, &machine, &args.out)?;
-    }
-    if wants("sharing") {
-        sharing::run(args.quick, &machine, &args.out)?;
-    }
     if wants("restart") {
-        restart::run(args.quick, &machine, &args.out)?;
+        restart::run(args.quick, &machine, &args.out, adoptions.take())?;
     }
     // How the rate load was sent (known once a part has sent some).
     if let Some(g) = media_relay_tests::xdp_load::generator_used() {

@@ -32,7 +32,7 @@ use media_relay_tests::{
 };
 use serde_json::json;
 
-use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, SPREAD_RUNS, Verdict, group, target};
 
 /// Calls carrying media through the disruption.
 const CALLS: u32 = 1000;
@@ -266,59 +266,124 @@ struct Adoption {
 }
 
 /// `calls` calls set up once, then [`MIN_RUNS`] times: `kill -9`, start
-/// again on the same pins, the adoption time; the first and the last call
-/// must answer `query` after each.
+/// again on the same pins, the adoption time.
 fn adoption_at_scale(calls: u32, ports: Ports) -> anyhow::Result<Vec<Adoption>> {
     let (bed, mut daemon, _) = setup(calls, ports)?;
     let mut runs = Vec::with_capacity(MIN_RUNS);
     for _ in 0..MIN_RUNS {
         daemon.kill()?;
-        let answering = daemon.restart()?;
-        let took = daemon
-            .adoption_time()
-            .context("the restarted daemon logged no adoption")?;
-        let adopted = daemon
-            .adopted_calls()
-            .context("the restarted daemon's adoption line names no count")?;
-        // Adopted calls have their sockets bound after ng answers (a
-        // shared pair: two sockets, whatever the calls on it).
-        let bound = Some(
-            daemon
-                .sockets_bound_time(Duration::from_secs(120))
-                .context(
-                    "the restarted daemon did not log its adopted sockets bound within 120 s",
-                )?,
-        );
-        let ng = NgClient::new(&bed.relay, daemon.ng)?;
-        for i in [0, calls - 1] {
-            ng.ok(&media_user::ng::Value::dict()
-                .with("command", "query")
-                .with("call-id", format!("restart-{i}").as_str()))
-                .with_context(|| format!("query of adopted call restart-{i}"))?;
-        }
-        let phases = daemon
-            .adoption_phases()
-            .map_or_else(String::new, |[d, c, p]| {
-                format!(" (decoding {d:?}, claiming ports {c:?}, programming routes {p:?})")
-            });
-        eprintln!(
-            "    {adopted} calls adopted in {took:?}{phases} (answering ng {answering:?} after the start), \
-             their sockets bound {} later, daemon RSS {} KiB",
-            bound.map_or_else(|| "during adoption, not".to_owned(), |b| format!("{b:?}")),
-            daemon.rss_kib()
-        );
-        runs.push(Adoption {
-            took,
-            answering,
-            bound,
-            adopted,
-            rss_kib: daemon.rss_kib(),
-        });
+        runs.push(adopt(&bed, &mut daemon, calls)?);
     }
     Ok(runs)
 }
 
-pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
+/// The adoption of [`SHARED_SCALE_CALLS`] calls on shared ports (the
+/// target's figure), [`SPREAD_RUNS`] times spread over the bench like the
+/// control plane's runs (`main`): a memory-bound second of work whose
+/// speed drifts with the host over minutes (1.5 s in one fresh clone,
+/// 2.0 s in the next, each within 0.1 s over its three restarts seconds
+/// apart). The calls are set up once, at the first run; between runs no
+/// daemon runs (killed, its pins kept, as after a crash), and each run
+/// starts one on the pins and times its adoption.
+pub struct Adoptions {
+    calls: u32,
+    /// Dropped daemon first (its pins), then the bed.
+    parked: Option<(Daemon, Bed)>,
+    runs: Vec<Adoption>,
+}
+
+impl Adoptions {
+    pub fn new(quick: bool) -> Option<Self> {
+        selected("shared").then(|| Self {
+            calls: if quick { 10_000 } else { SHARED_SCALE_CALLS },
+            parked: None,
+            runs: Vec::new(),
+        })
+    }
+
+    /// One run, unless [`SPREAD_RUNS`] are done.
+    pub fn trial(&mut self) -> anyhow::Result<()> {
+        if self.runs.len() >= SPREAD_RUNS {
+            return Ok(());
+        }
+        eprintln!(
+            "==> restart: adoption of {} calls, shared ports (run {} of {SPREAD_RUNS})",
+            group(f64::from(self.calls)),
+            self.runs.len() + 1
+        );
+        let (mut daemon, bed) = match self.parked.take() {
+            Some(p) => p,
+            None => {
+                let (bed, mut daemon, _) = setup(self.calls, Ports::Shared)?;
+                daemon.kill()?;
+                (daemon, bed)
+            }
+        };
+        self.runs.push(adopt(&bed, &mut daemon, self.calls)?);
+        daemon.kill()?;
+        self.parked = Some((daemon, bed));
+        Ok(())
+    }
+
+    /// The runs still missing; then the bed goes.
+    fn finish(mut self) -> anyhow::Result<(u32, Vec<Adoption>)> {
+        while self.runs.len() < SPREAD_RUNS {
+            self.trial()?;
+        }
+        Ok((self.calls, self.runs))
+    }
+}
+
+/// Start the killed `daemon` on its pins: the adoption's figures; the first
+/// and the last call must answer `query` after it.
+fn adopt(bed: &Bed, daemon: &mut Daemon, calls: u32) -> anyhow::Result<Adoption> {
+    let answering = daemon.restart()?;
+    let took = daemon
+        .adoption_time()
+        .context("the restarted daemon logged no adoption")?;
+    let adopted = daemon
+        .adopted_calls()
+        .context("the restarted daemon's adoption line names no count")?;
+    // Adopted calls have their sockets bound after ng answers (a
+    // shared pair: two sockets, whatever the calls on it).
+    let bound = Some(
+        daemon
+            .sockets_bound_time(Duration::from_secs(120))
+            .context("the restarted daemon did not log its adopted sockets bound within 120 s")?,
+    );
+    let ng = NgClient::new(&bed.relay, daemon.ng)?;
+    for i in [0, calls - 1] {
+        ng.ok(&media_user::ng::Value::dict()
+            .with("command", "query")
+            .with("call-id", format!("restart-{i}").as_str()))
+            .with_context(|| format!("query of adopted call restart-{i}"))?;
+    }
+    let phases = daemon
+        .adoption_phases()
+        .map_or_else(String::new, |[d, c, p]| {
+            format!(" (decoding {d:?}, claiming ports {c:?}, programming routes {p:?})")
+        });
+    eprintln!(
+        "    {adopted} calls adopted in {took:?}{phases} (answering ng {answering:?} after the start), \
+         their sockets bound {} later, daemon RSS {} KiB",
+        bound.map_or_else(|| "during adoption, not".to_owned(), |b| format!("{b:?}")),
+        daemon.rss_kib()
+    );
+    Ok(Adoption {
+        took,
+        answering,
+        bound,
+        adopted,
+        rss_kib: daemon.rss_kib(),
+    })
+}
+
+pub fn run(
+    quick: bool,
+    machine: &str,
+    out: &Path,
+    mut adoptions: Option<Adoptions>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let secs = if quick { 4.0 } else { 8.0 };
     let mut md = format!(
@@ -392,7 +457,9 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
     let shared_calls = if quick { 10_000 } else { SHARED_SCALE_CALLS };
     let _ = writeln!(
         md,
-        "\nAdoption at scale: the calls set up once, then {MIN_RUNS} times `kill -9` and a start on the same pins. \
+        "\nAdoption at scale: the calls set up once, then `kill -9` and a start on the same pins, {MIN_RUNS} times back \
+         to back on ports of their own, {SPREAD_RUNS} times on shared ports, spread over the bench when every part \
+         runs (no daemon runs between them, its pins kept). \
          *Adoption* is the daemon's own figure for taking the calls back from their records; *answering ng* runs \
          from the start of the process and adds reading the pinned maps (flows, records). The sockets are bound in \
          the background after ng answers (until then the data plane forwards every call and drops what it would \
@@ -417,14 +484,21 @@ pub fn run(quick: bool, machine: &str, out: &Path) -> anyhow::Result<()> {
             16_000,
         ),
     ] {
-        if !selected(if ports == Ports::Own { "own" } else { "shared" }) {
-            continue;
-        }
-        eprintln!(
-            "==> restart: adoption of {} calls, {label}",
-            group(f64::from(calls))
-        );
-        let runs = adoption_at_scale(calls, ports)?;
+        let runs = match ports {
+            Ports::Own if selected("own") => {
+                eprintln!(
+                    "==> restart: adoption of {} calls, {label}",
+                    group(f64::from(calls))
+                );
+                adoption_at_scale(calls, ports)?
+            }
+            Ports::Shared if let Some(a) = adoptions.take() => {
+                let (adopted_calls, runs) = a.finish()?;
+                debug_assert_eq!(adopted_calls, calls);
+                runs
+            }
+            _ => continue,
+        };
         let took = Figure::new(runs.iter().map(|r| r.took.as_secs_f64()));
         let answering = Figure::new(runs.iter().map(|r| r.answering.as_secs_f64()));
         let bound = Figure::new(runs.iter().filter_map(|r| r.bound).map(|b| b.as_secs_f64()));

@@ -11,7 +11,7 @@ use media_relay_tests::{
 };
 use media_user::ng::Value;
 
-use crate::figure::{Figure, MIN_RUNS, Verdict, target};
+use crate::figure::{Figure, SPREAD_RUNS, Verdict, target};
 
 /// Offer from A, answer from B (the benchmark paths' SDP); returns where
 /// A sends.
@@ -103,14 +103,14 @@ impl Trials {
         }
     }
 
-    /// One run, unless [`MIN_RUNS`] are done.
+    /// One run, unless [`SPREAD_RUNS`] are done.
     pub fn trial(&mut self) -> anyhow::Result<()> {
-        if self.runs >= MIN_RUNS {
+        if self.runs >= SPREAD_RUNS {
             return Ok(());
         }
         self.runs += 1;
         eprintln!(
-            "==> ng: {} offer+answer+delete cycles (run {} of {MIN_RUNS})",
+            "==> ng: {} offer+answer+delete cycles (run {} of {SPREAD_RUNS})",
             self.cycles, self.runs
         );
         let s = setup_rate(self.cycles)?;
@@ -124,7 +124,7 @@ impl Trials {
 
     /// The runs still missing, then `sessions.json`.
     pub fn finish(mut self, machine: &str, out: &Path) -> anyhow::Result<()> {
-        while self.runs < MIN_RUNS {
+        while self.runs < SPREAD_RUNS {
             self.trial()?;
         }
         let Self {
@@ -137,7 +137,7 @@ impl Trials {
         } = self;
         let verdict = Verdict::of(p99.median() < 1000.0);
         let md = format!(
-            "ng over loopback, one client, {MIN_RUNS} runs of {cycles} offer+answer+delete cycles (a fresh daemon each; \
+            "ng over loopback, one client, {SPREAD_RUNS} runs of {cycles} offer+answer+delete cycles (a fresh daemon each; \
              spread over the bench's length when every part runs); median (min–max): **{}** cycles/s; offer+answer latency p50 {} µs, \
              p99 {} µs, p99.9 {} µs.\n",
             rate.show_int(),
@@ -153,7 +153,7 @@ impl Trials {
             "machine": machine,
             "ng": {
                 "cycles": cycles,
-                "runs": MIN_RUNS,
+                "runs": SPREAD_RUNS,
                 "cycles_per_sec": rate.json(),
                 "offer_answer_us": { "p50": p50.json(), "p99": p99.json(), "p999": p999.json() },
             },

@@ -18,7 +18,7 @@ use media_relay_tests::{
     sipp::{Sipp, SippOptions},
 };
 
-use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, target};
+use crate::figure::{Derived, Figure, MIN_RUNS, SPREAD_RUNS, Verdict, target};
 
 const SIP: u16 = 5060;
 
@@ -290,14 +290,14 @@ impl Trials {
         }
     }
 
-    /// One run of the setup delay, unless [`MIN_RUNS`] are done.
+    /// One run of the setup delay, unless [`SPREAD_RUNS`] are done.
     pub fn delay_trial(&mut self) -> anyhow::Result<()> {
-        if self.runs >= MIN_RUNS {
+        if self.runs >= SPREAD_RUNS {
             return Ok(());
         }
         self.runs += 1;
         eprintln!(
-            "==> sip: {} calls by a probe, timing the agent (run {} of {MIN_RUNS})",
+            "==> sip: {} calls by a probe, timing the agent (run {} of {SPREAD_RUNS})",
             self.calls, self.runs
         );
         let (inv, ok) = delay_run(self.calls)?;
@@ -318,7 +318,7 @@ impl Trials {
 
     /// What is still missing, then `sip.json`.
     pub fn finish(mut self, machine: &str, out: &Path) -> anyhow::Result<()> {
-        while self.runs < MIN_RUNS {
+        while self.runs < SPREAD_RUNS {
             self.delay_trial()?;
         }
         self.calls_per_second()?;
@@ -333,7 +333,7 @@ impl Trials {
         let (rates, seconds) = cps_plan(quick);
         let mut md = format!(
             "Setup delay added by the agent (µs, one call at a time, including the media node's ng round trip; \
-             {MIN_RUNS} runs of {calls} calls, spread over the bench's length when every part runs; median (min–max)):\n\n\
+             {SPREAD_RUNS} runs of {calls} calls, spread over the bench's length when every part runs; median (min–max)):\n\n\
              | hop | p50 | p99 | p99.9 |\n|---|---:|---:|---:|\n"
         );
         for (name, d) in [
@@ -412,7 +412,7 @@ impl Trials {
         let leg = |d: &[Figure; 3]| serde_json::json!({ "p50": d[0].json(), "p99": d[1].json(), "p999": d[2].json() });
         let json = serde_json::json!({
             "machine": machine,
-            "setup_delay_us": { "calls_per_run": calls, "runs": MIN_RUNS, "invite": leg(&delay[0]), "ok": leg(&delay[1]) },
+            "setup_delay_us": { "calls_per_run": calls, "runs": SPREAD_RUNS, "invite": leg(&delay[0]), "ok": leg(&delay[1]) },
             "cps": results.iter().map(|r| serde_json::json!({
                 "rate": r.rate, "successful": r.ok, "failed": r.failed, "idle_wait_s": r.idle_wait_s,
             })).collect::<Vec<_>>(),

@@ -22,14 +22,18 @@
 //!    both paths stay set up and their runs alternate, so that the host's
 //!    drift favours neither (run one path after the other, minutes apart,
 //!    and a quiet spell decided the comparison at 10 %).
-//! 3. **120 % of it** for 3 s, [`MIN_RUNS`] times (a tail at overload is
+//! 3. **120 % of the highest rate it carried** (the highest of its
+//!    searches: the median of searches that spread 47 000–77 000 pps put
+//!    "120 %" within its capacity in one run and 15 % over it in another)
+//!    for 3 s, [`MIN_RUNS`] times (a tail at overload is
 //!    one trial's chance: one trial made figures 16 times apart between
 //!    runs): p99 of what is delivered, loss, the share delivered later
 //!    than the staleness bound (late: worth no more than lost to a
 //!    listener), loss spread over the calls (the most and the least a call
 //!    lost; a call that got nothing through is starved), packets
 //!    reordered. Met when every trial keeps its p99 under the bound and
-//!    starves no call.
+//!    starves no call; not measurable when a trial lost under 0.1 % (it
+//!    was no overload).
 //! 4. **Recovery**: at once after each overload trial, 1 s at 10 % of the
 //!    maximum: recovered if it loses nothing and its p99 is back under the
 //!    staleness bound, after every trial.
@@ -132,10 +136,6 @@ impl OverloadSummary {
             recovery_p99: Figure::new(trials.iter().map(|o| o.recovery.p(0.99))),
             trials: trials.len(),
         }
-    }
-
-    fn all_held(&self) -> bool {
-        self.trials > 0 && self.held == self.trials
     }
 
     fn all_recovered(&self) -> bool {
@@ -304,9 +304,10 @@ fn search(kind: PathKind) -> anyhow::Result<Searched> {
 
 /// Both paths' p99 at `rates`, their runs alternating (the order swapped
 /// every other round) so that the host's drift over the minutes this
-/// takes favours neither; then each path at 120 % of the top rate's
-/// maximum, and its recovery.
+/// takes favours neither; then each path at 120 % of the highest rate
+/// media-relay carried (or its own, if higher), and its recovery.
 fn measure(mut paths: [Searched; 2], rates: &[f64]) -> anyhow::Result<[PathResult; 2]> {
+    let ours_highest = paths[0].maxima.max();
     eprintln!(
         "==> overload: p99 at 10, 50 and 90 % of media-relay's maximum, the two paths alternating"
     );
@@ -336,20 +337,25 @@ fn measure(mut paths: [Searched; 2], rates: &[f64]) -> anyhow::Result<[PathResul
     }
     let [mut a, mut b] = paths;
     let [pa, pb] = p99_at;
-    Ok([finish(&mut a, rates, pa)?, finish(&mut b, rates, pb)?])
+    Ok([
+        finish(&mut a, ours_highest, pa)?,
+        finish(&mut b, ours_highest, pb)?,
+    ])
 }
 
-/// A path's overload trials (120 % of the top rate's maximum: rtpengine is
-/// offered what media-relay is, or 120 % of its own maximum if that is
-/// higher), each followed by its recovery; every trial starts from a path
-/// whose calls all deliver.
+/// A path's overload trials (120 % of the highest rate media-relay carried
+/// in its searches: rtpengine is offered what media-relay is, or 120 % of
+/// the highest it carried itself if that is higher), each followed by its
+/// recovery; every trial starts from a path whose calls all deliver. The
+/// highest, not the median: a search that stopped low (the userspace
+/// paths' searches spread by a factor of 1.6 on this host) is not the
+/// path's capacity, and 120 % of it may be none over it.
 fn finish(
     p: &mut Searched,
-    rates: &[f64],
+    ours_highest: f64,
     p99_at: Vec<(f64, Figure)>,
 ) -> anyhow::Result<PathResult> {
-    let max_pps = p.maxima.median();
-    let top = rates.last().map_or(max_pps, |r| r / 0.9).max(max_pps);
+    let top = ours_highest.max(p.maxima.max());
     let mut overloads = Vec::new();
     for n in 0..MIN_RUNS {
         ensure_live(&mut p.rig, &mut p.rebuilds)?;
@@ -481,10 +487,11 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
         .zip(&theirs.p99_at)
         .all(|((_, a), (_, b))| a.median() <= b.median());
     let o = OverloadSummary::of(&ours.overloads);
+    let over_verdict = overload_verdict(ours.overloads.iter().map(|t| (t.at.loss(), t.held())));
     let _ = writeln!(
         md,
         "\nmedia-relay userspace / rtpengine max pps: {}× (target ≥ 2×: {}); with packets later than the \
-         bound counted as lost: {}×. At 120 % of its maximum ({} trials) \
+         bound counted as lost: {}×. At 120 % of the highest rate it carried ({} pps offered, {} trials) \
          media-relay's p99 is {} µs (bound {BOUND_US:.0} µs; {} of the trials under it with no call starved), \
          per-call loss {:.1}–{:.1} %, at most {} call(s) starved; recovered within 1 s after {} of them.",
         ratio.show(2),
@@ -494,6 +501,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
             Derived::of(&theirs.timely_pps)
         )
         .show(2),
+        group(o.offered_pps),
         o.trials,
         o.p99.show(0),
         o.held,
@@ -519,7 +527,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
             "userspace at 120 % of its maximum: p99 under the staleness bound, no call starved",
             &o.p99,
             "< 5000 µs, 0 starved, in every trial",
-            &Verdict::of(o.all_held()),
+            &over_verdict,
         ),
         target(
             "userspace recovery within 1 s after an overload",
@@ -545,9 +553,49 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
     Ok(())
 }
 
+/// The 120 % target over its trials' (loss, held): met when every trial
+/// held (p99 under the bound, no call starved); not measurable when one
+/// lost under 0.1 %, the capacity criterion: the rate offered was within
+/// the path's capacity then, and the trial says nothing of an overload.
+fn overload_verdict(trials: impl Iterator<Item = (f64, bool)>) -> Verdict {
+    let trials: Vec<(f64, bool)> = trials.collect();
+    let within = trials.iter().filter(|(loss, _)| *loss < 0.001).count();
+    if trials.is_empty() {
+        Verdict::NotMeasurable("no trial at 120 % ran".into())
+    } else if within > 0 {
+        Verdict::NotMeasurable(format!(
+            "{within} of {} trials at 120 % lost under 0.1 %: the rate offered was within the path's capacity, no overload",
+            trials.len()
+        ))
+    } else {
+        Verdict::of(trials.iter().all(|(_, held)| *held))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Met only when every trial was an overload and held; a trial that
+    /// lost under 0.1 % was none, whatever its p99.
+    #[test]
+    fn an_overload_that_lost_nothing_is_not_judged() {
+        let v = |t: &[(f64, bool)]| overload_verdict(t.iter().copied()).sentence();
+        assert_eq!(
+            v(&[(0.15, true), (0.16, true), (0.2, true)]),
+            Verdict::of(true).sentence()
+        );
+        assert_eq!(
+            v(&[(0.15, true), (0.16, false), (0.2, true)]),
+            Verdict::of(false).sentence()
+        );
+        let within = v(&[(0.15, true), (0.0005, true), (0.2, true)]);
+        assert!(
+            within.contains("not measurable") && within.contains("1 of 3"),
+            "{within}"
+        );
+        assert!(v(&[]).contains("not measurable"));
+    }
 
     /// A path that carries up to `capacity` pps and loses 1 % above it.
     fn model(
