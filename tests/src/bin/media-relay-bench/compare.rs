@@ -82,6 +82,9 @@ fn key(t: &Value) -> (String, String) {
     (s("part"), s("name"))
 }
 
+/// [`Verdict::NotMeasurable`](crate::figure::Verdict)'s word in a report.
+const NOT_MEASURABLE: &str = "not measurable";
+
 fn verdict(t: &Value) -> &str {
     t.get("verdict").and_then(Value::as_str).unwrap_or("?")
 }
@@ -116,6 +119,10 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
         } else {
             " A target agrees when every pair of runs does."
         }
+    );
+    md.push_str(
+        "A target not measurable in every run is not compared: each run said its figure measures something else \
+         (the generator, noise), and whether such figures meet says nothing of the target.\n\n",
     );
     let probe = |r: &Value| {
         r.get("build")
@@ -169,7 +176,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
         "---:|".repeat(references.len())
     );
     let mut rows = Vec::new();
-    let (mut agreeing, mut differing, mut unmatched) = (0, 0, 0);
+    let (mut agreeing, mut differing, mut unmatched, mut unmeasurable) = (0, 0, 0, 0);
     for t in targets {
         let k = key(t);
         let (part, name) = &k;
@@ -183,7 +190,12 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             .chain(std::iter::once(Reading::of(t)))
             .collect();
         let present: Vec<Reading> = readings.iter().flatten().copied().collect();
-        let agrees = (present.len() >= 2).then(|| {
+        let never_measurable = verdict(t) == NOT_MEASURABLE
+            && others
+                .iter()
+                .flatten()
+                .all(|o| verdict(o) == NOT_MEASURABLE);
+        let agrees = (present.len() >= 2 && !never_measurable).then(|| {
             present
                 .iter()
                 .enumerate()
@@ -192,6 +204,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
         match agrees {
             Some(true) => agreeing += 1,
             Some(false) => differing += 1,
+            None if never_measurable => unmeasurable += 1,
             None => unmatched += 1,
         }
         let mine = verdict(t);
@@ -218,6 +231,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
             match agrees {
                 Some(true) => "yes",
                 Some(false) => "**no**",
+                None if never_measurable => "– (not measurable)",
                 None => "–",
             }
         );
@@ -238,7 +252,8 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
     }
     let _ = writeln!(
         md,
-        "\n{agreeing} agree, {differing} differ, {unmatched} without a figure in {}.",
+        "\n{agreeing} agree, {differing} differ, {unmeasurable} not measurable in every run, {unmatched} without a \
+         figure in {}.",
         if single {
             "both runs"
         } else {
@@ -250,6 +265,7 @@ pub fn compare(targets: &[Value], references: &[(String, Value)]) -> (String, Va
         "agree": agreeing,
         "differ": differing,
         "unmatched": unmatched,
+        "not_measurable": unmeasurable,
         "targets": rows,
     });
     (md, json)
@@ -389,5 +405,40 @@ mod tests {
             (j["unmatched"].clone(), j["targets"][0]["agree"].clone()),
             (json!(1), Value::Null)
         );
+    }
+
+    /// Figures every run called not measurable (the generator's rate,
+    /// noise) are not compared, however far apart; one run that measured
+    /// it is enough to compare them.
+    #[test]
+    fn figures_never_measurable_are_not_compared() {
+        let with = |v: f64, verdict: &str| {
+            t(
+                "a",
+                "x",
+                json!({"value": v, "min": v, "max": v, "verdict": verdict}),
+            )
+        };
+        let refs = [(
+            "one".to_owned(),
+            json!({"targets": [with(0.88, "not measurable")]}),
+        )];
+        let (md, j) = compare(&[with(0.66, "not measurable")], &refs);
+        assert_eq!(j["targets"][0]["agree"], Value::Null, "{md}");
+        assert_eq!(
+            (
+                j["differ"].clone(),
+                j["not_measurable"].clone(),
+                j["unmatched"].clone()
+            ),
+            (json!(0), json!(1), json!(0))
+        );
+        assert!(md.contains("| – (not measurable) |"), "{md}");
+        assert!(
+            md.contains("0 differ, 1 not measurable in every run"),
+            "{md}"
+        );
+        let (_, j) = compare(&[with(0.66, "met")], &refs);
+        assert_eq!(j["targets"][0]["agree"], json!(false));
     }
 }
