@@ -25,6 +25,8 @@
 //! 3. **120 % of the highest rate it carried** (the highest of its
 //!    searches: the median of searches that spread 47 000–77 000 pps put
 //!    "120 %" within its capacity in one run and 15 % over it in another)
+//!    — a fifth more again, at most twice, while a trial loses under
+//!    0.1 %: the capacity drifts within minutes —
 //!    for 3 s, [`MIN_RUNS`] times (a tail at overload is
 //!    one trial's chance: one trial made figures 16 times apart between
 //!    runs): p99 of what is delivered, loss, the share delivered later
@@ -50,6 +52,9 @@ use crate::figure::{Derived, Figure, MIN_RUNS, Verdict, group, target};
 const BOUND_US: f64 = 5_000.0;
 const START_PPS: f64 = 25_000.0;
 const CEILING_PPS: f64 = 2_000_000.0;
+/// Times an overload trial that lost under 0.1 % is run again at a fifth
+/// more (`finish`).
+const OVERLOAD_STEPS: usize = 2;
 /// Below this a path is not measured further (its maximum is 0).
 const FLOOR_PPS: f64 = 1_000.0;
 /// A search stops bisecting when the lowest rate lost is within this
@@ -95,7 +100,7 @@ impl Overload {
 /// The overload trials of a path, summed up: each figure over the trials,
 /// the per-call loss spread and the starved calls at their worst.
 struct OverloadSummary {
-    offered_pps: f64,
+    offered_pps: Figure,
     p99: Figure,
     loss: Figure,
     late: Figure,
@@ -114,7 +119,7 @@ impl OverloadSummary {
     fn of(trials: &[Overload]) -> Self {
         let spreads: Vec<(f64, f64, usize)> = trials.iter().map(|o| loss_spread(&o.at)).collect();
         Self {
-            offered_pps: trials.first().map_or(0.0, |o| o.at.offered_pps),
+            offered_pps: Figure::new(trials.iter().map(|o| o.at.offered_pps)),
             p99: Figure::new(trials.iter().map(|o| o.at.p(0.99))),
             loss: Figure::new(trials.iter().map(|o| 100.0 * o.at.loss())),
             late: Figure::new(
@@ -359,7 +364,19 @@ fn finish(
     let mut overloads = Vec::new();
     for n in 0..MIN_RUNS {
         ensure_live(&mut p.rig, &mut p.rebuilds)?;
-        let at = p.rig.run(1.2 * top, 3.0, false, n as u32)?;
+        let mut rate = 1.2 * top;
+        let mut at = p.rig.run(rate, 3.0, false, n as u32)?;
+        // Lost under 0.1 %: within the path's capacity then, which drifts
+        // by more than a fifth within minutes on this bed (one run's
+        // userspace path carried 88 603 pps losing 0.03 %, 20 % over the
+        // highest its searches had found): a fifth more, at most twice.
+        for _ in 0..OVERLOAD_STEPS {
+            if at.loss() >= 0.001 {
+                break;
+            }
+            rate *= 1.2;
+            at = p.rig.run(rate, 3.0, false, n as u32)?;
+        }
         let recovery = p.rig.run(0.1 * top, 1.0, false, n as u32)?;
         overloads.push(Overload { at, recovery });
     }
@@ -441,7 +458,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
             "rebuilds": r.rebuilds,
             "p99_us": r.p99_at.iter().map(|(rate, f)| json!({"rate_pps": rate, "p99": f.json()})).collect::<Vec<_>>(),
             "overload": {
-                "offered_pps": o.offered_pps,
+                "offered_pps": o.offered_pps.json(),
                 "trials": o.trials,
                 "p99_us": o.p99.json(),
                 "loss_percent": o.loss.json(),
@@ -491,7 +508,8 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
     let _ = writeln!(
         md,
         "\nmedia-relay userspace / rtpengine max pps: {}× (target ≥ 2×: {}); with packets later than the \
-         bound counted as lost: {}×. At 120 % of the highest rate it carried ({} pps offered, {} trials) \
+         bound counted as lost: {}×. At 120 % of the highest rate it carried, or a fifth more again while a trial \
+         lost under 0.1 % ({} pps offered, {} trials) \
          media-relay's p99 is {} µs (bound {BOUND_US:.0} µs; {} of the trials under it with no call starved), \
          per-call loss {:.1}–{:.1} %, at most {} call(s) starved; recovered within 1 s after {} of them.",
         ratio.show(2),
@@ -501,7 +519,7 @@ pub fn run(quick: bool, machine: &str, out: &std::path::Path) -> anyhow::Result<
             Derived::of(&theirs.timely_pps)
         )
         .show(2),
-        group(o.offered_pps),
+        o.offered_pps.show_int(),
         o.trials,
         o.p99.show(0),
         o.held,
