@@ -10,8 +10,10 @@
 //! seconds of media after the adoption. Lost = sent − distinct received.
 //! Adoption = from the new process's start until it answers ng (the calls
 //! are adopted before the ng socket opens). [`MIN_RUNS`] runs per kind of
-//! disruption; then the same for the most calls one port range holds, for
-//! the adoption time at scale.
+//! disruption; then the adoption time at scale: the most calls one port
+//! range holds on ports of their own ([`MIN_RUNS`] restarts back to back),
+//! and 100 000 calls on shared ports ([`Adoptions`]: [`SPREAD_RUNS`]
+//! restarts spread over the bench).
 
 use std::{
     fmt::Write as _,
