@@ -88,6 +88,11 @@ const SHARED_RANGE: (&str, &str) = ("2000", "9999");
 /// Calls at scale in port-sharing mode (the issue's figure).
 const SHARED_SCALE_CALLS: u32 = 100_000;
 
+/// Calls of the adoption at scale on shared ports in this run.
+fn shared_calls(quick: bool) -> u32 {
+    if quick { 10_000 } else { SHARED_SCALE_CALLS }
+}
+
 /// Call `i`'s SDP endpoint on a side whose first address is `base`
 /// (distinct for every call: another address every 50 000 calls).
 fn endpoint(base: Ipv4Addr, first_port: u16, i: u32) -> SocketAddr {
@@ -297,7 +302,7 @@ pub struct Adoptions {
 impl Adoptions {
     pub fn new(quick: bool) -> Option<Self> {
         selected("shared").then(|| Self {
-            calls: if quick { 10_000 } else { SHARED_SCALE_CALLS },
+            calls: shared_calls(quick),
             parked: None,
             runs: Vec::new(),
         })
@@ -328,11 +333,11 @@ impl Adoptions {
     }
 
     /// The runs still missing; then the bed goes.
-    fn finish(mut self) -> anyhow::Result<(u32, Vec<Adoption>)> {
+    fn finish(mut self) -> anyhow::Result<Vec<Adoption>> {
         while self.runs.len() < SPREAD_RUNS {
             self.trial()?;
         }
-        Ok((self.calls, self.runs))
+        Ok(self.runs)
     }
 }
 
@@ -456,7 +461,7 @@ pub fn run(
         );
     }
     // Shared ports: the issue's 100 000 calls on one address per side.
-    let shared_calls = if quick { 10_000 } else { SHARED_SCALE_CALLS };
+    let shared_calls = shared_calls(quick);
     let _ = writeln!(
         md,
         "\nAdoption at scale: the calls set up once, then `kill -9` and a start on the same pins, {MIN_RUNS} times back \
@@ -494,11 +499,7 @@ pub fn run(
                 );
                 adoption_at_scale(calls, ports)?
             }
-            Ports::Shared if let Some(a) = adoptions.take() => {
-                let (adopted_calls, runs) = a.finish()?;
-                debug_assert_eq!(adopted_calls, calls);
-                runs
-            }
+            Ports::Shared if let Some(a) = adoptions.take() => a.finish()?,
             _ => continue,
         };
         let took = Figure::new(runs.iter().map(|r| r.took.as_secs_f64()));
