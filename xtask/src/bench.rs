@@ -12,6 +12,7 @@ pub fn run(
     compare: &[String],
     report_only: bool,
     host_idle: bool,
+    probe: Option<&str>,
 ) -> anyhow::Result<()> {
     // Writing the report again needs no privileges.
     if !report_only && !util::is_root() {
@@ -68,6 +69,10 @@ pub fn run(
     }
     if host_idle {
         args.push("--host-idle");
+    }
+    if let Some(p) = probe {
+        args.push("--probe");
+        args.push(p);
     }
     util::run(bin, &args)
 }

@@ -125,6 +125,12 @@ enum Command {
         /// bench holds a CPU wake-up latency of 0 µs: idle CPUs poll).
         #[arg(long)]
         host_idle: bool,
+        /// Measure one path at one rate with a profile of where the CPU
+        /// went (`perf record -a`), instead of the parts: PATH@PPS[:SECS],
+        /// e.g. userspace@50000 (paths: xdp-native, xdp-generic,
+        /// userspace, kernel, rtpengine).
+        #[arg(long, conflicts_with_all = ["only", "quick", "report_only", "compare"])]
+        probe: Option<String>,
     },
 }
 
@@ -145,7 +151,15 @@ fn main() -> ExitCode {
             compare,
             report_only,
             host_idle,
-        } => bench::run(quick, &only, &compare, report_only, host_idle),
+            probe,
+        } => bench::run(
+            quick,
+            &only,
+            &compare,
+            report_only,
+            host_idle,
+            probe.as_deref(),
+        ),
         Command::Demo => demo::run(),
         Command::LintBpf => lint::bpf(),
         Command::Fuzz {

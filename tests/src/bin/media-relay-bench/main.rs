@@ -92,6 +92,11 @@ struct Args {
     /// another, e.g. two fresh clones' runs).
     #[arg(long)]
     report_only: bool,
+    /// Measure one path at one rate, with a profile of where the CPU went,
+    /// instead of the parts: PATH@PPS[:SECS], e.g. `userspace@50000`
+    /// (`latency::probe`). Writes no part's results and no report.
+    #[arg(long, conflicts_with_all = ["only", "quick", "report_only", "compare"])]
+    probe: Option<latency::probe::Spec>,
 }
 
 fn describe_machine() -> String {
@@ -250,6 +255,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "\n*** WARNING: media-relay is a {} build: the figures do not describe the release build; run `cargo xtask bench` ***\n",
             build["profile"]
         );
+    }
+    if let Some(spec) = &args.probe {
+        // Not a run of the bench: its build.json stays the last run's.
+        return latency::probe::run(spec, &args.out);
     }
     std::fs::write(
         args.out.join("build.json"),

@@ -36,6 +36,7 @@
 //! run-to-run spread is reported as not measurable.
 
 pub mod overload;
+pub mod probe;
 mod profile;
 
 use std::{
