@@ -1104,4 +1104,46 @@ mod tests {
         }
         assert_eq!(pool.totals.stale.load(Ordering::Relaxed), 0);
     }
+
+    /// Two workers, 32 ports, 300 rounds of one datagram to every port
+    /// at once, the next round only once the last is forwarded whole: a
+    /// datagram left in its socket without an event would wait for a
+    /// next one that never comes (at media's rates, 20 ms later: stale).
+    #[test]
+    fn a_lone_datagram_is_never_left_in_its_socket() {
+        const PORTS: usize = 32;
+        let (mut pool, _rx) = pool(2);
+        let out = Arc::new(bind(local()).unwrap());
+        let dest = UdpSocket::bind(local()).unwrap();
+        socket2::SockRef::from(&dest)
+            .set_recv_buffer_size(1 << 20)
+            .unwrap();
+        dest.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let ports: Vec<(Arc<UdpSocket>, Arc<PortState>)> = (0..PORTS)
+            .map(|_| {
+                (
+                    Arc::new(bind(local()).unwrap()),
+                    route_to(&out, dest.local_addr().unwrap()),
+                )
+            })
+            .collect();
+        let _served: Vec<Registration> = ports
+            .iter()
+            .map(|(socket, state)| serve(&mut pool, socket, state))
+            .collect();
+        let peer = UdpSocket::bind(local()).unwrap();
+        let mut buf = [0u8; 2048];
+        for round in 0..300u16 {
+            for (socket, _) in &ports {
+                peer.send_to(&rtp(round), socket.local_addr().unwrap())
+                    .unwrap();
+            }
+            for n in 0..PORTS {
+                dest.recv_from(&mut buf).unwrap_or_else(|e| {
+                    panic!("round {round}: {n} of {PORTS} forwarded, then nothing ({e})")
+                });
+                assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), round);
+            }
+        }
+    }
 }
