@@ -2,7 +2,8 @@
 //! the latency part measures it (100 calls, socket generator on CPU 0 and
 //! sink on CPU 1, both `SCHED_FIFO`), with where the machine's CPU went
 //! during the run: `perf record` of every CPU, when `perf` is installed,
-//! summed per command and symbol. It judges nothing and writes no part's
+//! summed by who ran (idle, the relay, the bench's generator and sink),
+//! by the relay's system calls and by its functions. It judges nothing and writes no part's
 //! results: it is how a figure the bench reports is explained (issue 12
 //! asks for the profile behind every target missed).
 //!
@@ -54,7 +55,7 @@ impl std::str::FromStr for Spec {
 }
 
 /// Set the path up, warm it, then one measured run with `perf record -a`
-/// beside it; print the run's line and the profile's heaviest symbols.
+/// beside it; print the run's line and where the CPUs went.
 pub fn run(spec: &Spec, out: &Path) -> anyhow::Result<()> {
     println!(
         "probe: {} at {} pps for {} s",
@@ -85,7 +86,13 @@ pub fn run(spec: &Spec, out: &Path) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     rig.run(spec.pps, spec.secs, false, 0)?;
     let Ok(mut perf) = perf else { return Ok(()) };
-    perf.wait().context("waiting for perf record")?;
+    let status = perf.wait().context("waiting for perf record")?;
+    if !status.success() {
+        eprintln!(
+            "    no profile: perf record failed ({status}); try `perf record -a -g -- sleep 1` as root to see why"
+        );
+        return Ok(());
+    }
     let script = Command::new("perf")
         .args(["script", "-F", "pid,comm,ip,sym", "-i"])
         .arg(&data)
