@@ -821,6 +821,31 @@ mod tests {
         .unwrap()
     }
 
+    /// A test's ports: each socket with its route.
+    type Ports = Vec<(Arc<UdpSocket>, Arc<PortState>)>;
+
+    /// `n` ports served by `pool`, each routed out of `out` to `dest`.
+    fn routed_ports(
+        pool: &mut IoPool,
+        n: usize,
+        out: &Arc<UdpSocket>,
+        dest: &UdpSocket,
+    ) -> (Ports, Vec<Registration>) {
+        let ports: Ports = (0..n)
+            .map(|_| {
+                (
+                    Arc::new(bind(local()).unwrap()),
+                    route_to(out, dest.local_addr().unwrap()),
+                )
+            })
+            .collect();
+        let served = ports
+            .iter()
+            .map(|(socket, state)| serve(pool, socket, state))
+            .collect();
+        (ports, served)
+    }
+
     /// Wait (at most 2 s) until the pool has read a datagram.
     fn wait_for_a_read(pool: &IoPool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -843,18 +868,7 @@ mod tests {
         let dest = UdpSocket::bind(local()).unwrap();
         dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let peer = UdpSocket::bind(local()).unwrap();
-        let ports: Vec<(Arc<UdpSocket>, Arc<PortState>)> = (0..20)
-            .map(|_| {
-                (
-                    Arc::new(bind(local()).unwrap()),
-                    route_to(&out, dest.local_addr().unwrap()),
-                )
-            })
-            .collect();
-        let _served: Vec<Registration> = ports
-            .iter()
-            .map(|(socket, state)| serve(&mut pool, socket, state))
-            .collect();
+        let (ports, _served) = routed_ports(&mut pool, 20, &out, &dest);
         let held = ports[0].1.hold();
         peer.send_to(&rtp(0), ports[0].0.local_addr().unwrap())
             .unwrap();
@@ -1052,21 +1066,14 @@ mod tests {
             .set_recv_buffer_size(8 << 20)
             .unwrap();
         dest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let ports: Vec<(Arc<UdpSocket>, Arc<PortState>)> = (0..PORTS)
-            .map(|_| {
-                let socket = Arc::new(bind(local()).unwrap());
-                // Room for a whole burst: the test is about events, not
-                // buffers.
-                socket2::SockRef::from(socket.as_ref())
-                    .set_recv_buffer_size(4 << 20)
-                    .unwrap();
-                (socket, route_to(&out, dest.local_addr().unwrap()))
-            })
-            .collect();
-        let _served: Vec<Registration> = ports
-            .iter()
-            .map(|(socket, state)| serve(&mut pool, socket, state))
-            .collect();
+        let (ports, _served) = routed_ports(&mut pool, PORTS, &out, &dest);
+        for (socket, _) in &ports {
+            // Room for a whole burst: the test is about events, not
+            // buffers.
+            socket2::SockRef::from(socket.as_ref())
+                .set_recv_buffer_size(4 << 20)
+                .unwrap();
+        }
         let targets: Vec<SocketAddr> = ports.iter().map(|(s, _)| s.local_addr().unwrap()).collect();
         std::thread::scope(|scope| {
             for peer in 0..4 {
@@ -1119,18 +1126,7 @@ mod tests {
             .set_recv_buffer_size(1 << 20)
             .unwrap();
         dest.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let ports: Vec<(Arc<UdpSocket>, Arc<PortState>)> = (0..PORTS)
-            .map(|_| {
-                (
-                    Arc::new(bind(local()).unwrap()),
-                    route_to(&out, dest.local_addr().unwrap()),
-                )
-            })
-            .collect();
-        let _served: Vec<Registration> = ports
-            .iter()
-            .map(|(socket, state)| serve(&mut pool, socket, state))
-            .collect();
+        let (ports, _served) = routed_ports(&mut pool, PORTS, &out, &dest);
         let peer = UdpSocket::bind(local()).unwrap();
         let mut buf = [0u8; 2048];
         for round in 0..300u16 {
